@@ -1,0 +1,55 @@
+//! The tagged configuration of all seven architectures and the one `build` entry point.
+
+use crate::error::Result;
+use crate::operator::NeuralOperator;
+use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
+
+/// Which architecture to build, with its settings. Serialised with an `"model"` tag:
+/// `{"model": "fno", "n_modes": [16, 16], ...}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "model", rename_all = "snake_case")]
+pub enum ModelConfig {
+    /// Convolutional neural operator (U-Net with anti-aliased activations).
+    Cno(crate::cno::CnoConfig),
+    /// DeepONet with MLP branch and trunk.
+    Don(crate::deeponet::DeepOnetConfig),
+    /// DeepONet with a CNN branch.
+    DonCnn(crate::deeponet::DeepOnetCnnConfig),
+    /// POD-DeepONet: the trunk is a POD basis of the training outputs.
+    PodDon(crate::pod::PodDeepOnetConfig),
+    /// Fourier neural operator.
+    Fno(crate::fno::FnoConfig),
+    /// Tucker-factorized FNO.
+    Tfno(crate::fno::FnoConfig),
+    /// Localized neural operator (FNO blocks with differential and DISCO kernels).
+    LocalNo(crate::local_no::LocalNoConfig),
+}
+
+impl ModelConfig {
+    /// The short name used on the command line and in reports (`fno`, `cno`, ...).
+    pub fn name(&self) -> &'static str {
+        match self {
+            ModelConfig::Cno(_) => "cno",
+            ModelConfig::Don(_) => "don",
+            ModelConfig::DonCnn(_) => "don_cnn",
+            ModelConfig::PodDon(_) => "pod_don",
+            ModelConfig::Fno(_) => "fno",
+            ModelConfig::Tfno(_) => "tfno",
+            ModelConfig::LocalNo(_) => "local_no",
+        }
+    }
+}
+
+/// Builds the model a config describes, with its weights taken from (or created in) `vb`.
+pub fn build(config: &ModelConfig, vb: VarBuilder) -> Result<Box<dyn NeuralOperator>> {
+    match config {
+        ModelConfig::Cno(c) => crate::cno::build(c, vb),
+        ModelConfig::Don(c) => crate::deeponet::build_don(c, vb),
+        ModelConfig::DonCnn(c) => crate::deeponet::build_don_cnn(c, vb),
+        ModelConfig::PodDon(c) => crate::pod::build(c, vb),
+        ModelConfig::Fno(c) => crate::fno::build(c, false, vb),
+        ModelConfig::Tfno(c) => crate::fno::build(c, true, vb),
+        ModelConfig::LocalNo(c) => crate::local_no::build(c, vb),
+    }
+}

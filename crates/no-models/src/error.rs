@@ -1,0 +1,68 @@
+//! The error type of `no-models`.
+
+use std::path::PathBuf;
+use thiserror::Error;
+
+/// Everything that can go wrong when building, training, saving or loading a model.
+#[derive(Debug, Error)]
+pub enum ModelError {
+    /// A configuration value is out of range or inconsistent.
+    #[error("invalid {model} configuration: {reason}")]
+    InvalidConfig {
+        /// The architecture.
+        model: &'static str,
+        /// What was wrong and what was expected.
+        reason: String,
+    },
+    /// The architecture exists in the config enum but is not built yet.
+    #[error("the {0} architecture is not implemented yet")]
+    NotImplemented(&'static str),
+    /// A tensor or array has the wrong shape.
+    #[error("shape mismatch in {context}: got {got:?}, expected {expected}")]
+    Shape {
+        /// Where the mismatch was found.
+        context: String,
+        /// The shape found.
+        got: Vec<usize>,
+        /// What was expected.
+        expected: String,
+    },
+    /// A checkpoint or dataset file is missing, truncated, foreign or inconsistent.
+    #[error("{path}: {reason}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong with it.
+        reason: String,
+    },
+    /// Training produced a non-finite loss.
+    #[error("non-finite loss {loss} at epoch {epoch}, batch {batch}; the last good checkpoint is kept")]
+    NonFiniteLoss {
+        /// The epoch (0-based).
+        epoch: usize,
+        /// The batch within the epoch (0-based).
+        batch: usize,
+        /// The loss value.
+        loss: f64,
+    },
+    /// An I/O error.
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        /// The file involved.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A JSON (de)serialisation error.
+    #[error("JSON error: {0}")]
+    Json(#[from] serde_json::Error),
+    /// An error from a layer.
+    #[error(transparent)]
+    Layer(#[from] no_layers::LayerError),
+    /// A tensor operation failed inside candle.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+/// Result alias of the crate.
+pub type Result<T> = std::result::Result<T, ModelError>;

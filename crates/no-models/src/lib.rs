@@ -1,0 +1,19 @@
+//! Seven neural operators behind one trait.
+//!
+//! CNO, DeepONet, DeepONet with a CNN branch, POD-DeepONet, FNO, TFNO and LocalNO map the
+//! applied current `[B, 1, nt, nx]` to the fields `[B, 2, nt, nx]` (v, w). Each is built
+//! from a serde [`ModelConfig`] through [`build`], implements [`NeuralOperator`], saves to
+//! and loads from safetensors checkpoints, and trains with the shared trainer.
+
+pub mod cno;
+pub mod config;
+pub mod deeponet;
+pub mod error;
+pub mod fno;
+pub mod local_no;
+pub mod operator;
+pub mod pod;
+
+pub use config::{build, ModelConfig};
+pub use error::{ModelError, Result};
+pub use operator::{NeuralOperator, ParamCount};

@@ -1,0 +1,36 @@
+//! The one interface every architecture implements.
+
+use crate::config::ModelConfig;
+use candle_core::{Result, Tensor};
+
+/// How many parameters a model has, counted the two ways the literature does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ParamCount {
+    /// PyTorch's `sum(p.numel() for p in model.parameters())`: each complex weight counts once.
+    pub numel: usize,
+    /// Real numbers stored: each complex weight counts twice.
+    pub real: usize,
+}
+
+/// A neural operator mapping the applied current to the fields it drives.
+///
+/// Inputs and outputs are channels-first space–time fields `[B, C, nt, nx]`; in the study
+/// `C_in = 1` (the current I) and `C_out = 2` (v and w).
+pub trait NeuralOperator: Send + Sync {
+    /// Runs the operator; `train` switches batch-norm statistics and dropout.
+    fn forward_t(&self, input: &Tensor, train: bool) -> Result<Tensor>;
+
+    /// Inference forward (`train = false`).
+    fn forward(&self, input: &Tensor) -> Result<Tensor> {
+        self.forward_t(input, false)
+    }
+
+    /// The configuration the model was built from (enough to rebuild it).
+    fn config(&self) -> ModelConfig;
+
+    /// The parameter count.
+    fn param_count(&self) -> ParamCount;
+
+    /// Whether the same weights accept inputs on grids other than the training grid.
+    fn accepts_other_resolutions(&self) -> bool;
+}
