@@ -1,0 +1,161 @@
+//! "Same"-size 2-D convolution by im2col and one batched matmul, with periodic or
+//! zero padding.
+//!
+//! Why not `Tensor::conv2d`? Its forward is fine, but its backward goes through
+//! candle's direct-loop `conv_transpose2d`, about 6× slower than the forward (see
+//! `shared/notes/candle-and-friends.md` §2g), and it has no circular padding. Here
+//! the input is padded (circularly by `cat` of `narrow`s, or with zeros), the `kh·kw`
+//! shifted windows are stacked, and the channel/tap contraction is a single batched
+//! `matmul` per group. Every step is a plain candle op, so autograd is exact and the
+//! backward is two more matmuls plus the adjoints of `narrow`/`stack`.
+//!
+//! Both the finite-difference kernel ([`crate::differential`]) and the DISCO kernel
+//! ([`crate::disco`]) run through [`conv2d_same`].
+
+use crate::error::{LayerError, Result};
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+
+/// How a local kernel sees the outside of the grid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PaddingMode {
+    /// Circular (periodic) padding: the grid is a torus. Commutes with circular shifts.
+    #[default]
+    Periodic,
+    /// Zero padding: the function is zero outside the grid.
+    Zeros,
+}
+
+/// Pads `x` by `lo`/`hi` entries on axis `dim`, periodically or with zeros.
+pub fn pad_axis(x: &Tensor, dim: usize, lo: usize, hi: usize, mode: PaddingMode) -> Result<Tensor> {
+    if lo == 0 && hi == 0 {
+        return Ok(x.clone());
+    }
+    let n = x.dim(dim)?;
+    match mode {
+        PaddingMode::Zeros => Ok(x.pad_with_zeros(dim, lo, hi)?),
+        PaddingMode::Periodic => {
+            if lo > n || hi > n {
+                return Err(LayerError::Shape {
+                    layer: "periodic padding",
+                    got: x.dims().to_vec(),
+                    expected: format!("axis {dim} of length at least {} (the padding)", lo.max(hi)),
+                });
+            }
+            let mut parts = Vec::with_capacity(3);
+            if lo > 0 {
+                parts.push(x.narrow(dim, n - lo, lo)?);
+            }
+            parts.push(x.clone());
+            if hi > 0 {
+                parts.push(x.narrow(dim, 0, hi)?);
+            }
+            Ok(Tensor::cat(&parts, dim)?)
+        }
+    }
+}
+
+/// Cross-correlation (PyTorch's `conv2d`) of `x` `[B, C, H, W]` with `w`
+/// `[O, C/groups, kh, kw]` (odd `kh`, `kw`), stride 1, output `[B, O, H, W]`: the
+/// input is padded by `kh/2`, `kw/2` on each side with `mode`.
+pub fn conv2d_same(x: &Tensor, w: &Tensor, mode: PaddingMode, groups: usize) -> Result<Tensor> {
+    let (b, c, h, wd) = x.dims4().map_err(|_| LayerError::Shape {
+        layer: "conv2d_same",
+        got: x.dims().to_vec(),
+        expected: "[batch, channels, height, width]".into(),
+    })?;
+    let (o, cg, kh, kw) = w.dims4().map_err(|_| LayerError::Shape {
+        layer: "conv2d_same (kernel)",
+        got: w.dims().to_vec(),
+        expected: "[out, in/groups, kh, kw]".into(),
+    })?;
+    if groups == 0 || c % groups != 0 || o % groups != 0 || cg * groups != c || kh % 2 == 0 || kw % 2 == 0 {
+        return Err(LayerError::Shape {
+            layer: "conv2d_same",
+            got: vec![b, c, h, wd, o, cg, kh, kw, groups],
+            expected: format!(
+                "input channels {c} = groups {groups} × kernel in-channels {cg}, out channels divisible by groups, odd kernel sizes"
+            ),
+        });
+    }
+    // Channels first, then batch: the columns come out as [C, kh·kw, B, H·W], which is
+    // already the [groups, (C/g)·kh·kw, B·H·W] layout a batched matmul wants.
+    let xc = x.transpose(0, 1)?;
+    let xp = pad_axis(&pad_axis(&xc, 2, kh / 2, kh / 2, mode)?, 3, kw / 2, kw / 2, mode)?;
+    let mut windows = Vec::with_capacity(kh * kw);
+    for a in 0..kh {
+        for bb in 0..kw {
+            windows.push(xp.narrow(2, a, h)?.narrow(3, bb, wd)?);
+        }
+    }
+    let cols = Tensor::stack(&windows, 1)?.reshape((groups, cg * kh * kw, b * h * wd))?;
+    let wm = w.reshape((groups, o / groups, cg * kh * kw))?;
+    let out = wm.matmul(&cols)?; // [g, O/g, B·H·W]
+    Ok(out.reshape((o, b, h, wd))?.transpose(0, 1)?.contiguous()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gradcheck::{check_gradients, GradCheckConfig};
+    use crate::init::init_tensor;
+    use candle_core::{Device, Shape, Var};
+
+    fn randn(shape: &[usize], seed: u64) -> candle_core::Result<Tensor> {
+        init_tensor(
+            candle_nn::Init::Randn { mean: 0.0, stdev: 1.0 },
+            &Shape::from(shape),
+            &mut crate::init::rng_for(seed, "local_conv"),
+        )
+    }
+
+    #[test]
+    fn zero_padding_matches_candle_conv2d() -> Result<()> {
+        for groups in [1, 2] {
+            let x = randn(&[2, 4, 5, 7], 1)?;
+            let w = randn(&[6, 4 / groups, 3, 5], 2)?;
+            let ours = conv2d_same(&x, &w, PaddingMode::Zeros, groups)?;
+            let theirs_same = x
+                .pad_with_zeros(2, 1, 1)?
+                .pad_with_zeros(3, 2, 2)?
+                .conv2d(&w, 0, 1, 1, groups)?;
+            let err = (ours - theirs_same)?.abs()?.max_all()?.to_scalar::<f64>()?;
+            assert!(err < 1e-12, "groups {groups}: max diff {err}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn periodic_padding_wraps_around() -> Result<()> {
+        let x = Tensor::arange(0f64, 5.0, &Device::Cpu)?.reshape((1, 1, 1, 5))?;
+        let p = pad_axis(&x, 3, 2, 1, PaddingMode::Periodic)?;
+        assert_eq!(p.flatten_all()?.to_vec1::<f64>()?, vec![3.0, 4.0, 0.0, 1.0, 2.0, 3.0, 4.0, 0.0]);
+        assert!(pad_axis(&x, 2, 2, 0, PaddingMode::Periodic).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn rejects_even_kernels_and_bad_groups() -> Result<()> {
+        let x = randn(&[1, 4, 5, 5], 1)?;
+        assert!(conv2d_same(&x, &randn(&[2, 4, 2, 3], 2)?, PaddingMode::Zeros, 1).is_err());
+        assert!(conv2d_same(&x, &randn(&[3, 2, 3, 3], 2)?, PaddingMode::Zeros, 2).is_err());
+        assert!(conv2d_same(&x, &randn(&[4, 4, 3, 3], 2)?, PaddingMode::Zeros, 2).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() -> Result<()> {
+        for (mode, groups) in [(PaddingMode::Periodic, 1), (PaddingMode::Zeros, 2)] {
+            let x = Var::from_tensor(&randn(&[2, 2, 4, 5], 3)?)?;
+            let w = Var::from_tensor(&randn(&[4, 2 / groups, 3, 3], 4)?)?;
+            let (xs, ws) = (x.clone(), w.clone());
+            let f = move || -> candle_core::Result<Tensor> {
+                Ok(conv2d_same(xs.as_tensor(), ws.as_tensor(), mode, groups)?)
+            };
+            let r = check_gradients(f, &[x, w], &GradCheckConfig::default())?;
+            assert!(r.passed(), "{mode:?}: {r:?}");
+        }
+        Ok(())
+    }
+}
