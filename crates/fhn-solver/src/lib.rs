@@ -28,19 +28,23 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod dataset;
 pub mod error;
 pub mod grid;
 pub mod imex;
 pub mod implicit;
 pub mod params;
+pub mod protocol;
 pub mod simulate;
 pub mod simulate2d;
 pub mod stimulus;
 
+pub use dataset::{generate, Dataset, Shard};
 pub use error::{Result, SolverError};
 pub use grid::{FineGrid, OutputGrid, Resolution};
 pub use imex::Scheme;
 pub use params::FhnParams;
+pub use protocol::{Law, Protocol, SampleParams, Split, SplitSpec};
 pub use simulate::{simulate_1d, Solution1d, Solver1d, SolverConfig};
 pub use simulate2d::{simulate_2d, OutputGrid2d, Pulse2d, Solution2d, Stimulus2d};
 pub use stimulus::{BoxPulse, GaussianPulse, Pulse, Stimulus};

@@ -1,0 +1,295 @@
+//! Parallel, sharded dataset generation and its files (safetensors, with `.npy` export).
+//!
+//! A file holds `input`, `v`, `w` as f32 [N, nt, nx] (axis order (t, x)), the per-sample
+//! stimulus parameters `x0`, `t0`, `amplitude` as f32 [N], and in its metadata the protocol
+//! JSON, the split, the index of its first sample and a format tag. Shards of one split are
+//! contiguous index ranges, so their files concatenate ([`Dataset::concat`]).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use ndarray::{Array1, Array3};
+use rayon::prelude::*;
+use safetensors::{tensor::TensorView, Dtype, SafeTensors};
+
+use crate::error::{Result, SolverError};
+use crate::protocol::{Protocol, Split};
+use crate::simulate::Solver1d;
+
+/// The metadata value of `format` in our files.
+pub const FORMAT_TAG: &str = "fhn-dataset/1";
+
+/// One slice `index` of `count` of a split (`--shard index/count`, 0-based).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// Which slice, `0 ≤ index < count`.
+    pub index: usize,
+    /// How many slices.
+    pub count: usize,
+}
+
+impl Shard {
+    /// Checks `index < count`.
+    pub fn new(index: usize, count: usize) -> Result<Self> {
+        if count == 0 || index >= count {
+            return Err(SolverError::invalid("shard", format!("{index}/{count}"), "i/n with 0 <= i < n"));
+        }
+        Ok(Self { index, count })
+    }
+
+    /// The sample indices of this shard among `n`: `[index·n/count, (index+1)·n/count)`.
+    pub fn range(&self, n: usize) -> std::ops::Range<usize> {
+        (self.index * n / self.count)..((self.index + 1) * n / self.count)
+    }
+}
+
+impl std::str::FromStr for Shard {
+    type Err = SolverError;
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || SolverError::invalid("shard", s, "i/n with 0 <= i < n, e.g. 0/4");
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        Self::new(i.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?)
+    }
+}
+
+/// Samples of one split (or a shard of it), as stored on disk.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dataset {
+    /// Applied current on the output grid, [N, nt, nx].
+    pub input: Array3<f32>,
+    /// Membrane potential, [N, nt, nx].
+    pub v: Array3<f32>,
+    /// Recovery variable, [N, nt, nx].
+    pub w: Array3<f32>,
+    /// Pulse centres, [N].
+    pub x0: Vec<f32>,
+    /// Pulse onsets, [N].
+    pub t0: Vec<f32>,
+    /// Pulse amplitudes, [N].
+    pub amplitude: Vec<f32>,
+    /// The protocol the samples were drawn from.
+    pub protocol: Protocol,
+    /// Which split.
+    pub split: Split,
+    /// Index (within the split) of the first sample.
+    pub first_index: usize,
+}
+
+/// Generates `split` of `protocol` (or only `shard` of it) in parallel over samples.
+/// Bit-identical for a protocol whatever the number of threads.
+pub fn generate(protocol: &Protocol, split: Split, shard: Option<Shard>, progress: bool) -> Result<Dataset> {
+    protocol.validate()?;
+    let n_total = protocol.split(split).n_samples;
+    let range = shard.map_or(0..n_total, |s| s.range(n_total));
+    let out = protocol.output;
+    let solver = Solver1d::new(&protocol.solver_config(), &out)?;
+    let bar = progress_bar(progress, range.len() as u64, split);
+    let plane = out.nt * out.nx;
+    let samples: Vec<(Vec<f32>, Vec<f32>, Vec<f32>, [f32; 3])> = range
+        .clone()
+        .into_par_iter()
+        .map(|i| {
+            let sp = protocol.sample_params(split, i);
+            let stim = protocol.stimulus(&sp);
+            let (mut v, mut w) = (Vec::with_capacity(plane), Vec::with_capacity(plane));
+            solver.solve_into(&stim, |_, vs, ws| {
+                v.extend(vs.iter().map(|&x| x as f32));
+                w.extend(ws.iter().map(|&x| x as f32));
+            })?;
+            let input = stim.on_output_grid(&out).iter().map(|&x| x as f32).collect();
+            bar.inc(1);
+            Ok((input, v, w, [sp.x0 as f32, sp.t0 as f32, sp.amplitude as f32]))
+        })
+        .collect::<Result<_>>()?;
+    bar.finish_and_clear();
+    let n = samples.len();
+    let mut flat = [Vec::with_capacity(n * plane), Vec::with_capacity(n * plane), Vec::with_capacity(n * plane)];
+    let (mut x0, mut t0, mut amplitude) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, v, w, p) in samples {
+        flat[0].extend(i);
+        flat[1].extend(v);
+        flat[2].extend(w);
+        x0.push(p[0]);
+        t0.push(p[1]);
+        amplitude.push(p[2]);
+    }
+    let [input, v, w] = flat.map(|f| Array3::from_shape_vec((n, out.nt, out.nx), f));
+    let shape_err = |e: ndarray::ShapeError| SolverError::invalid("dataset", e, "consistent sample shapes");
+    Ok(Dataset {
+        input: input.map_err(shape_err)?,
+        v: v.map_err(shape_err)?,
+        w: w.map_err(shape_err)?,
+        x0,
+        t0,
+        amplitude,
+        protocol: protocol.clone(),
+        split,
+        first_index: range.start,
+    })
+}
+
+fn progress_bar(show: bool, n: u64, split: Split) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(n);
+    if let Ok(style) = ProgressStyle::with_template("{msg:>5} [{bar:40}] {pos}/{len} samples ({eta})") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(split.name());
+    bar
+}
+
+fn f32_bytes(x: &[f32]) -> Vec<u8> {
+    x.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+impl Dataset {
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.x0.len()
+    }
+
+    /// Whether there are no samples.
+    pub fn is_empty(&self) -> bool {
+        self.x0.is_empty()
+    }
+
+    /// Writes a safetensors file.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let n = self.len();
+        let (nt, nx) = (self.protocol.output.nt, self.protocol.output.nx);
+        let fmt_err = |e: safetensors::SafeTensorError| SolverError::Format { path: path.into(), reason: e.to_string() };
+        let fields: Vec<(&str, Vec<u8>, Vec<usize>)> = vec![
+            ("input", f32_bytes(&self.input.iter().copied().collect::<Vec<_>>()), vec![n, nt, nx]),
+            ("v", f32_bytes(&self.v.iter().copied().collect::<Vec<_>>()), vec![n, nt, nx]),
+            ("w", f32_bytes(&self.w.iter().copied().collect::<Vec<_>>()), vec![n, nt, nx]),
+            ("x0", f32_bytes(&self.x0), vec![n]),
+            ("t0", f32_bytes(&self.t0), vec![n]),
+            ("amplitude", f32_bytes(&self.amplitude), vec![n]),
+        ];
+        let mut views = Vec::new();
+        for (name, bytes, shape) in &fields {
+            views.push((*name, TensorView::new(Dtype::F32, shape.clone(), bytes).map_err(fmt_err)?));
+        }
+        let meta = HashMap::from([
+            ("format".to_string(), FORMAT_TAG.to_string()),
+            ("protocol".to_string(), self.protocol.to_json()),
+            ("split".to_string(), self.split.name().to_string()),
+            ("first_index".to_string(), self.first_index.to_string()),
+        ]);
+        safetensors::serialize_to_file(views, Some(meta), path).map_err(|e| match e {
+            safetensors::SafeTensorError::IoError(source) => SolverError::Io { path: path.into(), source },
+            other => fmt_err(other),
+        })
+    }
+
+    /// Reads a file written by [`Dataset::save`], checking its metadata, dtypes and shapes.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|source| SolverError::Io { path: path.into(), source })?;
+        let bad = |reason: String| SolverError::Format { path: path.into(), reason };
+        let (_, header) = SafeTensors::read_metadata(&bytes)
+            .map_err(|e| bad(format!("not a safetensors file or truncated: {e}")))?;
+        let meta = header.metadata().clone().unwrap_or_default();
+        match meta.get("format") {
+            Some(tag) if tag == FORMAT_TAG => {}
+            other => return Err(bad(format!("metadata `format` is {other:?}, expected {FORMAT_TAG:?}"))),
+        }
+        let field = |k: &str| meta.get(k).ok_or_else(|| bad(format!("metadata lacks `{k}`")));
+        let protocol: Protocol = serde_json::from_str(field("protocol")?)
+            .map_err(|e| bad(format!("metadata `protocol` is not a protocol: {e}")))?;
+        let split = field("split")?.parse::<Split>()?;
+        let first_index = field("first_index")?.parse::<usize>().map_err(|e| bad(format!("first_index: {e}")))?;
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(format!("truncated or corrupt tensors: {e}")))?;
+        let read = |name: &str| -> Result<(Vec<usize>, Vec<f32>)> {
+            let t = st.tensor(name).map_err(|_| bad(format!("missing tensor `{name}`")))?;
+            if t.dtype() != Dtype::F32 {
+                return Err(bad(format!("tensor `{name}` is {:?}, expected F32", t.dtype())));
+            }
+            let data = t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            Ok((t.shape().to_vec(), data))
+        };
+        let (xs, x0) = read("x0")?;
+        let n = x0.len();
+        let expect = |name: &str, got: &[usize], want: Vec<usize>| {
+            if got == want.as_slice() {
+                Ok(())
+            } else {
+                Err(SolverError::Shape { name: name.into(), expected: want, got: got.to_vec() })
+            }
+        };
+        expect("x0", &xs, vec![n])?;
+        let mut scalars = Vec::new();
+        for name in ["t0", "amplitude"] {
+            let (s, d) = read(name)?;
+            expect(name, &s, vec![n])?;
+            scalars.push(d);
+        }
+        let (nt, nx) = (protocol.output.nt, protocol.output.nx);
+        let mut fields = Vec::new();
+        for name in ["input", "v", "w"] {
+            let (s, d) = read(name)?;
+            expect(name, &s, vec![n, nt, nx])?;
+            fields.push(Array3::from_shape_vec((n, nt, nx), d).map_err(|e| bad(e.to_string()))?);
+        }
+        let w = fields.pop().unwrap_or_default();
+        let v = fields.pop().unwrap_or_default();
+        let input = fields.pop().unwrap_or_default();
+        let amplitude = scalars.pop().unwrap_or_default();
+        let t0 = scalars.pop().unwrap_or_default();
+        Ok(Self { input, v, w, x0, t0, amplitude, protocol, split, first_index })
+    }
+
+    /// Writes `input.npy`, `v.npy`, `w.npy` (f32 [N, nt, nx]), `x0.npy`, `t0.npy`,
+    /// `amplitude.npy` (f32 [N]) and `protocol.json` into `dir` (created if needed).
+    pub fn save_npy(&self, dir: impl AsRef<Path>) -> Result<()> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(|source| SolverError::Io { path: dir.into(), source })?;
+        let npy_err = |p: &Path, e: ndarray_npy::WriteNpyError| SolverError::Format { path: p.into(), reason: e.to_string() };
+        for (name, a) in [("input", &self.input), ("v", &self.v), ("w", &self.w)] {
+            let p = dir.join(format!("{name}.npy"));
+            ndarray_npy::write_npy(&p, a).map_err(|e| npy_err(&p, e))?;
+        }
+        for (name, a) in [("x0", &self.x0), ("t0", &self.t0), ("amplitude", &self.amplitude)] {
+            let p = dir.join(format!("{name}.npy"));
+            ndarray_npy::write_npy(&p, &Array1::from(a.clone())).map_err(|e| npy_err(&p, e))?;
+        }
+        self.protocol.to_json_file(dir.join("protocol.json"))
+    }
+
+    /// Joins shards of one split, in order; an error if protocols or splits differ or the
+    /// index ranges are not contiguous.
+    pub fn concat(parts: &[Dataset]) -> Result<Self> {
+        let first = parts.first().ok_or_else(|| SolverError::invalid("parts", 0, "at least one dataset"))?;
+        let mut next = first.first_index;
+        for p in parts {
+            if p.protocol != first.protocol || p.split != first.split || p.first_index != next {
+                return Err(SolverError::invalid(
+                    "parts",
+                    format!("{} samples from {}", p.len(), p.first_index),
+                    &format!("contiguous shards of one split and protocol, next starting at {next}"),
+                ));
+            }
+            next += p.len();
+        }
+        let cat = |f: fn(&Dataset) -> &Array3<f32>| -> Result<Array3<f32>> {
+            let views: Vec<_> = parts.iter().map(|p| f(p).view()).collect();
+            ndarray::concatenate(ndarray::Axis(0), &views).map_err(|e| SolverError::invalid("parts", e, "equal shapes"))
+        };
+        let flat = |f: fn(&Dataset) -> &Vec<f32>| parts.iter().flat_map(|p| f(p).iter().copied()).collect();
+        Ok(Self {
+            input: cat(|d| &d.input)?,
+            v: cat(|d| &d.v)?,
+            w: cat(|d| &d.w)?,
+            x0: flat(|d| &d.x0),
+            t0: flat(|d| &d.t0),
+            amplitude: flat(|d| &d.amplitude),
+            protocol: first.protocol.clone(),
+            split: first.split,
+            first_index: first.first_index,
+        })
+    }
+}
