@@ -5,15 +5,21 @@
 //! from a serde [`ModelConfig`] through [`build`], implements [`NeuralOperator`], saves to
 //! and loads from safetensors checkpoints, and trains with the shared trainer.
 
+pub mod checkpoint;
 pub mod cno;
 pub mod config;
+pub mod data;
 pub mod deeponet;
 pub mod error;
 pub mod fno;
 pub mod local_no;
 pub mod operator;
 pub mod pod;
+pub mod train;
 
+pub use checkpoint::{Checkpoint, LoadedModel};
 pub use config::{build, ModelConfig};
+pub use data::{Dataset, NormalizerKind, Normalizers};
 pub use error::{ModelError, Result};
 pub use operator::{NeuralOperator, ParamCount};
+pub use train::{TrainConfig, Trainer};

@@ -1,0 +1,329 @@
+//! Checkpoints: one safetensors file that is enough to rebuild a trained model anywhere.
+//!
+//! Layout (format version [`FORMAT_VERSION`]):
+//! - tensors: every model variable under its variable name; with training state also
+//!   `optimizer/m/<name>` and `optimizer/v/<name>` (AdamW moments), so that a resumed run
+//!   continues exactly where it stopped;
+//! - metadata (string → string): `format` = [`FORMAT_NAME`], `format_version`, `config`
+//!   (the [`ModelConfig`] JSON), `normalizers` (JSON, optional), `training` (JSON,
+//!   optional), `optimizer` (JSON of the step count and hyper-parameters, optional).
+//!
+//! Loading builds the model from the config, then fills every variable from the file,
+//! failing clearly on a missing tensor, a shape mismatch, an unexpected tensor, a
+//! truncated file or a file that is not a checkpoint. Values are stored in their own
+//! dtype, so a save/load round trip is bit-exact. Files are written to a temporary
+//! sibling and renamed, so an interrupted save never destroys the previous checkpoint.
+
+use crate::config::{build, ModelConfig};
+use crate::data::Normalizers;
+use crate::error::{ModelError, Result};
+use crate::operator::NeuralOperator;
+use crate::train::optim::AdamWState;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
+use no_layers::init::SeededVarMap;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+/// The value of the `format` metadata key.
+pub const FORMAT_NAME: &str = "fhn-neural-operators/no-models checkpoint";
+/// The current format version; files from newer versions are refused.
+pub const FORMAT_VERSION: u32 = 1;
+const OPT_M: &str = "optimizer/m/";
+const OPT_V: &str = "optimizer/v/";
+
+/// Where training stood when the checkpoint was written.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainingMeta {
+    /// Epochs fully completed.
+    pub epochs_completed: usize,
+    /// Optimiser steps taken.
+    pub steps: u64,
+    /// Best validation error so far.
+    pub best_val: Option<f64>,
+    /// Epoch (0-based) of the best validation error.
+    pub best_epoch: Option<usize>,
+    /// Epochs since the validation error last improved (early stopping counter).
+    pub epochs_since_improvement: usize,
+    /// Validation error of the last completed epoch.
+    pub last_val: Option<f64>,
+    /// The training configuration (JSON), for the record and for resuming.
+    pub train_config: Option<serde_json::Value>,
+}
+
+/// Everything a checkpoint file holds, in memory.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    /// The architecture and its settings.
+    pub config: ModelConfig,
+    /// The model variables by name.
+    pub weights: BTreeMap<String, Tensor>,
+    /// Input/output normalisers, if the model was trained with them.
+    pub normalizers: Option<Normalizers>,
+    /// Training progress, if written by the trainer.
+    pub training: Option<TrainingMeta>,
+    /// Optimiser state, if written by the trainer.
+    pub optimizer: Option<AdamWState>,
+}
+
+/// A model rebuilt from a checkpoint, with its variables (trainable) and normalisers.
+pub struct LoadedModel {
+    /// The model.
+    pub model: Box<dyn NeuralOperator>,
+    /// Its variables, for further training.
+    pub vars: SeededVarMap,
+    /// Normalisers (identities if the checkpoint had none).
+    pub normalizers: Normalizers,
+    /// Training progress, if any.
+    pub training: Option<TrainingMeta>,
+    /// Optimiser state, if any.
+    pub optimizer: Option<AdamWState>,
+}
+
+impl LoadedModel {
+    /// Prediction in physical units: encode the input, run the model, decode the output.
+    pub fn predict(&self, input: &Tensor) -> Result<Tensor> {
+        let x = self.normalizers.input.encode(input)?;
+        let y = self.model.forward(&x)?;
+        self.normalizers.output.decode(&y)
+    }
+}
+
+impl Checkpoint {
+    /// Captures a model's current weights.
+    pub fn from_model(model: &dyn NeuralOperator, vars: &VarMap) -> Result<Self> {
+        Ok(Self {
+            config: model.config(),
+            weights: snapshot(vars)?,
+            normalizers: None,
+            training: None,
+            optimizer: None,
+        })
+    }
+
+    /// Writes the checkpoint (atomically: temporary file, then rename).
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let mut meta = HashMap::new();
+        meta.insert("format".to_string(), FORMAT_NAME.to_string());
+        meta.insert("format_version".to_string(), FORMAT_VERSION.to_string());
+        meta.insert("config".to_string(), serde_json::to_string(&self.config)?);
+        if let Some(n) = &self.normalizers {
+            meta.insert("normalizers".to_string(), serde_json::to_string(n)?);
+        }
+        if let Some(t) = &self.training {
+            meta.insert("training".to_string(), serde_json::to_string(t)?);
+        }
+        let mut tensors: Vec<(String, Tensor)> = Vec::new();
+        for (name, t) in &self.weights {
+            if name.starts_with("optimizer/") {
+                return Err(file_err(
+                    path,
+                    format!("variable name `{name}` is reserved"),
+                ));
+            }
+            tensors.push((name.clone(), t.contiguous()?));
+        }
+        if let Some(opt) = &self.optimizer {
+            meta.insert("optimizer".to_string(), serde_json::to_string(&opt.meta())?);
+            for (name, t) in &opt.m {
+                tensors.push((format!("{OPT_M}{name}"), t.contiguous()?));
+            }
+            for (name, t) in &opt.v {
+                tensors.push((format!("{OPT_V}{name}"), t.contiguous()?));
+            }
+        }
+        let tmp = path.with_extension("safetensors.tmp");
+        safetensors::serialize_to_file(
+            tensors.iter().map(|(n, t)| (n.as_str(), t)),
+            Some(meta),
+            &tmp,
+        )
+        .map_err(|e| file_err(&tmp, format!("cannot write checkpoint: {e}")))?;
+        std::fs::rename(&tmp, path).map_err(|source| ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// Reads a checkpoint file, placing its tensors on `device`.
+    pub fn read(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        use candle_core::safetensors::Load;
+        let path = path.as_ref();
+        let buf = std::fs::read(path).map_err(|source| ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(&buf).map_err(|e| {
+            file_err(
+                path,
+                format!("not a readable safetensors file (truncated or corrupt?): {e}"),
+            )
+        })?;
+        let meta = header.metadata().clone().unwrap_or_default();
+        let field = |key: &str| meta.get(key).map(String::as_str);
+        match field("format") {
+            Some(FORMAT_NAME) => {}
+            other => {
+                return Err(file_err(
+                    path,
+                    format!("not a no-models checkpoint (metadata `format` is {other:?}, expected {FORMAT_NAME:?})"),
+                ))
+            }
+        }
+        let version: u32 = field("format_version")
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| file_err(path, "missing or malformed `format_version`"))?;
+        if version > FORMAT_VERSION {
+            return Err(file_err(
+                path,
+                format!("format version {version} is newer than this library's {FORMAT_VERSION}"),
+            ));
+        }
+        let json_field = |key: &str| -> Result<Option<serde_json::Value>> {
+            field(key)
+                .map(|s| {
+                    serde_json::from_str(s)
+                        .map_err(|e| file_err(path, format!("bad `{key}` metadata: {e}")))
+                })
+                .transpose()
+        };
+        let config: ModelConfig = match json_field("config")? {
+            Some(v) => serde_json::from_value(v)
+                .map_err(|e| file_err(path, format!("bad `config`: {e}")))?,
+            None => return Err(file_err(path, "missing `config` metadata")),
+        };
+        let parse = |key: &str| -> Result<Option<serde_json::Value>> { json_field(key) };
+        let normalizers = parse("normalizers")?
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| file_err(path, format!("bad `normalizers`: {e}")))?;
+        let training = parse("training")?
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| file_err(path, format!("bad `training`: {e}")))?;
+        let st = safetensors::SafeTensors::deserialize(&buf)
+            .map_err(|e| file_err(path, format!("corrupt tensor data: {e}")))?;
+        let mut weights = BTreeMap::new();
+        let (mut m, mut v) = (BTreeMap::new(), BTreeMap::new());
+        for (name, view) in st.iter() {
+            let t = view.load(device)?;
+            if let Some(rest) = name.strip_prefix(OPT_M) {
+                m.insert(rest.to_string(), t);
+            } else if let Some(rest) = name.strip_prefix(OPT_V) {
+                v.insert(rest.to_string(), t);
+            } else {
+                weights.insert(name.to_string(), t);
+            }
+        }
+        let optimizer = match parse("optimizer")? {
+            Some(j) => {
+                let meta = serde_json::from_value(j)
+                    .map_err(|e| file_err(path, format!("bad `optimizer`: {e}")))?;
+                Some(AdamWState::from_parts(meta, m, v))
+            }
+            None => None,
+        };
+        Ok(Self {
+            config,
+            weights,
+            normalizers,
+            training,
+            optimizer,
+        })
+    }
+
+    /// Rebuilds the model on `device` and fills its variables from the checkpoint.
+    /// `path` only labels errors.
+    pub fn into_model(self, device: &Device, path: &Path) -> Result<LoadedModel> {
+        let dtype = self
+            .weights
+            .values()
+            .next()
+            .map(Tensor::dtype)
+            .unwrap_or(DType::F32);
+        let vars = SeededVarMap::new(0);
+        let model = build(&self.config, vars.var_builder(dtype, device))?;
+        fill_vars(vars.varmap(), &self.weights, path)?;
+        // Identity normalisers short-circuit, so their channel count does not matter.
+        let normalizers = self
+            .normalizers
+            .unwrap_or_else(|| Normalizers::identity(0, 0));
+        Ok(LoadedModel {
+            model,
+            vars,
+            normalizers,
+            training: self.training,
+            optimizer: self.optimizer,
+        })
+    }
+}
+
+/// Reads `path` and rebuilds its model on `device`.
+pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<LoadedModel> {
+    let path = path.as_ref();
+    Checkpoint::read(path, device)?.into_model(device, path)
+}
+
+/// Saves a bare model (no normalisers, no training state).
+pub fn save_model(path: impl AsRef<Path>, model: &dyn NeuralOperator, vars: &VarMap) -> Result<()> {
+    Checkpoint::from_model(model, vars)?.save(path)
+}
+
+/// Copies of all variables, by name.
+pub fn snapshot(vars: &VarMap) -> Result<BTreeMap<String, Tensor>> {
+    let data = vars
+        .data()
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("variable map lock poisoned".into()))?;
+    data.iter()
+        .map(|(k, v)| Ok((k.clone(), v.as_tensor().copy()?.detach())))
+        .collect()
+}
+
+/// Sets every variable of `vars` from `weights`, checking names and shapes both ways.
+pub fn fill_vars(vars: &VarMap, weights: &BTreeMap<String, Tensor>, path: &Path) -> Result<()> {
+    let data = vars
+        .data()
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("variable map lock poisoned".into()))?;
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    for name in names {
+        let var = &data[name];
+        let t = weights.get(name).ok_or_else(|| {
+            file_err(
+                path,
+                format!("missing tensor `{name}` (shape {:?})", var.dims()),
+            )
+        })?;
+        if t.dims() != var.dims() {
+            return Err(file_err(
+                path,
+                format!(
+                    "tensor `{name}` has shape {:?}, the model expects {:?}",
+                    t.dims(),
+                    var.dims()
+                ),
+            ));
+        }
+        var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
+    }
+    if let Some(extra) = weights.keys().find(|k| !data.contains_key(*k)) {
+        return Err(file_err(
+            path,
+            format!(
+                "unexpected tensor `{extra}`: the model built from the config has no such variable"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn file_err(path: &Path, reason: impl Into<String>) -> ModelError {
+    ModelError::File {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}

@@ -1,0 +1,471 @@
+//! In-memory datasets of `[N, C, nt, nx]` fields, per-channel normalisers and seeded batching.
+//!
+//! `no-models` knows nothing of the solver: it reads the `fhn-solver` dataset files
+//! (safetensors holding `input`, `v` and `w` as `[N, nt, nx]`) by tensor name with the
+//! `safetensors` crate, or takes any `[N, C, nt, nx]` tensors directly.
+//!
+//! Normalisers are **per channel** (one shift and one scale per channel, reduced over
+//! samples, time and space) rather than pointwise as in neuraloperator's
+//! `UnitGaussianNormalizer`: a pointwise mean would imprint the training set's spatial
+//! layout on every input and break the translation equivariance the study measures.
+//! They are fitted on the training set only and travel inside checkpoints.
+
+use crate::error::{ModelError, Result};
+use candle_core::{DType, Device, Tensor};
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Inputs and targets of a supervised operator-learning dataset, on the CPU in f32.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    inputs: Tensor,
+    outputs: Tensor,
+}
+
+impl Dataset {
+    /// Wraps inputs `[N, C_in, nt, nx]` and outputs `[N, C_out, nt, nx]` (same N, nt, nx).
+    pub fn new(inputs: Tensor, outputs: Tensor) -> Result<Self> {
+        let (i, o) = (inputs.dims(), outputs.dims());
+        if i.len() != 4 {
+            return Err(shape_err("dataset inputs", i, "[N, C_in, nt, nx]"));
+        }
+        if o.len() != 4 || o[0] != i[0] || o[2] != i[2] || o[3] != i[3] {
+            return Err(shape_err(
+                "dataset outputs",
+                o,
+                &format!("[{}, C_out, {}, {}] to match the inputs", i[0], i[2], i[3]),
+            ));
+        }
+        let inputs = inputs
+            .to_device(&Device::Cpu)?
+            .to_dtype(DType::F32)?
+            .contiguous()?;
+        let outputs = outputs
+            .to_device(&Device::Cpu)?
+            .to_dtype(DType::F32)?
+            .contiguous()?;
+        Ok(Self { inputs, outputs })
+    }
+
+    /// Loads an `fhn-solver` dataset file: `input` becomes the one input channel, `v` and
+    /// `w` the two output channels. Each tensor is `[N, nt, nx]` (or already `[N, 1, nt, nx]`)
+    /// in f32 or f64.
+    pub fn from_fhn_file(path: impl AsRef<Path>) -> Result<Self> {
+        Self::from_safetensors(path, &["input"], &["v", "w"])
+    }
+
+    /// Loads any safetensors file, stacking the named tensors as channels.
+    pub fn from_safetensors(
+        path: impl AsRef<Path>,
+        input_keys: &[&str],
+        output_keys: &[&str],
+    ) -> Result<Self> {
+        let path = path.as_ref();
+        let buf = std::fs::read(path).map_err(|source| ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let st = safetensors::SafeTensors::deserialize(&buf).map_err(|e| file_err(path, e))?;
+        let stack = |keys: &[&str]| -> Result<Tensor> {
+            let mut chans = Vec::with_capacity(keys.len());
+            for key in keys {
+                chans.push(read_channel(&st, path, key)?);
+            }
+            Ok(Tensor::cat(&chans, 1)?)
+        };
+        let (inputs, outputs) = (stack(input_keys)?, stack(output_keys)?);
+        Self::new(inputs, outputs).map_err(|e| file_err(path, e))
+    }
+
+    /// Loads `train`, `val` and (if present) `test` splits from a directory written by
+    /// `generate_dataset`: the first file whose stem starts with the split name
+    /// (`train.safetensors`, `val.safetensors`, `valid...`, `test.safetensors`).
+    pub fn load_splits(dir: impl AsRef<Path>) -> Result<Splits> {
+        let dir = dir.as_ref();
+        let find = |prefixes: &[&str]| -> Result<Option<PathBuf>> {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+                .map_err(|source| ModelError::Io {
+                    path: dir.to_path_buf(),
+                    source,
+                })?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+                .filter(|p| {
+                    let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+                    prefixes.iter().any(|pre| stem.starts_with(pre))
+                })
+                .collect();
+            found.sort();
+            Ok(found.into_iter().next())
+        };
+        let need = |p: Option<PathBuf>, what: &str| {
+            p.ok_or_else(|| ModelError::File {
+                path: dir.to_path_buf(),
+                reason: format!("no {what}*.safetensors file in this directory"),
+            })
+        };
+        let train = Self::from_fhn_file(need(find(&["train"])?, "train")?)?;
+        let val = Self::from_fhn_file(need(find(&["val"])?, "val")?)?;
+        let test = find(&["test"])?.map(Self::from_fhn_file).transpose()?;
+        Ok(Splits { train, val, test })
+    }
+
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.inputs.dims()[0]
+    }
+
+    /// Whether there are no samples.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// All inputs `[N, C_in, nt, nx]`.
+    pub fn inputs(&self) -> &Tensor {
+        &self.inputs
+    }
+
+    /// All outputs `[N, C_out, nt, nx]`.
+    pub fn outputs(&self) -> &Tensor {
+        &self.outputs
+    }
+
+    /// The first `n` samples (all of them if there are fewer).
+    pub fn take(&self, n: usize) -> Result<Self> {
+        let n = n.min(self.len());
+        Self::new(self.inputs.narrow(0, 0, n)?, self.outputs.narrow(0, 0, n)?)
+    }
+
+    /// The samples at `indices`, moved to `device`.
+    pub fn batch(&self, indices: &[usize], device: &Device) -> Result<(Tensor, Tensor)> {
+        if let Some(&bad) = indices.iter().find(|&&i| i >= self.len()) {
+            return Err(ModelError::Shape {
+                context: format!("batch index {bad}"),
+                got: vec![bad],
+                expected: format!("an index below {}", self.len()),
+            });
+        }
+        let idx: Vec<u32> = indices.iter().map(|&i| i as u32).collect();
+        let idx = Tensor::from_vec(idx, indices.len(), &Device::Cpu)?;
+        let x = self.inputs.index_select(&idx, 0)?.to_device(device)?;
+        let y = self.outputs.index_select(&idx, 0)?.to_device(device)?;
+        Ok((x, y))
+    }
+
+    /// The mini-batches of one epoch: a permutation drawn from `(seed, epoch)` when
+    /// `shuffle`, else the natural order, cut into chunks of `batch_size` (the last one
+    /// may be smaller). The permutation depends only on the seed and the epoch, so a
+    /// resumed run sees the same batches as an uninterrupted one.
+    pub fn epoch_batches(
+        &self,
+        batch_size: usize,
+        shuffle: bool,
+        seed: u64,
+        epoch: usize,
+    ) -> Vec<Vec<usize>> {
+        let mut order: Vec<usize> = (0..self.len()).collect();
+        if shuffle {
+            let mut rng = no_layers::init::rng_for(seed, &format!("shuffle/epoch{epoch}"));
+            order.shuffle(&mut rng);
+        }
+        order
+            .chunks(batch_size.max(1))
+            .map(|c| c.to_vec())
+            .collect()
+    }
+}
+
+/// The splits of a dataset directory.
+#[derive(Debug, Clone)]
+pub struct Splits {
+    /// Training samples (normalisers are fitted on these only).
+    pub train: Dataset,
+    /// Validation samples (model selection, early stopping).
+    pub val: Dataset,
+    /// Held-out test samples, if the directory has them.
+    pub test: Option<Dataset>,
+}
+
+/// Which normalisation law to fit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NormalizerKind {
+    /// Identity.
+    None,
+    /// `(x - mean) / std` per channel.
+    #[default]
+    Gaussian,
+    /// `(x - min) / (max - min)` per channel, onto [0, 1].
+    MinMax,
+}
+
+/// A per-channel affine map `x -> (x - shift) / scale`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Normalizer {
+    /// The law it was fitted with.
+    pub kind: NormalizerKind,
+    /// Per-channel shift (mean or minimum).
+    pub shift: Vec<f64>,
+    /// Per-channel scale (standard deviation or range); never zero.
+    pub scale: Vec<f64>,
+}
+
+/// Scales below this are replaced by 1 so that a constant channel stays finite.
+const MIN_SCALE: f64 = 1e-12;
+
+impl Normalizer {
+    /// The identity on `channels` channels.
+    pub fn identity(channels: usize) -> Self {
+        Self {
+            kind: NormalizerKind::None,
+            shift: vec![0.0; channels],
+            scale: vec![1.0; channels],
+        }
+    }
+
+    /// Fits `kind` on `data` `[N, C, ...]`, one shift and scale per channel.
+    pub fn fit(kind: NormalizerKind, data: &Tensor) -> Result<Self> {
+        let dims = data.dims();
+        if dims.len() < 2 || dims[0] == 0 {
+            return Err(shape_err("normaliser fit", dims, "[N >= 1, C, ...]"));
+        }
+        let c = dims[1];
+        // [C, N * rest] in f64 for exact-enough statistics.
+        let flat = data
+            .to_dtype(DType::F64)?
+            .transpose(0, 1)?
+            .contiguous()?
+            .reshape((c, ()))?;
+        let (shift, scale) = match kind {
+            NormalizerKind::None => return Ok(Self::identity(c)),
+            NormalizerKind::Gaussian => {
+                let mean = flat.mean_keepdim(1)?;
+                let var = flat.broadcast_sub(&mean)?.sqr()?.mean_keepdim(1)?;
+                (
+                    mean.flatten_all()?.to_vec1::<f64>()?,
+                    var.sqrt()?.flatten_all()?.to_vec1::<f64>()?,
+                )
+            }
+            NormalizerKind::MinMax => {
+                let min = flat.min_keepdim(1)?.flatten_all()?.to_vec1::<f64>()?;
+                let max = flat.max_keepdim(1)?.flatten_all()?.to_vec1::<f64>()?;
+                let range = max.iter().zip(&min).map(|(a, b)| a - b).collect();
+                (min, range)
+            }
+        };
+        let scale = scale
+            .into_iter()
+            .map(|s: f64| {
+                if s.is_finite() && s > MIN_SCALE {
+                    s
+                } else {
+                    1.0
+                }
+            })
+            .collect();
+        Ok(Self { kind, shift, scale })
+    }
+
+    /// Number of channels.
+    pub fn channels(&self) -> usize {
+        self.shift.len()
+    }
+
+    fn coeffs(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let dims = x.dims();
+        if dims.len() < 2 || dims[1] != self.channels() {
+            return Err(shape_err(
+                "normaliser input",
+                dims,
+                &format!("[B, {}, ...]", self.channels()),
+            ));
+        }
+        let mut shape = vec![1usize; dims.len()];
+        shape[1] = self.channels();
+        let f = |v: &[f64]| -> Result<Tensor> {
+            Ok(Tensor::from_slice(v, shape.as_slice(), x.device())?.to_dtype(x.dtype())?)
+        };
+        Ok((f(&self.shift)?, f(&self.scale)?))
+    }
+
+    /// `(x - shift) / scale`, differentiable.
+    pub fn encode(&self, x: &Tensor) -> Result<Tensor> {
+        if self.kind == NormalizerKind::None {
+            return Ok(x.clone());
+        }
+        let (shift, scale) = self.coeffs(x)?;
+        Ok(x.broadcast_sub(&shift)?.broadcast_div(&scale)?)
+    }
+
+    /// `x * scale + shift`, differentiable.
+    pub fn decode(&self, x: &Tensor) -> Result<Tensor> {
+        if self.kind == NormalizerKind::None {
+            return Ok(x.clone());
+        }
+        let (shift, scale) = self.coeffs(x)?;
+        Ok(x.broadcast_mul(&scale)?.broadcast_add(&shift)?)
+    }
+}
+
+/// The input and output normalisers of a trained model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Normalizers {
+    /// Applied to the model input.
+    pub input: Normalizer,
+    /// Inverted on the model output.
+    pub output: Normalizer,
+}
+
+impl Normalizers {
+    /// Fits both on a training set.
+    pub fn fit(kind: NormalizerKind, train: &Dataset) -> Result<Self> {
+        Ok(Self {
+            input: Normalizer::fit(kind, train.inputs())?,
+            output: Normalizer::fit(kind, train.outputs())?,
+        })
+    }
+
+    /// Identities for the given channel counts.
+    pub fn identity(c_in: usize, c_out: usize) -> Self {
+        Self {
+            input: Normalizer::identity(c_in),
+            output: Normalizer::identity(c_out),
+        }
+    }
+}
+
+fn read_channel(st: &safetensors::SafeTensors<'_>, path: &Path, key: &str) -> Result<Tensor> {
+    use candle_core::safetensors::Load;
+    let view = st.tensor(key).map_err(|_| ModelError::File {
+        path: path.to_path_buf(),
+        reason: format!("no tensor named `{key}` (found: {:?})", st.names()),
+    })?;
+    let t = view.load(&Device::Cpu)?.to_dtype(DType::F32)?;
+    match t.dims() {
+        [_, _, _] => Ok(t.unsqueeze(1)?),
+        [_, 1, _, _] => Ok(t),
+        d => Err(file_err(
+            path,
+            format!("tensor `{key}` has shape {d:?}, expected [N, nt, nx] or [N, 1, nt, nx]"),
+        )),
+    }
+}
+
+fn shape_err(context: &str, got: &[usize], expected: &str) -> ModelError {
+    ModelError::Shape {
+        context: context.to_string(),
+        got: got.to_vec(),
+        expected: expected.to_string(),
+    }
+}
+
+fn file_err(path: &Path, reason: impl std::fmt::Display) -> ModelError {
+    ModelError::File {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn toy(n: usize) -> Result<Dataset> {
+        let x =
+            Tensor::arange(0f32, (n * 2 * 3 * 4) as f32, &Device::Cpu)?.reshape((n, 2, 3, 4))?;
+        let y = (x.narrow(1, 0, 1)? * 3.0)?;
+        Dataset::new(x, y)
+    }
+
+    #[test]
+    fn gaussian_normaliser_gives_zero_mean_unit_std_and_inverts() -> Result<()> {
+        let ds = toy(5)?;
+        let n = Normalizer::fit(NormalizerKind::Gaussian, ds.inputs())?;
+        let e = n.encode(ds.inputs())?;
+        let per_c = e.transpose(0, 1)?.contiguous()?.reshape((2, ()))?;
+        let mean = per_c.mean(1)?.to_vec1::<f32>()?;
+        let std = per_c.sqr()?.mean(1)?.sqrt()?.to_vec1::<f32>()?;
+        for c in 0..2 {
+            assert!(mean[c].abs() < 1e-5, "mean {mean:?}");
+            assert!((std[c] - 1.0).abs() < 1e-5, "std {std:?}");
+        }
+        let back = n.decode(&e)?;
+        let err = (back - ds.inputs())?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(err < 1e-3, "round trip error {err}");
+        Ok(())
+    }
+
+    #[test]
+    fn min_max_maps_training_range_onto_unit_interval() -> Result<()> {
+        let ds = toy(4)?;
+        let n = Normalizer::fit(NormalizerKind::MinMax, ds.outputs())?;
+        let e = n.encode(ds.outputs())?;
+        assert_eq!(e.min_all()?.to_scalar::<f32>()?, 0.0);
+        assert!((e.max_all()?.to_scalar::<f32>()? - 1.0).abs() < 1e-6);
+        Ok(())
+    }
+
+    #[test]
+    fn constant_channel_does_not_divide_by_zero() -> Result<()> {
+        let x = Tensor::ones((3, 1, 2, 2), DType::F32, &Device::Cpu)?;
+        let n = Normalizer::fit(NormalizerKind::Gaussian, &x)?;
+        assert_eq!(n.scale, vec![1.0]);
+        assert!(n.encode(&x)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-7);
+        Ok(())
+    }
+
+    #[test]
+    fn batches_are_seeded_permutations_covering_every_sample() {
+        let ds = toy(10).unwrap();
+        let a = ds.epoch_batches(3, true, 7, 0);
+        assert_eq!(a, ds.epoch_batches(3, true, 7, 0));
+        assert_ne!(a, ds.epoch_batches(3, true, 7, 1));
+        assert_eq!(a.iter().map(Vec::len).collect::<Vec<_>>(), vec![3, 3, 3, 1]);
+        let mut all: Vec<usize> = a.concat();
+        all.sort();
+        assert_eq!(all, (0..10).collect::<Vec<_>>());
+        assert_eq!(ds.epoch_batches(4, false, 7, 0)[0], vec![0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn mismatched_shapes_are_rejected() -> Result<()> {
+        let x = Tensor::zeros((2, 1, 3, 4), DType::F32, &Device::Cpu)?;
+        let y = Tensor::zeros((2, 2, 3, 5), DType::F32, &Device::Cpu)?;
+        assert!(matches!(Dataset::new(x, y), Err(ModelError::Shape { .. })));
+        Ok(())
+    }
+
+    #[test]
+    fn reads_fhn_layout_and_reports_missing_tensor() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| file_err(Path::new("tmp"), e))?;
+        let path = dir.path().join("train.safetensors");
+        let t = |v: f32| Tensor::full(v, (3, 4, 5), &Device::Cpu);
+        let (i, v, w) = (t(1.0)?, t(2.0)?, t(3.0)?);
+        candle_core::safetensors::save(
+            &[
+                ("input".to_string(), i),
+                ("v".to_string(), v),
+                ("w".to_string(), w.clone()),
+            ]
+            .into_iter()
+            .collect(),
+            &path,
+        )?;
+        let ds = Dataset::from_fhn_file(&path)?;
+        assert_eq!(ds.inputs().dims(), &[3, 1, 4, 5]);
+        assert_eq!(ds.outputs().dims(), &[3, 2, 4, 5]);
+        assert_eq!(
+            ds.outputs()
+                .narrow(1, 1, 1)?
+                .max_all()?
+                .to_scalar::<f32>()?,
+            3.0
+        );
+        let bad = dir.path().join("bad.safetensors");
+        candle_core::safetensors::save(&[("w".to_string(), w)].into_iter().collect(), &bad)?;
+        let err = Dataset::from_fhn_file(&bad).unwrap_err().to_string();
+        assert!(err.contains("input"), "{err}");
+        Ok(())
+    }
+}
