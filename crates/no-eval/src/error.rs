@@ -1,0 +1,92 @@
+//! The error type of `no-eval`.
+
+use std::path::PathBuf;
+use thiserror::Error;
+
+/// Everything that can go wrong while evaluating models or writing a report.
+#[derive(Debug, Error)]
+pub enum EvalError {
+    /// Two arrays that must agree in shape do not.
+    #[error("shape mismatch in {context}: got {got:?}, expected {expected}")]
+    Shape {
+        /// Where the mismatch was found.
+        context: String,
+        /// The shape found.
+        got: Vec<usize>,
+        /// What was expected.
+        expected: String,
+    },
+    /// An argument is out of range (an empty sample set, a shift larger than the grid...).
+    #[error("invalid {what} = {value}: expected {expected}")]
+    Invalid {
+        /// The argument.
+        what: String,
+        /// Its value, printed.
+        value: String,
+        /// What was expected.
+        expected: String,
+    },
+    /// An I/O error on a report or data file.
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        /// The file involved.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// Drawing a figure failed.
+    #[error("plotting {path}: {reason}")]
+    Plot {
+        /// The figure being drawn.
+        path: PathBuf,
+        /// What plotters reported.
+        reason: String,
+    },
+    /// A JSON (de)serialisation error.
+    #[error("JSON error: {0}")]
+    Json(#[from] serde_json::Error),
+    /// An error from the solver (data generation, ground-truth solves).
+    #[error(transparent)]
+    Solver(#[from] fhn_solver::SolverError),
+    /// An error from a model (building, training, checkpoints).
+    #[error(transparent)]
+    Model(#[from] no_models::ModelError),
+    /// A tensor operation failed inside candle.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+impl EvalError {
+    /// An [`EvalError::Invalid`] from its parts.
+    pub fn invalid(
+        what: impl Into<String>,
+        value: impl std::fmt::Display,
+        expected: impl Into<String>,
+    ) -> Self {
+        EvalError::Invalid {
+            what: what.into(),
+            value: value.to_string(),
+            expected: expected.into(),
+        }
+    }
+
+    /// An [`EvalError::Shape`] from its parts.
+    pub fn shape(context: impl Into<String>, got: &[usize], expected: impl Into<String>) -> Self {
+        EvalError::Shape {
+            context: context.into(),
+            got: got.to_vec(),
+            expected: expected.into(),
+        }
+    }
+
+    /// An [`EvalError::Io`] on `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        EvalError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// Result alias of the crate.
+pub type Result<T> = std::result::Result<T, EvalError>;

@@ -1,0 +1,247 @@
+//! The study's results as data, and their writers: `report.md`, `results.csv`,
+//! `results.json`, per-epoch logs and PNG figures.
+//!
+//! [`StudyResults`] is the one value every writer reads, so the Markdown table, the CSV and
+//! the JSON always carry the same figures.
+
+pub mod csv;
+pub mod markdown;
+pub mod plots;
+
+use std::path::Path;
+
+use no_models::ParamCount;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{EvalError, Result};
+use crate::latency::LatencyReport;
+use crate::metrics::FieldSummary;
+use crate::translation::EquivarianceCurve;
+
+/// One epoch of training, as the report shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    /// Epoch number (0-based).
+    pub epoch: usize,
+    /// Mean training loss (relative L2 averaged over v and w, normalised units).
+    pub train_loss: f64,
+    /// Validation relative L2 (mean over samples and fields), if measured.
+    pub val_error: Option<f64>,
+    /// Learning rate used in the epoch.
+    pub lr: f64,
+    /// Wall time of the epoch, seconds.
+    pub wall_s: f64,
+    /// Training samples per second in the epoch.
+    pub samples_per_s: f64,
+}
+
+/// How the model was trained and fed, beside the paper's setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Variant {
+    /// The architecture as the study uses it.
+    Paper,
+    /// The same architecture without absolute positional inputs.
+    NoPositional,
+    /// The paper's architecture trained on randomly delayed copies of the training data.
+    Augmented,
+}
+
+impl Variant {
+    /// A short human label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Variant::Paper => "paper setting",
+            Variant::NoPositional => "no positional input",
+            Variant::Augmented => "delay augmentation",
+        }
+    }
+}
+
+/// A test sample's error next to its stimulus parameters (for the error-vs-onset figure).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct OnsetError {
+    /// Stimulus onset time.
+    pub t0: f64,
+    /// Stimulus centre.
+    pub x0: f64,
+    /// Stimulus amplitude.
+    pub amplitude: f64,
+    /// Relative L2 error of v.
+    pub rel_l2_v: f64,
+    /// Relative L2 error of w.
+    pub rel_l2_w: f64,
+}
+
+/// Everything measured on one trained model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelResult {
+    /// The label in tables and figures (`fno`, `fno-nopos`, `don+aug`, ...).
+    pub label: String,
+    /// The architecture's short name (`fno`, `cno`, ...).
+    pub architecture: String,
+    /// Paper setting or one of the remedies.
+    pub variant: Variant,
+    /// The model's configuration as JSON.
+    pub config: serde_json::Value,
+    /// Parameter count.
+    pub params: ParamCount,
+    /// Errors on the training split, one summary per field (v, w).
+    pub train: Vec<FieldSummary>,
+    /// Errors on the validation split (same distribution as training).
+    pub validation: Vec<FieldSummary>,
+    /// Errors on the translated test split.
+    pub test: Vec<FieldSummary>,
+    /// Per-sample translated-test errors with the stimulus parameters.
+    pub test_by_onset: Vec<OnsetError>,
+    /// Zero-shot errors on a finer output grid, where the model accepts one.
+    pub fine_grid: Option<Vec<FieldSummary>>,
+    /// E(s) over delays.
+    pub time_curve: EquivarianceCurve,
+    /// E(s) over space shifts.
+    pub space_curve: EquivarianceCurve,
+    /// Training wall time, seconds.
+    pub train_wall_s: f64,
+    /// The per-epoch log.
+    pub epochs: Vec<EpochRecord>,
+    /// Inference latency sweep.
+    pub latency: LatencyReport,
+}
+
+/// The fixed shifts at which the report's table reads the equivariance curves.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct FixedShifts {
+    /// Delay in output steps.
+    pub time_steps: isize,
+    /// The same in time units.
+    pub time: f64,
+    /// Space shift in output steps.
+    pub space_steps: isize,
+    /// The same in length units.
+    pub space: f64,
+}
+
+/// The whole study's outcome.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StudyResults {
+    /// Name of the protocol (`quick`, `default`, or a file name).
+    pub protocol_name: String,
+    /// The study configuration as JSON (protocol, models, budgets).
+    pub study_config: serde_json::Value,
+    /// The device the models ran on.
+    pub device: String,
+    /// Output grid size (nt, nx).
+    pub grid: (usize, usize),
+    /// Samples per split (train, validation, test).
+    pub samples: (usize, usize, usize),
+    /// The shifts the table reports.
+    pub fixed_shifts: FixedShifts,
+    /// The solver's own E(s) over delays (the ground truth).
+    pub solver_time_curve: EquivarianceCurve,
+    /// The solver's own E(s) over space shifts.
+    pub solver_space_curve: EquivarianceCurve,
+    /// One entry per trained model.
+    pub models: Vec<ModelResult>,
+    /// Wall time of each phase, seconds, in order.
+    pub phases: Vec<(String, f64)>,
+}
+
+/// The figures of one table row, computed once so every writer prints the same numbers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Row {
+    /// Model label.
+    pub label: String,
+    /// Variant label.
+    pub variant: String,
+    /// Parameters (`numel`).
+    pub params: usize,
+    /// Mean relative L2 on the training split, averaged over v and w.
+    pub train_rel_l2: f64,
+    /// Mean relative L2 on validation, averaged over v and w.
+    pub val_rel_l2: f64,
+    /// Mean relative L2 of v on the translated test split.
+    pub test_rel_l2_v: f64,
+    /// Mean relative L2 of w on the translated test split.
+    pub test_rel_l2_w: f64,
+    /// Median relative L1 of v on the translated test split (the CNO paper's statistic).
+    pub test_median_rel_l1_v: f64,
+    /// Mean E(s) of v at the fixed delay.
+    pub equiv_time_v: Option<f64>,
+    /// Mean E(s) of v at the fixed space shift.
+    pub equiv_space_v: Option<f64>,
+    /// Training wall time, seconds.
+    pub train_wall_s: f64,
+    /// Latency p50 at batch 1, milliseconds.
+    pub p50_b1_ms: Option<f64>,
+    /// Throughput at batch 32, samples/s.
+    pub throughput_b32: Option<f64>,
+    /// Zero-shot mean relative L2 of v on the finer grid.
+    pub fine_rel_l2_v: Option<f64>,
+}
+
+fn mean_l2(f: &[FieldSummary]) -> f64 {
+    if f.is_empty() {
+        return f64::NAN;
+    }
+    f.iter().map(|s| s.rel_l2.mean).sum::<f64>() / f.len() as f64
+}
+
+impl StudyResults {
+    /// The table rows, in the order the models were trained.
+    pub fn rows(&self) -> Vec<Row> {
+        self.models
+            .iter()
+            .map(|m| Row {
+                label: m.label.clone(),
+                variant: m.variant.label().to_string(),
+                params: m.params.numel,
+                train_rel_l2: mean_l2(&m.train),
+                val_rel_l2: mean_l2(&m.validation),
+                test_rel_l2_v: m.test.first().map_or(f64::NAN, |s| s.rel_l2.mean),
+                test_rel_l2_w: m.test.get(1).map_or(f64::NAN, |s| s.rel_l2.mean),
+                test_median_rel_l1_v: m.test.first().map_or(f64::NAN, |s| s.rel_l1.median),
+                equiv_time_v: m
+                    .time_curve
+                    .at(self.fixed_shifts.time_steps)
+                    .map(|p| p.channels[0].mean),
+                equiv_space_v: m
+                    .space_curve
+                    .at(self.fixed_shifts.space_steps)
+                    .map(|p| p.channels[0].mean),
+                train_wall_s: m.train_wall_s,
+                p50_b1_ms: m.latency.at(1).map(|p| p.p50_ms),
+                throughput_b32: m.latency.at(32).map(|p| p.throughput),
+                fine_rel_l2_v: m
+                    .fine_grid
+                    .as_ref()
+                    .and_then(|f| f.first())
+                    .map(|s| s.rel_l2.mean),
+            })
+            .collect()
+    }
+
+    /// Writes `report.md`, `results.csv`, `results.json`, `epochs.csv` and the figures into
+    /// `dir` (created if needed); returns the paths written.
+    pub fn write_all(
+        &self,
+        dir: &Path,
+        figures: &plots::FigureData,
+    ) -> Result<Vec<std::path::PathBuf>> {
+        std::fs::create_dir_all(dir).map_err(|e| EvalError::io(dir, e))?;
+        let mut written = Vec::new();
+        let mut put = |name: &str, text: String| -> Result<()> {
+            let p = dir.join(name);
+            std::fs::write(&p, text).map_err(|e| EvalError::io(&p, e))?;
+            written.push(p);
+            Ok(())
+        };
+        put("results.json", serde_json::to_string_pretty(self)?)?;
+        put("results.csv", csv::results_csv(self))?;
+        put("epochs.csv", csv::epochs_csv(self))?;
+        put("curves.csv", csv::curves_csv(self))?;
+        let figs = plots::draw_all(self, figures, dir)?;
+        put("report.md", markdown::report(self, &figs))?;
+        written.extend(figs);
+        Ok(written)
+    }
+}
