@@ -19,8 +19,20 @@
 //! # Ok::<(), candle_core::Error>(())
 //! ```
 
+pub mod activation;
+pub mod differential;
+pub mod disco;
+pub mod embedding;
 pub mod error;
+pub mod fft_op;
+pub mod fourier;
 pub mod gradcheck;
 pub mod init;
+pub mod local_conv;
+pub mod mlp;
+pub mod padding;
+pub mod skip;
+pub mod spectral_conv;
+pub mod tucker;
 
 pub use error::{LayerError, Result};

@@ -1,0 +1,496 @@
+//! Spectral convolution (the Fourier layer of FNO/TFNO), 1D and 2D, channels-first.
+//!
+//! `y = F⁻¹( W · truncate(F x) ) + b`: a truncated real Fourier transform of the input
+//! `[B, C_in, d1, (d2)]`, a per-mode complex channel mixing with learned weights, the
+//! inverse transform onto the output grid, and a per-channel bias. The semantics are
+//! neuraloperator 2.x's `SpectralConv` (see [`crate::fourier`] for the mode convention),
+//! so its trained weights import one-to-one (`docs/layers-spectral.md` lists the keys).
+//!
+//! The transform is a product with cached cos/sin bases (works on every backend and is
+//! differentiated by candle); on the CPU the last axis can instead go through
+//! `realfft` in a custom op with an exact adjoint ([`SpectralTransform::Fft`]). The
+//! mixing is one batched real GEMM per call: `[Zr | Zi] · [[Wr, Wi], [−Wi, Wr]]` over all
+//! kept modes. Tucker-factorized weights ([`crate::tucker`]) either contract the input
+//! through core and factors or rebuild the dense weight first ([`TuckerImplementation`]).
+//!
+//! The same weights apply at any input resolution (modes the grid cannot resolve are
+//! skipped); [`SpectralConv::forward_with_output_shape`] evaluates the output on another
+//! grid.
+
+use crate::error::{LayerError, Result};
+use crate::fft_op;
+use crate::fourier::{centred_kept, dft_basis, idft_basis, irfft_basis, rfft_basis, rfft_kept};
+use crate::tucker::{Complex, TuckerRank, TuckerWeight};
+use candle_core::{Device, Module, Tensor, D};
+use candle_nn::{init::Init, VarBuilder};
+use serde::{Deserialize, Serialize};
+
+const LAYER: &str = "SpectralConv";
+
+/// Factorization of the spectral weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Factorization {
+    /// Tucker: a core and one factor per axis (TFNO).
+    Tucker,
+}
+
+/// How a factorized weight meets the input (neuraloperator's `implementation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TuckerImplementation {
+    /// Contract the spectrum through the factors and the core, never forming `W`.
+    #[default]
+    Factorized,
+    /// Rebuild the dense weight from the factors, then mix as a dense layer.
+    Reconstructed,
+}
+
+/// How the last spatial axis is transformed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpectralTransform {
+    /// Products with cached DFT bases: every backend, candle autograd.
+    #[default]
+    Matmul,
+    /// `realfft` in a CPU custom op with its adjoint as backward (see [`crate::fft_op`]).
+    Fft,
+}
+
+/// Configuration of a [`SpectralConv`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SpectralConvConfig {
+    /// Input channels.
+    pub in_channels: usize,
+    /// Output channels.
+    pub out_channels: usize,
+    /// Total modes per spatial axis (1 or 2 entries): centred on 0 on every axis but
+    /// the last, which keeps `n_modes/2 + 1` non-negative frequencies.
+    pub n_modes: Vec<usize>,
+    /// Whether to add a per-channel bias (shape `[out, 1, (1)]`).
+    pub bias: bool,
+    /// `None` for a dense weight.
+    pub factorization: Option<Factorization>,
+    /// Tucker rank (ignored for dense weights).
+    pub rank: TuckerRank,
+    /// Tucker contraction (ignored for dense weights).
+    pub implementation: TuckerImplementation,
+    /// Standard deviation of the complex weight init and of the bias; `None` is
+    /// neuraloperator's "auto", `sqrt(2 / (in + out))`.
+    pub init_std: Option<f64>,
+    /// Transform of the last axis.
+    pub transform: SpectralTransform,
+}
+
+impl Default for SpectralConvConfig {
+    fn default() -> Self {
+        Self {
+            in_channels: 1,
+            out_channels: 1,
+            n_modes: vec![16, 16],
+            bias: true,
+            factorization: None,
+            rank: TuckerRank::default(),
+            implementation: TuckerImplementation::default(),
+            init_std: None,
+            transform: SpectralTransform::default(),
+        }
+    }
+}
+
+impl SpectralConvConfig {
+    /// The complex weight shape `[in, out, m_1, …, m_last/2 + 1]` (as in neuraloperator).
+    pub fn weight_shape(&self) -> Vec<usize> {
+        let mut s = vec![self.in_channels, self.out_channels];
+        s.extend_from_slice(&self.n_modes);
+        if let Some(last) = s.last_mut() {
+            *last = *last / 2 + 1;
+        }
+        s
+    }
+
+    /// The init standard deviation actually used.
+    pub fn resolved_init_std(&self) -> f64 {
+        self.init_std
+            .unwrap_or_else(|| (2.0 / (self.in_channels + self.out_channels) as f64).sqrt())
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |reason: String| {
+            Err(LayerError::InvalidConfig {
+                layer: LAYER,
+                reason,
+            })
+        };
+        if self.in_channels == 0 || self.out_channels == 0 {
+            return bad(format!(
+                "channels must be > 0, got in {} out {}",
+                self.in_channels, self.out_channels
+            ));
+        }
+        if !(1..=2).contains(&self.n_modes.len()) || self.n_modes.contains(&0) {
+            return bad(format!(
+                "n_modes must have 1 or 2 entries, all > 0, got {:?}",
+                self.n_modes
+            ));
+        }
+        if let Some(std) = self.init_std {
+            if !(std.is_finite() && std >= 0.0) {
+                return bad(format!("init_std must be finite and >= 0, got {std}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The learned spectral weight.
+#[derive(Debug, Clone)]
+pub enum SpectralWeight {
+    /// `weight.tensor`: `[in, out, m_1, …, q, 2]` (re, im).
+    Dense(Tensor),
+    /// `weight.core` and `weight.factors.factor_k`.
+    Tucker(TuckerWeight),
+}
+
+/// A spectral convolution layer (see the module docs).
+#[derive(Debug, Clone)]
+pub struct SpectralConv {
+    cfg: SpectralConvConfig,
+    weight: SpectralWeight,
+    bias: Option<Tensor>,
+}
+
+/// Which modes of the weight a given grid uses.
+#[derive(Debug, Clone, Copy)]
+struct Kept {
+    /// Centred axis (2D only): lowest frequency, count, offset into the weight.
+    centred: Option<(i64, usize, usize)>,
+    /// Last axis: number of bins `0..q`.
+    q: usize,
+}
+
+impl Kept {
+    fn modes(&self) -> usize {
+        self.centred.map_or(1, |c| c.1) * self.q
+    }
+}
+
+impl SpectralConv {
+    /// Builds the layer, creating `weight.tensor` (dense) or `weight.core` and
+    /// `weight.factors.factor_k` (Tucker), and `bias`, under `vb`.
+    pub fn new(cfg: &SpectralConvConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.validate()?;
+        let std = cfg.resolved_init_std();
+        let shape = cfg.weight_shape();
+        let weight = match cfg.factorization {
+            None => {
+                let mut s = shape.clone();
+                s.push(2);
+                // Complex normal with std `std`: each part has std/√2 (torch's cfloat normal_).
+                let init = Init::Randn {
+                    mean: 0.0,
+                    stdev: std / 2f64.sqrt(),
+                };
+                SpectralWeight::Dense(vb.pp("weight").get_with_hints(s, "tensor", init)?)
+            }
+            Some(Factorization::Tucker) => {
+                SpectralWeight::Tucker(TuckerWeight::new(&shape, &cfg.rank, std, vb.pp("weight"))?)
+            }
+        };
+        let bias = if cfg.bias {
+            let mut s = vec![cfg.out_channels];
+            s.extend(std::iter::repeat_n(1, cfg.n_modes.len()));
+            Some(vb.get_with_hints(
+                s,
+                "bias",
+                Init::Randn {
+                    mean: 0.0,
+                    stdev: std,
+                },
+            )?)
+        } else {
+            None
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            weight,
+            bias,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SpectralConvConfig {
+        &self.cfg
+    }
+
+    /// The spectral weight.
+    pub fn weight(&self) -> &SpectralWeight {
+        &self.weight
+    }
+
+    /// The bias `[out, 1, (1)]`, if any.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
+    /// The dense complex weight `[in, out, m_1, …, q, 2]` (rebuilt for Tucker).
+    pub fn dense_weight(&self) -> Result<Tensor> {
+        match &self.weight {
+            SpectralWeight::Dense(w) => Ok(w.clone()),
+            SpectralWeight::Tucker(t) => t.to_dense(),
+        }
+    }
+
+    fn check_input(&self, x: &Tensor) -> Result<()> {
+        let d = self.cfg.n_modes.len();
+        let dims = x.dims();
+        if dims.len() != d + 2 || dims[1] != self.cfg.in_channels || dims[2..].contains(&0) {
+            return Err(LayerError::Shape {
+                layer: LAYER,
+                got: dims.to_vec(),
+                expected: format!(
+                    "[batch, {}, {}] (non-empty grid)",
+                    self.cfg.in_channels,
+                    if d == 1 { "d1" } else { "d1, d2" }
+                ),
+            });
+        }
+        if self.cfg.transform == SpectralTransform::Fft && !matches!(x.device(), Device::Cpu) {
+            return Err(LayerError::InvalidConfig {
+                layer: LAYER,
+                reason: "the FFT transform runs on the CPU only; use SpectralTransform::Matmul on other devices".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn kept(&self, grid: &[usize]) -> Kept {
+        let m = &self.cfg.n_modes;
+        let last = m.len() - 1;
+        let centred = (m.len() == 2).then(|| {
+            let (lo, count) = centred_kept(m[0], grid[0]);
+            (lo, count, (lo + (m[0] / 2) as i64) as usize)
+        });
+        Kept {
+            centred,
+            q: rfft_kept(m[last], grid[last]),
+        }
+    }
+
+    /// Evaluates the layer with the output on a grid of `output_shape` (same number of
+    /// axes as the input grid); `None` keeps the input grid.
+    ///
+    /// Frequencies the output grid cannot represent are dropped. (neuraloperator 2.0
+    /// agrees with this on the last axis; on a centred axis its `irfftn(s=…)` zero-pads
+    /// the spectrum at the end, which misplaces negative frequencies, so only the last
+    /// axis may change size for parity with it.)
+    pub fn forward_with_output_shape(
+        &self,
+        x: &Tensor,
+        output_shape: Option<&[usize]>,
+    ) -> Result<Tensor> {
+        self.check_input(x)?;
+        let grid = x.dims()[2..].to_vec();
+        let out_grid = match output_shape {
+            Some(s) if s.len() == grid.len() && !s.contains(&0) => s.to_vec(),
+            Some(s) => {
+                return Err(LayerError::InvalidConfig {
+                    layer: LAYER,
+                    reason: format!(
+                        "output_shape {s:?} must have {} non-zero entries",
+                        grid.len()
+                    ),
+                })
+            }
+            None => grid.clone(),
+        };
+        let kept = self.kept(&grid);
+        let z = self.forward_transform(x, &grid, &kept)?;
+        let y = self.mix(&z, &kept)?;
+        let out = self.inverse_transform(&y, &out_grid, &kept)?;
+        Ok(match &self.bias {
+            Some(b) => out.broadcast_add(b)?,
+            None => out,
+        })
+    }
+
+    /// Last axis `[rows, n] → [rows, 2q]`.
+    fn last_axis_forward(&self, x: &Tensor, q: usize) -> Result<Tensor> {
+        let n = x.dim(D::Minus1)?;
+        Ok(match self.cfg.transform {
+            SpectralTransform::Matmul => x.matmul(&rfft_basis(n, q, x.dtype(), x.device())?)?,
+            SpectralTransform::Fft => fft_op::truncated_rfft(x, q)?,
+        })
+    }
+
+    /// Last axis `[rows, 2q] → [rows, n_out]`.
+    fn last_axis_inverse(&self, y: &Tensor, n_out: usize) -> Result<Tensor> {
+        let q = y.dim(D::Minus1)? / 2;
+        Ok(match self.cfg.transform {
+            SpectralTransform::Matmul => {
+                y.matmul(&irfft_basis(n_out, q, y.dtype(), y.device())?)?
+            }
+            SpectralTransform::Fft => fft_op::truncated_irfft(y, n_out)?,
+        })
+    }
+
+    /// `x [B, C, grid…]` → spectrum laid out `[M, B, 2C]` = `[Re | Im]` per mode.
+    fn forward_transform(&self, x: &Tensor, grid: &[usize], kept: &Kept) -> Result<Tensor> {
+        let (b, c) = (x.dim(0)?, x.dim(1)?);
+        let n_last = grid[grid.len() - 1];
+        let rows = x.elem_count() / n_last;
+        let q = kept.q;
+        let a = self.last_axis_forward(&x.contiguous()?.reshape((rows, n_last))?, q)?;
+        let (zr, zi) = match kept.centred {
+            None => {
+                let a = a.reshape((b, c, 2 * q))?;
+                (a.narrow(2, 0, q)?, a.narrow(2, q, q)?)
+            }
+            Some((lo, count, _)) => {
+                let a = a.reshape((b * c, grid[0], 2 * q))?;
+                let p =
+                    dft_basis(grid[0], lo, count, x.dtype(), x.device())?.broadcast_matmul(&a)?;
+                let block =
+                    |r: usize, col: usize| p.narrow(1, r * count, count)?.narrow(2, col * q, q);
+                let zr = (block(0, 0)? + block(1, 1)?)?;
+                let zi = (block(0, 1)? - block(1, 0)?)?;
+                (
+                    zr.reshape((b, c, count * q))?,
+                    zi.reshape((b, c, count * q))?,
+                )
+            }
+        };
+        Ok(Tensor::cat(&[zr, zi], 1)?
+            .permute((2, 0, 1))?
+            .contiguous()?)
+    }
+
+    /// `[M, B, 2C]` → `[M, B, 2O]` with the (sliced) complex weight.
+    fn mix(&self, z: &Tensor, kept: &Kept) -> Result<Tensor> {
+        match (&self.weight, self.cfg.implementation) {
+            (SpectralWeight::Dense(w), _) => mix_dense(z, &self.slice_dense(w, kept)?),
+            (SpectralWeight::Tucker(t), TuckerImplementation::Reconstructed) => {
+                mix_dense(z, &self.slice_tucker(t, kept)?.to_dense()?)
+            }
+            (SpectralWeight::Tucker(t), TuckerImplementation::Factorized) => {
+                mix_tucker_factorized(z, &self.slice_tucker(t, kept)?, kept.modes())
+            }
+        }
+    }
+
+    fn slice_dense(&self, w: &Tensor, kept: &Kept) -> Result<Tensor> {
+        let d = self.cfg.n_modes.len();
+        let mut w = w.narrow(d + 1, 0, kept.q)?;
+        if let Some((_, count, offset)) = kept.centred {
+            w = w.narrow(2, offset, count)?;
+        }
+        Ok(w)
+    }
+
+    fn slice_tucker(&self, t: &TuckerWeight, kept: &Kept) -> Result<TuckerWeight> {
+        let d = self.cfg.n_modes.len();
+        let mut factors = t.factors().to_vec();
+        factors[d + 1] = factors[d + 1].narrow(0, 0, kept.q)?;
+        if let Some((_, count, offset)) = kept.centred {
+            factors[2] = factors[2].narrow(0, offset, count)?;
+        }
+        TuckerWeight::from_parts(t.core().clone(), factors)
+    }
+
+    /// `[M, B, 2O]` → output `[B, O, out_grid…]` (without bias).
+    fn inverse_transform(&self, y: &Tensor, out_grid: &[usize], kept: &Kept) -> Result<Tensor> {
+        let (m, b, o2) = y.dims3()?;
+        let o = o2 / 2;
+        let q = kept.q;
+        let y = y.permute((1, 2, 0))?; // [B, 2O, M]
+        let (yr, yi) = (y.narrow(1, 0, o)?, y.narrow(1, o, o)?);
+        let n_last = out_grid[out_grid.len() - 1];
+        let spec = match kept.centred {
+            None => Tensor::cat(&[yr, yi], 2)?.reshape((b * o, 2 * q))?,
+            Some((lo, count, _)) => {
+                let yr = yr.reshape((b * o, count, q))?;
+                let yi = yi.reshape((b * o, count, q))?;
+                let block = Tensor::cat(
+                    &[
+                        Tensor::cat(&[&yr, &yi], 2)?,
+                        Tensor::cat(&[&yi.neg()?, &yr], 2)?,
+                    ],
+                    1,
+                )?;
+                let u = idft_basis(out_grid[0], lo, count, y.dtype(), y.device())?
+                    .broadcast_matmul(&block)?;
+                u.reshape((b * o * out_grid[0], 2 * q))?
+            }
+        };
+        debug_assert_eq!(m, kept.modes());
+        let mut shape = vec![b, o];
+        shape.extend_from_slice(out_grid);
+        Ok(self.last_axis_inverse(&spec, n_last)?.reshape(shape)?)
+    }
+}
+
+impl Module for SpectralConv {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        Ok(self.forward_with_output_shape(x, None)?)
+    }
+}
+
+/// The real embedding `[[Re, Im], [−Im, Re]]` of a complex matrix (batched over leading
+/// axes): `[Xr | Xi] · block = [Re(XW) | Im(XW)]`.
+fn real_block(w: &Complex) -> Result<Tensor> {
+    let r = w.re.rank();
+    let top = Tensor::cat(&[&w.re, &w.im], r - 1)?;
+    let bottom = Tensor::cat(&[&w.im.neg()?, &w.re], r - 1)?;
+    Ok(Tensor::cat(&[top, bottom], r - 2)?)
+}
+
+/// Dense mixing: `w [C, O, modes…, 2]` → per-mode blocks `[M, 2C, 2O]`, one batched GEMM.
+fn mix_dense(z: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let w = Complex::from_real_pair(w)?;
+    let (c, o) = (w.re.dim(0)?, w.re.dim(1)?);
+    let to_modes_first = |t: &Tensor| -> Result<Tensor> {
+        let m = t.elem_count() / (c * o);
+        Ok(t.reshape((c, o, m))?.permute((2, 0, 1))?)
+    };
+    let wm = Complex {
+        re: to_modes_first(&w.re)?,
+        im: to_modes_first(&w.im)?,
+    };
+    Ok(z.matmul(&real_block(&wm)?.contiguous()?)?)
+}
+
+/// Factorized Tucker mixing, never forming the `[C, O, M]` weight:
+/// `Z·F_in` (shared over modes) → per-mode `· H_m` with `H = G ×_modes F_modes`
+/// (`[M, r_in, r_out]`) → `· F_outᵀ` (shared over modes).
+fn mix_tucker_factorized(z: &Tensor, t: &TuckerWeight, m: usize) -> Result<Tensor> {
+    let (_, b, c2) = z.dims3()?;
+    let f_in = Complex::from_real_pair(&t.factors()[0])?;
+    let f_out = Complex::from_real_pair(&t.factors()[1])?;
+    let (r_in, r_out) = (t.rank()[0], t.rank()[1]);
+    // Core × spatial factors: [r_in, r_out, modes…] → [M, r_in, r_out].
+    let mut h = Complex::from_real_pair(t.core())?;
+    for k in 2..t.factors().len() {
+        h = h.mode_product(&Complex::from_real_pair(&t.factors()[k])?, k)?;
+    }
+    let modes_first =
+        |x: &Tensor| -> Result<Tensor> { Ok(x.reshape((r_in, r_out, m))?.permute((2, 0, 1))?) };
+    let h = Complex {
+        re: modes_first(&h.re)?,
+        im: modes_first(&h.im)?,
+    };
+    let z1 = z
+        .reshape((m * b, c2))?
+        .matmul(&real_block(&f_in)?)?
+        .reshape((m, b, 2 * r_in))?;
+    let z2 = z1.matmul(&real_block(&h)?.contiguous()?)?;
+    let f_out_t = Complex {
+        re: f_out.re.t()?,
+        im: f_out.im.t()?,
+    };
+    let out = z2
+        .reshape((m * b, 2 * r_out))?
+        .matmul(&real_block(&f_out_t)?)?;
+    let o2 = out.dim(1)?;
+    Ok(out.reshape((m, b, o2))?)
+}
