@@ -20,6 +20,8 @@
 //! ```
 
 pub mod activation;
+pub mod candle_fixes;
+pub mod cno_activation;
 pub mod differential;
 pub mod disco;
 pub mod embedding;
@@ -31,6 +33,7 @@ pub mod init;
 pub mod local_conv;
 pub mod mlp;
 pub mod padding;
+pub mod resample;
 pub mod skip;
 pub mod spectral_conv;
 pub mod tucker;
