@@ -173,7 +173,12 @@ pub fn basis_value(kernel_shape: [usize; 2], r_cutoff: f64, k: usize, x: f64, y:
     let r = x.hypot(y);
     let phi = y.atan2(x) + PI;
     let dr = 2.0 * r_cutoff / (nr as f64 + 1.0);
-    let hat_r = |rr: f64, ir: f64| if (rr - ir).abs() <= dr && rr <= r_cutoff { 1.0 - (rr - ir).abs() / dr } else { 0.0 };
+    // Hat values below 1e-10 are round-off of an exact zero on a support boundary (the
+    // outer ring reaches 0 exactly at r_cutoff, where pixels sit); snapping them keeps
+    // vanishing basis functions at exactly zero instead of letting the normalisation
+    // amplify the residue (the anchor's float32 quirk, see BasisEvaluation).
+    let snap = |v: f64| if v < 1e-10 { 0.0 } else { v };
+    let hat_r = |rr: f64, ir: f64| if (rr - ir).abs() <= dr && rr <= r_cutoff { snap(1.0 - (rr - ir).abs() / dr) } else { 0.0 };
     if nphi == 1 {
         let ir = if nr % 2 == 1 { k as f64 * dr } else { (k as f64 + 0.5) * dr };
         return hat_r(r, ir);
@@ -182,7 +187,7 @@ pub fn basis_value(kernel_shape: [usize; 2], r_cutoff: f64, k: usize, x: f64, y:
     let hat_phi = |p: f64, ip: f64| {
         let d = circle_dist(p, ip);
         if d <= dphi {
-            1.0 - d / dphi
+            snap(1.0 - d / dphi)
         } else {
             0.0
         }
@@ -317,7 +322,7 @@ fn basis_value_torch_f32(kernel_shape: [usize; 2], r_cutoff: f64, k: usize, x: f
 /// The anchor's (neuraloperator `EquidistantDiscreteContinuousConv2d`) local filter at
 /// `default_in_shape`, reproduced in float32, in the layout of [`local_filter`]
 /// (quadrature weight included).
-fn anchor_local_filter_f32(cfg: &DiscoConfig) -> candle_core::Result<(Vec<f64>, usize, usize)> {
+pub fn anchor_local_filter_f32(cfg: &DiscoConfig) -> candle_core::Result<(Vec<f64>, usize, usize)> {
     let (p, pw) = anchor_stencil_size(cfg);
     if p != pw {
         candle_core::bail!("anchor_f32 DISCO filter needs a square stencil, got {p}×{pw}");
