@@ -7,6 +7,7 @@
 //! - [`translation`]: the non-periodic shifts the physics implies and the equivariance
 //!   error `E(s) = ‖M(S_s I) − S_s M(I)‖ / ‖S_s M(I)‖` as a curve over shifts, for models and
 //!   for the solver's ground truth;
+//! - [`study`]: protocol → data → training → evaluation → [`report`];
 //! - [`latency`]: timed forwards with device synchronisation, percentiles, throughput and
 //!   peak memory.
 //!
@@ -17,6 +18,7 @@ pub mod error;
 pub mod latency;
 pub mod metrics;
 pub mod report;
+pub mod study;
 pub mod translation;
 
 pub use error::{EvalError, Result};

@@ -188,6 +188,9 @@ pub fn report(results: &StudyResults, figures: &[PathBuf]) -> String {
             results.fixed_shifts.space_steps
         )
     );
+    for (label, why) in &results.skipped {
+        let _ = writeln!(s, "Skipped: **{label}** ({why}).\n");
+    }
     s.push_str("## Ranking\n\n");
     s.push_str(&ranking_paragraph(results));
     s.push_str("\n## Beyond the study: remedies\n\n");

@@ -142,6 +142,9 @@ pub struct StudyResults {
     pub solver_space_curve: EquivarianceCurve,
     /// One entry per trained model.
     pub models: Vec<ModelResult>,
+    /// Models that could not be built, with the reason.
+    #[serde(default)]
+    pub skipped: Vec<(String, String)>,
     /// Wall time of each phase, seconds, in order.
     pub phases: Vec<(String, f64)>,
 }

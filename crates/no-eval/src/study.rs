@@ -1,0 +1,1020 @@
+//! The whole study: protocol → data → training of every selected model → evaluation →
+//! report.
+//!
+//! [`StudyConfig`] holds everything that defines a run (the data protocol, each model's
+//! architecture and training budget, what is evaluated), is serde JSON, and has two
+//! built-in values: [`StudyConfig::quick`] (the main job's embedded default, sized to run
+//! in about a quarter of an hour on a 2-core CPU) and [`StudyConfig::full`] (the paper's
+//! sizes). [`run`] executes it and writes the report.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use fhn_solver::{simulate_1d, OutputGrid, Protocol, Split};
+use ndarray::{s, Array2, Array4, ArrayView4, Axis};
+use no_layers::init::SeededVarMap;
+use no_models::cno::CnoConfig;
+use no_models::data::{Dataset as NoDataset, Normalizers};
+use no_models::deeponet::{DeepOnetCnnConfig, DeepOnetConfig};
+use no_models::fno::FnoConfig;
+use no_models::local_no::LocalNoConfig;
+use no_models::pod::{PodBasis, PodDeepOnet, PodDeepOnetConfig};
+use no_models::train::{Schedule, TrainConfig, Trainer};
+use no_models::{ModelConfig, NeuralOperator};
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{EvalError, Result};
+use crate::latency::{self, LatencyConfig};
+use crate::metrics::{batch_errors, summarize_field, FieldSummary, Spacing};
+use crate::report::plots::{FigureData, SampleMaps};
+use crate::report::{EpochRecord, FixedShifts, ModelResult, OnsetError, StudyResults, Variant};
+use crate::translation::{
+    curve, point_from_outputs, shift_batch, CurvePoint, EquivarianceCurve, ShiftAxis,
+};
+
+/// One model of the study: what to build and how long to train it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    /// Label in the report (unique).
+    pub label: String,
+    /// Paper setting or a remedy.
+    pub variant: Variant,
+    /// The architecture and its sizes.
+    pub config: ModelConfig,
+    /// The training budget.
+    pub train: TrainConfig,
+}
+
+/// What is measured after training.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalConfig {
+    /// Validation samples (training distribution) whose inputs are shifted for E(s).
+    pub equivariance_samples: usize,
+    /// Only samples whose pulse centre lies in this interval are used for E(s), so that
+    /// the largest space shift keeps the pulse inside the domain.
+    pub equivariance_x0_range: (f64, f64),
+    /// Delays of the E(s) curve, time units (rounded to output steps).
+    pub time_shifts: Vec<f64>,
+    /// Space shifts of the E(s) curve, length units (rounded to output steps).
+    pub space_shifts: Vec<f64>,
+    /// The delay the table reports.
+    pub fixed_time_shift: f64,
+    /// The space shift the table reports.
+    pub fixed_space_shift: f64,
+    /// Latency sweep.
+    pub latency: LatencyConfig,
+    /// Test samples drawn as space–time maps.
+    pub map_samples: usize,
+    /// Finer output grid `[nt, nx]` for the zero-shot resolution test (`None`: skip).
+    pub fine_grid: Option<[usize; 2]>,
+    /// Test samples solved on the finer grid.
+    pub fine_samples: usize,
+    /// Batch size of evaluation forwards.
+    pub eval_batch: usize,
+}
+
+/// A whole run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StudyConfig {
+    /// The data.
+    pub protocol: Protocol,
+    /// The models, trained in this order.
+    pub models: Vec<ModelSpec>,
+    /// The measurements.
+    pub eval: EvalConfig,
+    /// Largest delay (time units) of the augmentation remedy; delays are uniform on the
+    /// output steps in `[0, augment_max_delay]`.
+    pub augment_max_delay: f64,
+    /// Seed of the weights and of the augmentation draws.
+    pub seed: u64,
+}
+
+/// A training budget: `epochs` at `batch_size`, AdamW at `lr` with a cosine decay to 1% of it.
+pub fn budget(epochs: usize, batch_size: usize, lr: f64, seed: u64) -> TrainConfig {
+    let mut t = TrainConfig {
+        epochs,
+        batch_size,
+        seed,
+        progress: true,
+        ..TrainConfig::default()
+    };
+    t.optimizer.lr = lr;
+    t.schedule = Schedule::Cosine {
+        t_max: epochs,
+        eta_min: lr * 0.01,
+    };
+    t
+}
+
+fn spec(label: &str, variant: Variant, config: ModelConfig, train: TrainConfig) -> ModelSpec {
+    ModelSpec {
+        label: label.into(),
+        variant,
+        config,
+        train,
+    }
+}
+
+impl StudyConfig {
+    /// The main job's default: the quick protocol (128/32/64 samples, 100 × 100), the seven
+    /// architectures at reduced widths with per-model epoch budgets sized for about 15
+    /// minutes on a 2-core CPU in total (docs/benchmark.md lists them), plus the two remedies
+    /// on FNO (no positional embedding; delay augmentation) and delay augmentation on DON.
+    pub fn quick() -> Self {
+        let protocol = Protocol::quick();
+        let grid = [protocol.output.nt, protocol.output.nx];
+        let seed = 7;
+        let fno = FnoConfig {
+            n_modes: vec![12, 12],
+            hidden_channels: 16,
+            n_layers: 4,
+            ..FnoConfig::default()
+        };
+        let fno_nopos = FnoConfig {
+            positional_embedding: false,
+            ..fno.clone()
+        };
+        let local = LocalNoConfig {
+            n_modes: vec![12, 12],
+            hidden_channels: 16,
+            n_layers: 2,
+            default_in_shape: grid,
+            ..LocalNoConfig::default()
+        };
+        let don = DeepOnetConfig {
+            grid,
+            branch_hidden: vec![128, 128],
+            trunk_hidden: vec![128, 128],
+            n_basis: 128,
+            ..DeepOnetConfig::default()
+        };
+        let don_cnn = DeepOnetCnnConfig {
+            grid,
+            conv_channels: vec![16, 32, 48, 64],
+            branch_hidden: vec![64, 64],
+            trunk_hidden: vec![64, 64, 64],
+            n_basis: 256,
+            ..DeepOnetCnnConfig::default()
+        };
+        let pod = PodDeepOnetConfig {
+            grid,
+            branch_hidden: vec![128, 128],
+            ..PodDeepOnetConfig::default()
+        };
+        let cno = CnoConfig::default();
+        let models = vec![
+            spec(
+                "cno",
+                Variant::Paper,
+                ModelConfig::Cno(cno),
+                budget(12, 8, 1e-3, seed),
+            ),
+            spec(
+                "don",
+                Variant::Paper,
+                ModelConfig::Don(don.clone()),
+                budget(60, 16, 1e-3, seed),
+            ),
+            spec(
+                "don_cnn",
+                Variant::Paper,
+                ModelConfig::DonCnn(don_cnn),
+                budget(30, 16, 1e-3, seed),
+            ),
+            spec(
+                "pod_don",
+                Variant::Paper,
+                ModelConfig::PodDon(pod),
+                budget(60, 16, 1e-3, seed),
+            ),
+            spec(
+                "fno",
+                Variant::Paper,
+                ModelConfig::Fno(fno.clone()),
+                budget(15, 8, 3e-3, seed),
+            ),
+            spec(
+                "tfno",
+                Variant::Paper,
+                ModelConfig::Tfno(fno.clone()),
+                budget(15, 8, 3e-3, seed),
+            ),
+            spec(
+                "local_no",
+                Variant::Paper,
+                ModelConfig::LocalNo(local),
+                budget(10, 8, 3e-3, seed),
+            ),
+            spec(
+                "fno-nopos",
+                Variant::NoPositional,
+                ModelConfig::Fno(fno_nopos),
+                budget(15, 8, 3e-3, seed),
+            ),
+            spec(
+                "fno+aug",
+                Variant::Augmented,
+                ModelConfig::Fno(fno),
+                budget(15, 8, 3e-3, seed),
+            ),
+            spec(
+                "don+aug",
+                Variant::Augmented,
+                ModelConfig::Don(don),
+                budget(60, 16, 1e-3, seed),
+            ),
+        ];
+        Self {
+            protocol,
+            models,
+            eval: EvalConfig::quick(),
+            augment_max_delay: 19.0,
+            seed,
+        }
+    }
+
+    /// The full-size study: the default protocol (1000/100/200 samples) and the
+    /// architectures at their default (paper-sized) configurations, 100+ epochs each.
+    pub fn full() -> Self {
+        let protocol = Protocol::default_protocol();
+        let grid = [protocol.output.nt, protocol.output.nx];
+        let seed = 7;
+        let fno = FnoConfig::default();
+        let models = vec![
+            spec(
+                "cno",
+                Variant::Paper,
+                ModelConfig::Cno(CnoConfig::default()),
+                budget(100, 16, 1e-3, seed),
+            ),
+            spec(
+                "don",
+                Variant::Paper,
+                ModelConfig::Don(DeepOnetConfig {
+                    grid,
+                    ..DeepOnetConfig::default()
+                }),
+                budget(300, 32, 1e-3, seed),
+            ),
+            spec(
+                "don_cnn",
+                Variant::Paper,
+                ModelConfig::DonCnn(DeepOnetCnnConfig {
+                    grid,
+                    ..DeepOnetCnnConfig::default()
+                }),
+                budget(200, 32, 1e-3, seed),
+            ),
+            spec(
+                "pod_don",
+                Variant::Paper,
+                ModelConfig::PodDon(PodDeepOnetConfig {
+                    grid,
+                    ..PodDeepOnetConfig::default()
+                }),
+                budget(300, 32, 1e-3, seed),
+            ),
+            spec(
+                "fno",
+                Variant::Paper,
+                ModelConfig::Fno(fno.clone()),
+                budget(100, 16, 1e-3, seed),
+            ),
+            spec(
+                "tfno",
+                Variant::Paper,
+                ModelConfig::Tfno(fno.clone()),
+                budget(100, 16, 1e-3, seed),
+            ),
+            spec(
+                "local_no",
+                Variant::Paper,
+                ModelConfig::LocalNo(LocalNoConfig {
+                    default_in_shape: grid,
+                    ..LocalNoConfig::default()
+                }),
+                budget(100, 16, 1e-3, seed),
+            ),
+            spec(
+                "fno-nopos",
+                Variant::NoPositional,
+                ModelConfig::Fno(FnoConfig {
+                    positional_embedding: false,
+                    ..fno.clone()
+                }),
+                budget(100, 16, 1e-3, seed),
+            ),
+            spec(
+                "fno+aug",
+                Variant::Augmented,
+                ModelConfig::Fno(fno),
+                budget(100, 16, 1e-3, seed),
+            ),
+            spec(
+                "don+aug",
+                Variant::Augmented,
+                ModelConfig::Don(DeepOnetConfig {
+                    grid,
+                    ..DeepOnetConfig::default()
+                }),
+                budget(300, 32, 1e-3, seed),
+            ),
+        ];
+        Self {
+            protocol,
+            models,
+            eval: EvalConfig {
+                equivariance_samples: 32,
+                map_samples: 3,
+                fine_samples: 16,
+                ..EvalConfig::quick()
+            },
+            augment_max_delay: 19.0,
+            seed,
+        }
+    }
+
+    /// `quick`, `default` (the full study), or a JSON file holding a [`StudyConfig`]
+    /// (or only a `fhn_solver::Protocol`, then used with the quick models and evaluation).
+    pub fn by_name_or_path(s: &str) -> Result<Self> {
+        match s {
+            "quick" => Ok(Self::quick()),
+            "default" | "full" => Ok(Self::full()),
+            path => {
+                let text = std::fs::read_to_string(path).map_err(|e| EvalError::io(path, e))?;
+                if let Ok(c) = serde_json::from_str::<StudyConfig>(&text) {
+                    return Ok(c);
+                }
+                let protocol: Protocol = serde_json::from_str(&text).map_err(|e| {
+                    EvalError::invalid(
+                        format!("study file {path}"),
+                        e,
+                        "a StudyConfig or a Protocol JSON",
+                    )
+                })?;
+                protocol.validate()?;
+                Ok(Self::quick().with_protocol(protocol))
+            }
+        }
+    }
+
+    /// The same models and evaluation on another protocol (DeepONet grids follow it).
+    pub fn with_protocol(mut self, protocol: Protocol) -> Self {
+        let grid = [protocol.output.nt, protocol.output.nx];
+        for m in &mut self.models {
+            match &mut m.config {
+                ModelConfig::Don(c) => c.grid = grid,
+                ModelConfig::DonCnn(c) => c.grid = grid,
+                ModelConfig::PodDon(c) => c.grid = grid,
+                ModelConfig::LocalNo(c) => c.default_in_shape = grid,
+                _ => {}
+            }
+        }
+        self.protocol = protocol;
+        self
+    }
+
+    /// Keeps only the models whose label or architecture name is in `names`.
+    pub fn restrict(&mut self, names: &[String]) -> Result<()> {
+        let known: Vec<String> = self.models.iter().map(|m| m.label.clone()).collect();
+        for n in names {
+            if !self
+                .models
+                .iter()
+                .any(|m| &m.label == n || m.config.name() == n)
+            {
+                return Err(EvalError::invalid(
+                    "model",
+                    n,
+                    format!("one of {}", known.join(", ")),
+                ));
+            }
+        }
+        self.models
+            .retain(|m| names.iter().any(|n| n == &m.label || n == m.config.name()));
+        Ok(())
+    }
+
+    /// Drops the remedy variants (keeps the paper setting only).
+    pub fn paper_only(&mut self) {
+        self.models.retain(|m| m.variant == Variant::Paper);
+    }
+}
+
+impl EvalConfig {
+    /// 16 samples for E(s), delays up to 15 time units, shifts up to ±0.2, latency at batch
+    /// 1 and 32, three maps, eight samples on a 200 × 200 grid.
+    pub fn quick() -> Self {
+        Self {
+            equivariance_samples: 16,
+            equivariance_x0_range: (0.3, 0.7),
+            time_shifts: vec![0.0, 2.0, 5.0, 10.0, 15.0],
+            space_shifts: vec![-0.2, -0.1, -0.05, 0.0, 0.05, 0.1, 0.2],
+            fixed_time_shift: 10.0,
+            fixed_space_shift: 0.1,
+            latency: LatencyConfig {
+                batch_sizes: vec![1, 32],
+                warmup: 1,
+                repeats: 5,
+            },
+            map_samples: 3,
+            fine_grid: Some([200, 200]),
+            fine_samples: 8,
+            eval_batch: 16,
+        }
+    }
+}
+
+/// Prints one progress line (phases are coarse: a line each is enough).
+fn say(progress: bool, msg: &str) {
+    if progress {
+        eprintln!("[benchmark] {msg}");
+    }
+}
+
+/// A solver dataset as model arrays: inputs `[N, 1, nt, nx]`, outputs `[N, 2, nt, nx]`.
+fn to_arrays(d: &fhn_solver::dataset::Dataset) -> Result<(Array4<f32>, Array4<f32>)> {
+    let inputs = d.input.clone().insert_axis(Axis(1));
+    let outputs = ndarray::concatenate(
+        Axis(1),
+        &[
+            d.v.view().insert_axis(Axis(1)),
+            d.w.view().insert_axis(Axis(1)),
+        ],
+    )
+    .map_err(|e| EvalError::invalid("dataset fields", e, "v and w of equal shape"))?;
+    Ok((inputs, outputs))
+}
+
+fn to_tensor(a: ArrayView4<f32>, device: &Device) -> Result<Tensor> {
+    let shape = a.shape().to_vec();
+    let data: Vec<f32> = a.iter().copied().collect();
+    Ok(Tensor::from_vec(data, shape, device)?)
+}
+
+fn from_tensor(t: &Tensor) -> Result<Array4<f32>> {
+    let dims = t.dims().to_vec();
+    if dims.len() != 4 {
+        return Err(EvalError::shape("model output", &dims, "[B, C, nt, nx]"));
+    }
+    let data = t
+        .to_device(&Device::Cpu)?
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    Array4::from_shape_vec((dims[0], dims[1], dims[2], dims[3]), data)
+        .map_err(|e| EvalError::invalid("model output", e, "a contiguous tensor"))
+}
+
+fn to_no_dataset(inputs: &Array4<f32>, outputs: &Array4<f32>) -> Result<NoDataset> {
+    Ok(NoDataset::new(
+        to_tensor(inputs.view(), &Device::Cpu)?,
+        to_tensor(outputs.view(), &Device::Cpu)?,
+    )?)
+}
+
+/// A trained model with its normalisers, applied batch by batch in physical units.
+pub struct Predictor<'a> {
+    /// The model.
+    pub model: &'a dyn NeuralOperator,
+    /// Its input/output normalisers.
+    pub norm: &'a Normalizers,
+    /// Where it runs.
+    pub device: &'a Device,
+    /// Samples per forward.
+    pub batch: usize,
+}
+
+impl Predictor<'_> {
+    /// Outputs `[N, C_out, nt, nx]` for inputs `[N, C_in, nt, nx]`.
+    pub fn predict(&self, inputs: ArrayView4<f32>) -> Result<Array4<f32>> {
+        let n = inputs.shape()[0];
+        let mut parts = Vec::new();
+        for start in (0..n).step_by(self.batch.max(1)) {
+            let end = (start + self.batch.max(1)).min(n);
+            let x = to_tensor(inputs.slice(s![start..end, .., .., ..]), self.device)?;
+            let y = self
+                .norm
+                .output
+                .decode(&self.model.forward(&self.norm.input.encode(&x)?)?)?;
+            parts.push(from_tensor(&y)?);
+        }
+        let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
+        ndarray::concatenate(Axis(0), &views)
+            .map_err(|e| EvalError::invalid("prediction batches", e, "equal shapes"))
+    }
+}
+
+fn steps_of(shifts: &[f64], h: f64, fixed: f64) -> Vec<isize> {
+    let mut k: Vec<isize> = shifts
+        .iter()
+        .chain(std::iter::once(&fixed))
+        .map(|s| (s / h).round() as isize)
+        .collect();
+    k.sort_unstable();
+    k.dedup();
+    k
+}
+
+/// The solver's own E(s) curve: every shifted input is solved as the translated stimulus.
+fn solver_curve(
+    p: &Protocol,
+    idx: &[usize],
+    base: ArrayView4<f32>,
+    axis: ShiftAxis,
+    steps: &[isize],
+) -> Result<EquivarianceCurve> {
+    let (dt, dx) = (p.output.dt(), p.output.dx());
+    let cfg = p.solver_config();
+    let points = steps
+        .iter()
+        .map(|&k| {
+            let (st, sx) = match axis {
+                ShiftAxis::Time => (k as f64 * dt, 0.0),
+                ShiftAxis::Space => (0.0, k as f64 * dx),
+            };
+            let mut shifted = Array4::<f32>::zeros(base.raw_dim());
+            for (b, &i) in idx.iter().enumerate() {
+                let stim = p
+                    .stimulus(&p.sample_params(Split::Validation, i))
+                    .translated(st, sx);
+                let sol = simulate_1d(&cfg, &stim, &p.output)?;
+                shifted
+                    .slice_mut(s![b, 0, .., ..])
+                    .assign(&sol.v.mapv(|v| v as f32));
+                shifted
+                    .slice_mut(s![b, 1, .., ..])
+                    .assign(&sol.w.mapv(|v| v as f32));
+            }
+            let h = if axis == ShiftAxis::Time { dt } else { dx };
+            point_from_outputs(base, shifted.view(), axis.shift(k), k, k as f64 * h)
+        })
+        .collect::<Result<Vec<CurvePoint>>>()?;
+    Ok(EquivarianceCurve { axis, points })
+}
+
+/// Builds a model (POD-DeepONet takes its basis from the normalised training outputs).
+fn build_model(
+    spec: &ModelSpec,
+    vars: &SeededVarMap,
+    device: &Device,
+    train: &NoDataset,
+) -> Result<Box<dyn NeuralOperator>> {
+    let vb = vars.var_builder(DType::F32, device);
+    Ok(match &spec.config {
+        ModelConfig::PodDon(c) => {
+            let norm = Normalizers::fit(spec.train.normalizer, train)?;
+            let basis = PodBasis::fit(&norm.output.encode(train.outputs())?, c.criterion)?;
+            Box::new(PodDeepOnet::from_basis(c, &basis, vb)?)
+        }
+        other => no_models::build(other, vb)?,
+    })
+}
+
+/// Everything kept from one model beyond its [`ModelResult`]: the predicted v of the
+/// samples drawn as maps.
+struct Trained {
+    result: ModelResult,
+    map_predictions: Vec<Array2<f32>>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn train_and_evaluate(
+    cfg: &StudyConfig,
+    spec: &ModelSpec,
+    data: &Data,
+    device: &Device,
+    out: &Path,
+    progress: bool,
+) -> Result<Trained> {
+    let p = &cfg.protocol;
+    let (train_in, train_out) = if spec.variant == Variant::Augmented {
+        let max = (cfg.augment_max_delay / p.output.dt()).round().max(0.0) as usize;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed ^ 0xA11C);
+        let delays: Vec<usize> = (0..data.train_in.shape()[0])
+            .map(|_| rng.random_range(0..=max))
+            .collect();
+        (
+            crate::translation::delay_each(data.train_in.view(), &delays)?,
+            crate::translation::delay_each(data.train_out.view(), &delays)?,
+        )
+    } else {
+        (data.train_in.clone(), data.train_out.clone())
+    };
+    let train_ds = to_no_dataset(&train_in, &train_out)?;
+    let vars = SeededVarMap::new(cfg.seed);
+    let model = build_model(spec, &vars, device, &train_ds)?;
+    let mut train_cfg = spec.train.clone();
+    train_cfg.progress = progress;
+    let mut trainer = Trainer::new(model, vars, train_cfg, device)?;
+    let dir = out.join("models").join(&spec.label);
+    let start = Instant::now();
+    let summary = trainer.fit(&train_ds, &data.val_ds, Some(&dir))?;
+    let train_wall_s = start.elapsed().as_secs_f64();
+    let norm = trainer
+        .normalizers()
+        .cloned()
+        .ok_or_else(|| EvalError::invalid("normalisers", "none", "fitted by training"))?;
+    let model = trainer.model();
+    let pred = Predictor {
+        model,
+        norm: &norm,
+        device,
+        batch: cfg.eval.eval_batch,
+    };
+    let spacing = Spacing {
+        dt: p.output.dt(),
+        dx: p.output.dx(),
+    };
+
+    let summarise = |inputs: &Array4<f32>,
+                     truth: &Array4<f32>|
+     -> Result<(
+        Vec<FieldSummary>,
+        Vec<Vec<crate::metrics::FieldErrors>>,
+        Array4<f32>,
+    )> {
+        let y = pred.predict(inputs.view())?;
+        let errs = batch_errors(y.view(), truth.view(), spacing)?;
+        let sums = (0..truth.shape()[1])
+            .map(|c| summarize_field(&errs, c))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((sums, errs, y))
+    };
+    let (train_sum, _, _) = summarise(&data.train_in, &data.train_out)?;
+    let (val_sum, _, _) = summarise(&data.val_in, &data.val_out)?;
+    let (test_sum, test_errs, test_pred) = summarise(&data.test_in, &data.test_out)?;
+    let test_by_onset = test_errs
+        .iter()
+        .enumerate()
+        .map(|(i, e)| OnsetError {
+            t0: f64::from(data.test_meta.t0[i]),
+            x0: f64::from(data.test_meta.x0[i]),
+            amplitude: f64::from(data.test_meta.amplitude[i]),
+            rel_l2_v: e[0].rel_l2,
+            rel_l2_w: e.get(1).map_or(f64::NAN, |f| f.rel_l2),
+        })
+        .collect();
+
+    say(progress, &format!("  {}: equivariance curves", spec.label));
+    let apply = |x: ArrayView4<f32>| pred.predict(x);
+    let time_curve = curve(
+        apply,
+        data.eq_in.view(),
+        ShiftAxis::Time,
+        &data.time_steps,
+        p.output.dt(),
+    )?;
+    let space_curve = curve(
+        apply,
+        data.eq_in.view(),
+        ShiftAxis::Space,
+        &data.space_steps,
+        p.output.dx(),
+    )?;
+
+    let fine_grid = match (&data.fine, model.accepts_other_resolutions()) {
+        (Some((fi, fo, fspacing)), true) => {
+            let y = pred.predict(fi.view())?;
+            let errs = batch_errors(y.view(), fo.view(), *fspacing)?;
+            Some(
+                (0..fo.shape()[1])
+                    .map(|c| summarize_field(&errs, c))
+                    .collect::<Result<Vec<_>>>()?,
+            )
+        }
+        _ => None,
+    };
+
+    say(progress, &format!("  {}: latency", spec.label));
+    let c_in = data.train_in.shape()[1];
+    let lat = latency::measure(
+        model,
+        device,
+        c_in,
+        p.output.nt,
+        p.output.nx,
+        &cfg.eval.latency,
+    )?;
+    let map_predictions = data
+        .map_indices
+        .iter()
+        .map(|&i| test_pred.slice(s![i, 0, .., ..]).to_owned())
+        .collect();
+    let epochs = summary
+        .history
+        .iter()
+        .map(|e| EpochRecord {
+            epoch: e.epoch,
+            train_loss: e.train_loss,
+            val_error: Some(e.val_loss),
+            lr: e.lr,
+            wall_s: e.wall_s,
+            samples_per_s: e.samples_per_s,
+        })
+        .collect();
+    let result = ModelResult {
+        label: spec.label.clone(),
+        architecture: spec.config.name().to_string(),
+        variant: spec.variant,
+        config: serde_json::to_value(model.config())?,
+        params: model.param_count(),
+        train: train_sum,
+        validation: val_sum,
+        test: test_sum,
+        test_by_onset,
+        fine_grid,
+        time_curve,
+        space_curve,
+        train_wall_s,
+        epochs,
+        latency: lat,
+    };
+    Ok(Trained {
+        result,
+        map_predictions,
+    })
+}
+
+/// The data of a run, in the shapes the evaluation needs.
+struct Data {
+    train_in: Array4<f32>,
+    train_out: Array4<f32>,
+    val_in: Array4<f32>,
+    val_out: Array4<f32>,
+    val_ds: NoDataset,
+    test_in: Array4<f32>,
+    test_out: Array4<f32>,
+    test_meta: fhn_solver::dataset::Dataset,
+    /// Validation samples used for E(s), and their inputs.
+    eq_idx: Vec<usize>,
+    eq_in: Array4<f32>,
+    time_steps: Vec<isize>,
+    space_steps: Vec<isize>,
+    map_indices: Vec<usize>,
+    fine: Option<(Array4<f32>, Array4<f32>, Spacing)>,
+}
+
+/// Test samples to draw: supra-threshold ones at the earliest, middle and latest onsets.
+fn pick_maps(test: &fhn_solver::dataset::Dataset, n: usize) -> Vec<usize> {
+    let mut excited: Vec<usize> = (0..test.len())
+        .filter(|&i| test.v.slice(s![i, .., ..]).iter().any(|&v| v > 0.5))
+        .collect();
+    if excited.is_empty() {
+        excited = (0..test.len()).collect();
+    }
+    excited.sort_by(|&a, &b| test.t0[a].total_cmp(&test.t0[b]));
+    if n == 0 || excited.is_empty() {
+        return Vec::new();
+    }
+    let m = excited.len();
+    let mut picks: Vec<usize> = (0..n)
+        .map(|k| excited[if n == 1 { 0 } else { k * (m - 1) / (n - 1) }])
+        .collect();
+    picks.dedup();
+    picks
+}
+
+fn prepare_data(cfg: &StudyConfig, progress: bool) -> Result<Data> {
+    let p = &cfg.protocol;
+    let train = fhn_solver::dataset::generate(p, Split::Train, None, progress)?;
+    let val = fhn_solver::dataset::generate(p, Split::Validation, None, progress)?;
+    let test = fhn_solver::dataset::generate(p, Split::Test, None, progress)?;
+    let (train_in, train_out) = to_arrays(&train)?;
+    let (val_in, val_out) = to_arrays(&val)?;
+    let (test_in, test_out) = to_arrays(&test)?;
+    let (lo, hi) = cfg.eval.equivariance_x0_range;
+    let mut eq_idx: Vec<usize> = (0..val.len())
+        .filter(|&i| (lo..=hi).contains(&f64::from(val.x0[i])))
+        .collect();
+    if eq_idx.is_empty() {
+        eq_idx = (0..val.len()).collect();
+    }
+    eq_idx.truncate(cfg.eval.equivariance_samples.max(1));
+    let eq_in = val_in.select(Axis(0), &eq_idx);
+    let fine = match cfg.eval.fine_grid {
+        Some([nt, nx]) if cfg.eval.fine_samples > 0 => {
+            let grid = OutputGrid { nt, nx, ..p.output };
+            let n = cfg.eval.fine_samples.min(test.len());
+            let mut fi = Array4::<f32>::zeros((n, 1, nt, nx));
+            let mut fo = Array4::<f32>::zeros((n, 2, nt, nx));
+            for i in 0..n {
+                let sol = p.solve_sample_on(Split::Test, i, &grid)?;
+                fi.slice_mut(s![i, 0, .., ..])
+                    .assign(&sol.input.mapv(|v| v as f32));
+                fo.slice_mut(s![i, 0, .., ..])
+                    .assign(&sol.v.mapv(|v| v as f32));
+                fo.slice_mut(s![i, 1, .., ..])
+                    .assign(&sol.w.mapv(|v| v as f32));
+            }
+            Some((
+                fi,
+                fo,
+                Spacing {
+                    dt: grid.dt(),
+                    dx: grid.dx(),
+                },
+            ))
+        }
+        _ => None,
+    };
+    let val_ds = to_no_dataset(&val_in, &val_out)?;
+    let time_steps = steps_of(
+        &cfg.eval.time_shifts,
+        p.output.dt(),
+        cfg.eval.fixed_time_shift,
+    );
+    let space_steps = steps_of(
+        &cfg.eval.space_shifts,
+        p.output.dx(),
+        cfg.eval.fixed_space_shift,
+    );
+    let map_indices = pick_maps(&test, cfg.eval.map_samples);
+    Ok(Data {
+        train_in,
+        train_out,
+        val_in,
+        val_out,
+        val_ds,
+        test_in,
+        test_out,
+        test_meta: test,
+        eq_idx,
+        eq_in,
+        time_steps,
+        space_steps,
+        map_indices,
+        fine,
+    })
+}
+
+/// Runs the study and writes `out/` (report, CSV/JSON, figures, per-model checkpoints and
+/// logs). Returns the results.
+pub fn run(
+    cfg: &StudyConfig,
+    protocol_name: &str,
+    device: &Device,
+    out: &Path,
+    progress: bool,
+) -> Result<StudyResults> {
+    if cfg.models.is_empty() {
+        return Err(EvalError::invalid(
+            "number of models",
+            0,
+            "at least one model to train",
+        ));
+    }
+    cfg.protocol.validate()?;
+    std::fs::create_dir_all(out).map_err(|e| EvalError::io(out, e))?;
+    std::fs::write(out.join("study.json"), serde_json::to_string_pretty(cfg)?)
+        .map_err(|e| EvalError::io(out.join("study.json"), e))?;
+    let mut phases = Vec::new();
+    let p = &cfg.protocol;
+
+    say(
+        progress,
+        &format!("phase 1/4: generating data ({} protocol)", protocol_name),
+    );
+    let t = Instant::now();
+    let data = prepare_data(cfg, progress)?;
+    phases.push(("data generation".to_string(), t.elapsed().as_secs_f64()));
+
+    say(
+        progress,
+        "phase 2/4: ground-truth equivariance curves from the solver",
+    );
+    let t = Instant::now();
+    let eq_idx = &data.eq_idx;
+    let eq_base = data.val_out.select(Axis(0), &eq_idx);
+    let solver_time_curve =
+        solver_curve(p, eq_idx, eq_base.view(), ShiftAxis::Time, &data.time_steps)?;
+    let solver_space_curve = solver_curve(
+        p,
+        eq_idx,
+        eq_base.view(),
+        ShiftAxis::Space,
+        &data.space_steps,
+    )?;
+    phases.push((
+        "solver equivariance curves".to_string(),
+        t.elapsed().as_secs_f64(),
+    ));
+
+    let mut models = Vec::new();
+    let mut skipped = Vec::new();
+    let mut maps_pred: Vec<Vec<(String, Array2<f32>)>> = vec![Vec::new(); data.map_indices.len()];
+    let t = Instant::now();
+    for (k, spec) in cfg.models.iter().enumerate() {
+        say(
+            progress,
+            &format!(
+                "phase 3/4: model {}/{}: training {} ({}, {} epochs)",
+                k + 1,
+                cfg.models.len(),
+                spec.label,
+                spec.variant.label(),
+                spec.train.epochs
+            ),
+        );
+        let tm = Instant::now();
+        let trained = match train_and_evaluate(cfg, spec, &data, device, out, progress) {
+            Err(EvalError::Model(no_models::ModelError::NotImplemented(what))) => {
+                say(
+                    progress,
+                    &format!(
+                        "  {}: skipped ({what} is not implemented in this build)",
+                        spec.label
+                    ),
+                );
+                skipped.push((spec.label.clone(), format!("{what} is not implemented")));
+                continue;
+            }
+            other => other?,
+        };
+        for (slot, v) in maps_pred.iter_mut().zip(trained.map_predictions) {
+            slot.push((spec.label.clone(), v));
+        }
+        let r = &trained.result;
+        say(
+            progress,
+            &format!(
+                "  {}: {} params, val rel L2 {:.4}, test v {:.4}, trained in {:.1} s ({:.1} s with evaluation)",
+                r.label,
+                r.params.numel,
+                r.validation.iter().map(|s| s.rel_l2.mean).sum::<f64>() / r.validation.len().max(1) as f64,
+                r.test.first().map_or(f64::NAN, |s| s.rel_l2.mean),
+                r.train_wall_s,
+                tm.elapsed().as_secs_f64()
+            ),
+        );
+        models.push(trained.result);
+    }
+    phases.push((
+        "training and evaluation".to_string(),
+        t.elapsed().as_secs_f64(),
+    ));
+
+    say(progress, "phase 4/4: writing the report and figures");
+    let t = Instant::now();
+    let (dt, dx) = (p.output.dt(), p.output.dx());
+    let fixed_shifts = FixedShifts {
+        time_steps: (cfg.eval.fixed_time_shift / dt).round() as isize,
+        time: (cfg.eval.fixed_time_shift / dt).round() * dt,
+        space_steps: (cfg.eval.fixed_space_shift / dx).round() as isize,
+        space: (cfg.eval.fixed_space_shift / dx).round() * dx,
+    };
+    let maps = data
+        .map_indices
+        .iter()
+        .zip(maps_pred)
+        .map(|(&i, predictions)| SampleMaps {
+            index: i,
+            t0: f64::from(data.test_meta.t0[i]),
+            x0: f64::from(data.test_meta.x0[i]),
+            amplitude: f64::from(data.test_meta.amplitude[i]),
+            current: data.test_in.slice(s![i, 0, .., ..]).to_owned(),
+            truth_v: data.test_out.slice(s![i, 0, .., ..]).to_owned(),
+            predictions,
+        })
+        .collect();
+    let mut results = StudyResults {
+        protocol_name: protocol_name.to_string(),
+        study_config: serde_json::to_value(cfg)?,
+        device: format!("{device:?}"),
+        grid: (p.output.nt, p.output.nx),
+        samples: (
+            data.train_in.shape()[0],
+            data.val_in.shape()[0],
+            data.test_in.shape()[0],
+        ),
+        fixed_shifts,
+        solver_time_curve,
+        solver_space_curve,
+        models,
+        skipped,
+        phases,
+    };
+    let figures = FigureData {
+        maps,
+        t_end: p.output.t_end,
+        length: p.output.length,
+    };
+    // The report lists the phases, so the writing phase is timed up to the figures.
+    results
+        .phases
+        .push(("report".to_string(), t.elapsed().as_secs_f64()));
+    results.write_all(out, &figures)?;
+    Ok(results)
+}
+
+/// Where [`run`] puts a model's checkpoints and log.
+pub fn model_dir(out: &Path, label: &str) -> PathBuf {
+    out.join("models").join(label)
+}
+
+/// Shifts inputs by whole steps with the rest fill (re-exported for examples).
+pub fn shift_inputs(a: ArrayView4<f32>, s: crate::translation::Shift) -> Array4<f32> {
+    shift_batch(a, s, 0.0)
+}

@@ -1,0 +1,162 @@
+//! The whole study, end to end, on a tiny protocol: data, training, evaluation, report.
+
+use candle_core::Device;
+use fhn_solver::{OutputGrid, Protocol, Resolution};
+use no_eval::latency::LatencyConfig;
+use no_eval::report::{StudyResults, Variant};
+use no_eval::study::{budget, run, EvalConfig, ModelSpec, StudyConfig};
+use no_models::deeponet::DeepOnetConfig;
+use no_models::fno::FnoConfig;
+use no_models::ModelConfig;
+
+fn tiny() -> StudyConfig {
+    let mut protocol = Protocol::quick();
+    protocol.output = OutputGrid::with_size(20, 20);
+    protocol.resolution = Resolution::Auto {
+        max_dx: 1.0 / 95.0,
+        max_dt: 0.1,
+    };
+    protocol.train.n_samples = 8;
+    protocol.validation.n_samples = 6;
+    protocol.test.n_samples = 6;
+    let fno = FnoConfig {
+        n_modes: vec![6, 6],
+        hidden_channels: 6,
+        n_layers: 1,
+        ..FnoConfig::default()
+    };
+    let don = DeepOnetConfig {
+        grid: [20, 20],
+        branch_hidden: vec![12],
+        trunk_hidden: vec![12],
+        n_basis: 8,
+        ..DeepOnetConfig::default()
+    };
+    let models = vec![
+        ModelSpec {
+            label: "fno".into(),
+            variant: Variant::Paper,
+            config: ModelConfig::Fno(fno.clone()),
+            train: budget(2, 4, 1e-3, 1),
+        },
+        ModelSpec {
+            label: "don+aug".into(),
+            variant: Variant::Augmented,
+            config: ModelConfig::Don(don),
+            train: budget(2, 4, 1e-3, 1),
+        },
+        ModelSpec {
+            label: "cno".into(),
+            variant: Variant::Paper,
+            config: ModelConfig::Cno(Default::default()),
+            train: budget(1, 4, 1e-3, 1),
+        },
+    ];
+    let eval = EvalConfig {
+        equivariance_samples: 3,
+        time_shifts: vec![0.0, 4.0],
+        space_shifts: vec![0.0, 0.1],
+        fixed_time_shift: 4.0,
+        fixed_space_shift: 0.1,
+        latency: LatencyConfig {
+            batch_sizes: vec![1, 32],
+            warmup: 0,
+            repeats: 1,
+        },
+        map_samples: 1,
+        fine_grid: Some([39, 39]),
+        fine_samples: 2,
+        eval_batch: 4,
+        ..EvalConfig::quick()
+    };
+    StudyConfig {
+        protocol,
+        models,
+        eval,
+        augment_max_delay: 10.0,
+        seed: 3,
+    }
+}
+
+#[test]
+fn tiny_study_writes_a_well_formed_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny();
+    let results = run(&cfg, "tiny", &Device::Cpu, dir.path(), false).unwrap();
+    // CNO may not be built yet; FNO and DON always are.
+    let labels: Vec<&str> = results.models.iter().map(|m| m.label.as_str()).collect();
+    assert!(labels.starts_with(&["fno", "don+aug"]), "{labels:?}");
+    assert_eq!(results.models.len() + results.skipped.len(), 3);
+
+    let report = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+    assert!(report.starts_with("# Translation benchmark: `tiny` protocol"));
+    let table: Vec<&str> = report.lines().filter(|l| l.starts_with("| ")).collect();
+    // Header, then one row per model, then the solver row.
+    assert_eq!(table.len(), 1 + results.models.len() + 1, "{report}");
+    for l in &table {
+        assert_eq!(
+            l.matches('|').count(),
+            14,
+            "row with a wrong number of cells: {l}"
+        );
+    }
+    assert!(report.contains("## Ranking") && report.contains("generalise"));
+    assert!(report.contains("don+aug** (delay augmentation)"));
+
+    let csv = std::fs::read_to_string(dir.path().join("results.csv")).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 1 + results.models.len());
+    let cols = lines[0].split(',').count();
+    assert!(lines.iter().all(|l| l.split(',').count() == cols));
+    let epochs = std::fs::read_to_string(dir.path().join("epochs.csv")).unwrap();
+    assert_eq!(epochs.lines().count(), 1 + 2 * results.models.len());
+
+    let back: StudyResults =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("results.json")).unwrap())
+            .unwrap();
+    // serde_json parses floats to within one ulp, so compare structure and values loosely.
+    assert_eq!(back.models.len(), results.models.len());
+    for (a, b) in back.models.iter().zip(&results.models) {
+        assert_eq!(
+            (&a.label, a.params, a.epochs.len()),
+            (&b.label, b.params, b.epochs.len())
+        );
+        assert!(
+            (a.test[0].rel_l2.mean - b.test[0].rel_l2.mean).abs()
+                <= 1e-12 * b.test[0].rel_l2.mean.abs()
+        );
+    }
+    assert_eq!(back.skipped, results.skipped);
+
+    for m in &results.models {
+        assert!(m.train[0].rel_l2.mean.is_finite() && m.test[1].rel_l2.mean.is_finite());
+        assert_eq!(m.test_by_onset.len(), 6);
+        assert_eq!(m.time_curve.points.len(), 2);
+        assert_eq!(
+            m.time_curve.at(0).unwrap().channels[0].max,
+            0.0,
+            "no shift, no error"
+        );
+        assert!(m.latency.at(1).is_some() && m.latency.at(32).is_some());
+        assert!(dir
+            .path()
+            .join("models")
+            .join(&m.label)
+            .join("best.safetensors")
+            .exists());
+    }
+    // FNO accepts the finer grid, DeepONet does not.
+    assert!(results.models[0].fine_grid.is_some());
+    assert!(results.models[1].fine_grid.is_none());
+    // The solver is equivariant to delays up to the stimulus raster: far below a model's error.
+    assert!(results.solver_time_curve.at(0).unwrap().channels[0].max == 0.0);
+    for f in [
+        "maps_sample0.png",
+        "training_curves.png",
+        "equivariance.png",
+        "error_vs_onset.png",
+    ] {
+        let bytes = std::fs::read(dir.path().join(f)).unwrap();
+        assert_eq!(&bytes[1..4], b"PNG", "{f}");
+    }
+}
