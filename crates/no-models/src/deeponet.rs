@@ -1,24 +1,665 @@
-//! DeepONet and DeepONet with a CNN branch (placeholder until implemented).
+//! DeepONet (DON) and DeepONet with a CNN branch (DON-CNN), with DeepXDE's conventions.
+//!
+//! A DeepONet writes each output field as a sum of `p` learned basis functions of the
+//! coordinates (the *trunk*, evaluated at `(t, x)`) weighted by `p` coefficients computed
+//! from the input function (the *branch*):
+//! `y_k(t, x) = Σ_i b_{k,i}(u) · τ_{k,i}(t, x) + β_k`.
+//! The `n_basis` outputs of the branch and of the trunk are split into one block per
+//! output field (DeepXDE's `multi_output_strategy="split_both"`), so v and w get their own
+//! basis functions and coefficients, and each output has its own scalar bias β_k.
+//!
+//! DeepXDE conventions kept here (so weights and outputs are comparable with
+//! `deepxde.nn.pytorch.DeepONetCartesianProd`, checked by a parity fixture):
+//! - the activation **is applied to the trunk's last layer**; the branch's last layer is
+//!   linear;
+//! - fully connected layers start from Glorot-normal weights and zero biases;
+//! - the bias β_k starts at zero.
+//!
+//! The trunk takes the coordinates `(t, x)` scaled to `[0, 1]` on the training grid
+//! (`t_i = i/(nt-1)`, `x_j = j/(nx-1)`), so the models evaluate at arbitrary query points
+//! ([`DeepOnet::forward_at`]) as well as on the grid. The branch sees the whole input
+//! field flattened (DON) or through a CNN (DON-CNN): its size is fixed, so these models do
+//! not accept other input resolutions unless the input is resampled first.
 
+use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
-use crate::operator::NeuralOperator;
-use candle_nn::VarBuilder;
+use crate::operator::{NeuralOperator, ParamCount};
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::init::Init;
+use candle_nn::{Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
-/// Configuration of DeepONet.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct DeepOnetConfig {}
+/// A pointwise nonlinearity, named as in DeepXDE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// Hyperbolic tangent.
+    #[default]
+    Tanh,
+    /// Rectified linear unit.
+    Relu,
+    /// Exact (erf) GELU.
+    Gelu,
+    /// SiLU / swish.
+    Silu,
+    /// Logistic sigmoid.
+    Sigmoid,
+    /// Identity (no nonlinearity).
+    Linear,
+}
+
+impl Activation {
+    /// Applies the nonlinearity.
+    pub fn apply(self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Activation::Tanh => x.tanh(),
+            Activation::Relu => x.relu(),
+            Activation::Gelu => x.gelu_erf(),
+            Activation::Silu => x.silu(),
+            Activation::Sigmoid => candle_nn::ops::sigmoid(x),
+            Activation::Linear => Ok(x.clone()),
+        }
+    }
+}
+
+/// Glorot (Xavier) normal init, `N(0, 2/(fan_in + fan_out))`, as `torch.nn.init.xavier_normal_`.
+pub(crate) fn glorot_normal(fan_in: usize, fan_out: usize) -> Init {
+    Init::Randn {
+        mean: 0.0,
+        stdev: (2.0 / (fan_in + fan_out).max(1) as f64).sqrt(),
+    }
+}
+
+/// A DeepXDE-style fully connected net: `Linear` layers of the given sizes with Glorot-normal
+/// weights and zero biases, the activation after every hidden layer, optionally after the
+/// last one too, and optional identity links between consecutive layers of equal width.
+#[derive(Debug, Clone)]
+pub(crate) struct Fnn {
+    layers: Vec<Linear>,
+    activation: Activation,
+    last_activation: bool,
+    residual: bool,
+}
+
+impl Fnn {
+    /// `sizes = [input, hidden..., output]`, layers named `{prefix}.{i}` in `vb`.
+    pub(crate) fn new(
+        sizes: &[usize],
+        activation: Activation,
+        last_activation: bool,
+        residual: bool,
+        vb: VarBuilder,
+    ) -> candle_core::Result<Self> {
+        let mut layers = Vec::with_capacity(sizes.len().saturating_sub(1));
+        for (i, pair) in sizes.windows(2).enumerate() {
+            let (fan_in, fan_out) = (pair[0], pair[1]);
+            let lvb = vb.pp(i.to_string());
+            let w =
+                lvb.get_with_hints((fan_out, fan_in), "weight", glorot_normal(fan_in, fan_out))?;
+            let b = lvb.get_with_hints(fan_out, "bias", Init::Const(0.0))?;
+            layers.push(Linear::new(w, Some(b)));
+        }
+        Ok(Self {
+            layers,
+            activation,
+            last_activation,
+            residual,
+        })
+    }
+
+    /// Number of parameters.
+    pub(crate) fn param_count(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|l| l.weight().elem_count() + l.bias().map_or(0, |b| b.elem_count()))
+            .sum()
+    }
+}
+
+impl Module for Fnn {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let n = self.layers.len();
+        let mut h = x.clone();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let mut z = layer.forward(&h)?;
+            if i + 1 < n || self.last_activation {
+                z = self.activation.apply(&z)?;
+            }
+            // Identity links only inside the hidden stack (never into the linear output).
+            if self.residual && i + 1 < n && z.dims() == h.dims() {
+                z = (z + &h)?;
+            }
+            h = z;
+        }
+        Ok(h)
+    }
+}
+
+/// The `(t, x)` coordinates of every node of an `nt × nx` grid, scaled to `[0, 1]`, row-major
+/// (`t` slow, `x` fast): shape `[nt·nx, 2]`.
+pub fn grid_coordinates(
+    nt: usize,
+    nx: usize,
+    dtype: DType,
+    device: &Device,
+) -> candle_core::Result<Tensor> {
+    let scale = |n: usize, i: usize| {
+        if n > 1 {
+            i as f64 / (n - 1) as f64
+        } else {
+            0.0
+        }
+    };
+    let mut values = Vec::with_capacity(nt * nx * 2);
+    for i in 0..nt {
+        for j in 0..nx {
+            values.push(scale(nt, i));
+            values.push(scale(nx, j));
+        }
+    }
+    Tensor::from_vec(values, (nt * nx, 2), device)?.to_dtype(dtype)
+}
+
+fn shape_error(context: &str, got: &[usize], expected: String) -> candle_core::Error {
+    candle_core::Error::Msg(
+        ModelError::Shape {
+            context: context.to_string(),
+            got: got.to_vec(),
+            expected,
+        }
+        .to_string(),
+    )
+}
+
+/// Combines branch coefficients `[B, K·q]` and trunk values `[N, K·q]` block by block:
+/// output `[B, K, N]` with `out[b,k,n] = Σ_i branch[b,k·q+i] · trunk[n,k·q+i] + bias[k]`.
+pub(crate) fn combine_blocks(
+    branch: &Tensor,
+    trunk: &Tensor,
+    bias: Option<&Tensor>,
+    k: usize,
+) -> candle_core::Result<Tensor> {
+    let (b, p) = branch.dims2()?;
+    let (n, p2) = trunk.dims2()?;
+    if p != p2 || p % k != 0 {
+        candle_core::bail!(
+            "branch width {p} and trunk width {p2} must be equal and divisible by {k}"
+        );
+    }
+    let q = p / k;
+    // [K, B, q] x [K, q, N] -> [K, B, N]
+    let br = branch.reshape((b, k, q))?.transpose(0, 1)?.contiguous()?;
+    let tr = trunk.reshape((n, k, q))?.permute((1, 2, 0))?.contiguous()?;
+    let out = br.matmul(&tr)?.transpose(0, 1)?;
+    match bias {
+        Some(bias) => out.broadcast_add(&bias.reshape((1, k, 1))?),
+        None => Ok(out),
+    }
+}
+
+/// Configuration of DeepONet (MLP branch and trunk).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DeepOnetConfig {
+    /// Input channels (the applied current: 1).
+    pub in_channels: usize,
+    /// Output channels (v and w: 2).
+    pub out_channels: usize,
+    /// Training grid `[nt, nx]`; the branch input size is `in_channels · nt · nx`.
+    pub grid: [usize; 2],
+    /// Hidden widths of the branch MLP.
+    pub branch_hidden: Vec<usize>,
+    /// Hidden widths of the trunk MLP (its input is `(t, x)`).
+    pub trunk_hidden: Vec<usize>,
+    /// Total number of basis functions, split evenly over the outputs.
+    pub n_basis: usize,
+    /// Activation of the branch's hidden layers.
+    pub branch_activation: Activation,
+    /// Activation of the trunk's layers (its last layer included, as in DeepXDE).
+    pub trunk_activation: Activation,
+    /// Whether each output has its own scalar bias.
+    pub bias: bool,
+}
+
+impl Default for DeepOnetConfig {
+    /// DeepXDE-sized default: branch `[10000, 256, 256, 256]`, trunk `[2, 256, 256, 256]`,
+    /// 256 basis functions (128 per output), tanh.
+    fn default() -> Self {
+        Self {
+            in_channels: 1,
+            out_channels: 2,
+            grid: [100, 100],
+            branch_hidden: vec![256, 256],
+            trunk_hidden: vec![256, 256],
+            n_basis: 256,
+            branch_activation: Activation::Tanh,
+            trunk_activation: Activation::Tanh,
+            bias: true,
+        }
+    }
+}
+
+fn check_basis_split(model: &'static str, n_basis: usize, out_channels: usize) -> Result<()> {
+    if out_channels == 0 || n_basis == 0 || n_basis % out_channels != 0 {
+        return Err(ModelError::InvalidConfig {
+            model,
+            reason: format!(
+                "n_basis ({n_basis}) must be a positive multiple of out_channels ({out_channels})"
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn check_grid(model: &'static str, in_channels: usize, grid: [usize; 2]) -> Result<()> {
+    if in_channels == 0 || grid[0] == 0 || grid[1] == 0 {
+        return Err(ModelError::InvalidConfig {
+            model,
+            reason: format!("in_channels ({in_channels}) and grid {grid:?} must be positive"),
+        });
+    }
+    Ok(())
+}
+
+impl DeepOnetConfig {
+    fn validate(&self) -> Result<()> {
+        check_grid("don", self.in_channels, self.grid)?;
+        check_basis_split("don", self.n_basis, self.out_channels)?;
+        if self.branch_hidden.contains(&0) || self.trunk_hidden.contains(&0) {
+            return Err(ModelError::InvalidConfig {
+                model: "don",
+                reason: "hidden widths must be positive".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The branch of a DeepONet: an MLP on the flattened input or a CNN encoder.
+#[derive(Debug, Clone)]
+enum Branch {
+    Mlp(Fnn),
+    Cnn(CnnBranch),
+}
+
+impl Branch {
+    fn forward(&self, u: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Branch::Mlp(f) => f.forward(&u.flatten_from(1)?),
+            Branch::Cnn(c) => c.forward(u),
+        }
+    }
+
+    fn param_count(&self) -> usize {
+        match self {
+            Branch::Mlp(f) => f.param_count(),
+            Branch::Cnn(c) => c.param_count(),
+        }
+    }
+}
+
+/// A DeepONet (DON or DON-CNN, by its branch).
+#[derive(Debug, Clone)]
+pub struct DeepOnet {
+    config: ModelConfig,
+    in_channels: usize,
+    out_channels: usize,
+    grid: [usize; 2],
+    branch: Branch,
+    trunk: Fnn,
+    bias: Option<Tensor>,
+    coords: Tensor,
+}
+
+impl DeepOnet {
+    /// Builds a DeepONet with an MLP branch (weights under `branch.*`, `trunk.*`, `bias`).
+    pub fn new(cfg: &DeepOnetConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.validate()?;
+        let m = cfg.in_channels * cfg.grid[0] * cfg.grid[1];
+        let branch_sizes = [&[m][..], &cfg.branch_hidden, &[cfg.n_basis]].concat();
+        let branch = Fnn::new(
+            &branch_sizes,
+            cfg.branch_activation,
+            false,
+            false,
+            vb.pp("branch"),
+        )?;
+        Self::assemble(
+            ModelConfig::Don(cfg.clone()),
+            (cfg.in_channels, cfg.out_channels, cfg.grid),
+            Branch::Mlp(branch),
+            (
+                &cfg.trunk_hidden,
+                cfg.trunk_activation,
+                cfg.n_basis,
+                cfg.bias,
+            ),
+            vb,
+        )
+    }
+
+    /// Builds a DeepONet with a CNN branch.
+    pub fn new_cnn(cfg: &DeepOnetCnnConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.validate()?;
+        let branch = CnnBranch::new(cfg, vb.pp("branch"))?;
+        Self::assemble(
+            ModelConfig::DonCnn(cfg.clone()),
+            (cfg.in_channels, cfg.out_channels, cfg.grid),
+            Branch::Cnn(branch),
+            (
+                &cfg.trunk_hidden,
+                cfg.trunk_activation,
+                cfg.n_basis,
+                cfg.bias,
+            ),
+            vb,
+        )
+    }
+
+    fn assemble(
+        config: ModelConfig,
+        (in_channels, out_channels, grid): (usize, usize, [usize; 2]),
+        branch: Branch,
+        (trunk_hidden, trunk_activation, n_basis, bias): (&[usize], Activation, usize, bool),
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let trunk_sizes = [&[2][..], trunk_hidden, &[n_basis]].concat();
+        let trunk = Fnn::new(&trunk_sizes, trunk_activation, true, false, vb.pp("trunk"))?;
+        let bias = if bias {
+            Some(vb.get_with_hints(out_channels, "bias", Init::Const(0.0))?)
+        } else {
+            None
+        };
+        let coords = grid_coordinates(grid[0], grid[1], vb.dtype(), vb.device())?;
+        Ok(Self {
+            config,
+            in_channels,
+            out_channels,
+            grid,
+            branch,
+            trunk,
+            bias,
+            coords,
+        })
+    }
+
+    fn check_input(&self, input: &Tensor) -> candle_core::Result<()> {
+        let dims = input.dims();
+        if dims.len() != 4
+            || dims[1] != self.in_channels
+            || dims[2] != self.grid[0]
+            || dims[3] != self.grid[1]
+        {
+            return Err(shape_error(
+                "DeepONet input",
+                dims,
+                format!(
+                    "[B, {}, {}, {}] (the branch sees a fixed grid; resample other grids first)",
+                    self.in_channels, self.grid[0], self.grid[1]
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Evaluates the operator at arbitrary query points: `coords` is `[N, 2]` holding
+    /// `(t, x)` scaled to `[0, 1]` as in [`grid_coordinates`]; the result is `[B, C_out, N]`.
+    pub fn forward_at(&self, input: &Tensor, coords: &Tensor) -> candle_core::Result<Tensor> {
+        self.check_input(input)?;
+        let cd = coords.dims();
+        if cd.len() != 2 || cd[1] != 2 {
+            return Err(shape_error(
+                "DeepONet query points",
+                cd,
+                "[N, 2] holding (t, x)".into(),
+            ));
+        }
+        let b = self.branch.forward(input)?;
+        let t = self.trunk.forward(coords)?;
+        combine_blocks(&b, &t, self.bias.as_ref(), self.out_channels)
+    }
+}
+
+impl NeuralOperator for DeepOnet {
+    fn forward_t(&self, input: &Tensor, _train: bool) -> candle_core::Result<Tensor> {
+        let out = self.forward_at(input, &self.coords)?;
+        let bsz = out.dim(0)?;
+        out.reshape((bsz, self.out_channels, self.grid[0], self.grid[1]))
+    }
+
+    fn config(&self) -> ModelConfig {
+        self.config.clone()
+    }
+
+    fn param_count(&self) -> ParamCount {
+        let n = self.branch.param_count()
+            + self.trunk.param_count()
+            + self.bias.as_ref().map_or(0, |b| b.elem_count());
+        ParamCount { numel: n, real: n }
+    }
+
+    fn accepts_other_resolutions(&self) -> bool {
+        false
+    }
+}
 
 /// Configuration of DeepONet with a CNN branch.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct DeepOnetCnnConfig {}
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DeepOnetCnnConfig {
+    /// Input channels (the applied current: 1).
+    pub in_channels: usize,
+    /// Output channels (v and w: 2).
+    pub out_channels: usize,
+    /// Training grid `[nt, nx]`, which fixes the size the CNN flattens to.
+    pub grid: [usize; 2],
+    /// Output channels of each convolution.
+    pub conv_channels: Vec<usize>,
+    /// Kernel size of each convolution (one entry per convolution, or one for all).
+    pub kernel_sizes: Vec<usize>,
+    /// Stride of each convolution (one entry per convolution, or one for all).
+    pub strides: Vec<usize>,
+    /// Zero padding of each convolution (one entry per convolution, or one for all).
+    pub paddings: Vec<usize>,
+    /// Activation after each convolution.
+    pub conv_activation: Activation,
+    /// Hidden widths of the branch MLP after flattening.
+    pub branch_hidden: Vec<usize>,
+    /// Identity links between consecutive branch MLP layers of equal width.
+    pub branch_residual: bool,
+    /// Activation of the branch MLP's hidden layers.
+    pub branch_activation: Activation,
+    /// Hidden widths of the trunk MLP.
+    pub trunk_hidden: Vec<usize>,
+    /// Activation of the trunk (last layer included).
+    pub trunk_activation: Activation,
+    /// Total number of basis functions, split evenly over the outputs.
+    pub n_basis: usize,
+    /// Whether each output has its own scalar bias.
+    pub bias: bool,
+}
+
+impl Default for DeepOnetCnnConfig {
+    /// The research group's tuned configuration: CNN channels [40, 80, 100, 120], kernel 3,
+    /// stride 2, no padding, ReLU; branch MLP [80, 80, 80] with residual links; trunk
+    /// [80, 80, 80] tanh; 800 basis functions (400 per output). 605,342 parameters at 100×100.
+    fn default() -> Self {
+        Self {
+            in_channels: 1,
+            out_channels: 2,
+            grid: [100, 100],
+            conv_channels: vec![40, 80, 100, 120],
+            kernel_sizes: vec![3],
+            strides: vec![2],
+            paddings: vec![0],
+            conv_activation: Activation::Relu,
+            branch_hidden: vec![80, 80, 80],
+            branch_residual: true,
+            branch_activation: Activation::Relu,
+            trunk_hidden: vec![80, 80, 80],
+            trunk_activation: Activation::Tanh,
+            n_basis: 800,
+            bias: true,
+        }
+    }
+}
+
+impl DeepOnetCnnConfig {
+    fn per_layer(&self, what: &str, values: &[usize]) -> Result<Vec<usize>> {
+        let n = self.conv_channels.len();
+        match values.len() {
+            1 => Ok(vec![values[0]; n]),
+            len if len == n => Ok(values.to_vec()),
+            len => Err(ModelError::InvalidConfig {
+                model: "don_cnn",
+                reason: format!(
+                    "{what} has {len} entries; expected 1 or one per convolution ({n})"
+                ),
+            }),
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        check_grid("don_cnn", self.in_channels, self.grid)?;
+        check_basis_split("don_cnn", self.n_basis, self.out_channels)?;
+        for (what, v) in [
+            ("kernel_sizes", &self.kernel_sizes),
+            ("strides", &self.strides),
+        ] {
+            if self.per_layer(what, v)?.contains(&0) {
+                return Err(ModelError::InvalidConfig {
+                    model: "don_cnn",
+                    reason: format!("{what} must be positive"),
+                });
+            }
+        }
+        self.per_layer("paddings", &self.paddings)?;
+        if self.conv_channels.contains(&0)
+            || self.branch_hidden.contains(&0)
+            || self.trunk_hidden.contains(&0)
+        {
+            return Err(ModelError::InvalidConfig {
+                model: "don_cnn",
+                reason: "channel counts and widths must be positive".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// One convolution of the CNN branch. `extra` zero rows/columns are appended to H/W before
+/// it so that `(H + 2p − k) mod s == (W + 2p − k) mod s`: candle 0.11's conv2d backward
+/// takes the output padding of both axes from H and fails otherwise (see
+/// `shared/notes/candle-and-friends.md` §2b); on square grids `extra` is zero.
+#[derive(Debug, Clone)]
+struct ConvStage {
+    weight: Tensor,
+    bias: Tensor,
+    stride: usize,
+    padding: usize,
+    extra: [usize; 2],
+}
+
+/// The 2D CNN encoder followed by an MLP.
+#[derive(Debug, Clone)]
+struct CnnBranch {
+    convs: Vec<ConvStage>,
+    conv_activation: Activation,
+    mlp: Fnn,
+}
+
+impl CnnBranch {
+    fn new(cfg: &DeepOnetCnnConfig, vb: VarBuilder) -> Result<Self> {
+        let kernels = cfg.per_layer("kernel_sizes", &cfg.kernel_sizes)?;
+        let strides = cfg.per_layer("strides", &cfg.strides)?;
+        let paddings = cfg.per_layer("paddings", &cfg.paddings)?;
+        let (mut h, mut w) = (cfg.grid[0], cfg.grid[1]);
+        let mut c_in = cfg.in_channels;
+        let mut convs = Vec::new();
+        for (i, &c_out) in cfg.conv_channels.iter().enumerate() {
+            let (k, s, p) = (kernels[i], strides[i], paddings[i]);
+            if h + 2 * p < k || w + 2 * p < k {
+                return Err(ModelError::InvalidConfig {
+                    model: "don_cnn",
+                    reason: format!("convolution {i}: a {h}×{w} input (padding {p}) is smaller than the kernel {k}"),
+                });
+            }
+            let (rh, rw) = ((h + 2 * p - k) % s, (w + 2 * p - k) % s);
+            // Pad the axis whose remainder differs up to the other's (mod s).
+            let extra = if rh == rw {
+                [0, 0]
+            } else {
+                [0, (rh + s - rw) % s]
+            };
+            let (hp, wp) = (h + extra[0], w + extra[1]);
+            let fan_in = c_in * k * k;
+            let cvb = vb.pp(format!("conv{i}"));
+            let weight = cvb.get_with_hints(
+                (c_out, c_in, k, k),
+                "weight",
+                no_layers::init::torch_default_weight(fan_in),
+            )?;
+            let bias =
+                cvb.get_with_hints(c_out, "bias", no_layers::init::torch_default_bias(fan_in))?;
+            convs.push(ConvStage {
+                weight,
+                bias,
+                stride: s,
+                padding: p,
+                extra,
+            });
+            h = (hp + 2 * p - k) / s + 1;
+            w = (wp + 2 * p - k) / s + 1;
+            c_in = c_out;
+        }
+        let flat = c_in * h * w;
+        let sizes = [&[flat][..], &cfg.branch_hidden, &[cfg.n_basis]].concat();
+        let mlp = Fnn::new(
+            &sizes,
+            cfg.branch_activation,
+            false,
+            cfg.branch_residual,
+            vb.pp("mlp"),
+        )?;
+        Ok(Self {
+            convs,
+            conv_activation: cfg.conv_activation,
+            mlp,
+        })
+    }
+
+    fn forward(&self, u: &Tensor) -> candle_core::Result<Tensor> {
+        let mut x = u.clone();
+        for c in &self.convs {
+            if c.extra[1] > 0 {
+                x = x.pad_with_zeros(D::Minus1, 0, c.extra[1])?;
+            }
+            let y = x.conv2d(&c.weight, c.padding, c.stride, 1, 1)?;
+            let y = y.broadcast_add(&c.bias.reshape((1, (), 1, 1))?)?;
+            x = self.conv_activation.apply(&y)?;
+        }
+        self.mlp.forward(&x.flatten_from(1)?)
+    }
+
+    fn param_count(&self) -> usize {
+        let convs: usize = self
+            .convs
+            .iter()
+            .map(|c| c.weight.elem_count() + c.bias.elem_count())
+            .sum();
+        convs + self.mlp.param_count()
+    }
+}
 
 /// Builds DeepONet.
-pub fn build_don(_config: &DeepOnetConfig, _vb: VarBuilder) -> Result<Box<dyn NeuralOperator>> {
-    Err(ModelError::NotImplemented("DeepONet"))
+pub fn build_don(config: &DeepOnetConfig, vb: VarBuilder) -> Result<Box<dyn NeuralOperator>> {
+    Ok(Box::new(DeepOnet::new(config, vb)?))
 }
 
 /// Builds DeepONet with a CNN branch.
-pub fn build_don_cnn(_config: &DeepOnetCnnConfig, _vb: VarBuilder) -> Result<Box<dyn NeuralOperator>> {
-    Err(ModelError::NotImplemented("DeepONet-CNN"))
+pub fn build_don_cnn(
+    config: &DeepOnetCnnConfig,
+    vb: VarBuilder,
+) -> Result<Box<dyn NeuralOperator>> {
+    Ok(Box::new(DeepOnet::new_cnn(config, vb)?))
 }

@@ -1,0 +1,214 @@
+//! DeepONet and DeepONet-CNN: gradients, overfitting, query points, shapes, parameter counts.
+
+mod synthetic;
+
+use candle_core::{DType, Device, Tensor, Var};
+use no_layers::gradcheck::{check_gradients, GradCheckConfig};
+use no_layers::init::SeededVarMap;
+use no_models::deeponet::{grid_coordinates, DeepOnet, DeepOnetCnnConfig, DeepOnetConfig};
+use no_models::{build, ModelConfig, NeuralOperator};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+fn tiny_don() -> DeepOnetConfig {
+    DeepOnetConfig {
+        grid: [6, 5],
+        branch_hidden: vec![8],
+        trunk_hidden: vec![8],
+        n_basis: 6,
+        ..Default::default()
+    }
+}
+
+fn tiny_cnn(grid: [usize; 2]) -> DeepOnetCnnConfig {
+    DeepOnetCnnConfig {
+        grid,
+        conv_channels: vec![3, 4],
+        branch_hidden: vec![6, 6],
+        trunk_hidden: vec![6],
+        n_basis: 6,
+        ..Default::default()
+    }
+}
+
+fn grad_check(
+    model: &dyn NeuralOperator,
+    vars: &SeededVarMap,
+    shape: (usize, usize, usize, usize),
+) -> TestResult {
+    let x = Var::from_tensor(&synthetic::dataset(shape.0, shape.2, shape.3, DType::F64)?.0)?;
+    let mut all = vars.varmap().all_vars();
+    all.push(x.clone());
+    let xs = x.clone();
+    let report = check_gradients(
+        || model.forward_t(xs.as_tensor(), true),
+        &all,
+        &GradCheckConfig {
+            max_entries_per_var: 12,
+            ..Default::default()
+        },
+    )?;
+    assert!(report.passed(), "{report:?}");
+    Ok(())
+}
+
+#[test]
+fn don_gradients_match_finite_differences() -> TestResult {
+    let vars = SeededVarMap::new(1);
+    let model = DeepOnet::new(&tiny_don(), vars.var_builder(DType::F64, &Device::Cpu))?;
+    grad_check(&model, &vars, (2, 1, 6, 5))
+}
+
+#[test]
+fn don_cnn_gradients_match_finite_differences_on_a_non_square_grid() -> TestResult {
+    // 11 × 8 with k3 s2 p0: (11-3)%2 = 0 but (8-3)%2 = 1, the case candle's conv2d backward
+    // gets wrong unless the model pads W.
+    let vars = SeededVarMap::new(2);
+    let model = DeepOnet::new_cnn(
+        &tiny_cnn([11, 8]),
+        vars.var_builder(DType::F64, &Device::Cpu),
+    )?;
+    grad_check(&model, &vars, (2, 1, 11, 8))
+}
+
+#[test]
+fn don_overfits_eight_samples() -> TestResult {
+    let (x, y) = synthetic::dataset(8, 16, 12, DType::F32)?;
+    let cfg = DeepOnetConfig {
+        grid: [16, 12],
+        branch_hidden: vec![64, 64],
+        trunk_hidden: vec![64, 64],
+        n_basis: 64,
+        ..Default::default()
+    };
+    let vars = SeededVarMap::new(3);
+    let model = DeepOnet::new(&cfg, vars.var_builder(DType::F32, &Device::Cpu))?;
+    let (err, steps) =
+        synthetic::overfit(&model, vars.varmap().all_vars(), &x, &y, 5e-3, 3000, 0.05)?;
+    assert!(err < 0.05, "relative L2 {err} after {steps} steps");
+    Ok(())
+}
+
+#[test]
+fn don_cnn_overfits_eight_samples() -> TestResult {
+    let (x, y) = synthetic::dataset(8, 16, 16, DType::F32)?;
+    let cfg = DeepOnetCnnConfig {
+        grid: [16, 16],
+        conv_channels: vec![8, 16],
+        branch_hidden: vec![64, 64],
+        trunk_hidden: vec![64, 64],
+        n_basis: 64,
+        ..Default::default()
+    };
+    let vars = SeededVarMap::new(4);
+    let model = DeepOnet::new_cnn(&cfg, vars.var_builder(DType::F32, &Device::Cpu))?;
+    let (err, steps) =
+        synthetic::overfit(&model, vars.varmap().all_vars(), &x, &y, 5e-3, 5000, 0.05)?;
+    assert!(err < 0.05, "relative L2 {err} after {steps} steps");
+    Ok(())
+}
+
+#[test]
+fn query_points_on_the_grid_reproduce_the_grid_output() -> TestResult {
+    let vars = SeededVarMap::new(5);
+    let model = DeepOnet::new(&tiny_don(), vars.var_builder(DType::F64, &Device::Cpu))?;
+    let (x, _) = synthetic::dataset(2, 6, 5, DType::F64)?;
+    let grid_out = model.forward(&x)?;
+    // Node (i, j) = (4, 2) sits at t = 4/5, x = 2/4.
+    let q = Tensor::new(&[[0.8f64, 0.5]], &Device::Cpu)?;
+    let at = model.forward_at(&x, &q)?;
+    let expected = grid_out.narrow(2, 4, 1)?.narrow(3, 2, 1)?.flatten_from(1)?;
+    let diff = (at.flatten_from(1)? - expected)?
+        .abs()?
+        .max_all()?
+        .to_scalar::<f64>()?;
+    assert!(diff < 1e-12, "{diff}");
+    // Off-grid points give values between, not errors.
+    let off = model.forward_at(
+        &x,
+        &Tensor::new(&[[0.33f64, 0.71], [0.5, 0.5]], &Device::Cpu)?,
+    )?;
+    assert_eq!(off.dims(), &[2, 2, 2]);
+    Ok(())
+}
+
+#[test]
+fn grid_coordinates_are_row_major_in_unit_square() -> TestResult {
+    let c = grid_coordinates(3, 2, DType::F64, &Device::Cpu)?.to_vec2::<f64>()?;
+    assert_eq!(
+        c,
+        vec![
+            vec![0.0, 0.0],
+            vec![0.0, 1.0],
+            vec![0.5, 0.0],
+            vec![0.5, 1.0],
+            vec![1.0, 0.0],
+            vec![1.0, 1.0]
+        ]
+    );
+    Ok(())
+}
+
+#[test]
+fn wrong_input_grid_is_an_error_and_resolution_is_fixed() -> TestResult {
+    let vars = SeededVarMap::new(6);
+    let model = DeepOnet::new(&tiny_don(), vars.var_builder(DType::F32, &Device::Cpu))?;
+    assert!(!model.accepts_other_resolutions());
+    let err = model
+        .forward(&Tensor::zeros((1, 1, 7, 5), DType::F32, &Device::Cpu)?)
+        .unwrap_err();
+    assert!(err.to_string().contains("[B, 1, 6, 5]"), "{err}");
+    let cnn_vars = SeededVarMap::new(9);
+    let cnn = DeepOnet::new_cnn(
+        &tiny_cnn([12, 12]),
+        cnn_vars.var_builder(DType::F32, &Device::Cpu),
+    )?;
+    assert!(!cnn.accepts_other_resolutions());
+    Ok(())
+}
+
+#[test]
+fn invalid_configs_are_rejected() {
+    let vb = || SeededVarMap::new(0).var_builder(DType::F32, &Device::Cpu);
+    let odd = DeepOnetConfig {
+        n_basis: 7,
+        ..tiny_don()
+    };
+    assert!(DeepOnet::new(&odd, vb()).is_err());
+    let mismatched = DeepOnetCnnConfig {
+        strides: vec![2, 2, 2],
+        ..tiny_cnn([12, 12])
+    };
+    assert!(DeepOnet::new_cnn(&mismatched, vb()).is_err());
+    let too_small = tiny_cnn([3, 3]);
+    assert!(DeepOnet::new_cnn(&too_small, vb()).is_err());
+}
+
+#[test]
+fn default_don_cnn_has_the_tuned_parameter_count() -> TestResult {
+    // Counted by hand from the plain-PyTorch reference: convs 209,500, branch MLP 317,840,
+    // trunk 78,000, two biases.
+    let vars = SeededVarMap::new(7);
+    let cfg = ModelConfig::DonCnn(DeepOnetCnnConfig::default());
+    let model = build(&cfg, vars.var_builder(DType::F32, &Device::Cpu))?;
+    assert_eq!(model.param_count().numel, 605_342);
+    assert_eq!(model.config(), cfg);
+    let out = model.forward(&Tensor::zeros((2, 1, 100, 100), DType::F32, &Device::Cpu)?)?;
+    assert_eq!(out.dims(), &[2, 2, 100, 100]);
+    Ok(())
+}
+
+#[test]
+fn default_don_matches_deepxde_sizes_and_json_round_trips() -> TestResult {
+    let vars = SeededVarMap::new(8);
+    let cfg = ModelConfig::Don(DeepOnetConfig::default());
+    let model = build(&cfg, vars.var_builder(DType::F32, &Device::Cpu))?;
+    // branch [10000, 256, 256, 256] + trunk [2, 256, 256, 256] + 2 biases.
+    let branch = 10_000 * 256 + 256 + 2 * (256 * 256 + 256);
+    let trunk = 2 * 256 + 256 + 2 * (256 * 256 + 256);
+    assert_eq!(model.param_count().numel, branch + trunk + 2);
+    let json = serde_json::to_string(&cfg)?;
+    assert!(json.contains("\"model\":\"don\""), "{json}");
+    assert_eq!(serde_json::from_str::<ModelConfig>(&json)?, cfg);
+    Ok(())
+}

@@ -1,0 +1,223 @@
+//! POD-DeepONet: the basis (orthonormal, energy, thread-count independence, training split
+//! only) and the model (gradients, overfitting, rebuilding from stored tensors).
+
+mod synthetic;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::VarBuilder;
+use no_layers::gradcheck::{check_gradients, GradCheckConfig};
+use no_layers::init::SeededVarMap;
+use no_models::pod::{PodBasis, PodCriterion, PodDeepOnet, PodDeepOnetConfig};
+use no_models::{build, ModelConfig, NeuralOperator};
+use std::collections::HashMap;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// Snapshots with a known spread of energies: random combinations of smooth patterns.
+fn outputs(n: usize, nt: usize, nx: usize) -> candle_core::Result<Tensor> {
+    let (_, y) = synthetic::dataset(n, nt, nx, DType::F64)?;
+    Ok(y)
+}
+
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+fn column(f: &no_models::pod::FieldBasis, j: usize) -> Vec<f64> {
+    (0..f.mean.len()).map(|i| f.modes[i * f.rank + j]).collect()
+}
+
+#[test]
+fn basis_is_orthonormal_and_reaches_the_stated_energy() -> TestResult {
+    let y = outputs(20, 12, 10)?;
+    let energy = 0.99;
+    let basis = PodBasis::fit(&y, PodCriterion::Energy(energy))?;
+    let data = y.reshape((20, 2, 120))?.to_vec3::<f64>()?;
+    for (k, f) in basis.fields.iter().enumerate() {
+        assert!(f.rank >= 1 && f.rank < 20, "rank {}", f.rank);
+        for a in 0..f.rank {
+            for b in 0..f.rank {
+                let d = dot(&column(f, a), &column(f, b));
+                let expected = if a == b { 1.0 } else { 0.0 };
+                assert!(
+                    (d - expected).abs() < 1e-10,
+                    "field {k}: <φ{a}, φ{b}> = {d}"
+                );
+            }
+        }
+        // Projection of the centred training outputs keeps at least `energy` of their energy,
+        // and one mode fewer would not.
+        let mut kept = 0.0;
+        let mut total = 0.0;
+        let mut last_mode = 0.0;
+        for s in &data {
+            let centred: Vec<f64> = s[k].iter().zip(&f.mean).map(|(v, m)| v - m).collect();
+            total += dot(&centred, &centred);
+            for j in 0..f.rank {
+                let c = dot(&centred, &column(f, j));
+                kept += c * c;
+                if j + 1 == f.rank {
+                    last_mode += c * c;
+                }
+            }
+        }
+        assert!(
+            kept / total >= energy - 1e-12,
+            "field {k}: captured {}",
+            kept / total
+        );
+        assert!(
+            (kept - last_mode) / total < energy,
+            "field {k}: one mode fewer suffices"
+        );
+        assert!((f.energy - kept / total).abs() < 1e-9);
+    }
+    Ok(())
+}
+
+#[test]
+fn basis_is_identical_whatever_the_thread_count() -> TestResult {
+    let y = outputs(24, 12, 10)?;
+    let fit_with = |threads: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .map(|pool| pool.install(|| PodBasis::fit(&y, PodCriterion::Count(6))))
+    };
+    let one = fit_with(1)??;
+    let two = fit_with(2)??;
+    assert_eq!(one, two);
+    Ok(())
+}
+
+#[test]
+fn count_criterion_is_capped_by_the_rank_and_bad_inputs_are_errors() -> TestResult {
+    let y = outputs(5, 6, 5)?;
+    let basis = PodBasis::fit(&y, PodCriterion::Count(50))?;
+    // Five centred snapshots span at most four directions.
+    assert!(basis.ranks().iter().all(|&r| r <= 4), "{:?}", basis.ranks());
+    assert!(PodBasis::fit(&y, PodCriterion::Energy(1.5)).is_err());
+    assert!(PodBasis::fit(&y, PodCriterion::Count(0)).is_err());
+    assert!(PodBasis::fit(&y.narrow(0, 0, 1)?, PodCriterion::Count(2)).is_err());
+    let constant = Tensor::ones((4, 2, 3, 3), DType::F64, &Device::Cpu)?;
+    assert!(PodBasis::fit(&constant, PodCriterion::Count(2)).is_err());
+    Ok(())
+}
+
+fn tiny_cfg() -> PodDeepOnetConfig {
+    PodDeepOnetConfig {
+        grid: [6, 5],
+        branch_hidden: vec![8],
+        criterion: PodCriterion::Count(3),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn pod_don_gradients_match_finite_differences() -> TestResult {
+    let basis = PodBasis::fit(&outputs(10, 6, 5)?, PodCriterion::Count(3))?;
+    let vars = SeededVarMap::new(1);
+    let model = PodDeepOnet::from_basis(
+        &tiny_cfg(),
+        &basis,
+        vars.var_builder(DType::F64, &Device::Cpu),
+    )?;
+    let x = Var::from_tensor(&synthetic::dataset(2, 6, 5, DType::F64)?.0)?;
+    let mut all = vars.varmap().all_vars();
+    all.push(x.clone());
+    let report = check_gradients(
+        || model.forward_t(x.as_tensor(), true),
+        &all,
+        &GradCheckConfig {
+            max_entries_per_var: 12,
+            ..Default::default()
+        },
+    )?;
+    assert!(report.passed(), "{report:?}");
+    Ok(())
+}
+
+#[test]
+fn training_does_not_change_the_basis_and_overfits_eight_samples() -> TestResult {
+    let (x, y) = synthetic::dataset(8, 16, 12, DType::F32)?;
+    let basis = PodBasis::fit(&y, PodCriterion::Energy(0.9999))?;
+    let cfg = PodDeepOnetConfig {
+        grid: [16, 12],
+        branch_hidden: vec![64, 64],
+        ..Default::default()
+    };
+    let vars = SeededVarMap::new(2);
+    let vb = vars.var_builder(DType::F32, &Device::Cpu);
+    let model = PodDeepOnet::from_basis(&cfg, &basis, vb.clone())?;
+    let before = vb
+        .pp("pod")
+        .get((192, basis.fields[0].rank), "basis0")?
+        .to_vec2::<f32>()?;
+    let (err, steps) =
+        synthetic::overfit(&model, vars.varmap().all_vars(), &x, &y, 5e-3, 3000, 0.05)?;
+    assert!(err < 0.05, "relative L2 {err} after {steps} steps");
+    let after = vb
+        .pp("pod")
+        .get((192, basis.fields[0].rank), "basis0")?
+        .to_vec2::<f32>()?;
+    assert_eq!(before, after);
+    Ok(())
+}
+
+#[test]
+fn rebuilds_from_stored_tensors_and_refuses_a_missing_basis() -> TestResult {
+    let basis = PodBasis::fit(&outputs(10, 6, 5)?, PodCriterion::Count(3))?;
+    let vars = SeededVarMap::new(3);
+    let model = PodDeepOnet::from_basis(
+        &tiny_cfg(),
+        &basis,
+        vars.var_builder(DType::F64, &Device::Cpu),
+    )?;
+    let cfg = model.config();
+    let ModelConfig::PodDon(pc) = &cfg else {
+        panic!("{cfg:?}")
+    };
+    assert_eq!(pc.modes, basis.ranks());
+    // Everything the checkpoint would hold: weights, basis and mean.
+    let stored: HashMap<String, Tensor> = vars
+        .varmap()
+        .data()
+        .lock()
+        .map_err(|e| e.to_string())?
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().copy().expect("copy")))
+        .collect();
+    assert!(stored.contains_key("pod.mean") && stored.contains_key("pod.basis1"));
+    let rebuilt = build(
+        &cfg,
+        VarBuilder::from_tensors(stored, DType::F64, &Device::Cpu),
+    )?;
+    let (x, _) = synthetic::dataset(2, 6, 5, DType::F64)?;
+    let d = (model.forward(&x)? - rebuilt.forward(&x)?)?
+        .abs()?
+        .max_all()?
+        .to_scalar::<f64>()?;
+    assert_eq!(d, 0.0);
+    // A config with modes but no stored basis, or without modes, is a clear error.
+    let empty = SeededVarMap::new(4).var_builder(DType::F64, &Device::Cpu);
+    let err = build(&cfg, empty.clone())
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("pod.mean"), "{err}");
+    let err = build(&ModelConfig::PodDon(tiny_cfg()), empty)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("training outputs"), "{err}");
+    assert!(!rebuilt.accepts_other_resolutions());
+    Ok(())
+}
+
+#[test]
+fn basis_from_mismatched_grid_is_rejected() -> TestResult {
+    let basis = PodBasis::fit(&outputs(6, 4, 4)?, PodCriterion::Count(2))?;
+    let vb = SeededVarMap::new(0).var_builder(DType::F32, &Device::Cpu);
+    assert!(PodDeepOnet::from_basis(&tiny_cfg(), &basis, vb).is_err());
+    Ok(())
+}
