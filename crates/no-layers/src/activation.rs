@@ -10,10 +10,11 @@ use candle_core::{Module, Tensor};
 use serde::{Deserialize, Serialize};
 
 /// A point-wise non-linearity.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum Activation {
     /// `x·Φ(x)` with the exact normal CDF (`erf`); PyTorch's `F.gelu` default.
+    #[default]
     Gelu,
     /// `x` for `x ≥ 0`, `negative_slope·x` otherwise (PyTorch default slope 0.01).
     LeakyRelu {
@@ -28,25 +29,24 @@ pub enum Activation {
     Identity,
 }
 
-impl Default for Activation {
-    fn default() -> Self {
-        Self::Gelu
-    }
-}
 
 impl Activation {
     /// Leaky ReLU with PyTorch's default slope 0.01.
     pub fn leaky_relu() -> Self {
-        Self::LeakyRelu { negative_slope: 0.01 }
+        Self::LeakyRelu {
+            negative_slope: 0.01,
+        }
     }
 
     /// Checks the parameters (a finite slope).
     pub fn validate(&self) -> Result<()> {
         match self {
-            Self::LeakyRelu { negative_slope } if !negative_slope.is_finite() => Err(LayerError::InvalidConfig {
-                layer: "Activation",
-                reason: format!("leaky ReLU slope must be finite, got {negative_slope}"),
-            }),
+            Self::LeakyRelu { negative_slope } if !negative_slope.is_finite() => {
+                Err(LayerError::InvalidConfig {
+                    layer: "Activation",
+                    reason: format!("leaky ReLU slope must be finite, got {negative_slope}"),
+                })
+            }
             _ => Ok(()),
         }
     }
@@ -85,7 +85,13 @@ mod tests {
     fn gelu_is_the_exact_erf_form() -> candle_core::Result<()> {
         // Reference values of x·Φ(x) (Φ the standard normal CDF), scipy.stats.norm.cdf.
         let x = Tensor::new(&[-3.0f64, -1.0, 0.0, 0.5, 2.0], &Device::Cpu)?;
-        let want = [-0.00404969409489028, -0.15865525393145707, 0.0, 0.34573123063700656, 1.9544997361036416];
+        let want = [
+            -0.00404969409489028,
+            -0.15865525393145707,
+            0.0,
+            0.34573123063700656,
+            1.9544997361036416,
+        ];
         let got = gelu(&x)?.to_vec1::<f64>()?;
         for (g, w) in got.iter().zip(want) {
             assert!((g - w).abs() < 1e-12, "{got:?}");
@@ -99,9 +105,17 @@ mod tests {
     #[test]
     fn leaky_relu_values_and_config() -> candle_core::Result<()> {
         let x = Tensor::new(&[-2.0f64, 0.0, 3.0], &Device::Cpu)?;
-        assert_eq!(Activation::leaky_relu().forward(&x)?.to_vec1::<f64>()?, vec![-0.02, 0.0, 3.0]);
-        assert!(Activation::LeakyRelu { negative_slope: f64::NAN }.validate().is_err());
-        let json = serde_json::to_string(&Activation::leaky_relu()).map_err(candle_core::Error::wrap)?;
+        assert_eq!(
+            Activation::leaky_relu().forward(&x)?.to_vec1::<f64>()?,
+            vec![-0.02, 0.0, 3.0]
+        );
+        assert!(Activation::LeakyRelu {
+            negative_slope: f64::NAN
+        }
+        .validate()
+        .is_err());
+        let json =
+            serde_json::to_string(&Activation::leaky_relu()).map_err(candle_core::Error::wrap)?;
         let back: Activation = serde_json::from_str(&json).map_err(candle_core::Error::wrap)?;
         assert_eq!(back, Activation::leaky_relu());
         Ok(())
@@ -110,10 +124,17 @@ mod tests {
     #[test]
     fn gradients_match_finite_differences() -> candle_core::Result<()> {
         // Points away from 0, where leaky ReLU is not differentiable.
-        let x = Var::from_tensor(&Tensor::new(&[-2.1f64, -0.7, -0.1, 0.2, 0.9, 3.3], &Device::Cpu)?)?;
+        let x = Var::from_tensor(&Tensor::new(
+            &[-2.1f64, -0.7, -0.1, 0.2, 0.9, 3.3],
+            &Device::Cpu,
+        )?)?;
         for act in [Activation::Gelu, Activation::leaky_relu(), Activation::Tanh] {
             let xs = x.clone();
-            let r = check_gradients(move || act.forward(xs.as_tensor()), &[x.clone()], &GradCheckConfig::default())?;
+            let r = check_gradients(
+                move || act.forward(xs.as_tensor()),
+                std::slice::from_ref(&x),
+                &GradCheckConfig::default(),
+            )?;
             assert!(r.passed(), "{act:?}: {r:?}");
         }
         Ok(())

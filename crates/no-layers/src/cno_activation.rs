@@ -35,7 +35,12 @@ pub struct CnoActivationConfig {
 
 impl Default for CnoActivationConfig {
     fn default() -> Self {
-        Self { out_size: None, upsampling: 2, negative_slope: 0.01, kind: ResampleKind::BicubicAntialias }
+        Self {
+            out_size: None,
+            upsampling: 2,
+            negative_slope: 0.01,
+            kind: ResampleKind::BicubicAntialias,
+        }
     }
 }
 
@@ -49,19 +54,32 @@ pub struct CnoActivation {
 impl CnoActivation {
     /// Checks the configuration.
     pub fn new(cfg: &CnoActivationConfig) -> Result<Self> {
-        let bad = |reason: String| Err(LayerError::InvalidConfig { layer: "CnoActivation", reason });
+        let bad = |reason: String| {
+            Err(LayerError::InvalidConfig {
+                layer: "CnoActivation",
+                reason,
+            })
+        };
         if cfg.upsampling == 0 {
             return bad("upsampling must be at least 1".into());
         }
         if !cfg.negative_slope.is_finite() {
-            return bad(format!("negative_slope must be finite, got {}", cfg.negative_slope));
+            return bad(format!(
+                "negative_slope must be finite, got {}",
+                cfg.negative_slope
+            ));
         }
         if let Some(s) = &cfg.out_size {
             if s.is_empty() || s.len() > 2 || s.contains(&0) {
-                return bad(format!("out_size must be [L] or [H, W] with positive entries, got {s:?}"));
+                return bad(format!(
+                    "out_size must be [L] or [H, W] with positive entries, got {s:?}"
+                ));
             }
         }
-        Ok(Self { cfg: cfg.clone(), resampler: Resampler::new(cfg.kind) })
+        Ok(Self {
+            cfg: cfg.clone(),
+            resampler: Resampler::new(cfg.kind),
+        })
     }
 }
 
@@ -77,7 +95,9 @@ impl Module for CnoActivation {
                     _ => (h, w),
                 };
                 let up = self.resampler.resample2d(x, (u * h, u * w))?;
-                Ok(self.resampler.resample2d(&leaky_relu(&up, slope)?, (oh, ow))?)
+                Ok(self
+                    .resampler
+                    .resample2d(&leaky_relu(&up, slope)?, (oh, ow))?)
             }
             (3, None | Some([_])) => {
                 let l = x.dim(2)?;
@@ -88,7 +108,10 @@ impl Module for CnoActivation {
             _ => Err(LayerError::Shape {
                 layer: "CnoActivation",
                 got: x.dims().to_vec(),
-                expected: format!("[B, C, L] or [B, C, H, W] matching out_size {:?}", self.cfg.out_size),
+                expected: format!(
+                    "[B, C, L] or [B, C, H, W] matching out_size {:?}",
+                    self.cfg.out_size
+                ),
             }
             .into()),
         }
@@ -104,21 +127,47 @@ mod tests {
 
     #[test]
     fn shapes_and_errors() -> Result<()> {
-        let act = CnoActivation::new(&CnoActivationConfig { out_size: Some(vec![5, 3]), ..Default::default() })?;
-        assert_eq!(act.forward(&Tensor::zeros((2, 4, 10, 6), DType::F32, &Device::Cpu)?)?.dims(), &[2, 4, 5, 3]);
-        assert!(act.forward(&Tensor::zeros((2, 4, 10), DType::F32, &Device::Cpu)?).is_err());
+        let act = CnoActivation::new(&CnoActivationConfig {
+            out_size: Some(vec![5, 3]),
+            ..Default::default()
+        })?;
+        assert_eq!(
+            act.forward(&Tensor::zeros((2, 4, 10, 6), DType::F32, &Device::Cpu)?)?
+                .dims(),
+            &[2, 4, 5, 3]
+        );
+        assert!(act
+            .forward(&Tensor::zeros((2, 4, 10), DType::F32, &Device::Cpu)?)
+            .is_err());
         let act1 = CnoActivation::new(&CnoActivationConfig::default())?;
-        assert_eq!(act1.forward(&Tensor::zeros((2, 4, 10), DType::F32, &Device::Cpu)?)?.dims(), &[2, 4, 10]);
-        assert!(CnoActivation::new(&CnoActivationConfig { upsampling: 0, ..Default::default() }).is_err());
-        assert!(CnoActivation::new(&CnoActivationConfig { out_size: Some(vec![0, 2]), ..Default::default() }).is_err());
+        assert_eq!(
+            act1.forward(&Tensor::zeros((2, 4, 10), DType::F32, &Device::Cpu)?)?
+                .dims(),
+            &[2, 4, 10]
+        );
+        assert!(CnoActivation::new(&CnoActivationConfig {
+            upsampling: 0,
+            ..Default::default()
+        })
+        .is_err());
+        assert!(CnoActivation::new(&CnoActivationConfig {
+            out_size: Some(vec![0, 2]),
+            ..Default::default()
+        })
+        .is_err());
         Ok(())
     }
 
     #[test]
     fn positive_inputs_pass_through_the_filters_only() -> Result<()> {
         // On a positive signal the leaky ReLU is the identity, so the block is down∘up.
-        let act = CnoActivation::new(&CnoActivationConfig { kind: ResampleKind::Spectral, ..Default::default() })?;
-        let v: Vec<f64> = (0..16).map(|i| 2.0 + (std::f64::consts::TAU * i as f64 / 16.0).sin()).collect();
+        let act = CnoActivation::new(&CnoActivationConfig {
+            kind: ResampleKind::Spectral,
+            ..Default::default()
+        })?;
+        let v: Vec<f64> = (0..16)
+            .map(|i| 2.0 + (std::f64::consts::TAU * i as f64 / 16.0).sin())
+            .collect();
         let x = Tensor::from_vec(v.clone(), (1, 1, 16), &Device::Cpu)?;
         let y = act.forward(&x)?.flatten_all()?.to_vec1::<f64>()?;
         for (a, b) in y.iter().zip(&v) {
@@ -129,11 +178,28 @@ mod tests {
 
     #[test]
     fn gradients_match_finite_differences() -> Result<()> {
-        for (shape, out) in [(vec![2usize, 2, 5, 6], Some(vec![4usize, 3])), (vec![2, 2, 7], None)] {
-            let act = CnoActivation::new(&CnoActivationConfig { out_size: out, ..Default::default() })?;
-            let x = Var::from_tensor(&init_tensor(candle_nn::Init::Randn { mean: 0.0, stdev: 1.0 }, &Shape::from(shape.as_slice()), &mut rng_for(0, "cno"))?)?;
+        for (shape, out) in [
+            (vec![2usize, 2, 5, 6], Some(vec![4usize, 3])),
+            (vec![2, 2, 7], None),
+        ] {
+            let act = CnoActivation::new(&CnoActivationConfig {
+                out_size: out,
+                ..Default::default()
+            })?;
+            let x = Var::from_tensor(&init_tensor(
+                candle_nn::Init::Randn {
+                    mean: 0.0,
+                    stdev: 1.0,
+                },
+                &Shape::from(shape.as_slice()),
+                &mut rng_for(0, "cno"),
+            )?)?;
             let xs = x.clone();
-            let r = check_gradients(move || act.forward(xs.as_tensor()), &[x], &GradCheckConfig::default())?;
+            let r = check_gradients(
+                move || act.forward(xs.as_tensor()),
+                &[x],
+                &GradCheckConfig::default(),
+            )?;
             assert!(r.passed(), "{shape:?}: {r:?}");
         }
         Ok(())

@@ -82,14 +82,24 @@ impl FiniteDifferenceConfig {
     }
 
     fn validate(&self) -> Result<()> {
-        let bad = |reason: String| Err(LayerError::InvalidConfig { layer: "FiniteDifference", reason });
+        let bad = |reason: String| {
+            Err(LayerError::InvalidConfig {
+                layer: "FiniteDifference",
+                reason,
+            })
+        };
         if !(1..=2).contains(&self.n_dim) {
             return bad(format!("n_dim must be 1 or 2, got {}", self.n_dim));
         }
         if self.kernel_size % 2 == 0 {
             return bad(format!("kernel_size must be odd, got {}", self.kernel_size));
         }
-        if self.groups == 0 || self.in_channels % self.groups != 0 || self.out_channels % self.groups != 0 || self.in_channels == 0 || self.out_channels == 0 {
+        if self.groups == 0
+            || self.in_channels % self.groups != 0
+            || self.out_channels % self.groups != 0
+            || self.in_channels == 0
+            || self.out_channels == 0
+        {
             return bad(format!(
                 "groups ({}) must divide in_channels ({}) and out_channels ({}), all positive",
                 self.groups, self.in_channels, self.out_channels
@@ -120,8 +130,13 @@ impl FiniteDifference {
             shape.push(k);
         }
         let fan_in = cg * k.pow(cfg.n_dim as u32);
-        let weight = vb.pp("conv").get_with_hints(shape, "weight", torch_default_weight(fan_in))?;
-        Ok(Self { weight, cfg: cfg.clone() })
+        let weight = vb
+            .pp("conv")
+            .get_with_hints(shape, "weight", torch_default_weight(fan_in))?;
+        Ok(Self {
+            weight,
+            cfg: cfg.clone(),
+        })
     }
 
     /// The raw (not zero-sum) stencil weight.
@@ -132,7 +147,11 @@ impl FiniteDifference {
     /// The zero-sum stencil actually applied, `[O, C/g, kh, kw]` (1-D: `kh = 1`).
     pub fn zero_sum_kernel(&self) -> candle_core::Result<Tensor> {
         let k = self.cfg.kernel_size;
-        let w = if self.cfg.n_dim == 1 { self.weight.unsqueeze(2)? } else { self.weight.clone() };
+        let w = if self.cfg.n_dim == 1 {
+            self.weight.unsqueeze(2)?
+        } else {
+            self.weight.clone()
+        };
         let (kh, kw) = (w.dim(2)?, w.dim(3)?);
         let total = w.sum_keepdim(2)?.sum_keepdim(3)?;
         let mut delta = vec![0.0; kh * kw];
@@ -149,14 +168,21 @@ impl Module for FiniteDifference {
             return Err(LayerError::Shape {
                 layer: "FiniteDifference",
                 got: x.dims().to_vec(),
-                expected: format!("[batch, {}] followed by {} spatial axes", c.in_channels, c.n_dim),
+                expected: format!(
+                    "[batch, {}] followed by {} spatial axes",
+                    c.in_channels, c.n_dim
+                ),
             }
             .into());
         }
         let n = x.dim(x.rank() - 1)?;
         // 1/(h/h₀) = N/N₀.
         let inv_width = n as f64 / c.default_resolution as f64;
-        let x4 = if c.n_dim == 1 { x.unsqueeze(2)? } else { x.clone() };
+        let x4 = if c.n_dim == 1 {
+            x.unsqueeze(2)?
+        } else {
+            x.clone()
+        };
         let y = conv2d_same(&x4, &self.zero_sum_kernel()?, c.padding, c.groups)?;
         let y = (y * inv_width)?;
         if c.n_dim == 1 {
@@ -181,19 +207,34 @@ mod tests {
     }
 
     fn randn(shape: &[usize], seed: u64) -> candle_core::Result<Tensor> {
-        init_tensor(candle_nn::Init::Randn { mean: 0.0, stdev: 1.0 }, &Shape::from(shape), &mut rng_for(seed, "fd"))
+        init_tensor(
+            candle_nn::Init::Randn {
+                mean: 0.0,
+                stdev: 1.0,
+            },
+            &Shape::from(shape),
+            &mut rng_for(seed, "fd"),
+        )
     }
 
     #[test]
     fn annihilates_constants_and_scales_with_resolution() -> Result<()> {
-        let cfg = FiniteDifferenceConfig { in_channels: 2, out_channels: 3, default_resolution: 8, ..Default::default() };
+        let cfg = FiniteDifferenceConfig {
+            in_channels: 2,
+            out_channels: 3,
+            default_resolution: 8,
+            ..Default::default()
+        };
         let (fd, _v) = layer(&cfg, 0)?;
         let ones = Tensor::ones((1, 2, 8, 8), DType::F64, &Device::Cpu)?;
         assert!(fd.forward(&ones)?.abs()?.max_all()?.to_scalar::<f64>()? < 1e-13);
         // Same stencil on a grid twice as fine: the raw stencil output is multiplied by 2.
         let x = randn(&[1, 2, 16, 16], 1)?;
         let raw = conv2d_same(&x, &fd.zero_sum_kernel()?, PaddingMode::Periodic, 1)?;
-        let diff = (fd.forward(&x)? - (raw * 2.0)?)?.abs()?.max_all()?.to_scalar::<f64>()?;
+        let diff = (fd.forward(&x)? - (raw * 2.0)?)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f64>()?;
         assert!(diff < 1e-12, "{diff}");
         Ok(())
     }
@@ -202,14 +243,27 @@ mod tests {
     fn equals_conv_minus_sum_conv_like_neuraloperator() -> Result<()> {
         // (conv(x, W) − conv(x, ΣW)) / grid_width, written out with candle's conv2d.
         for groups in [1, 2] {
-            let cfg = FiniteDifferenceConfig { in_channels: 2, out_channels: 4, groups, padding: PaddingMode::Zeros, default_resolution: 5, ..Default::default() };
+            let cfg = FiniteDifferenceConfig {
+                in_channels: 2,
+                out_channels: 4,
+                groups,
+                padding: PaddingMode::Zeros,
+                default_resolution: 5,
+                ..Default::default()
+            };
             let (fd, _v) = layer(&cfg, 3)?;
             let x = randn(&[2, 2, 6, 7], 4)?;
             let w = fd.weight();
-            let conv = x.pad_with_zeros(2, 1, 1)?.pad_with_zeros(3, 1, 1)?.conv2d(w, 0, 1, 1, groups)?;
+            let conv = x
+                .pad_with_zeros(2, 1, 1)?
+                .pad_with_zeros(3, 1, 1)?
+                .conv2d(w, 0, 1, 1, groups)?;
             let sum = x.conv2d(&w.sum_keepdim(2)?.sum_keepdim(3)?, 0, 1, 1, groups)?;
             let want = ((conv - sum)? / (1.0 / (7.0 / 5.0)))?;
-            let diff = (fd.forward(&x)? - want)?.abs()?.max_all()?.to_scalar::<f64>()?;
+            let diff = (fd.forward(&x)? - want)?
+                .abs()?
+                .max_all()?
+                .to_scalar::<f64>()?;
             assert!(diff < 1e-12, "groups {groups}: {diff}");
         }
         Ok(())
@@ -221,20 +275,35 @@ mod tests {
         // at N₀ = 1: the layer computes h₀·∂f/∂y → ∂f/∂y. f = sin(2πx)·cos(2πy) on [0,1)².
         let mut errors = Vec::new();
         for n in [16usize, 32, 64] {
-            let cfg = FiniteDifferenceConfig { in_channels: 1, out_channels: 1, default_resolution: 1, ..Default::default() };
+            let cfg = FiniteDifferenceConfig {
+                in_channels: 1,
+                out_channels: 1,
+                default_resolution: 1,
+                ..Default::default()
+            };
             let vars = SeededVarMap::new(0);
             let vb = vars.var_builder(DType::F64, &Device::Cpu);
-            let stencil = Tensor::new(&[[[[0.0f64, 0.0, 0.0], [-0.5, 0.0, 0.5], [0.0, 0.0, 0.0]]]], &Device::Cpu)?;
+            let stencil = Tensor::new(
+                &[[[[0.0f64, 0.0, 0.0], [-0.5, 0.0, 0.5], [0.0, 0.0, 0.0]]]],
+                &Device::Cpu,
+            )?;
             let fd = FiniteDifference::new(&cfg, vb)?;
             vars.varmap().all_vars()[0].set(&stencil)?;
             let tau = std::f64::consts::TAU;
             let grid = |f: &dyn Fn(f64, f64) -> f64| -> candle_core::Result<Tensor> {
-                let v: Vec<f64> = (0..n * n).map(|i| f((i / n) as f64 / n as f64, (i % n) as f64 / n as f64)).collect();
+                let v: Vec<f64> = (0..n * n)
+                    .map(|i| f((i / n) as f64 / n as f64, (i % n) as f64 / n as f64))
+                    .collect();
                 Tensor::from_vec(v, (1, 1, n, n), &Device::Cpu)
             };
             let x = grid(&|a, b| (tau * a).sin() * (tau * b).cos())?;
             let want = grid(&|a, b| -tau * (tau * a).sin() * (tau * b).sin())?;
-            errors.push((fd.forward(&x)? - want)?.abs()?.max_all()?.to_scalar::<f64>()?);
+            errors.push(
+                (fd.forward(&x)? - want)?
+                    .abs()?
+                    .max_all()?
+                    .to_scalar::<f64>()?,
+            );
         }
         // Second order: each halving of h divides the error by ~4.
         assert!(errors[0] < 0.7 && errors[2] < 0.04, "{errors:?}");
@@ -246,10 +315,18 @@ mod tests {
 
     #[test]
     fn periodic_padding_commutes_with_circular_shifts() -> Result<()> {
-        let cfg = FiniteDifferenceConfig { in_channels: 3, out_channels: 2, kernel_size: 5, default_resolution: 9, ..Default::default() };
+        let cfg = FiniteDifferenceConfig {
+            in_channels: 3,
+            out_channels: 2,
+            kernel_size: 5,
+            default_resolution: 9,
+            ..Default::default()
+        };
         let (fd, _v) = layer(&cfg, 5)?;
         let x = randn(&[2, 3, 9, 11], 6)?;
-        let roll = |t: &Tensor, s0: usize, s1: usize| -> candle_core::Result<Tensor> { t.roll(s0 as i32, 2)?.roll(s1 as i32, 3) };
+        let roll = |t: &Tensor, s0: usize, s1: usize| -> candle_core::Result<Tensor> {
+            t.roll(s0 as i32, 2)?.roll(s1 as i32, 3)
+        };
         let lhs = fd.forward(&roll(&x, 4, 7)?)?;
         let rhs = roll(&fd.forward(&x)?, 4, 7)?;
         let diff = (lhs - rhs)?.abs()?.max_all()?.to_scalar::<f64>()?;
@@ -259,33 +336,78 @@ mod tests {
 
     #[test]
     fn one_dimensional_and_depthwise_shapes_and_errors() -> Result<()> {
-        let cfg = FiniteDifferenceConfig { in_channels: 2, out_channels: 4, n_dim: 1, groups: 2, default_resolution: 10, ..Default::default() };
+        let cfg = FiniteDifferenceConfig {
+            in_channels: 2,
+            out_channels: 4,
+            n_dim: 1,
+            groups: 2,
+            default_resolution: 10,
+            ..Default::default()
+        };
         let (fd, vars) = layer(&cfg, 7)?;
         assert_eq!(fd.weight().dims(), &[4, 1, 3]);
-        assert!(vars.varmap().data().lock().map(|d| d.contains_key("conv.weight")).unwrap_or(false));
+        assert!(vars
+            .varmap()
+            .data()
+            .lock()
+            .map(|d| d.contains_key("conv.weight"))
+            .unwrap_or(false));
         assert_eq!(fd.forward(&randn(&[3, 2, 10], 8)?)?.dims(), &[3, 4, 10]);
         assert!(fd.forward(&randn(&[3, 2, 10, 10], 8)?).is_err());
         for bad in [
-            FiniteDifferenceConfig { kernel_size: 4, ..Default::default() },
-            FiniteDifferenceConfig { groups: 3, ..Default::default() },
-            FiniteDifferenceConfig { n_dim: 3, ..Default::default() },
+            FiniteDifferenceConfig {
+                kernel_size: 4,
+                ..Default::default()
+            },
+            FiniteDifferenceConfig {
+                groups: 3,
+                ..Default::default()
+            },
+            FiniteDifferenceConfig {
+                n_dim: 3,
+                ..Default::default()
+            },
         ] {
-            assert!(FiniteDifference::new(&bad, SeededVarMap::new(0).var_builder(DType::F64, &Device::Cpu)).is_err());
+            assert!(FiniteDifference::new(
+                &bad,
+                SeededVarMap::new(0).var_builder(DType::F64, &Device::Cpu)
+            )
+            .is_err());
         }
         Ok(())
     }
 
     #[test]
     fn gradients_match_finite_differences() -> Result<()> {
-        for (n_dim, padding, groups) in [(2, PaddingMode::Periodic, 1), (2, PaddingMode::Zeros, 2), (1, PaddingMode::Periodic, 1)] {
-            let cfg = FiniteDifferenceConfig { in_channels: 2, out_channels: 2, n_dim, groups, padding, default_resolution: 4, ..Default::default() };
+        for (n_dim, padding, groups) in [
+            (2, PaddingMode::Periodic, 1),
+            (2, PaddingMode::Zeros, 2),
+            (1, PaddingMode::Periodic, 1),
+        ] {
+            let cfg = FiniteDifferenceConfig {
+                in_channels: 2,
+                out_channels: 2,
+                n_dim,
+                groups,
+                padding,
+                default_resolution: 4,
+                ..Default::default()
+            };
             let (fd, vars) = layer(&cfg, 9)?;
-            let shape: Vec<usize> = if n_dim == 2 { vec![2, 2, 5, 6] } else { vec![2, 2, 7] };
+            let shape: Vec<usize> = if n_dim == 2 {
+                vec![2, 2, 5, 6]
+            } else {
+                vec![2, 2, 7]
+            };
             let x = Var::from_tensor(&randn(&shape, 10)?)?;
             let mut all = vec![x.clone()];
             all.extend(vars.varmap().all_vars());
             let xs = x.clone();
-            let r = check_gradients(move || fd.forward(xs.as_tensor()), &all, &GradCheckConfig::default())?;
+            let r = check_gradients(
+                move || fd.forward(xs.as_tensor()),
+                &all,
+                &GradCheckConfig::default(),
+            )?;
             assert!(r.passed(), "{n_dim}D {padding:?} groups {groups}: {r:?}");
         }
         Ok(())

@@ -114,7 +114,8 @@ impl DiscoConfig {
     /// The physical radius actually used.
     pub fn radius(&self) -> f64 {
         self.radius_cutoff.unwrap_or_else(|| {
-            (self.domain_length[0] / self.default_in_shape[0] as f64).max(self.domain_length[1] / self.default_in_shape[1] as f64)
+            (self.domain_length[0] / self.default_in_shape[0] as f64)
+                .max(self.domain_length[1] / self.default_in_shape[1] as f64)
         })
     }
 
@@ -129,24 +130,52 @@ impl DiscoConfig {
     }
 
     fn validate(&self) -> Result<()> {
-        let bad = |reason: String| Err(LayerError::InvalidConfig { layer: "Disco", reason });
+        let bad = |reason: String| {
+            Err(LayerError::InvalidConfig {
+                layer: "Disco",
+                reason,
+            })
+        };
         if self.kernel_shape[0] == 0 || self.kernel_shape[1] == 0 {
-            return bad(format!("kernel_shape entries must be positive, got {:?}", self.kernel_shape));
+            return bad(format!(
+                "kernel_shape entries must be positive, got {:?}",
+                self.kernel_shape
+            ));
         }
-        if self.groups == 0 || self.in_channels == 0 || self.out_channels == 0 || self.in_channels % self.groups != 0 || self.out_channels % self.groups != 0 {
-            return bad(format!("groups ({}) must divide in ({}) and out ({}) channels", self.groups, self.in_channels, self.out_channels));
+        if self.groups == 0
+            || self.in_channels == 0
+            || self.out_channels == 0
+            || self.in_channels % self.groups != 0
+            || self.out_channels % self.groups != 0
+        {
+            return bad(format!(
+                "groups ({}) must divide in ({}) and out ({}) channels",
+                self.groups, self.in_channels, self.out_channels
+            ));
         }
-        if self.domain_length.iter().any(|l| !(l.is_finite() && *l > 0.0)) || self.default_in_shape.contains(&0) {
-            return bad(format!("domain_length {:?} and default_in_shape {:?} must be positive", self.domain_length, self.default_in_shape));
+        if self
+            .domain_length
+            .iter()
+            .any(|l| !(l.is_finite() && *l > 0.0))
+            || self.default_in_shape.contains(&0)
+        {
+            return bad(format!(
+                "domain_length {:?} and default_in_shape {:?} must be positive",
+                self.domain_length, self.default_in_shape
+            ));
         }
         let r = self.radius();
         if !(r.is_finite() && r > 0.0) {
-            return bad(format!("radius_cutoff must be positive and finite, got {r}"));
+            return bad(format!(
+                "radius_cutoff must be positive and finite, got {r}"
+            ));
         }
         if self.evaluation == BasisEvaluation::AnchorF32 {
             let (ph, pw) = anchor_stencil_size(self);
             if ph != pw || ph % 2 == 0 {
-                return bad(format!("anchor_f32 evaluation needs an odd square anchor stencil, got {ph}×{pw}"));
+                return bad(format!(
+                    "anchor_f32 evaluation needs an odd square anchor stencil, got {ph}×{pw}"
+                ));
             }
         }
         Ok(())
@@ -178,9 +207,19 @@ pub fn basis_value(kernel_shape: [usize; 2], r_cutoff: f64, k: usize, x: f64, y:
     // vanishing basis functions at exactly zero instead of letting the normalisation
     // amplify the residue (the anchor's float32 quirk, see BasisEvaluation).
     let snap = |v: f64| if v < 1e-10 { 0.0 } else { v };
-    let hat_r = |rr: f64, ir: f64| if (rr - ir).abs() <= dr && rr <= r_cutoff { snap(1.0 - (rr - ir).abs() / dr) } else { 0.0 };
+    let hat_r = |rr: f64, ir: f64| {
+        if (rr - ir).abs() <= dr && rr <= r_cutoff {
+            snap(1.0 - (rr - ir).abs() / dr)
+        } else {
+            0.0
+        }
+    };
     if nphi == 1 {
-        let ir = if nr % 2 == 1 { k as f64 * dr } else { (k as f64 + 0.5) * dr };
+        let ir = if nr % 2 == 1 {
+            k as f64 * dr
+        } else {
+            (k as f64 + 0.5) * dr
+        };
         return hat_r(r, ir);
     }
     let dphi = 2.0 * PI / nphi as f64;
@@ -213,10 +252,16 @@ pub fn basis_value(kernel_shape: [usize; 2], r_cutoff: f64, k: usize, x: f64, y:
 /// weight included (`q·ψ̂_k`), and the stencil size `(P_H, P_W)`.
 pub fn local_filter(cfg: &DiscoConfig, n_h: usize, n_w: usize) -> (Vec<f64>, usize, usize) {
     let r = cfg.radius();
-    let (hh, hw) = (cfg.domain_length[0] / n_h as f64, cfg.domain_length[1] / n_w as f64);
+    let (hh, hw) = (
+        cfg.domain_length[0] / n_h as f64,
+        cfg.domain_length[1] / n_w as f64,
+    );
     // Pixels within the radius; the tiny relative slack keeps a pixel that lies exactly
     // on the cutoff (the default radius is one pixel) despite rounding.
-    let (mh, mw) = ((r / hh * (1.0 + 1e-12)).floor() as usize, (r / hw * (1.0 + 1e-12)).floor() as usize);
+    let (mh, mw) = (
+        (r / hh * (1.0 + 1e-12)).floor() as usize,
+        (r / hw * (1.0 + 1e-12)).floor() as usize,
+    );
     let (ph, pw) = (2 * mh + 1, 2 * mw + 1);
     let q = cfg.domain_length[0] * cfg.domain_length[1] / (n_h * n_w) as f64;
     let slots = cfg.weight_slots();
@@ -242,7 +287,9 @@ pub fn local_filter(cfg: &DiscoConfig, n_h: usize, n_w: usize) -> (Vec<f64>, usi
 /// The anchor's local stencil size `⌊2·r·N/L⌋ + 1` per axis (Python double arithmetic).
 fn anchor_stencil_size(cfg: &DiscoConfig) -> (usize, usize) {
     let r = cfg.radius();
-    let p = |i: usize| (2.0 * r * cfg.default_in_shape[i] as f64 / cfg.domain_length[i]).floor() as usize + 1;
+    let p = |i: usize| {
+        (2.0 * r * cfg.default_in_shape[i] as f64 / cfg.domain_length[i]).floor() as usize + 1
+    };
     (p(0), p(1))
 }
 
@@ -255,7 +302,13 @@ fn linspace_f32(start: f32, end: f32, steps: usize) -> Vec<f32> {
     let step = (end - start) / (steps - 1) as f32;
     let half = steps / 2;
     (0..steps)
-        .map(|i| if i < half { start + step * i as f32 } else { end - step * (steps - i - 1) as f32 })
+        .map(|i| {
+            if i < half {
+                start + step * i as f32
+            } else {
+                end - step * (steps - i - 1) as f32
+            }
+        })
         .collect()
 }
 
@@ -273,7 +326,11 @@ fn basis_value_torch_f32(kernel_shape: [usize; 2], r_cutoff: f64, k: usize, x: f
         (d <= dr && rr <= rc, 1.0 - d / dr)
     };
     if nphi == 1 {
-        let ir = if nr % 2 == 1 { k as f32 * dr } else { (k as f32 + 0.5) * dr };
+        let ir = if nr % 2 == 1 {
+            k as f32 * dr
+        } else {
+            (k as f32 + 0.5) * dr
+        };
         let (ok, v) = hat_r(r, ir);
         return if ok { v } else { 0.0 };
     }
@@ -330,13 +387,17 @@ pub fn anchor_local_filter_f32(cfg: &DiscoConfig) -> candle_core::Result<(Vec<f6
     let r = cfg.radius();
     let rc = r as f32;
     let coords = linspace_f32(-rc, rc, p);
-    let q = cfg.domain_length[0] * cfg.domain_length[1] / cfg.default_in_shape[0] as f64 / cfg.default_in_shape[1] as f64;
+    let q = cfg.domain_length[0] * cfg.domain_length[1]
+        / cfg.default_in_shape[0] as f64
+        / cfg.default_in_shape[1] as f64;
     let q32 = q as f32;
     let slots = cfg.weight_slots();
     let mut out = vec![0.0f64; slots * p * p];
     for k in 0..cfg.basis_functions() {
         // lfm[i][j]: basis at (x_i, y_j) of the anchor's ij-meshgrid.
-        let lfm: Vec<f32> = (0..p * p).map(|ij| basis_value_torch_f32(cfg.kernel_shape, r, k, coords[ij / p], coords[ij % p])).collect();
+        let lfm: Vec<f32> = (0..p * p)
+            .map(|ij| basis_value_torch_f32(cfg.kernel_shape, r, k, coords[ij / p], coords[ij % p]))
+            .collect();
         let norm = lfm.iter().fold(0.0f32, |acc, v| acc + v * q32) + 1e-9f32;
         for a in 0..p {
             for b in 0..p {
@@ -365,10 +426,21 @@ impl Disco {
         let weight = vb.get_with_hints(
             (cfg.out_channels, cg, cfg.weight_slots()),
             "weight",
-            Init::Randn { mean: 0.0, stdev: (1.0 / cg as f64).sqrt() },
+            Init::Randn {
+                mean: 0.0,
+                stdev: (1.0 / cg as f64).sqrt(),
+            },
         )?;
-        let bias = if cfg.bias { Some(vb.get_with_hints(cfg.out_channels, "bias", Init::Const(0.0))?) } else { None };
-        Ok(Self { weight, bias, cfg: cfg.clone() })
+        let bias = if cfg.bias {
+            Some(vb.get_with_hints(cfg.out_channels, "bias", Init::Const(0.0))?)
+        } else {
+            None
+        };
+        Ok(Self {
+            weight,
+            bias,
+            cfg: cfg.clone(),
+        })
     }
 
     /// The configuration.
@@ -378,12 +450,21 @@ impl Disco {
 
     /// The stencil `[O, C/g, P_H, P_W]` applied on an `[n_h, n_w]` grid (quadrature included).
     pub fn stencil(&self, n_h: usize, n_w: usize) -> candle_core::Result<Tensor> {
-        let anchor = self.cfg.evaluation == BasisEvaluation::AnchorF32 && [n_h, n_w] == self.cfg.default_in_shape;
-        let (psi, ph, pw) = if anchor { anchor_local_filter_f32(&self.cfg)? } else { local_filter(&self.cfg, n_h, n_w) };
+        let anchor = self.cfg.evaluation == BasisEvaluation::AnchorF32
+            && [n_h, n_w] == self.cfg.default_in_shape;
+        let (psi, ph, pw) = if anchor {
+            anchor_local_filter_f32(&self.cfg)?
+        } else {
+            local_filter(&self.cfg, n_h, n_w)
+        };
         let slots = self.cfg.weight_slots();
-        let psi = Tensor::from_vec(psi, (slots, ph * pw), self.weight.device())?.to_dtype(self.weight.dtype())?;
+        let psi = Tensor::from_vec(psi, (slots, ph * pw), self.weight.device())?
+            .to_dtype(self.weight.dtype())?;
         let (o, cg, _) = self.weight.dims3()?;
-        self.weight.reshape((o * cg, slots))?.matmul(&psi)?.reshape((o, cg, ph, pw))
+        self.weight
+            .reshape((o * cg, slots))?
+            .matmul(&psi)?
+            .reshape((o, cg, ph, pw))
     }
 }
 
@@ -398,7 +479,12 @@ impl Module for Disco {
         if c != self.cfg.in_channels {
             return Err(shape_err().into());
         }
-        let y = conv2d_same(x, &self.stencil(n_h, n_w)?, self.cfg.padding, self.cfg.groups)?;
+        let y = conv2d_same(
+            x,
+            &self.stencil(n_h, n_w)?,
+            self.cfg.padding,
+            self.cfg.groups,
+        )?;
         match &self.bias {
             Some(b) => y.broadcast_add(&b.reshape((1, self.cfg.out_channels, 1, 1))?),
             None => Ok(y),
@@ -420,11 +506,24 @@ mod tests {
     }
 
     fn randn(shape: &[usize], seed: u64) -> candle_core::Result<Tensor> {
-        init_tensor(Init::Randn { mean: 0.0, stdev: 1.0 }, &Shape::from(shape), &mut rng_for(seed, "disco"))
+        init_tensor(
+            Init::Randn {
+                mean: 0.0,
+                stdev: 1.0,
+            },
+            &Shape::from(shape),
+            &mut rng_for(seed, "disco"),
+        )
     }
 
     fn small(kernel_shape: [usize; 2]) -> DiscoConfig {
-        DiscoConfig { in_channels: 2, out_channels: 3, kernel_shape, default_in_shape: [8, 8], ..Default::default() }
+        DiscoConfig {
+            in_channels: 2,
+            out_channels: 3,
+            kernel_shape,
+            default_in_shape: [8, 8],
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -435,7 +534,15 @@ mod tests {
         let (psi, ph, pw) = local_filter(&small([2, 4]), 8, 8);
         assert_eq!((ph, pw), (3, 3));
         for (k, row) in psi.chunks(9).enumerate() {
-            let want: Vec<f64> = (0..9).map(|i| if (k == 0 || k == 2) && i == 4 { 1.0 } else { 0.0 }).collect();
+            let want: Vec<f64> = (0..9)
+                .map(|i| {
+                    if (k == 0 || k == 2) && i == 4 {
+                        1.0
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
             for (g, w) in row.iter().zip(&want) {
                 assert!((g - w).abs() < 1e-6, "slot {k}: {row:?}");
             }
@@ -445,7 +552,10 @@ mod tests {
     #[test]
     fn normalised_basis_functions_average() -> Result<()> {
         for ks in [[2, 4], [3, 4], [2, 1], [3, 1], [4, 3]] {
-            let cfg = DiscoConfig { radius_cutoff: Some(0.5), ..small(ks) };
+            let cfg = DiscoConfig {
+                radius_cutoff: Some(0.5),
+                ..small(ks)
+            };
             let (psi, ph, pw) = local_filter(&cfg, 8, 8);
             assert_eq!((ph, pw), (5, 5), "{ks:?}");
             for k in 0..cfg.weight_slots() {
@@ -465,30 +575,66 @@ mod tests {
         let (d, vars) = layer(&small([2, 4]), 1)?;
         let x = randn(&[1, 2, 8, 8], 2)?;
         let y0 = d.forward(&x)?;
-        let w = vars.varmap().all_vars().into_iter().find(|v| v.dims() == [3, 2, 5]).ok_or_else(|| LayerError::InvalidConfig { layer: "test", reason: "weight".into() })?;
+        let w = vars
+            .varmap()
+            .all_vars()
+            .into_iter()
+            .find(|v| v.dims() == [3, 2, 5])
+            .ok_or_else(|| LayerError::InvalidConfig {
+                layer: "test",
+                reason: "weight".into(),
+            })?;
         let mut vals = w.as_tensor().flatten_all()?.to_vec1::<f64>()?;
         for i in (4..vals.len()).step_by(5) {
             vals[i] += 10.0;
         }
         w.set(&Tensor::from_vec(vals, (3, 2, 5), &Device::Cpu)?)?;
-        assert_eq!((d.forward(&x)? - &y0)?.abs()?.max_all()?.to_scalar::<f64>()?, 0.0);
+        assert_eq!(
+            (d.forward(&x)? - &y0)?
+                .abs()?
+                .max_all()?
+                .to_scalar::<f64>()?,
+            0.0
+        );
         let g = d.forward(&x)?.sum_all()?.backward()?;
-        let gw = g.get(w.as_tensor()).ok_or_else(|| LayerError::InvalidConfig { layer: "test", reason: "grad".into() })?;
-        assert_eq!(gw.narrow(2, 4, 1)?.abs()?.max_all()?.to_scalar::<f64>()?, 0.0);
+        let gw = g
+            .get(w.as_tensor())
+            .ok_or_else(|| LayerError::InvalidConfig {
+                layer: "test",
+                reason: "grad".into(),
+            })?;
+        assert_eq!(
+            gw.narrow(2, 4, 1)?.abs()?.max_all()?.to_scalar::<f64>()?,
+            0.0
+        );
         assert!(gw.narrow(2, 0, 4)?.abs()?.max_all()?.to_scalar::<f64>()? > 0.0);
         Ok(())
     }
 
     #[test]
     fn gradients_match_finite_differences() -> Result<()> {
-        for (ks, padding, groups) in [([2, 4], PaddingMode::Zeros, 1), ([3, 2], PaddingMode::Periodic, 2)] {
-            let cfg = DiscoConfig { in_channels: 2, out_channels: 2, groups, padding, radius_cutoff: Some(0.5), ..small(ks) };
+        for (ks, padding, groups) in [
+            ([2, 4], PaddingMode::Zeros, 1),
+            ([3, 2], PaddingMode::Periodic, 2),
+        ] {
+            let cfg = DiscoConfig {
+                in_channels: 2,
+                out_channels: 2,
+                groups,
+                padding,
+                radius_cutoff: Some(0.5),
+                ..small(ks)
+            };
             let (d, vars) = layer(&cfg, 3)?;
             let x = Var::from_tensor(&randn(&[2, 2, 8, 8], 4)?)?;
             let mut all = vec![x.clone()];
             all.extend(vars.varmap().all_vars());
             let xs = x.clone();
-            let r = check_gradients(move || d.forward(xs.as_tensor()), &all, &GradCheckConfig::default())?;
+            let r = check_gradients(
+                move || d.forward(xs.as_tensor()),
+                &all,
+                &GradCheckConfig::default(),
+            )?;
             assert!(r.passed(), "{ks:?}: {r:?}");
         }
         Ok(())
@@ -496,7 +642,11 @@ mod tests {
 
     #[test]
     fn periodic_padding_commutes_with_circular_shifts() -> Result<()> {
-        let cfg = DiscoConfig { padding: PaddingMode::Periodic, radius_cutoff: Some(0.6), ..small([3, 3]) };
+        let cfg = DiscoConfig {
+            padding: PaddingMode::Periodic,
+            radius_cutoff: Some(0.6),
+            ..small([3, 3])
+        };
         let (d, _v) = layer(&cfg, 5)?;
         let x = randn(&[1, 2, 8, 10], 6)?;
         let lhs = d.forward(&x.roll(3, 2)?.roll(-4, 3)?)?;
@@ -507,7 +657,12 @@ mod tests {
 
     /// `(Kf)(p)` by a fine midpoint rule over the disk, for `f` given as a closure of
     /// (H coordinate, W coordinate).
-    fn direct_quadrature(cfg: &DiscoConfig, w: &[f64], f: &dyn Fn(f64, f64) -> f64, p: (f64, f64)) -> f64 {
+    fn direct_quadrature(
+        cfg: &DiscoConfig,
+        w: &[f64],
+        f: &dyn Fn(f64, f64) -> f64,
+        p: (f64, f64),
+    ) -> f64 {
         let r = cfg.radius();
         let m = 400;
         let dz = 2.0 * r / m as f64;
@@ -543,12 +698,17 @@ mod tests {
             ..Default::default()
         };
         let (d, vars) = layer(&cfg, 7)?;
-        let w = vars.varmap().all_vars()[0].as_tensor().flatten_all()?.to_vec1::<f64>()?;
+        let w = vars.varmap().all_vars()[0]
+            .as_tensor()
+            .flatten_all()?
+            .to_vec1::<f64>()?;
         let pi = PI;
         let f = |a: f64, b: f64| (pi * a + 0.3).sin() * (2.0 * pi * b).cos() + 0.5 * (pi * b).sin();
         let sample = |n: usize| -> candle_core::Result<Tensor> {
             let h = 2.0 / n as f64;
-            let v: Vec<f64> = (0..n * n).map(|i| f((i / n) as f64 * h, (i % n) as f64 * h)).collect();
+            let v: Vec<f64> = (0..n * n)
+                .map(|i| f((i / n) as f64 * h, (i % n) as f64 * h))
+                .collect();
             Tensor::from_vec(v, (1, 1, n, n), &Device::Cpu)
         };
         let y32 = d.forward(&sample(32)?)?.flatten_all()?.to_vec1::<f64>()?;
@@ -563,19 +723,47 @@ mod tests {
         // Both grids approximate the same integral; refining shrinks the error ~4×.
         assert!(scale > 0.3, "{scale}");
         // Measured: e32 ≈ 0.083·scale, e64 ≈ 0.021·scale (ratio 3.9, second order).
-        assert!(e32 < 0.1 * scale && e64 < 0.025 * scale && e64 < e32 / 3.0, "e32 {e32}, e64 {e64}, scale {scale}");
+        assert!(
+            e32 < 0.1 * scale && e64 < 0.025 * scale && e64 < e32 / 3.0,
+            "e32 {e32}, e64 {e64}, scale {scale}"
+        );
         Ok(())
     }
 
     #[test]
     fn bad_configs_and_shapes_are_errors() -> Result<()> {
         let vb = || SeededVarMap::new(0).var_builder(DType::F64, &Device::Cpu);
-        assert!(Disco::new(&DiscoConfig { groups: 3, ..small([2, 4]) }, vb()).is_err());
-        assert!(Disco::new(&DiscoConfig { radius_cutoff: Some(-1.0), ..small([2, 4]) }, vb()).is_err());
-        assert!(Disco::new(&DiscoConfig { kernel_shape: [0, 4], ..small([2, 4]) }, vb()).is_err());
+        assert!(Disco::new(
+            &DiscoConfig {
+                groups: 3,
+                ..small([2, 4])
+            },
+            vb()
+        )
+        .is_err());
+        assert!(Disco::new(
+            &DiscoConfig {
+                radius_cutoff: Some(-1.0),
+                ..small([2, 4])
+            },
+            vb()
+        )
+        .is_err());
+        assert!(Disco::new(
+            &DiscoConfig {
+                kernel_shape: [0, 4],
+                ..small([2, 4])
+            },
+            vb()
+        )
+        .is_err());
         let d = Disco::new(&small([2, 4]), vb())?;
-        assert!(d.forward(&Tensor::zeros((1, 3, 8, 8), DType::F64, &Device::Cpu)?).is_err());
-        assert!(d.forward(&Tensor::zeros((1, 2, 8), DType::F64, &Device::Cpu)?).is_err());
+        assert!(d
+            .forward(&Tensor::zeros((1, 3, 8, 8), DType::F64, &Device::Cpu)?)
+            .is_err());
+        assert!(d
+            .forward(&Tensor::zeros((1, 2, 8), DType::F64, &Device::Cpu)?)
+            .is_err());
         Ok(())
     }
 }

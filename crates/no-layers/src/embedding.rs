@@ -26,7 +26,11 @@ pub struct GridEmbeddingConfig {
 
 impl Default for GridEmbeddingConfig {
     fn default() -> Self {
-        Self { in_channels: 1, n_dim: 2, grid_boundaries: vec![[0.0, 1.0]; 2] }
+        Self {
+            in_channels: 1,
+            n_dim: 2,
+            grid_boundaries: vec![[0.0, 1.0]; 2],
+        }
     }
 }
 
@@ -42,7 +46,11 @@ impl GridEmbedding {
         if cfg.n_dim == 0 || cfg.grid_boundaries.len() != cfg.n_dim {
             return Err(LayerError::InvalidConfig {
                 layer: "GridEmbedding",
-                reason: format!("need n_dim ≥ 1 and one [lo, hi] per axis; got n_dim {} and {} boundaries", cfg.n_dim, cfg.grid_boundaries.len()),
+                reason: format!(
+                    "need n_dim ≥ 1 and one [lo, hi] per axis; got n_dim {} and {} boundaries",
+                    cfg.n_dim,
+                    cfg.grid_boundaries.len()
+                ),
             });
         }
         Ok(Self { cfg: cfg.clone() })
@@ -61,19 +69,26 @@ impl Module for GridEmbedding {
             return Err(LayerError::Shape {
                 layer: "GridEmbedding",
                 got: dims,
-                expected: format!("[batch, {}] followed by {} spatial axes", self.cfg.in_channels, self.cfg.n_dim),
+                expected: format!(
+                    "[batch, {}] followed by {} spatial axes",
+                    self.cfg.in_channels, self.cfg.n_dim
+                ),
             }
             .into());
         }
         let mut parts = vec![x.clone()];
         for (axis, [lo, hi]) in self.cfg.grid_boundaries.iter().enumerate() {
             let n = dims[axis + 2];
-            let coords: Vec<f64> = (0..n).map(|i| lo + (hi - lo) * i as f64 / n as f64).collect();
+            let coords: Vec<f64> = (0..n)
+                .map(|i| lo + (hi - lo) * i as f64 / n as f64)
+                .collect();
             let mut shape = vec![1; dims.len()];
             shape[axis + 2] = n;
             let mut full = dims.clone();
             full[1] = 1;
-            let c = Tensor::from_vec(coords, shape, x.device())?.to_dtype(x.dtype())?.broadcast_as(full)?;
+            let c = Tensor::from_vec(coords, shape, x.device())?
+                .to_dtype(x.dtype())?
+                .broadcast_as(full)?;
             parts.push(c.contiguous()?);
         }
         Tensor::cat(&parts, 1)
@@ -87,16 +102,27 @@ mod tests {
 
     #[test]
     fn appends_periodic_linspace_coordinates() -> Result<()> {
-        let emb = GridEmbedding::new(&GridEmbeddingConfig { in_channels: 1, ..Default::default() })?;
+        let emb = GridEmbedding::new(&GridEmbeddingConfig {
+            in_channels: 1,
+            ..Default::default()
+        })?;
         let x = Tensor::zeros((2, 1, 4, 5), DType::F64, &Device::Cpu)?;
         let y = emb.forward(&x)?;
         assert_eq!(y.dims(), &[2, 3, 4, 5]);
-        let at = |b: usize, c: usize, i: usize, j: usize| y.i((b, c, i, j)).and_then(|t| t.to_scalar::<f64>());
+        let at = |b: usize, c: usize, i: usize, j: usize| {
+            y.i((b, c, i, j)).and_then(|t| t.to_scalar::<f64>())
+        };
         assert_eq!(at(1, 1, 3, 0)?, 0.75); // axis 0: i/4
         assert_eq!(at(1, 1, 3, 4)?, 0.75);
         assert_eq!(at(0, 2, 0, 2)?, 0.4); // axis 1: j/5
-        assert!(emb.forward(&Tensor::zeros((2, 2, 4, 5), DType::F64, &Device::Cpu)?).is_err());
-        assert!(GridEmbedding::new(&GridEmbeddingConfig { n_dim: 1, ..Default::default() }).is_err());
+        assert!(emb
+            .forward(&Tensor::zeros((2, 2, 4, 5), DType::F64, &Device::Cpu)?)
+            .is_err());
+        assert!(GridEmbedding::new(&GridEmbeddingConfig {
+            n_dim: 1,
+            ..Default::default()
+        })
+        .is_err());
         Ok(())
     }
 }

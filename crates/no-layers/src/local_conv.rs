@@ -70,7 +70,13 @@ pub fn conv2d_same(x: &Tensor, w: &Tensor, mode: PaddingMode, groups: usize) -> 
         got: w.dims().to_vec(),
         expected: "[out, in/groups, kh, kw]".into(),
     })?;
-    if groups == 0 || c % groups != 0 || o % groups != 0 || cg * groups != c || kh % 2 == 0 || kw % 2 == 0 {
+    if groups == 0
+        || c % groups != 0
+        || o % groups != 0
+        || cg * groups != c
+        || kh % 2 == 0
+        || kw % 2 == 0
+    {
         return Err(LayerError::Shape {
             layer: "conv2d_same",
             got: vec![b, c, h, wd, o, cg, kh, kw, groups],
@@ -82,7 +88,13 @@ pub fn conv2d_same(x: &Tensor, w: &Tensor, mode: PaddingMode, groups: usize) -> 
     // Channels first, then batch: the columns come out as [C, kh·kw, B, H·W], which is
     // already the [groups, (C/g)·kh·kw, B·H·W] layout a batched matmul wants.
     let xc = x.transpose(0, 1)?;
-    let xp = pad_axis(&pad_axis(&xc, 2, kh / 2, kh / 2, mode)?, 3, kw / 2, kw / 2, mode)?;
+    let xp = pad_axis(
+        &pad_axis(&xc, 2, kh / 2, kh / 2, mode)?,
+        3,
+        kw / 2,
+        kw / 2,
+        mode,
+    )?;
     let mut windows = Vec::with_capacity(kh * kw);
     for a in 0..kh {
         for bb in 0..kw {
@@ -104,7 +116,10 @@ mod tests {
 
     fn randn(shape: &[usize], seed: u64) -> candle_core::Result<Tensor> {
         init_tensor(
-            candle_nn::Init::Randn { mean: 0.0, stdev: 1.0 },
+            candle_nn::Init::Randn {
+                mean: 0.0,
+                stdev: 1.0,
+            },
             &Shape::from(shape),
             &mut crate::init::rng_for(seed, "local_conv"),
         )
@@ -130,7 +145,10 @@ mod tests {
     fn periodic_padding_wraps_around() -> Result<()> {
         let x = Tensor::arange(0f64, 5.0, &Device::Cpu)?.reshape((1, 1, 1, 5))?;
         let p = pad_axis(&x, 3, 2, 1, PaddingMode::Periodic)?;
-        assert_eq!(p.flatten_all()?.to_vec1::<f64>()?, vec![3.0, 4.0, 0.0, 1.0, 2.0, 3.0, 4.0, 0.0]);
+        assert_eq!(
+            p.flatten_all()?.to_vec1::<f64>()?,
+            vec![3.0, 4.0, 0.0, 1.0, 2.0, 3.0, 4.0, 0.0]
+        );
         assert!(pad_axis(&x, 2, 2, 0, PaddingMode::Periodic).is_err());
         Ok(())
     }

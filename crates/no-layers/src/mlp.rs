@@ -69,7 +69,11 @@ impl ChannelMlpConfig {
         (0..self.n_layers)
             .map(|i| {
                 let fan_in = if i == 0 { self.in_channels } else { hidden };
-                let fan_out = if i + 1 == self.n_layers { self.out() } else { hidden };
+                let fan_out = if i + 1 == self.n_layers {
+                    self.out()
+                } else {
+                    hidden
+                };
                 (fan_in, fan_out)
             })
             .collect()
@@ -79,13 +83,21 @@ impl ChannelMlpConfig {
 /// Python's `round` (half to even), which neuraloperator uses for channel and padding sizes.
 pub fn round_half_even(v: f64) -> usize {
     let r = v.round();
-    let r = if (v - v.trunc()).abs() == 0.5 && r % 2.0 != 0.0 { r - v.signum() } else { r };
+    let r = if (v - v.trunc()).abs() == 0.5 && r % 2.0 != 0.0 {
+        r - v.signum()
+    } else {
+        r
+    };
     r.max(0.0) as usize
 }
 
 /// A per-point linear map: `x` `[B, C, ...]`, `weight` `[O, C]` or `[O, C, 1]`, optional
 /// `bias` `[O]`, result `[B, O, ...]`.
-pub fn pointwise_linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
+pub fn pointwise_linear(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+) -> candle_core::Result<Tensor> {
     let dims = x.dims().to_vec();
     if dims.len() < 2 {
         candle_core::bail!("pointwise linear: input {dims:?} needs [batch, channels, ...]");
@@ -115,7 +127,10 @@ pub struct ChannelMlp {
 impl ChannelMlp {
     /// Builds the layers under `vb` (`fcs.{i}.weight`, `fcs.{i}.bias`).
     pub fn new(cfg: &ChannelMlpConfig, vb: VarBuilder) -> Result<Self> {
-        let bad = |reason: String| LayerError::InvalidConfig { layer: "ChannelMlp", reason };
+        let bad = |reason: String| LayerError::InvalidConfig {
+            layer: "ChannelMlp",
+            reason,
+        };
         if cfg.n_layers == 0 {
             return Err(bad("n_layers must be at least 1".into()));
         }
@@ -132,7 +147,11 @@ impl ChannelMlp {
         let mut biases = Vec::new();
         for (i, (fan_in, fan_out)) in cfg.layer_sizes().into_iter().enumerate() {
             let vb = vb.pp("fcs").pp(i);
-            weights.push(vb.get_with_hints((fan_out, fan_in, 1), "weight", torch_default_weight(fan_in))?);
+            weights.push(vb.get_with_hints(
+                (fan_out, fan_in, 1),
+                "weight",
+                torch_default_weight(fan_in),
+            )?);
             biases.push(vb.get_with_hints(fan_out, "bias", torch_default_bias(fan_in))?);
         }
         Ok(Self {
@@ -177,10 +196,26 @@ mod tests {
     fn shapes_keys_and_errors() -> Result<()> {
         let vars = SeededVarMap::new(0);
         let vb = vars.var_builder(DType::F64, &Device::Cpu);
-        let cfg = ChannelMlpConfig { in_channels: 3, out_channels: Some(5), hidden_channels: Some(4), n_layers: 3, ..Default::default() };
+        let cfg = ChannelMlpConfig {
+            in_channels: 3,
+            out_channels: Some(5),
+            hidden_channels: Some(4),
+            n_layers: 3,
+            ..Default::default()
+        };
         let mlp = ChannelMlp::new(&cfg, vb)?;
-        let data = vars.varmap().data().lock().map_err(|_| LayerError::InvalidConfig { layer: "test", reason: "lock".into() })?;
-        let mut keys: Vec<_> = data.iter().map(|(k, v)| (k.clone(), v.dims().to_vec())).collect();
+        let data = vars
+            .varmap()
+            .data()
+            .lock()
+            .map_err(|_| LayerError::InvalidConfig {
+                layer: "test",
+                reason: "lock".into(),
+            })?;
+        let mut keys: Vec<_> = data
+            .iter()
+            .map(|(k, v)| (k.clone(), v.dims().to_vec()))
+            .collect();
         keys.sort();
         drop(data);
         assert_eq!(
@@ -196,15 +231,23 @@ mod tests {
         );
         let x = Tensor::zeros((2, 3, 4, 6), DType::F64, &Device::Cpu)?;
         assert_eq!(mlp.forward(&x)?.dims(), &[2, 5, 4, 6]);
-        assert!(mlp.forward(&Tensor::zeros((2, 4, 4), DType::F64, &Device::Cpu)?).is_err());
-        let bad = ChannelMlpConfig { n_layers: 0, ..Default::default() };
+        assert!(mlp
+            .forward(&Tensor::zeros((2, 4, 4), DType::F64, &Device::Cpu)?)
+            .is_err());
+        let bad = ChannelMlpConfig {
+            n_layers: 0,
+            ..Default::default()
+        };
         assert!(ChannelMlp::new(&bad, vars.var_builder(DType::F64, &Device::Cpu)).is_err());
         Ok(())
     }
 
     #[test]
     fn expansion_rounds_like_python() {
-        assert_eq!(ChannelMlpConfig::with_expansion(32, 0.5).hidden_channels, Some(16));
+        assert_eq!(
+            ChannelMlpConfig::with_expansion(32, 0.5).hidden_channels,
+            Some(16)
+        );
         assert_eq!(round_half_even(2.5), 2);
         assert_eq!(round_half_even(3.5), 4);
         assert_eq!(round_half_even(2.4), 2);
@@ -216,16 +259,37 @@ mod tests {
         // Check one grid point by hand: y = W1·gelu(W0·x + b0) + b1.
         let vars = SeededVarMap::new(1);
         let vb = vars.var_builder(DType::F64, &Device::Cpu);
-        let cfg = ChannelMlpConfig { in_channels: 2, out_channels: Some(1), hidden_channels: Some(3), ..Default::default() };
+        let cfg = ChannelMlpConfig {
+            in_channels: 2,
+            out_channels: Some(1),
+            hidden_channels: Some(3),
+            ..Default::default()
+        };
         let mlp = ChannelMlp::new(&cfg, vb.clone())?;
-        let x = init_tensor(candle_nn::Init::Randn { mean: 0.0, stdev: 1.0 }, &Shape::from((1, 2, 3, 2)), &mut rng_for(5, "x"))?;
+        let x = init_tensor(
+            candle_nn::Init::Randn {
+                mean: 0.0,
+                stdev: 1.0,
+            },
+            &Shape::from((1, 2, 3, 2)),
+            &mut rng_for(5, "x"),
+        )?;
         let y = mlp.forward(&x)?;
         let g = |n: &str, s: &[usize]| vb.get_with_hints(s, n, candle_nn::Init::Const(0.0));
-        let (w0, b0) = (g("fcs.0.weight", &[3, 2, 1])?.to_vec3::<f64>()?, g("fcs.0.bias", &[3])?.to_vec1::<f64>()?);
-        let (w1, b1) = (g("fcs.1.weight", &[1, 3, 1])?.to_vec3::<f64>()?, g("fcs.1.bias", &[1])?.to_vec1::<f64>()?);
-        let xat = |c: usize, i: usize, j: usize| x.i((0, c, i, j)).and_then(|t| t.to_scalar::<f64>());
+        let (w0, b0) = (
+            g("fcs.0.weight", &[3, 2, 1])?.to_vec3::<f64>()?,
+            g("fcs.0.bias", &[3])?.to_vec1::<f64>()?,
+        );
+        let (w1, b1) = (
+            g("fcs.1.weight", &[1, 3, 1])?.to_vec3::<f64>()?,
+            g("fcs.1.bias", &[1])?.to_vec1::<f64>()?,
+        );
+        let xat =
+            |c: usize, i: usize, j: usize| x.i((0, c, i, j)).and_then(|t| t.to_scalar::<f64>());
         let gelu = |v: f64| {
-            let t = Tensor::new(&[v], &Device::Cpu).and_then(|t| t.gelu_erf()).and_then(|t| t.to_vec1::<f64>());
+            let t = Tensor::new(&[v], &Device::Cpu)
+                .and_then(|t| t.gelu_erf())
+                .and_then(|t| t.to_vec1::<f64>());
             t.map(|v| v[0])
         };
         let (i, j) = (2, 1);
@@ -243,12 +307,30 @@ mod tests {
     fn gradients_match_finite_differences() -> Result<()> {
         let vars = SeededVarMap::new(2);
         let vb = vars.var_builder(DType::F64, &Device::Cpu);
-        let mlp = ChannelMlp::new(&ChannelMlpConfig { in_channels: 3, hidden_channels: Some(4), ..Default::default() }, vb)?;
-        let x = Var::from_tensor(&init_tensor(candle_nn::Init::Randn { mean: 0.0, stdev: 1.0 }, &Shape::from((2, 3, 3, 2)), &mut rng_for(3, "x"))?)?;
+        let mlp = ChannelMlp::new(
+            &ChannelMlpConfig {
+                in_channels: 3,
+                hidden_channels: Some(4),
+                ..Default::default()
+            },
+            vb,
+        )?;
+        let x = Var::from_tensor(&init_tensor(
+            candle_nn::Init::Randn {
+                mean: 0.0,
+                stdev: 1.0,
+            },
+            &Shape::from((2, 3, 3, 2)),
+            &mut rng_for(3, "x"),
+        )?)?;
         let mut all = vec![x.clone()];
         all.extend(vars.varmap().all_vars());
         let xs = x.clone();
-        let r = check_gradients(move || mlp.forward(xs.as_tensor()), &all, &GradCheckConfig::default())?;
+        let r = check_gradients(
+            move || mlp.forward(xs.as_tensor()),
+            &all,
+            &GradCheckConfig::default(),
+        )?;
         assert!(r.passed(), "{r:?}");
         Ok(())
     }

@@ -22,7 +22,9 @@ pub struct DomainPaddingConfig {
 
 impl Default for DomainPaddingConfig {
     fn default() -> Self {
-        Self { fractions: vec![0.0] }
+        Self {
+            fractions: vec![0.0],
+        }
     }
 }
 
@@ -38,10 +40,15 @@ impl DomainPadding {
         if cfg.fractions.is_empty() || cfg.fractions.iter().any(|p| !(0.0..=1.0).contains(p)) {
             return Err(LayerError::InvalidConfig {
                 layer: "DomainPadding",
-                reason: format!("fractions must be one or more values in [0, 1], got {:?}", cfg.fractions),
+                reason: format!(
+                    "fractions must be one or more values in [0, 1], got {:?}",
+                    cfg.fractions
+                ),
             });
         }
-        Ok(Self { fractions: cfg.fractions.clone() })
+        Ok(Self {
+            fractions: cfg.fractions.clone(),
+        })
     }
 
     /// Entries added on each side of each spatial axis of a grid of shape `spatial`.
@@ -50,13 +57,18 @@ impl DomainPadding {
             return Err(LayerError::Shape {
                 layer: "DomainPadding",
                 got: spatial.to_vec(),
-                expected: format!("{} spatial axes (one per padding fraction)", self.fractions.len()),
+                expected: format!(
+                    "{} spatial axes (one per padding fraction)",
+                    self.fractions.len()
+                ),
             });
         }
         Ok(spatial
             .iter()
             .enumerate()
-            .map(|(i, &n)| round_half_even(self.fractions[i.min(self.fractions.len() - 1)] * n as f64))
+            .map(|(i, &n)| {
+                round_half_even(self.fractions[i.min(self.fractions.len() - 1)] * n as f64)
+            })
             .collect())
     }
 
@@ -80,7 +92,9 @@ impl DomainPadding {
                 return Err(LayerError::Shape {
                     layer: "DomainPadding::unpad",
                     got: x.dims().to_vec(),
-                    expected: format!("spatial shape {original:?} padded by {amounts:?} on each side"),
+                    expected: format!(
+                        "spatial shape {original:?} padded by {amounts:?} on each side"
+                    ),
                 });
             }
             y = y.narrow(i + 2, p, n)?;
@@ -91,7 +105,11 @@ impl DomainPadding {
 
 fn spatial_of(x: &Tensor) -> Result<Vec<usize>> {
     if x.rank() < 3 {
-        return Err(LayerError::Shape { layer: "DomainPadding", got: x.dims().to_vec(), expected: "[batch, channels, spatial…]".into() });
+        return Err(LayerError::Shape {
+            layer: "DomainPadding",
+            got: x.dims().to_vec(),
+            expected: "[batch, channels, spatial…]".into(),
+        });
     }
     Ok(x.dims()[2..].to_vec())
 }
@@ -104,7 +122,9 @@ mod tests {
 
     #[test]
     fn pads_round_half_even_and_unpads() -> Result<()> {
-        let dp = DomainPadding::new(&DomainPaddingConfig { fractions: vec![0.125, 0.25] })?;
+        let dp = DomainPadding::new(&DomainPaddingConfig {
+            fractions: vec![0.125, 0.25],
+        })?;
         // 0.125·20 = 2.5 → 2 (half to even); 0.25·6 = 1.5 → 2.
         assert_eq!(dp.amounts(&[20, 6])?, vec![2, 2]);
         let x = Tensor::arange(0f64, 240.0, &Device::Cpu)?.reshape((2, 1, 20, 6))?;
@@ -112,16 +132,28 @@ mod tests {
         assert_eq!(p.dims(), &[2, 1, 24, 10]);
         assert_eq!(p.i((0, 0, 1, 5))?.to_scalar::<f64>()?, 0.0);
         assert_eq!(p.i((0, 0, 3, 3))?.to_scalar::<f64>()?, 7.0); // x[0][0][1][1] moved by (2, 2)
-        assert_eq!(dp.unpad(&p, &[20, 6])?.flatten_all()?.to_vec1::<f64>()?, x.flatten_all()?.to_vec1::<f64>()?);
+        assert_eq!(
+            dp.unpad(&p, &[20, 6])?.flatten_all()?.to_vec1::<f64>()?,
+            x.flatten_all()?.to_vec1::<f64>()?
+        );
         assert!(dp.unpad(&x, &[20, 6]).is_err());
-        assert!(DomainPadding::new(&DomainPaddingConfig { fractions: vec![-0.1] }).is_err());
+        assert!(DomainPadding::new(&DomainPaddingConfig {
+            fractions: vec![-0.1]
+        })
+        .is_err());
         Ok(())
     }
 
     #[test]
     fn gradients_match_finite_differences() -> Result<()> {
-        let dp = DomainPadding::new(&DomainPaddingConfig { fractions: vec![0.25] })?;
-        let x = Var::from_tensor(&Tensor::arange(0f64, 24.0, &Device::Cpu)?.reshape((1, 2, 4, 3))?.sin()?)?;
+        let dp = DomainPadding::new(&DomainPaddingConfig {
+            fractions: vec![0.25],
+        })?;
+        let x = Var::from_tensor(
+            &Tensor::arange(0f64, 24.0, &Device::Cpu)?
+                .reshape((1, 2, 4, 3))?
+                .sin()?,
+        )?;
         let xs = x.clone();
         let f = move || -> candle_core::Result<Tensor> {
             let p = dp.pad(xs.as_tensor())?;

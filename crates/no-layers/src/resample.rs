@@ -59,7 +59,9 @@ pub fn bicubic_antialias_matrix(n_in: usize, n_out: usize) -> Vec<f64> {
         let center = scale * (i as f64 + 0.5);
         // C++ `(int64_t)` truncates toward zero before the clamp.
         let xmin = ((center - support + 0.5).trunc() as i64).max(0) as usize;
-        let xmax = ((center + support + 0.5).trunc() as i64).min(n_in as i64).max(0) as usize;
+        let xmax = ((center + support + 0.5).trunc() as i64)
+            .min(n_in as i64)
+            .max(0) as usize;
         let row = &mut m[i * n_in..(i + 1) * n_in];
         let mut total = 0.0;
         for (j, slot) in row.iter_mut().enumerate().take(xmax).skip(xmin) {
@@ -85,7 +87,11 @@ pub fn spectral_matrix(n_in: usize, n_out: usize) -> Vec<f64> {
             for k in 1..=k_max {
                 // A Nyquist frequency of the smaller grid is kept at half weight (its
                 // cosine part, split between ±k) so that the map stays real and exact.
-                let w = if n_min % 2 == 0 && k == k_max { 1.0 } else { 2.0 };
+                let w = if n_min % 2 == 0 && k == k_max {
+                    1.0
+                } else {
+                    2.0
+                };
                 v += w * (2.0 * PI * k as f64 * t).cos();
             }
             m[j * n_in + n] = v / n_in as f64;
@@ -115,7 +121,10 @@ pub struct Resampler {
 impl Resampler {
     /// A resampler with the given kernel.
     pub fn new(kind: ResampleKind) -> Self {
-        Self { kind, cache: Arc::default() }
+        Self {
+            kind,
+            cache: Arc::default(),
+        }
     }
 
     /// The kernel.
@@ -124,19 +133,32 @@ impl Resampler {
     }
 
     /// `Aᵀ` `[n_in, n_out]` for one axis, on `device` in `dtype`.
-    pub fn matrix_t(&self, n_in: usize, n_out: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+    pub fn matrix_t(
+        &self,
+        n_in: usize,
+        n_out: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
         let key = (self.kind, n_in, n_out, dtype);
-        let mut cache = self.cache.lock().map_err(|_| LayerError::InvalidConfig { layer: "Resampler", reason: "cache lock poisoned".into() })?;
+        let mut cache = self.cache.lock().map_err(|_| LayerError::InvalidConfig {
+            layer: "Resampler",
+            reason: "cache lock poisoned".into(),
+        })?;
         if let Some(t) = cache.get(&key) {
             if t.device().same_device(device) {
                 return Ok(t.clone());
             }
         }
-        let m = Tensor::from_vec(resample_matrix(self.kind, n_in, n_out), (n_out, n_in), &Device::Cpu)?
-            .t()?
-            .contiguous()?
-            .to_dtype(dtype)?
-            .to_device(device)?;
+        let m = Tensor::from_vec(
+            resample_matrix(self.kind, n_in, n_out),
+            (n_out, n_in),
+            &Device::Cpu,
+        )?
+        .t()?
+        .contiguous()?
+        .to_dtype(dtype)?
+        .to_device(device)?;
         cache.insert(key, m.clone());
         Ok(m)
     }
@@ -144,7 +166,11 @@ impl Resampler {
     /// Resamples the last axis of `x` to `n_out`.
     pub fn resample_last(&self, x: &Tensor, n_out: usize) -> Result<Tensor> {
         let dims = x.dims().to_vec();
-        let n_in = *dims.last().ok_or_else(|| LayerError::Shape { layer: "Resampler", got: vec![], expected: "a tensor with at least one axis".into() })?;
+        let n_in = *dims.last().ok_or_else(|| LayerError::Shape {
+            layer: "Resampler",
+            got: vec![],
+            expected: "a tensor with at least one axis".into(),
+        })?;
         if n_in == n_out {
             return Ok(x.clone());
         }
@@ -152,7 +178,10 @@ impl Resampler {
         let rows = x.elem_count() / n_in;
         let mut out = dims;
         *out.last_mut().unwrap_or(&mut 0) = n_out;
-        Ok(x.contiguous()?.reshape((rows, n_in))?.matmul(&m)?.reshape(out)?)
+        Ok(x.contiguous()?
+            .reshape((rows, n_in))?
+            .matmul(&m)?
+            .reshape(out)?)
     }
 
     /// Resamples `x` `[B, C, H, W]` to `[B, C, out.0, out.1]`.
@@ -161,7 +190,9 @@ impl Resampler {
             return Err(LayerError::Shape {
                 layer: "Resampler::resample2d",
                 got: x.dims().to_vec(),
-                expected: format!("[batch, channels, height, width] and a positive output size (got {out:?})"),
+                expected: format!(
+                    "[batch, channels, height, width] and a positive output size (got {out:?})"
+                ),
             });
         }
         let y = self.resample_last(x, out.1)?;
@@ -172,7 +203,13 @@ impl Resampler {
     /// Resamples `x` `[B, C, L]` to `[B, C, n_out]`.
     pub fn resample1d(&self, x: &Tensor, n_out: usize) -> Result<Tensor> {
         if x.rank() != 3 || n_out == 0 {
-            return Err(LayerError::Shape { layer: "Resampler::resample1d", got: x.dims().to_vec(), expected: format!("[batch, channels, length] and a positive output length (got {n_out})") });
+            return Err(LayerError::Shape {
+                layer: "Resampler::resample1d",
+                got: x.dims().to_vec(),
+                expected: format!(
+                    "[batch, channels, length] and a positive output length (got {n_out})"
+                ),
+            });
         }
         self.resample_last(x, n_out)
     }
@@ -189,7 +226,9 @@ mod tests {
     }
 
     fn apply(m: &[f64], n_in: usize, x: &[f64]) -> Vec<f64> {
-        m.chunks(n_in).map(|row| row.iter().zip(x).map(|(a, b)| a * b).sum()).collect()
+        m.chunks(n_in)
+            .map(|row| row.iter().zip(x).map(|(a, b)| a * b).sum())
+            .collect()
     }
 
     #[test]
@@ -198,7 +237,10 @@ mod tests {
             for (a, b) in [(10, 23), (23, 10), (16, 32), (32, 16), (7, 7)] {
                 let m = resample_matrix(kind, a, b);
                 for row in m.chunks(a) {
-                    assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-12, "{kind:?} {a}->{b}");
+                    assert!(
+                        (row.iter().sum::<f64>() - 1.0).abs() < 1e-12,
+                        "{kind:?} {a}->{b}"
+                    );
                 }
             }
             let id = resample_matrix(kind, 6, 6);
@@ -234,7 +276,10 @@ mod tests {
         let naive: f64 = (0..16).map(|i| x[4 * i].abs()).fold(0.0, f64::max);
         let y = apply(&spectral_matrix(64, 16), 64, &x);
         let max = y.iter().fold(0.0f64, |a, v| a.max(v.abs()));
-        assert!(naive > 0.9 && max < 1e-12 * naive, "naive {naive}, filtered {max}");
+        assert!(
+            naive > 0.9 && max < 1e-12 * naive,
+            "naive {naive}, filtered {max}"
+        );
     }
 
     #[test]
@@ -245,7 +290,9 @@ mod tests {
         let x = signal(n, &|t| (2.0 * PI * 2.0 * t).sin());
         let up = apply(&bicubic_antialias_matrix(n, 2 * n), n, &x);
         let back = apply(&bicubic_antialias_matrix(2 * n, n), 2 * n, &up);
-        let err = (4..n - 4).map(|i| (back[i] - x[i]).abs()).fold(0.0, f64::max);
+        let err = (4..n - 4)
+            .map(|i| (back[i] - x[i]).abs())
+            .fold(0.0, f64::max);
         assert!(err < 1e-4, "{err}");
         // Downsampling 256 → 64 (coarse Nyquist 32): plain subsampling keeps a wave above
         // the cutoff at full amplitude (aliased); the widened antialias filter damps it by
@@ -255,7 +302,10 @@ mod tests {
             let naive: f64 = (0..64).map(|i| hf[4 * i].abs()).fold(0.0, f64::max);
             let y = apply(&bicubic_antialias_matrix(256, 64), 256, &hf);
             let inner = (4..60).map(|i| y[i].abs()).fold(0.0, f64::max);
-            assert!(naive > 0.99 && inner < factor * naive, "k {k}: naive {naive}, antialiased {inner}");
+            assert!(
+                naive > 0.99 && inner < factor * naive,
+                "k {k}: naive {naive}, antialiased {inner}"
+            );
         }
     }
 
@@ -263,13 +313,23 @@ mod tests {
     fn resampler_shapes_and_gradients() -> Result<()> {
         for kind in [ResampleKind::BicubicAntialias, ResampleKind::Spectral] {
             let r = Resampler::new(kind);
-            let x = Var::from_tensor(&Tensor::arange(0f64, 2.0 * 3.0 * 5.0 * 4.0, &Device::Cpu)?.reshape((2, 3, 5, 4))?.sin()?)?;
+            let x = Var::from_tensor(
+                &Tensor::arange(0f64, 2.0 * 3.0 * 5.0 * 4.0, &Device::Cpu)?
+                    .reshape((2, 3, 5, 4))?
+                    .sin()?,
+            )?;
             assert_eq!(r.resample2d(x.as_tensor(), (9, 2))?.dims(), &[2, 3, 9, 2]);
             let xs = x.clone();
             let rr = r.clone();
-            let report = check_gradients(move || Ok(rr.resample2d(xs.as_tensor(), (7, 3))?.sqr()?), &[x], &GradCheckConfig::default())?;
+            let report = check_gradients(
+                move || rr.resample2d(xs.as_tensor(), (7, 3))?.sqr(),
+                &[x],
+                &GradCheckConfig::default(),
+            )?;
             assert!(report.passed(), "{kind:?}: {report:?}");
-            assert!(r.resample2d(&Tensor::zeros((2, 3), DType::F64, &Device::Cpu)?, (2, 2)).is_err());
+            assert!(r
+                .resample2d(&Tensor::zeros((2, 3), DType::F64, &Device::Cpu)?, (2, 2))
+                .is_err());
         }
         Ok(())
     }

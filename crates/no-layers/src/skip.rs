@@ -70,7 +70,10 @@ pub struct Skip {
 impl Skip {
     /// Builds the skip under `vb`.
     pub fn new(cfg: &SkipConfig, vb: VarBuilder) -> Result<Self> {
-        let bad = |reason: String| LayerError::InvalidConfig { layer: "Skip", reason };
+        let bad = |reason: String| LayerError::InvalidConfig {
+            layer: "Skip",
+            reason,
+        };
         if cfg.in_channels == 0 || cfg.out_channels == 0 {
             return Err(bad("channel counts must be positive".into()));
         }
@@ -83,7 +86,10 @@ impl Skip {
         if cfg.bias && cfg.kind != SkipKind::SoftGating {
             return Err(bad("only the soft-gating skip has a bias".into()));
         }
-        let gate_shape: Vec<usize> = [1, cfg.in_channels].into_iter().chain(std::iter::repeat_n(1, cfg.n_dim)).collect();
+        let gate_shape: Vec<usize> = [1, cfg.in_channels]
+            .into_iter()
+            .chain(std::iter::repeat_n(1, cfg.n_dim))
+            .collect();
         let (weight, bias) = match cfg.kind {
             SkipKind::Identity => (None, None),
             SkipKind::Linear => {
@@ -96,11 +102,21 @@ impl Skip {
             }
             SkipKind::SoftGating => {
                 let w = vb.get_with_hints(gate_shape.as_slice(), "weight", Init::Const(1.0))?;
-                let b = if cfg.bias { Some(vb.get_with_hints(gate_shape.as_slice(), "bias", Init::Const(1.0))?) } else { None };
+                let b = if cfg.bias {
+                    Some(vb.get_with_hints(gate_shape.as_slice(), "bias", Init::Const(1.0))?)
+                } else {
+                    None
+                };
                 (Some(w), b)
             }
         };
-        Ok(Self { kind: cfg.kind, weight, bias, in_channels: cfg.in_channels, n_dim: cfg.n_dim })
+        Ok(Self {
+            kind: cfg.kind,
+            weight,
+            bias,
+            in_channels: cfg.in_channels,
+            n_dim: cfg.n_dim,
+        })
     }
 }
 
@@ -110,7 +126,10 @@ impl Module for Skip {
             return Err(LayerError::Shape {
                 layer: "Skip",
                 got: x.dims().to_vec(),
-                expected: format!("[batch, {}] followed by {} spatial axes", self.in_channels, self.n_dim),
+                expected: format!(
+                    "[batch, {}] followed by {} spatial axes",
+                    self.in_channels, self.n_dim
+                ),
             }
             .into());
         }
@@ -136,24 +155,71 @@ mod tests {
     use candle_core::{DType, Device, Shape, Var};
 
     fn x() -> candle_core::Result<Tensor> {
-        init_tensor(Init::Randn { mean: 0.0, stdev: 1.0 }, &Shape::from((2, 3, 4, 5)), &mut rng_for(0, "x"))
+        init_tensor(
+            Init::Randn {
+                mean: 0.0,
+                stdev: 1.0,
+            },
+            &Shape::from((2, 3, 4, 5)),
+            &mut rng_for(0, "x"),
+        )
     }
 
     #[test]
     fn kinds_shapes_and_errors() -> Result<()> {
         let vars = SeededVarMap::new(0);
         let vb = vars.var_builder(DType::F64, &Device::Cpu);
-        let lin = Skip::new(&SkipConfig { in_channels: 3, out_channels: 4, ..Default::default() }, vb.pp("lin"))?;
+        let lin = Skip::new(
+            &SkipConfig {
+                in_channels: 3,
+                out_channels: 4,
+                ..Default::default()
+            },
+            vb.pp("lin"),
+        )?;
         assert_eq!(lin.forward(&x()?)?.dims(), &[2, 4, 4, 5]);
-        let gate = Skip::new(&SkipConfig { in_channels: 3, out_channels: 3, kind: SkipKind::SoftGating, bias: true, ..Default::default() }, vb.pp("gate"))?;
+        let gate = Skip::new(
+            &SkipConfig {
+                in_channels: 3,
+                out_channels: 3,
+                kind: SkipKind::SoftGating,
+                bias: true,
+                ..Default::default()
+            },
+            vb.pp("gate"),
+        )?;
         // Ones init: w ⊙ x + 1.
-        let diff = (gate.forward(&x()?)? - (x()? + 1.0)?)?.abs()?.max_all()?.to_scalar::<f64>()?;
+        let diff = (gate.forward(&x()?)? - (x()? + 1.0)?)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f64>()?;
         assert_eq!(diff, 0.0);
-        let id = Skip::new(&SkipConfig { in_channels: 3, out_channels: 3, kind: SkipKind::Identity, ..Default::default() }, vb.pp("id"))?;
-        assert_eq!(id.forward(&x()?)?.flatten_all()?.to_vec1::<f64>()?, x()?.flatten_all()?.to_vec1::<f64>()?);
+        let id = Skip::new(
+            &SkipConfig {
+                in_channels: 3,
+                out_channels: 3,
+                kind: SkipKind::Identity,
+                ..Default::default()
+            },
+            vb.pp("id"),
+        )?;
+        assert_eq!(
+            id.forward(&x()?)?.flatten_all()?.to_vec1::<f64>()?,
+            x()?.flatten_all()?.to_vec1::<f64>()?
+        );
         let names: Vec<(String, Vec<usize>)> = {
-            let d = vars.varmap().data().lock().map_err(|_| LayerError::InvalidConfig { layer: "test", reason: "lock".into() })?;
-            let mut v: Vec<_> = d.iter().map(|(k, t)| (k.clone(), t.dims().to_vec())).collect();
+            let d = vars
+                .varmap()
+                .data()
+                .lock()
+                .map_err(|_| LayerError::InvalidConfig {
+                    layer: "test",
+                    reason: "lock".into(),
+                })?;
+            let mut v: Vec<_> = d
+                .iter()
+                .map(|(k, t)| (k.clone(), t.dims().to_vec()))
+                .collect();
             v.sort();
             v
         };
@@ -165,8 +231,19 @@ mod tests {
                 ("lin.conv.weight".into(), vec![4, 3, 1])
             ]
         );
-        assert!(Skip::new(&SkipConfig { in_channels: 3, out_channels: 4, kind: SkipKind::SoftGating, ..Default::default() }, vb.pp("e")).is_err());
-        assert!(lin.forward(&Tensor::zeros((2, 3, 4), DType::F64, &Device::Cpu)?).is_err());
+        assert!(Skip::new(
+            &SkipConfig {
+                in_channels: 3,
+                out_channels: 4,
+                kind: SkipKind::SoftGating,
+                ..Default::default()
+            },
+            vb.pp("e")
+        )
+        .is_err());
+        assert!(lin
+            .forward(&Tensor::zeros((2, 3, 4), DType::F64, &Device::Cpu)?)
+            .is_err());
         Ok(())
     }
 
@@ -175,12 +252,25 @@ mod tests {
         for kind in [SkipKind::Linear, SkipKind::SoftGating] {
             let vars = SeededVarMap::new(1);
             let vb = vars.var_builder(DType::F64, &Device::Cpu);
-            let skip = Skip::new(&SkipConfig { in_channels: 3, out_channels: 3, kind, bias: kind == SkipKind::SoftGating, ..Default::default() }, vb)?;
+            let skip = Skip::new(
+                &SkipConfig {
+                    in_channels: 3,
+                    out_channels: 3,
+                    kind,
+                    bias: kind == SkipKind::SoftGating,
+                    ..Default::default()
+                },
+                vb,
+            )?;
             let xv = Var::from_tensor(&x()?)?;
             let mut all = vec![xv.clone()];
             all.extend(vars.varmap().all_vars());
             let xs = xv.clone();
-            let r = check_gradients(move || skip.forward(xs.as_tensor()), &all, &GradCheckConfig::default())?;
+            let r = check_gradients(
+                move || skip.forward(xs.as_tensor()),
+                &all,
+                &GradCheckConfig::default(),
+            )?;
             assert!(r.passed(), "{kind:?}: {r:?}");
         }
         Ok(())
