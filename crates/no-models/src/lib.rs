@@ -11,6 +11,7 @@ pub mod config;
 pub mod data;
 pub mod deeponet;
 pub mod error;
+pub mod import;
 pub mod fno;
 pub mod local_no;
 pub mod operator;
