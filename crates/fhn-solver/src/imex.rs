@@ -59,21 +59,22 @@ impl std::str::FromStr for Scheme {
 /// A stimulus laid out on the fine nodes: each pulse's spatial profile, precomputed.
 pub(crate) struct Forcing {
     terms: Vec<(Pulse, Vec<f64>)>,
+    dt: f64,
 }
 
 impl Forcing {
-    /// Precomputes the spatial profiles.
+    /// Precomputes the spatial profiles (time factors are step means over `dt`).
     /// `profile(k, i)` is pulse `k`'s spatial factor at node `i`.
-    pub(crate) fn new(pulses: &[Pulse], n: usize, profile: impl Fn(usize, usize) -> f64) -> Self {
+    pub(crate) fn new(pulses: &[Pulse], n: usize, dt: f64, profile: impl Fn(usize, usize) -> f64) -> Self {
         let terms = pulses.iter().enumerate().map(|(k, p)| (*p, (0..n).map(|i| profile(k, i)).collect())).collect();
-        Self { terms }
+        Self { terms, dt }
     }
 
     /// `out = I(t, ·)` on the fine nodes.
     fn fill(&self, t: f64, out: &mut [f64]) {
         out.fill(0.0);
         for (pulse, prof) in &self.terms {
-            let a = pulse.time_factor(t);
+            let a = pulse.step_time_factor(t, self.dt);
             if a != 0.0 {
                 for (o, p) in out.iter_mut().zip(prof) {
                     *o += a * p;

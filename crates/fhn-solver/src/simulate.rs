@@ -88,7 +88,9 @@ impl Solver1d {
     pub fn solve_into(&self, stimulus: &Stimulus, mut record: impl FnMut(usize, &[f64], &[f64])) -> Result<()> {
         stimulus.validate()?;
         let fine = &self.fine;
-        let forcing = Forcing::new(&stimulus.pulses, fine.nx, |k, i| stimulus.pulses[k].space_factor(self.fine_x[i]));
+        let forcing = Forcing::new(&stimulus.pulses, fine.nx, fine.dt, |k, i| {
+            stimulus.pulses[k].node_space_factor(self.fine_x[i], fine.dx, self.out.length)
+        });
         let mut stepper = Stepper::new(self.config.params, self.config.scheme, fine.dt, &self.line);
         let mut vs = vec![0.0; self.out.nx];
         let mut ws = vec![0.0; self.out.nx];

@@ -112,9 +112,11 @@ pub fn simulate_2d(config: &SolverConfig, stimulus: &Stimulus2d, out: &OutputGri
     let forcing = Forcing::new(
         &stimulus.pulses.iter().map(|p| p.pulse).collect::<Vec<_>>(),
         fx.nx * fy.nx,
+        fx.dt,
         |k, i| {
             let q = &stimulus.pulses[k];
-            q.pulse.space_factor(xs[i / fy.nx]) * q.pulse.space_factor_with(ys[i % fy.nx], q.y0, q.width_y)
+            q.pulse.node_space_factor(xs[i / fy.nx], fx.dx, out.lx)
+                * q.pulse.node_space_factor_with(ys[i % fy.nx], fy.dx, out.ly, q.y0, q.width_y)
         },
     );
     let mut stepper = Stepper::new(config.params, config.scheme, fx.dt, &plane);

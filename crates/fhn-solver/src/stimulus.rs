@@ -129,6 +129,37 @@ impl Pulse {
         }
     }
 
+    /// The temporal factor the solver applies in the step centred at `t`: the mean of
+    /// `A·T` over `[t − dt/2, t + dt/2]` for a box (so the delivered charge is exact and
+    /// varies continuously with the onset), the point value for a Gaussian (second order).
+    #[inline]
+    pub fn step_time_factor(&self, t: f64, dt: f64) -> f64 {
+        match self {
+            Pulse::Box(p) => p.amplitude * overlap(t - 0.5 * dt, t + 0.5 * dt, p.t0, p.t0 + p.duration) / dt,
+            Pulse::Gaussian(_) => self.time_factor(t),
+        }
+    }
+
+    /// The spatial factor the solver applies at node `x` of spacing `h` on `[0, length]`:
+    /// for a box, the covered fraction of the node's control volume (clipped at the walls);
+    /// for a Gaussian, the point value.
+    #[inline]
+    pub fn node_space_factor(&self, x: f64, h: f64, length: f64) -> f64 {
+        match self {
+            Pulse::Box(p) => cell_fraction(x, h, length, p.x0, p.width),
+            Pulse::Gaussian(_) => self.space_factor(x),
+        }
+    }
+
+    /// [`Pulse::node_space_factor`] along a second axis (2D), centred at `y0` with `width`.
+    #[inline]
+    pub(crate) fn node_space_factor_with(&self, y: f64, h: f64, length: f64, y0: f64, width: f64) -> f64 {
+        match self {
+            Pulse::Box(_) => cell_fraction(y, h, length, y0, width),
+            Pulse::Gaussian(_) => self.space_factor_with(y, y0, width),
+        }
+    }
+
     /// The spatial factor along a second axis, for 2D: the same shape as along x, centred
     /// at `y0`, with `width` the box width or the Gaussian σ.
     #[inline]
@@ -160,6 +191,18 @@ impl Pulse {
     pub fn eval(&self, t: f64, x: f64) -> f64 {
         self.time_factor(t) * self.space_factor(x)
     }
+}
+
+/// Length of `[a, b] ∩ [c, d]`.
+fn overlap(a: f64, b: f64, c: f64, d: f64) -> f64 {
+    (b.min(d) - a.max(c)).max(0.0)
+}
+
+/// Fraction of the control volume of node `x` (spacing `h`, clipped to `[0, length]`) covered
+/// by the box of centre `x0` and width `width`.
+fn cell_fraction(x: f64, h: f64, length: f64, x0: f64, width: f64) -> f64 {
+    let (lo, hi) = ((x - 0.5 * h).max(0.0), (x + 0.5 * h).min(length));
+    overlap(lo, hi, x0 - 0.5 * width, x0 + 0.5 * width) / (hi - lo)
 }
 
 /// A stimulus: the sum of its pulses (empty = no current).
@@ -232,6 +275,23 @@ mod tests {
         for &(t, x) in &[(4.2, 0.41), (5.0, 0.8), (1.0, 0.2)] {
             assert!((moved.eval(t, x) - s.eval(t - 3.0, x - 0.1)).abs() < 1e-12);
         }
+    }
+
+    #[test]
+    fn discrete_box_delivers_the_exact_charge() {
+        let p = Pulse::from(BoxPulse { x0: 0.4123, width: 0.04, t0: 1.37, duration: 1.0, amplitude: 2.0 });
+        // Space: Σ h·X_i over a grid equals the width; time: Σ dt·T_n equals A·duration.
+        let (n, h) = (301, 1.0 / 300.0);
+        let sx: f64 = (0..n)
+            .map(|i| {
+                let cell = if i == 0 || i == n - 1 { 0.5 * h } else { h };
+                cell * p.node_space_factor(i as f64 * h, h, 1.0)
+            })
+            .sum();
+        assert!((sx - 0.04).abs() < 1e-12, "{sx}");
+        let dt = 0.0404;
+        let st: f64 = (0..200).map(|k| dt * p.step_time_factor(k as f64 * dt, dt)).sum();
+        assert!((st - 2.0).abs() < 1e-12, "{st}");
     }
 
     #[test]
