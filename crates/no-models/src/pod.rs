@@ -326,8 +326,10 @@ impl PodDeepOnet {
         Self::new(&cfg, vb)
     }
 
-    /// Builds the model from a config whose `modes` are set and a `vb` that already holds
-    /// `pod.mean` and `pod.basis{k}` (a checkpoint, or one filled by [`Self::from_basis`]).
+    /// Builds the model from a config whose `modes` are set and a `vb` that holds
+    /// `pod.mean` and `pod.basis{k}` (safetensors weights, or a map filled by
+    /// [`Self::from_basis`]). On a map that lacks them (the checkpoint loader's empty
+    /// [`no_layers::init::SeededVarMap`]) they are created as zeros, to be filled next.
     pub fn new(cfg: &PodDeepOnetConfig, vb: VarBuilder) -> Result<Self> {
         if cfg.in_channels == 0
             || cfg.grid[0] == 0
@@ -354,16 +356,9 @@ impl PodDeepOnet {
         }
         let pvb = vb.pp("pod");
         let p = cfg.grid[0] * cfg.grid[1];
+        // Missing tensors become zero placeholders: the checkpoint loader builds the model
+        // on an empty map and then fills every variable, failing on any it lacks.
         let fetch = |name: &str, shape: (usize, usize)| -> Result<Tensor> {
-            if !pvb.contains_tensor(name) {
-                return Err(ModelError::InvalidConfig {
-                    model: "pod_don",
-                    reason: format!(
-                        "the weights hold no `pod.{name}`: a POD-DeepONet needs its basis, computed \
-                         from the training outputs, or a checkpoint that stores it"
-                    ),
-                });
-            }
             Ok(pvb.get_with_hints(shape, name, Init::Const(0.0))?)
         };
         let mean = fetch("mean", (cfg.out_channels, p))?;

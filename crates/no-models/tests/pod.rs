@@ -123,7 +123,16 @@ fn pod_don_gradients_match_finite_differences() -> TestResult {
         vars.var_builder(DType::F64, &Device::Cpu),
     )?;
     let x = Var::from_tensor(&synthetic::dataset(2, 6, 5, DType::F64)?.0)?;
-    let mut all = vars.varmap().all_vars();
+    // The trainable variables only: the basis and mean are detached buffers.
+    let mut all: Vec<Var> = vars
+        .varmap()
+        .data()
+        .lock()
+        .map_err(|e| e.to_string())?
+        .iter()
+        .filter(|(name, _)| !name.starts_with("pod."))
+        .map(|(_, v)| v.clone())
+        .collect();
     all.push(x.clone());
     let report = check_gradients(
         || model.forward_t(x.as_tensor(), true),
@@ -198,19 +207,49 @@ fn rebuilds_from_stored_tensors_and_refuses_a_missing_basis() -> TestResult {
         .max_all()?
         .to_scalar::<f64>()?;
     assert_eq!(d, 0.0);
-    // A config with modes but no stored basis, or without modes, is a clear error.
-    let empty = SeededVarMap::new(4).var_builder(DType::F64, &Device::Cpu);
-    let err = build(&cfg, empty.clone())
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+    // Weights that lack the basis are an error; a config without modes too.
+    let mut partial = HashMap::new();
+    partial.insert(
+        "branch.0.weight".to_string(),
+        Tensor::zeros((8, 30), DType::F64, &Device::Cpu)?,
+    );
+    let err = build(
+        &cfg,
+        VarBuilder::from_tensors(partial, DType::F64, &Device::Cpu),
+    )
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
     assert!(err.contains("pod.mean"), "{err}");
+    let empty = SeededVarMap::new(4).var_builder(DType::F64, &Device::Cpu);
     let err = build(&ModelConfig::PodDon(tiny_cfg()), empty)
         .err()
         .map(|e| e.to_string())
         .unwrap_or_default();
     assert!(err.contains("training outputs"), "{err}");
     assert!(!rebuilt.accepts_other_resolutions());
+    Ok(())
+}
+
+#[test]
+fn checkpoint_round_trip_keeps_the_basis() -> TestResult {
+    let basis = PodBasis::fit(&outputs(10, 6, 5)?, PodCriterion::Count(3))?;
+    let vars = SeededVarMap::new(5);
+    let model = PodDeepOnet::from_basis(
+        &tiny_cfg(),
+        &basis,
+        vars.var_builder(DType::F32, &Device::Cpu),
+    )?;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("pod.safetensors");
+    no_models::checkpoint::save_model(&path, &model, vars.varmap())?;
+    let loaded = no_models::checkpoint::load(&path, &Device::Cpu)?;
+    let (x, _) = synthetic::dataset(2, 6, 5, DType::F32)?;
+    let d = (model.forward(&x)? - loaded.model.forward(&x)?)?
+        .abs()?
+        .max_all()?
+        .to_scalar::<f32>()?;
+    assert_eq!(d, 0.0);
     Ok(())
 }
 
