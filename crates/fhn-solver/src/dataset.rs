@@ -33,7 +33,11 @@ impl Shard {
     /// Checks `index < count`.
     pub fn new(index: usize, count: usize) -> Result<Self> {
         if count == 0 || index >= count {
-            return Err(SolverError::invalid("shard", format!("{index}/{count}"), "i/n with 0 <= i < n"));
+            return Err(SolverError::invalid(
+                "shard",
+                format!("{index}/{count}"),
+                "i/n with 0 <= i < n",
+            ));
         }
         Ok(Self { index, count })
     }
@@ -49,7 +53,10 @@ impl std::str::FromStr for Shard {
     fn from_str(s: &str) -> Result<Self> {
         let bad = || SolverError::invalid("shard", s, "i/n with 0 <= i < n, e.g. 0/4");
         let (i, n) = s.split_once('/').ok_or_else(bad)?;
-        Self::new(i.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?)
+        Self::new(
+            i.trim().parse().map_err(|_| bad())?,
+            n.trim().parse().map_err(|_| bad())?,
+        )
     }
 }
 
@@ -76,9 +83,17 @@ pub struct Dataset {
     pub first_index: usize,
 }
 
+/// One generated sample: input, v, w flattened [nt·nx] and (x0, t0, amplitude).
+type SampleData = (Vec<f32>, Vec<f32>, Vec<f32>, [f32; 3]);
+
 /// Generates `split` of `protocol` (or only `shard` of it) in parallel over samples.
 /// Bit-identical for a protocol whatever the number of threads.
-pub fn generate(protocol: &Protocol, split: Split, shard: Option<Shard>, progress: bool) -> Result<Dataset> {
+pub fn generate(
+    protocol: &Protocol,
+    split: Split,
+    shard: Option<Shard>,
+    progress: bool,
+) -> Result<Dataset> {
     protocol.validate()?;
     let n_total = protocol.split(split).n_samples;
     let range = shard.map_or(0..n_total, |s| s.range(n_total));
@@ -86,7 +101,7 @@ pub fn generate(protocol: &Protocol, split: Split, shard: Option<Shard>, progres
     let solver = Solver1d::new(&protocol.solver_config(), &out)?;
     let bar = progress_bar(progress, range.len() as u64, split);
     let plane = out.nt * out.nx;
-    let samples: Vec<(Vec<f32>, Vec<f32>, Vec<f32>, [f32; 3])> = range
+    let samples: Vec<SampleData> = range
         .clone()
         .into_par_iter()
         .map(|i| {
@@ -97,14 +112,27 @@ pub fn generate(protocol: &Protocol, split: Split, shard: Option<Shard>, progres
                 v.extend(vs.iter().map(|&x| x as f32));
                 w.extend(ws.iter().map(|&x| x as f32));
             })?;
-            let input = stim.on_output_grid(&out).iter().map(|&x| x as f32).collect();
+            let input = stim
+                .on_output_grid(&out)
+                .iter()
+                .map(|&x| x as f32)
+                .collect();
             bar.inc(1);
-            Ok((input, v, w, [sp.x0 as f32, sp.t0 as f32, sp.amplitude as f32]))
+            Ok((
+                input,
+                v,
+                w,
+                [sp.x0 as f32, sp.t0 as f32, sp.amplitude as f32],
+            ))
         })
         .collect::<Result<_>>()?;
     bar.finish_and_clear();
     let n = samples.len();
-    let mut flat = [Vec::with_capacity(n * plane), Vec::with_capacity(n * plane), Vec::with_capacity(n * plane)];
+    let mut flat = [
+        Vec::with_capacity(n * plane),
+        Vec::with_capacity(n * plane),
+        Vec::with_capacity(n * plane),
+    ];
     let (mut x0, mut t0, mut amplitude) = (Vec::new(), Vec::new(), Vec::new());
     for (i, v, w, p) in samples {
         flat[0].extend(i);
@@ -115,7 +143,8 @@ pub fn generate(protocol: &Protocol, split: Split, shard: Option<Shard>, progres
         amplitude.push(p[2]);
     }
     let [input, v, w] = flat.map(|f| Array3::from_shape_vec((n, out.nt, out.nx), f));
-    let shape_err = |e: ndarray::ShapeError| SolverError::invalid("dataset", e, "consistent sample shapes");
+    let shape_err =
+        |e: ndarray::ShapeError| SolverError::invalid("dataset", e, "consistent sample shapes");
     Ok(Dataset {
         input: input.map_err(shape_err)?,
         v: v.map_err(shape_err)?,
@@ -134,7 +163,9 @@ fn progress_bar(show: bool, n: u64, split: Split) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new(n);
-    if let Ok(style) = ProgressStyle::with_template("{msg:>5} [{bar:40}] {pos}/{len} samples ({eta})") {
+    if let Ok(style) =
+        ProgressStyle::with_template("{msg:>5} [{bar:40}] {pos}/{len} samples ({eta})")
+    {
         bar.set_style(style.progress_chars("=> "));
     }
     bar.set_message(split.name());
@@ -161,18 +192,55 @@ impl Dataset {
         let path = path.as_ref();
         let n = self.len();
         let (nt, nx) = (self.protocol.output.nt, self.protocol.output.nx);
-        let fmt_err = |e: safetensors::SafeTensorError| SolverError::Format { path: path.into(), reason: e.to_string() };
+        for (name, a) in [("t0", &self.t0), ("amplitude", &self.amplitude)] {
+            if a.len() != n {
+                return Err(SolverError::Shape {
+                    name: name.into(),
+                    expected: vec![n],
+                    got: vec![a.len()],
+                });
+            }
+        }
+        for (name, a) in [("input", &self.input), ("v", &self.v), ("w", &self.w)] {
+            if a.dim() != (n, nt, nx) {
+                let got = a.shape().to_vec();
+                return Err(SolverError::Shape {
+                    name: name.into(),
+                    expected: vec![n, nt, nx],
+                    got,
+                });
+            }
+        }
+        let fmt_err = |e: safetensors::SafeTensorError| SolverError::Format {
+            path: path.into(),
+            reason: e.to_string(),
+        };
         let fields: Vec<(&str, Vec<u8>, Vec<usize>)> = vec![
-            ("input", f32_bytes(&self.input.iter().copied().collect::<Vec<_>>()), vec![n, nt, nx]),
-            ("v", f32_bytes(&self.v.iter().copied().collect::<Vec<_>>()), vec![n, nt, nx]),
-            ("w", f32_bytes(&self.w.iter().copied().collect::<Vec<_>>()), vec![n, nt, nx]),
+            (
+                "input",
+                f32_bytes(&self.input.iter().copied().collect::<Vec<_>>()),
+                vec![n, nt, nx],
+            ),
+            (
+                "v",
+                f32_bytes(&self.v.iter().copied().collect::<Vec<_>>()),
+                vec![n, nt, nx],
+            ),
+            (
+                "w",
+                f32_bytes(&self.w.iter().copied().collect::<Vec<_>>()),
+                vec![n, nt, nx],
+            ),
             ("x0", f32_bytes(&self.x0), vec![n]),
             ("t0", f32_bytes(&self.t0), vec![n]),
             ("amplitude", f32_bytes(&self.amplitude), vec![n]),
         ];
         let mut views = Vec::new();
         for (name, bytes, shape) in &fields {
-            views.push((*name, TensorView::new(Dtype::F32, shape.clone(), bytes).map_err(fmt_err)?));
+            views.push((
+                *name,
+                TensorView::new(Dtype::F32, shape.clone(), bytes).map_err(fmt_err)?,
+            ));
         }
         let meta = HashMap::from([
             ("format".to_string(), FORMAT_TAG.to_string()),
@@ -181,7 +249,10 @@ impl Dataset {
             ("first_index".to_string(), self.first_index.to_string()),
         ]);
         safetensors::serialize_to_file(views, Some(meta), path).map_err(|e| match e {
-            safetensors::SafeTensorError::IoError(source) => SolverError::Io { path: path.into(), source },
+            safetensors::SafeTensorError::IoError(source) => SolverError::Io {
+                path: path.into(),
+                source,
+            },
             other => fmt_err(other),
         })
     }
@@ -189,27 +260,52 @@ impl Dataset {
     /// Reads a file written by [`Dataset::save`], checking its metadata, dtypes and shapes.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| SolverError::Io { path: path.into(), source })?;
-        let bad = |reason: String| SolverError::Format { path: path.into(), reason };
+        let bytes = std::fs::read(path).map_err(|source| SolverError::Io {
+            path: path.into(),
+            source,
+        })?;
+        let bad = |reason: String| SolverError::Format {
+            path: path.into(),
+            reason,
+        };
         let (_, header) = SafeTensors::read_metadata(&bytes)
             .map_err(|e| bad(format!("not a safetensors file or truncated: {e}")))?;
         let meta = header.metadata().clone().unwrap_or_default();
         match meta.get("format") {
             Some(tag) if tag == FORMAT_TAG => {}
-            other => return Err(bad(format!("metadata `format` is {other:?}, expected {FORMAT_TAG:?}"))),
+            other => {
+                return Err(bad(format!(
+                    "metadata `format` is {other:?}, expected {FORMAT_TAG:?}"
+                )))
+            }
         }
-        let field = |k: &str| meta.get(k).ok_or_else(|| bad(format!("metadata lacks `{k}`")));
+        let field = |k: &str| {
+            meta.get(k)
+                .ok_or_else(|| bad(format!("metadata lacks `{k}`")))
+        };
         let protocol: Protocol = serde_json::from_str(field("protocol")?)
             .map_err(|e| bad(format!("metadata `protocol` is not a protocol: {e}")))?;
         let split = field("split")?.parse::<Split>()?;
-        let first_index = field("first_index")?.parse::<usize>().map_err(|e| bad(format!("first_index: {e}")))?;
-        let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(format!("truncated or corrupt tensors: {e}")))?;
+        let first_index = field("first_index")?
+            .parse::<usize>()
+            .map_err(|e| bad(format!("first_index: {e}")))?;
+        let st = SafeTensors::deserialize(&bytes)
+            .map_err(|e| bad(format!("truncated or corrupt tensors: {e}")))?;
         let read = |name: &str| -> Result<(Vec<usize>, Vec<f32>)> {
-            let t = st.tensor(name).map_err(|_| bad(format!("missing tensor `{name}`")))?;
+            let t = st
+                .tensor(name)
+                .map_err(|_| bad(format!("missing tensor `{name}`")))?;
             if t.dtype() != Dtype::F32 {
-                return Err(bad(format!("tensor `{name}` is {:?}, expected F32", t.dtype())));
+                return Err(bad(format!(
+                    "tensor `{name}` is {:?}, expected F32",
+                    t.dtype()
+                )));
             }
-            let data = t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            let data = t
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
             Ok((t.shape().to_vec(), data))
         };
         let (xs, x0) = read("x0")?;
@@ -218,7 +314,11 @@ impl Dataset {
             if got == want.as_slice() {
                 Ok(())
             } else {
-                Err(SolverError::Shape { name: name.into(), expected: want, got: got.to_vec() })
+                Err(SolverError::Shape {
+                    name: name.into(),
+                    expected: want,
+                    got: got.to_vec(),
+                })
             }
         };
         expect("x0", &xs, vec![n])?;
@@ -240,20 +340,40 @@ impl Dataset {
         let input = fields.pop().unwrap_or_default();
         let amplitude = scalars.pop().unwrap_or_default();
         let t0 = scalars.pop().unwrap_or_default();
-        Ok(Self { input, v, w, x0, t0, amplitude, protocol, split, first_index })
+        Ok(Self {
+            input,
+            v,
+            w,
+            x0,
+            t0,
+            amplitude,
+            protocol,
+            split,
+            first_index,
+        })
     }
 
     /// Writes `input.npy`, `v.npy`, `w.npy` (f32 [N, nt, nx]), `x0.npy`, `t0.npy`,
     /// `amplitude.npy` (f32 [N]) and `protocol.json` into `dir` (created if needed).
     pub fn save_npy(&self, dir: impl AsRef<Path>) -> Result<()> {
         let dir = dir.as_ref();
-        std::fs::create_dir_all(dir).map_err(|source| SolverError::Io { path: dir.into(), source })?;
-        let npy_err = |p: &Path, e: ndarray_npy::WriteNpyError| SolverError::Format { path: p.into(), reason: e.to_string() };
+        std::fs::create_dir_all(dir).map_err(|source| SolverError::Io {
+            path: dir.into(),
+            source,
+        })?;
+        let npy_err = |p: &Path, e: ndarray_npy::WriteNpyError| SolverError::Format {
+            path: p.into(),
+            reason: e.to_string(),
+        };
         for (name, a) in [("input", &self.input), ("v", &self.v), ("w", &self.w)] {
             let p = dir.join(format!("{name}.npy"));
             ndarray_npy::write_npy(&p, a).map_err(|e| npy_err(&p, e))?;
         }
-        for (name, a) in [("x0", &self.x0), ("t0", &self.t0), ("amplitude", &self.amplitude)] {
+        for (name, a) in [
+            ("x0", &self.x0),
+            ("t0", &self.t0),
+            ("amplitude", &self.amplitude),
+        ] {
             let p = dir.join(format!("{name}.npy"));
             ndarray_npy::write_npy(&p, &Array1::from(a.clone())).map_err(|e| npy_err(&p, e))?;
         }
@@ -263,23 +383,30 @@ impl Dataset {
     /// Joins shards of one split, in order; an error if protocols or splits differ or the
     /// index ranges are not contiguous.
     pub fn concat(parts: &[Dataset]) -> Result<Self> {
-        let first = parts.first().ok_or_else(|| SolverError::invalid("parts", 0, "at least one dataset"))?;
+        let first = parts
+            .first()
+            .ok_or_else(|| SolverError::invalid("parts", 0, "at least one dataset"))?;
         let mut next = first.first_index;
         for p in parts {
             if p.protocol != first.protocol || p.split != first.split || p.first_index != next {
                 return Err(SolverError::invalid(
                     "parts",
                     format!("{} samples from {}", p.len(), p.first_index),
-                    &format!("contiguous shards of one split and protocol, next starting at {next}"),
+                    &format!(
+                        "contiguous shards of one split and protocol, next starting at {next}"
+                    ),
                 ));
             }
             next += p.len();
         }
         let cat = |f: fn(&Dataset) -> &Array3<f32>| -> Result<Array3<f32>> {
             let views: Vec<_> = parts.iter().map(|p| f(p).view()).collect();
-            ndarray::concatenate(ndarray::Axis(0), &views).map_err(|e| SolverError::invalid("parts", e, "equal shapes"))
+            ndarray::concatenate(ndarray::Axis(0), &views)
+                .map_err(|e| SolverError::invalid("parts", e, "equal shapes"))
         };
-        let flat = |f: fn(&Dataset) -> &Vec<f32>| parts.iter().flat_map(|p| f(p).iter().copied()).collect();
+        let flat = |f: fn(&Dataset) -> &Vec<f32>| {
+            parts.iter().flat_map(|p| f(p).iter().copied()).collect()
+        };
         Ok(Self {
             input: cat(|d| &d.input)?,
             v: cat(|d| &d.v)?,

@@ -26,23 +26,40 @@ pub struct OutputGrid {
 impl Default for OutputGrid {
     /// 100 × 100 over (t, x) ∈ [0, 40] × [0, 1].
     fn default() -> Self {
-        Self { nt: 100, nx: 100, t_end: 40.0, length: 1.0 }
+        Self {
+            nt: 100,
+            nx: 100,
+            t_end: 40.0,
+            length: 1.0,
+        }
     }
 }
 
 impl OutputGrid {
     /// A grid with `nt × nx` nodes over the default domain [0, 40] × [0, 1].
     pub fn with_size(nt: usize, nx: usize) -> Self {
-        Self { nt, nx, ..Self::default() }
+        Self {
+            nt,
+            nx,
+            ..Self::default()
+        }
     }
 
     /// Checks sizes (≥ 2 nodes per axis) and extents (finite, > 0).
     pub fn validate(&self) -> Result<()> {
         if self.nt < 2 {
-            return Err(SolverError::invalid("output.nt", self.nt, "at least 2 output times"));
+            return Err(SolverError::invalid(
+                "output.nt",
+                self.nt,
+                "at least 2 output times",
+            ));
         }
         if self.nx < 2 {
-            return Err(SolverError::invalid("output.nx", self.nx, "at least 2 output nodes"));
+            return Err(SolverError::invalid(
+                "output.nx",
+                self.nx,
+                "at least 2 output nodes",
+            ));
         }
         check_positive("output.t_end", self.t_end)?;
         check_positive("output.length", self.length)
@@ -60,7 +77,9 @@ impl OutputGrid {
 
     /// The output times `t_k = k·t_end/(nt−1)`.
     pub fn times(&self) -> Vec<f64> {
-        (0..self.nt).map(|k| self.t_end * k as f64 / (self.nt - 1) as f64).collect()
+        (0..self.nt)
+            .map(|k| self.t_end * k as f64 / (self.nt - 1) as f64)
+            .collect()
     }
 
     /// The output positions `x_j = j·length/(nx−1)`.
@@ -100,7 +119,10 @@ impl Default for Resolution {
     /// h ≤ 1/396 and dt ≤ 0.04: on the default output grid, 397 nodes and 990 steps of
     /// 40/990. Halving both changes v by < 1% relative L2 (see docs/solver.md).
     fn default() -> Self {
-        Resolution::Auto { max_dx: 1.0 / 396.0, max_dt: 0.0405 }
+        Resolution::Auto {
+            max_dx: 1.0 / 396.0,
+            max_dt: 0.0405,
+        }
     }
 }
 
@@ -133,7 +155,11 @@ impl FineGrid {
             }
             Resolution::Explicit { nx, dt } => {
                 if nx < 3 {
-                    return Err(SolverError::invalid("resolution.nx", nx, "at least 3 fine nodes"));
+                    return Err(SolverError::invalid(
+                        "resolution.nx",
+                        nx,
+                        "at least 3 fine nodes",
+                    ));
                 }
                 check_positive("resolution.dt", dt)?;
                 if (nx - 1) % (out.nx - 1) != 0 {
@@ -196,13 +222,26 @@ mod tests {
     #[test]
     fn explicit_grid_must_contain_output() {
         let out = OutputGrid::default();
-        let bad = FineGrid::new(&out, &Resolution::Explicit { nx: 400, dt: 40.0 / 990.0 });
+        let bad = FineGrid::new(
+            &out,
+            &Resolution::Explicit {
+                nx: 400,
+                dt: 40.0 / 990.0,
+            },
+        );
         assert!(matches!(bad, Err(SolverError::GridMismatch(_))));
         let bad_dt = FineGrid::new(&out, &Resolution::Explicit { nx: 397, dt: 0.03 });
         assert!(matches!(bad_dt, Err(SolverError::GridMismatch(_))));
         let neg = FineGrid::new(&out, &Resolution::Explicit { nx: 397, dt: -1.0 });
         assert!(matches!(neg, Err(SolverError::InvalidParameter { .. })));
-        let ok = FineGrid::new(&out, &Resolution::Explicit { nx: 199, dt: 40.0 / 198.0 }).unwrap();
+        let ok = FineGrid::new(
+            &out,
+            &Resolution::Explicit {
+                nx: 199,
+                dt: 40.0 / 198.0,
+            },
+        )
+        .unwrap();
         assert_eq!((ok.refine_x, ok.refine_t), (2, 2));
     }
 

@@ -51,7 +51,11 @@ impl std::str::FromStr for Scheme {
             "sbdf1" | "imex-euler" => Ok(Scheme::Sbdf1),
             "sbdf2" => Ok(Scheme::Sbdf2),
             "ars222" | "ars(2,2,2)" => Ok(Scheme::Ars222),
-            _ => Err(SolverError::invalid("scheme", s, "one of sbdf1, sbdf2, ars222")),
+            _ => Err(SolverError::invalid(
+                "scheme",
+                s,
+                "one of sbdf1, sbdf2, ars222",
+            )),
         }
     }
 }
@@ -65,8 +69,17 @@ pub(crate) struct Forcing {
 impl Forcing {
     /// Precomputes the spatial profiles (time factors are step means over `dt`).
     /// `profile(k, i)` is pulse `k`'s spatial factor at node `i`.
-    pub(crate) fn new(pulses: &[Pulse], n: usize, dt: f64, profile: impl Fn(usize, usize) -> f64) -> Self {
-        let terms = pulses.iter().enumerate().map(|(k, p)| (*p, (0..n).map(|i| profile(k, i)).collect())).collect();
+    pub(crate) fn new(
+        pulses: &[Pulse],
+        n: usize,
+        dt: f64,
+        profile: impl Fn(usize, usize) -> f64,
+    ) -> Self {
+        let terms = pulses
+            .iter()
+            .enumerate()
+            .map(|(k, p)| (*p, (0..n).map(|i| profile(k, i)).collect()))
+            .collect();
         Self { terms, dt }
     }
 
@@ -122,8 +135,16 @@ impl<'a> Stepper<'a> {
         let kd = dt * p.d;
         let (euler, bdf2, ars) = match scheme {
             Scheme::Sbdf1 => (Some(domain.factor(1.0, kd)), None, None),
-            Scheme::Sbdf2 => (Some(domain.factor(1.0, kd)), Some(domain.factor(3.0, 2.0 * kd)), None),
-            Scheme::Ars222 => (None, None, Some(domain.factor(1.0, ars_coefficients().0 * kd))),
+            Scheme::Sbdf2 => (
+                Some(domain.factor(1.0, kd)),
+                Some(domain.factor(3.0, 2.0 * kd)),
+                None,
+            ),
+            Scheme::Ars222 => (
+                None,
+                None,
+                Some(domain.factor(1.0, ars_coefficients().0 * kd)),
+            ),
         };
         let z = || vec![0.0; n];
         Self {
@@ -191,7 +212,12 @@ impl<'a> Stepper<'a> {
         let (p, dt2) = (self.p, 2.0 * self.dt);
         let n = self.v.len();
         let (v, w, cur) = (&self.v[..n], &mut self.w[..n], &self.cur[..n]);
-        let (pv, pw, pnv, pnw) = (&mut self.a[..n], &mut self.b[..n], &mut self.c[..n], &mut self.d[..n]);
+        let (pv, pw, pnv, pnw) = (
+            &mut self.a[..n],
+            &mut self.b[..n],
+            &mut self.c[..n],
+            &mut self.d[..n],
+        );
         let rhs = &mut self.rhs[..n];
         for i in 0..n {
             let (vi, wi) = (v[i], w[i]);
@@ -233,8 +259,8 @@ impl<'a> Stepper<'a> {
             let (v2, w2) = (self.a[i], self.b[i]);
             let nv2 = p.cubic(v2) - p.c * w2 + self.cur[i];
             let nw2 = p.e * (v2 - p.gamma * w2);
-            self.rhs[i] =
-                self.v[i] + dt * ((1.0 - g) * p.d * self.rhs[i] + delta * self.c[i] + (1.0 - delta) * nv2);
+            self.rhs[i] = self.v[i]
+                + dt * ((1.0 - g) * p.d * self.rhs[i] + delta * self.c[i] + (1.0 - delta) * nv2);
             self.w[i] += dt * (delta * self.d[i] + (1.0 - delta) * nw2);
         }
         solve.solve(&mut self.rhs, &mut self.scratch);
@@ -245,10 +271,18 @@ impl<'a> Stepper<'a> {
     fn check_finite(&self, time: f64) -> Result<()> {
         let step = self.steps_taken;
         if !lanes_sum(&self.v).is_finite() {
-            return Err(SolverError::NonFinite { field: "v", step, time });
+            return Err(SolverError::NonFinite {
+                field: "v",
+                step,
+                time,
+            });
         }
         if !lanes_sum(&self.w).is_finite() {
-            return Err(SolverError::NonFinite { field: "w", step, time });
+            return Err(SolverError::NonFinite {
+                field: "w",
+                step,
+                time,
+            });
         }
         Ok(())
     }

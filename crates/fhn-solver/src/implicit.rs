@@ -58,7 +58,11 @@ impl Domain for Line {
     }
 
     fn factor(&self, alpha: f64, kappa: f64) -> Box<dyn FactoredSolve> {
-        Box::new(Tridiagonal::neumann(self.n, alpha, kappa / (self.h * self.h)))
+        Box::new(Tridiagonal::neumann(
+            self.n,
+            alpha,
+            kappa / (self.h * self.h),
+        ))
     }
 }
 
@@ -100,7 +104,9 @@ impl Tridiagonal {
     /// Factors `α·I − k·Δ` (k = κ/h²) with Neumann rows (n ≥ 3).
     pub fn neumann(n: usize, alpha: f64, k: f64) -> Self {
         let diag = vec![alpha + 2.0 * k; n];
-        let sub: Vec<f64> = (0..n).map(|i| if i == n - 1 { -2.0 * k } else { -k }).collect();
+        let sub: Vec<f64> = (0..n)
+            .map(|i| if i == n - 1 { -2.0 * k } else { -k })
+            .collect();
         let sup: Vec<f64> = (0..n).map(|i| if i == 0 { -2.0 * k } else { -k }).collect();
         Self::new(&sub, &diag, &sup)
     }
@@ -134,7 +140,13 @@ impl Tridiagonal {
         let above = if k > 0 { a[k] * bwd[k - 1] } else { 0.0 };
         let below = if k + 1 < n { c[k] * bwd[k + 1] } else { 0.0 };
         inv[k] = 1.0 / (d[k] - above - below);
-        Self { k, inv, fwd, bwd, twist: (a[k], c[k]) }
+        Self {
+            k,
+            inv,
+            fwd,
+            bwd,
+            twist: (a[k], c[k]),
+        }
     }
 
     /// Solves in place.
@@ -225,23 +237,37 @@ impl Plane {
         let mut planner = DctPlanner::new();
         let dct_x = planner.plan_dct1(nx);
         let dct_y = planner.plan_dct1(ny);
-        Self { nx, ny, hx, hy, dct_x, dct_y }
+        Self {
+            nx,
+            ny,
+            hx,
+            hy,
+            dct_x,
+            dct_y,
+        }
     }
 
     /// Applies DCT-I along y (contiguous rows) then along x (gathered columns).
     fn dct2d(&self, data: &mut [f64], scratch: &mut Scratch) {
         let (nx, ny) = (self.nx, self.ny);
-        let need = self.dct_x.get_scratch_len().max(self.dct_y.get_scratch_len());
+        let need = self
+            .dct_x
+            .get_scratch_len()
+            .max(self.dct_y.get_scratch_len());
         scratch.a.resize(need, 0.0);
         scratch.b.resize(nx, 0.0);
         for row in data.chunks_exact_mut(ny) {
-            self.dct_y.process_dct1_with_scratch(row, &mut scratch.a[..self.dct_y.get_scratch_len()]);
+            self.dct_y
+                .process_dct1_with_scratch(row, &mut scratch.a[..self.dct_y.get_scratch_len()]);
         }
         for iy in 0..ny {
             for ix in 0..nx {
                 scratch.b[ix] = data[ix * ny + iy];
             }
-            self.dct_x.process_dct1_with_scratch(&mut scratch.b, &mut scratch.a[..self.dct_x.get_scratch_len()]);
+            self.dct_x.process_dct1_with_scratch(
+                &mut scratch.b,
+                &mut scratch.a[..self.dct_x.get_scratch_len()],
+            );
             for ix in 0..nx {
                 data[ix * ny + iy] = scratch.b[ix];
             }
@@ -308,7 +334,10 @@ impl Domain for Plane {
                 inv_eig.push(scale / (alpha - kappa * (ex + ey)));
             }
         }
-        Box::new(DctSolve { plane: self.clone(), inv_eig })
+        Box::new(DctSolve {
+            plane: self.clone(),
+            inv_eig,
+        })
     }
 }
 
@@ -327,23 +356,32 @@ mod tests {
     }
 
     fn test_rhs(n: usize) -> Vec<f64> {
-        (0..n).map(|i| ((i * 7919) % 101) as f64 / 50.0 - 1.0).collect()
+        (0..n)
+            .map(|i| ((i * 7919) % 101) as f64 / 50.0 - 1.0)
+            .collect()
     }
 
     #[test]
     fn tridiagonal_solve_satisfies_the_system() {
-        let line = Line { n: 57, h: 1.0 / 56.0 };
+        let line = Line {
+            n: 57,
+            h: 1.0 / 56.0,
+        };
         let (alpha, kappa) = (1.5, 3e-3);
         let r = test_rhs(line.n);
         let mut x = r.clone();
-        line.factor(alpha, kappa).solve(&mut x, &mut Scratch::default());
+        line.factor(alpha, kappa)
+            .solve(&mut x, &mut Scratch::default());
         assert!(residual(&line, alpha, kappa, &x, &r) < 1e-12);
     }
 
     #[test]
     fn twisted_solve_handles_every_size() {
         for n in 3..12 {
-            let line = Line { n, h: 1.0 / (n - 1) as f64 };
+            let line = Line {
+                n,
+                h: 1.0 / (n - 1) as f64,
+            };
             let r = test_rhs(n);
             let mut x = r.clone();
             line.factor(2.0, 0.3).solve(&mut x, &mut Scratch::default());
@@ -357,8 +395,14 @@ mod tests {
         let (alpha, kappa) = (3.0, 2e-2);
         let r = test_rhs(plane.len());
         let mut x = r.clone();
-        plane.factor(alpha, kappa).solve(&mut x, &mut Scratch::default());
-        assert!(residual(&plane, alpha, kappa, &x, &r) < 1e-11, "{}", residual(&plane, alpha, kappa, &x, &r));
+        plane
+            .factor(alpha, kappa)
+            .solve(&mut x, &mut Scratch::default());
+        assert!(
+            residual(&plane, alpha, kappa, &x, &r) < 1e-11,
+            "{}",
+            residual(&plane, alpha, kappa, &x, &r)
+        );
     }
 
     #[test]

@@ -30,7 +30,15 @@ pub struct FhnParams {
 
 impl Default for FhnParams {
     fn default() -> Self {
-        Self { b: 5.0, c: 1.0, beta: 0.1, delta: 1.0, gamma: 0.25, e: 0.1, d: 1e-3 }
+        Self {
+            b: 5.0,
+            c: 1.0,
+            beta: 0.1,
+            delta: 1.0,
+            gamma: 0.25,
+            e: 0.1,
+            d: 1e-3,
+        }
     }
 }
 
@@ -45,7 +53,11 @@ impl FhnParams {
         check_positive("params.e", self.e)?;
         check_positive("params.d", self.d)?;
         if !(self.beta > 0.0 && self.beta < self.delta) {
-            return Err(SolverError::invalid("params.beta", self.beta, "0 < beta < delta"));
+            return Err(SolverError::invalid(
+                "params.beta",
+                self.beta,
+                "0 < beta < delta",
+            ));
         }
         Ok(())
     }

@@ -53,7 +53,11 @@ impl Law {
                 check_finite(name, low)?;
                 check_finite(name, high)?;
                 if high <= low {
-                    return Err(SolverError::invalid(name, format!("[{low}, {high})"), "low < high"));
+                    return Err(SolverError::invalid(
+                        name,
+                        format!("[{low}, {high})"),
+                        "low < high",
+                    ));
                 }
                 Ok(())
             }
@@ -172,9 +176,20 @@ impl Protocol {
     /// t0 ~ U[1, 20]; x0 ~ U[0.1, 0.9], A ~ U[0.5, 2.0], width 0.04, duration 1.0; 100 × 100
     /// output grid over [0, 40] × [0, 1]; SBDF2 at the default resolution; seed 2026.
     pub fn default_protocol() -> Self {
-        let x0 = Law::Uniform { low: 0.1, high: 0.9 };
-        let amplitude = Law::Uniform { low: 0.5, high: 2.0 };
-        let fixed = SplitSpec { n_samples: 1000, x0, t0: Law::Fixed { value: 1.0 }, amplitude };
+        let x0 = Law::Uniform {
+            low: 0.1,
+            high: 0.9,
+        };
+        let amplitude = Law::Uniform {
+            low: 0.5,
+            high: 2.0,
+        };
+        let fixed = SplitSpec {
+            n_samples: 1000,
+            x0,
+            t0: Law::Fixed { value: 1.0 },
+            amplitude,
+        };
         Self {
             name: "default".into(),
             params: FhnParams::default(),
@@ -185,8 +200,18 @@ impl Protocol {
             pulse_width: 0.04,
             pulse_duration: 1.0,
             train: fixed,
-            validation: SplitSpec { n_samples: 100, ..fixed },
-            test: SplitSpec { n_samples: 200, t0: Law::Uniform { low: 1.0, high: 20.0 }, ..fixed },
+            validation: SplitSpec {
+                n_samples: 100,
+                ..fixed
+            },
+            test: SplitSpec {
+                n_samples: 200,
+                t0: Law::Uniform {
+                    low: 1.0,
+                    high: 20.0,
+                },
+                ..fixed
+            },
         }
     }
 
@@ -212,9 +237,14 @@ impl Protocol {
     /// Reads and validates a JSON protocol.
     pub fn from_json_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| SolverError::Io { path: path.into(), source })?;
-        let p: Self = serde_json::from_str(&text)
-            .map_err(|e| SolverError::Format { path: path.into(), reason: format!("not a protocol JSON: {e}") })?;
+        let text = std::fs::read_to_string(path).map_err(|source| SolverError::Io {
+            path: path.into(),
+            source,
+        })?;
+        let p: Self = serde_json::from_str(&text).map_err(|e| SolverError::Format {
+            path: path.into(),
+            reason: format!("not a protocol JSON: {e}"),
+        })?;
         p.validate()?;
         Ok(p)
     }
@@ -222,7 +252,10 @@ impl Protocol {
     /// Writes the protocol as pretty JSON.
     pub fn to_json_file(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        std::fs::write(path, self.to_json()).map_err(|source| SolverError::Io { path: path.into(), source })
+        std::fs::write(path, self.to_json()).map_err(|source| SolverError::Io {
+            path: path.into(),
+            source,
+        })
     }
 
     /// The protocol as pretty JSON.
@@ -242,7 +275,8 @@ impl Protocol {
             let s = self.split(split);
             s.x0.validate(&format!("{}.x0", split.name()))?;
             s.t0.validate(&format!("{}.t0", split.name()))?;
-            s.amplitude.validate(&format!("{}.amplitude", split.name()))?;
+            s.amplitude
+                .validate(&format!("{}.amplitude", split.name()))?;
         }
         Ok(())
     }
@@ -258,7 +292,11 @@ impl Protocol {
 
     /// The solver configuration the protocol prescribes.
     pub fn solver_config(&self) -> SolverConfig {
-        SolverConfig { params: self.params, scheme: self.scheme, resolution: self.resolution }
+        SolverConfig {
+            params: self.params,
+            scheme: self.scheme,
+            resolution: self.resolution,
+        }
     }
 
     /// The RNG of sample `index` of `split`: ChaCha8 seeded by `seed`, stream (split, index).
@@ -292,14 +330,23 @@ impl Protocol {
     /// Solves sample `index` of `split` on another output grid (same domain and physics), e.g.
     /// 200 × 200 for zero-shot resolution tests. The fine grid obeys the protocol's resolution
     /// bounds (with [`Resolution::Explicit`], its `nx` and `dt` are used as bounds).
-    pub fn solve_sample_on(&self, split: Split, index: usize, grid: &OutputGrid) -> Result<Solution1d> {
+    pub fn solve_sample_on(
+        &self,
+        split: Split,
+        index: usize,
+        grid: &OutputGrid,
+    ) -> Result<Solution1d> {
         let resolution = match self.resolution {
-            Resolution::Explicit { nx, dt } => {
-                Resolution::Auto { max_dx: self.output.length / (nx - 1).max(1) as f64, max_dt: dt }
-            }
+            Resolution::Explicit { nx, dt } => Resolution::Auto {
+                max_dx: self.output.length / (nx - 1).max(1) as f64,
+                max_dt: dt,
+            },
             auto => auto,
         };
-        let config = SolverConfig { resolution, ..self.solver_config() };
+        let config = SolverConfig {
+            resolution,
+            ..self.solver_config()
+        };
         let stim = self.stimulus(&self.sample_params(split, index));
         Solver1d::new(&config, grid)?.solve(&stim)
     }
@@ -313,9 +360,15 @@ mod tests {
     fn default_protocol_matches_the_paper() {
         let p = Protocol::default_protocol();
         p.validate().unwrap();
-        assert_eq!((p.train.n_samples, p.validation.n_samples, p.test.n_samples), (1000, 100, 200));
+        assert_eq!(
+            (p.train.n_samples, p.validation.n_samples, p.test.n_samples),
+            (1000, 100, 200)
+        );
         let q = Protocol::quick();
-        assert_eq!((q.train.n_samples, q.validation.n_samples, q.test.n_samples), (128, 32, 64));
+        assert_eq!(
+            (q.train.n_samples, q.validation.n_samples, q.test.n_samples),
+            (128, 32, 64)
+        );
         assert_eq!(q.output, p.output);
         for i in 0..50 {
             let s = p.sample_params(Split::Train, i);
@@ -334,9 +387,15 @@ mod tests {
         p.to_json_file(&path).unwrap();
         assert_eq!(Protocol::from_json_file(&path).unwrap(), p);
         std::fs::write(&path, p.to_json().replace("\"b\": 5.0", "\"b\": -5.0")).unwrap();
-        assert!(matches!(Protocol::from_json_file(&path), Err(SolverError::InvalidParameter { .. })));
+        assert!(matches!(
+            Protocol::from_json_file(&path),
+            Err(SolverError::InvalidParameter { .. })
+        ));
         std::fs::write(&path, "{\"name\": 3}").unwrap();
-        assert!(matches!(Protocol::from_json_file(&path), Err(SolverError::Format { .. })));
+        assert!(matches!(
+            Protocol::from_json_file(&path),
+            Err(SolverError::Format { .. })
+        ));
     }
 
     #[test]

@@ -62,8 +62,17 @@ impl Solver1d {
     pub fn new(config: &SolverConfig, out: &OutputGrid) -> Result<Self> {
         config.validate()?;
         let fine = FineGrid::new(out, &config.resolution)?;
-        let line = Line { n: fine.nx, h: fine.dx };
-        Ok(Self { config: *config, out: *out, fine, line, fine_x: nodes(fine.nx, out.length) })
+        let line = Line {
+            n: fine.nx,
+            h: fine.dx,
+        };
+        Ok(Self {
+            config: *config,
+            out: *out,
+            fine,
+            line,
+            fine_x: nodes(fine.nx, out.length),
+        })
     }
 
     /// The fine grid in use.
@@ -81,11 +90,20 @@ impl Solver1d {
                 w[[k, j]] = ws[j];
             }
         })?;
-        Ok(Solution1d { input: stimulus.on_output_grid(&self.out), v, w, grid: self.out })
+        Ok(Solution1d {
+            input: stimulus.on_output_grid(&self.out),
+            v,
+            w,
+            grid: self.out,
+        })
     }
 
     /// Solves and hands each output time `k` to `record(k, v_k, w_k)` (rows of length nx).
-    pub fn solve_into(&self, stimulus: &Stimulus, mut record: impl FnMut(usize, &[f64], &[f64])) -> Result<()> {
+    pub fn solve_into(
+        &self,
+        stimulus: &Stimulus,
+        mut record: impl FnMut(usize, &[f64], &[f64]),
+    ) -> Result<()> {
         stimulus.validate()?;
         let fine = &self.fine;
         let forcing = Forcing::new(&stimulus.pulses, fine.nx, fine.dt, |k, i| {
@@ -120,6 +138,10 @@ impl Solver1d {
 /// assert_eq!(sol.v.dim(), (100, 100));
 /// # Ok::<(), fhn_solver::SolverError>(())
 /// ```
-pub fn simulate_1d(config: &SolverConfig, stimulus: &Stimulus, out: &OutputGrid) -> Result<Solution1d> {
+pub fn simulate_1d(
+    config: &SolverConfig,
+    stimulus: &Stimulus,
+    out: &OutputGrid,
+) -> Result<Solution1d> {
     Solver1d::new(config, out)?.solve(stimulus)
 }

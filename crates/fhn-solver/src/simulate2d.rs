@@ -33,12 +33,22 @@ pub struct OutputGrid2d {
 impl OutputGrid2d {
     /// The x axis as a 1D output grid.
     fn along_x(&self) -> OutputGrid {
-        OutputGrid { nt: self.nt, nx: self.nx, t_end: self.t_end, length: self.lx }
+        OutputGrid {
+            nt: self.nt,
+            nx: self.nx,
+            t_end: self.t_end,
+            length: self.lx,
+        }
     }
 
     /// The y axis as a 1D output grid.
     fn along_y(&self) -> OutputGrid {
-        OutputGrid { nt: self.nt, nx: self.ny, t_end: self.t_end, length: self.ly }
+        OutputGrid {
+            nt: self.nt,
+            nx: self.ny,
+            t_end: self.t_end,
+            length: self.ly,
+        }
     }
 }
 
@@ -76,7 +86,11 @@ impl Stimulus2d {
         for p in &self.pulses {
             p.pulse.validate()?;
             if !(p.y0.is_finite() && p.width_y.is_finite() && p.width_y > 0.0) {
-                return Err(SolverError::invalid("pulse2d.width_y", p.width_y, "finite y0 and width_y > 0"));
+                return Err(SolverError::invalid(
+                    "pulse2d.width_y",
+                    p.width_y,
+                    "finite y0 and width_y > 0",
+                ));
             }
         }
         Ok(())
@@ -98,12 +112,19 @@ pub struct Solution2d {
 
 /// Solves the 2D model. With [`Resolution::Explicit`], `nx` sets the x refinement and y is
 /// refined by the same factor.
-pub fn simulate_2d(config: &SolverConfig, stimulus: &Stimulus2d, out: &OutputGrid2d) -> Result<Solution2d> {
+pub fn simulate_2d(
+    config: &SolverConfig,
+    stimulus: &Stimulus2d,
+    out: &OutputGrid2d,
+) -> Result<Solution2d> {
     config.validate()?;
     stimulus.validate()?;
     let fx = FineGrid::new(&out.along_x(), &config.resolution)?;
     let res_y = match config.resolution {
-        Resolution::Explicit { dt, .. } => Resolution::Explicit { nx: (out.ny - 1) * fx.refine_x + 1, dt },
+        Resolution::Explicit { dt, .. } => Resolution::Explicit {
+            nx: (out.ny - 1) * fx.refine_x + 1,
+            dt,
+        },
         auto => auto,
     };
     let fy = FineGrid::new(&out.along_y(), &res_y)?;
@@ -116,7 +137,8 @@ pub fn simulate_2d(config: &SolverConfig, stimulus: &Stimulus2d, out: &OutputGri
         |k, i| {
             let q = &stimulus.pulses[k];
             q.pulse.node_space_factor(xs[i / fy.nx], fx.dx, out.lx)
-                * q.pulse.node_space_factor_with(ys[i % fy.nx], fy.dx, out.ly, q.y0, q.width_y)
+                * q.pulse
+                    .node_space_factor_with(ys[i % fy.nx], fy.dx, out.ly, q.y0, q.width_y)
         },
     );
     let mut stepper = Stepper::new(config.params, config.scheme, fx.dt, &plane);
@@ -135,7 +157,16 @@ pub fn simulate_2d(config: &SolverConfig, stimulus: &Stimulus2d, out: &OutputGri
             }
         }
     }
-    let (ts, xo, yo) = (out.along_x().times(), nodes(out.nx, out.lx), nodes(out.ny, out.ly));
+    let (ts, xo, yo) = (
+        out.along_x().times(),
+        nodes(out.nx, out.lx),
+        nodes(out.ny, out.ly),
+    );
     let input = Array3::from_shape_fn(shape, |(k, i, j)| stimulus.eval(ts[k], xo[i], yo[j]));
-    Ok(Solution2d { input, v, w, grid: *out })
+    Ok(Solution2d {
+        input,
+        v,
+        w,
+        grid: *out,
+    })
 }

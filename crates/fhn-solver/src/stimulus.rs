@@ -30,7 +30,13 @@ pub struct BoxPulse {
 impl BoxPulse {
     /// The benchmark's pulse: width 0.04, duration 1.
     pub fn benchmark(x0: f64, t0: f64, amplitude: f64) -> Self {
-        Self { x0, width: 0.04, t0, duration: 1.0, amplitude }
+        Self {
+            x0,
+            width: 0.04,
+            t0,
+            duration: 1.0,
+            amplitude,
+        }
     }
 }
 
@@ -135,7 +141,9 @@ impl Pulse {
     #[inline]
     pub fn step_time_factor(&self, t: f64, dt: f64) -> f64 {
         match self {
-            Pulse::Box(p) => p.amplitude * overlap(t - 0.5 * dt, t + 0.5 * dt, p.t0, p.t0 + p.duration) / dt,
+            Pulse::Box(p) => {
+                p.amplitude * overlap(t - 0.5 * dt, t + 0.5 * dt, p.t0, p.t0 + p.duration) / dt
+            }
             Pulse::Gaussian(_) => self.time_factor(t),
         }
     }
@@ -153,7 +161,14 @@ impl Pulse {
 
     /// [`Pulse::node_space_factor`] along a second axis (2D), centred at `y0` with `width`.
     #[inline]
-    pub(crate) fn node_space_factor_with(&self, y: f64, h: f64, length: f64, y0: f64, width: f64) -> f64 {
+    pub(crate) fn node_space_factor_with(
+        &self,
+        y: f64,
+        h: f64,
+        length: f64,
+        y0: f64,
+        width: f64,
+    ) -> f64 {
         match self {
             Pulse::Box(_) => cell_fraction(y, h, length, y0, width),
             Pulse::Gaussian(_) => self.space_factor_with(y, y0, width),
@@ -182,8 +197,16 @@ impl Pulse {
     /// The pulse moved by `dt` in time and `dx` in space.
     pub fn translated(&self, dt: f64, dx: f64) -> Self {
         match *self {
-            Pulse::Box(p) => Pulse::Box(BoxPulse { x0: p.x0 + dx, t0: p.t0 + dt, ..p }),
-            Pulse::Gaussian(p) => Pulse::Gaussian(GaussianPulse { x0: p.x0 + dx, t0: p.t0 + dt, ..p }),
+            Pulse::Box(p) => Pulse::Box(BoxPulse {
+                x0: p.x0 + dx,
+                t0: p.t0 + dt,
+                ..p
+            }),
+            Pulse::Gaussian(p) => Pulse::Gaussian(GaussianPulse {
+                x0: p.x0 + dx,
+                t0: p.t0 + dt,
+                ..p
+            }),
         }
     }
 
@@ -216,7 +239,9 @@ pub struct Stimulus {
 impl Stimulus {
     /// A stimulus made of one pulse.
     pub fn single(pulse: impl Into<Pulse>) -> Self {
-        Self { pulses: vec![pulse.into()] }
+        Self {
+            pulses: vec![pulse.into()],
+        }
     }
 
     /// The stimulus with one more pulse.
@@ -232,7 +257,9 @@ impl Stimulus {
 
     /// The stimulus moved by `dt` in time and `dx` in space: `I'(t, x) = I(t − dt, x − dx)`.
     pub fn translated(&self, dt: f64, dx: f64) -> Self {
-        Self { pulses: self.pulses.iter().map(|p| p.translated(dt, dx)).collect() }
+        Self {
+            pulses: self.pulses.iter().map(|p| p.translated(dt, dx)).collect(),
+        }
     }
 
     /// The value `I(t, x)`.
@@ -259,7 +286,13 @@ mod tests {
 
     #[test]
     fn box_pulse_edges() {
-        let p = Pulse::from(BoxPulse { x0: 0.5, width: 0.04, t0: 1.0, duration: 1.0, amplitude: 2.0 });
+        let p = Pulse::from(BoxPulse {
+            x0: 0.5,
+            width: 0.04,
+            t0: 1.0,
+            duration: 1.0,
+            amplitude: 2.0,
+        });
         assert_eq!(p.eval(1.0, 0.5), 2.0);
         assert_eq!(p.eval(0.999, 0.5), 0.0);
         assert_eq!(p.eval(2.0, 0.5), 0.0);
@@ -269,8 +302,14 @@ mod tests {
 
     #[test]
     fn translation_shifts_the_field() {
-        let s = Stimulus::single(GaussianPulse { x0: 0.3, sigma_x: 0.05, t0: 2.0, sigma_t: 0.5, amplitude: 1.0 })
-            .with(BoxPulse::benchmark(0.7, 1.0, 1.5));
+        let s = Stimulus::single(GaussianPulse {
+            x0: 0.3,
+            sigma_x: 0.05,
+            t0: 2.0,
+            sigma_t: 0.5,
+            amplitude: 1.0,
+        })
+        .with(BoxPulse::benchmark(0.7, 1.0, 1.5));
         let moved = s.translated(3.0, 0.1);
         for &(t, x) in &[(4.2, 0.41), (5.0, 0.8), (1.0, 0.2)] {
             assert!((moved.eval(t, x) - s.eval(t - 3.0, x - 0.1)).abs() < 1e-12);
@@ -279,7 +318,13 @@ mod tests {
 
     #[test]
     fn discrete_box_delivers_the_exact_charge() {
-        let p = Pulse::from(BoxPulse { x0: 0.4123, width: 0.04, t0: 1.37, duration: 1.0, amplitude: 2.0 });
+        let p = Pulse::from(BoxPulse {
+            x0: 0.4123,
+            width: 0.04,
+            t0: 1.37,
+            duration: 1.0,
+            amplitude: 2.0,
+        });
         // Space: Σ h·X_i over a grid equals the width; time: Σ dt·T_n equals A·duration.
         let (n, h) = (301, 1.0 / 300.0);
         let sx: f64 = (0..n)
@@ -290,15 +335,29 @@ mod tests {
             .sum();
         assert!((sx - 0.04).abs() < 1e-12, "{sx}");
         let dt = 0.0404;
-        let st: f64 = (0..200).map(|k| dt * p.step_time_factor(k as f64 * dt, dt)).sum();
+        let st: f64 = (0..200)
+            .map(|k| dt * p.step_time_factor(k as f64 * dt, dt))
+            .sum();
         assert!((st - 2.0).abs() < 1e-12, "{st}");
     }
 
     #[test]
     fn invalid_pulse_is_rejected() {
-        let p = Pulse::from(BoxPulse { x0: f64::NAN, width: 0.04, t0: 1.0, duration: 1.0, amplitude: 1.0 });
+        let p = Pulse::from(BoxPulse {
+            x0: f64::NAN,
+            width: 0.04,
+            t0: 1.0,
+            duration: 1.0,
+            amplitude: 1.0,
+        });
         assert!(p.validate().is_err());
-        let q = Pulse::from(GaussianPulse { x0: 0.5, sigma_x: 0.0, t0: 1.0, sigma_t: 1.0, amplitude: 1.0 });
+        let q = Pulse::from(GaussianPulse {
+            x0: 0.5,
+            sigma_x: 0.0,
+            t0: 1.0,
+            sigma_t: 1.0,
+            amplitude: 1.0,
+        });
         assert!(q.validate().is_err());
     }
 }

@@ -3,8 +3,8 @@
 //! invalid input and blow-ups are errors.
 
 use fhn_solver::{
-    simulate_1d, simulate_2d, BoxPulse, FhnParams, GaussianPulse, OutputGrid, OutputGrid2d, Pulse, Pulse2d,
-    Resolution, Scheme, SolverConfig, SolverError, Stimulus, Stimulus2d,
+    simulate_1d, simulate_2d, BoxPulse, FhnParams, GaussianPulse, OutputGrid, OutputGrid2d, Pulse,
+    Pulse2d, Resolution, Scheme, SolverConfig, SolverError, Stimulus, Stimulus2d,
 };
 use ndarray::Array2;
 
@@ -20,15 +20,29 @@ fn rel_l2(a: &Array2<f64>, b: &Array2<f64>) -> f64 {
 fn default_resolution_is_converged_on_the_box_stimulus() {
     let out = OutputGrid::default();
     let fine = fhn_solver::FineGrid::new(&out, &Resolution::default()).unwrap();
-    let finer = Resolution::Explicit { nx: 2 * (fine.nx - 1) + 1, dt: fine.dt / 2.0 };
+    let finer = Resolution::Explicit {
+        nx: 2 * (fine.nx - 1) + 1,
+        dt: fine.dt / 2.0,
+    };
     for (x0, t0, a) in [(0.5, 1.0, 1.0), (0.2, 1.0, 2.0), (0.7, 10.3, 0.8)] {
         let stim = Stimulus::single(BoxPulse::benchmark(x0, t0, a));
         let base = simulate_1d(&SolverConfig::default(), &stim, &out).unwrap();
-        let refined = simulate_1d(&SolverConfig { resolution: finer, ..SolverConfig::default() }, &stim, &out).unwrap();
+        let refined = simulate_1d(
+            &SolverConfig {
+                resolution: finer,
+                ..SolverConfig::default()
+            },
+            &stim,
+            &out,
+        )
+        .unwrap();
         let change = rel_l2(&base.v, &refined.v);
         eprintln!("x0 = {x0}, t0 = {t0}, A = {a}: relative L2 change {change:.2e}");
         assert!(change < 0.01, "halving dt and h changed v by {change}");
-        assert!(base.v.iter().cloned().fold(0.0, f64::max) > 0.9, "the pulse should fire");
+        assert!(
+            base.v.iter().cloned().fold(0.0, f64::max) > 0.9,
+            "the pulse should fire"
+        );
     }
 }
 
@@ -37,10 +51,13 @@ fn front_positions(v: &Array2<f64>, xs: &[f64]) -> Vec<Option<f64>> {
     v.rows()
         .into_iter()
         .map(|row| {
-            (1..row.len()).rev().find(|&j| row[j - 1] >= 0.5 && row[j] < 0.5).map(|j| {
-                let s = (row[j - 1] - 0.5) / (row[j - 1] - row[j]);
-                xs[j - 1] + s * (xs[j] - xs[j - 1])
-            })
+            (1..row.len())
+                .rev()
+                .find(|&j| row[j - 1] >= 0.5 && row[j] < 0.5)
+                .map(|j| {
+                    let s = (row[j - 1] - 0.5) / (row[j - 1] - row[j]);
+                    xs[j - 1] + s * (xs[j] - xs[j - 1])
+                })
         })
         .collect()
 }
@@ -48,18 +65,40 @@ fn front_positions(v: &Array2<f64>, xs: &[f64]) -> Vec<Option<f64>> {
 #[test]
 fn front_speed_matches_the_travelling_wave_of_the_cubic() {
     let params = FhnParams::default();
-    let out = OutputGrid { nt: 41, nx: 401, t_end: 10.0, length: 1.0 };
-    let config = SolverConfig { resolution: Resolution::Auto { max_dx: 1.0 / 800.0, max_dt: 0.01 }, ..SolverConfig::default() };
-    let sol = simulate_1d(&config, &Stimulus::single(BoxPulse::benchmark(0.3, 0.5, 2.0)), &out).unwrap();
+    let out = OutputGrid {
+        nt: 41,
+        nx: 401,
+        t_end: 10.0,
+        length: 1.0,
+    };
+    let config = SolverConfig {
+        resolution: Resolution::Auto {
+            max_dx: 1.0 / 800.0,
+            max_dt: 0.01,
+        },
+        ..SolverConfig::default()
+    };
+    let sol = simulate_1d(
+        &config,
+        &Stimulus::single(BoxPulse::benchmark(0.3, 0.5, 2.0)),
+        &out,
+    )
+    .unwrap();
     let pos = front_positions(&sol.v, &out.positions());
     let times = out.times();
     // Early propagation, once the front has formed (t = 3) and before recovery slows it (t = 7).
     let (k0, k1) = (12, 28);
-    let (x0, x1) = (pos[k0].expect("front at t = 3"), pos[k1].expect("front at t = 7"));
+    let (x0, x1) = (
+        pos[k0].expect("front at t = 3"),
+        pos[k1].expect("front at t = 7"),
+    );
     let speed = (x1 - x0) / (times[k1] - times[k0]);
     let theory = params.front_speed();
     eprintln!("measured front speed {speed:.5}, theory {theory:.5}");
-    assert!((speed / theory - 1.0).abs() < 0.1, "speed {speed} vs {theory}");
+    assert!(
+        (speed / theory - 1.0).abs() < 0.1,
+        "speed {speed} vs {theory}"
+    );
 }
 
 #[test]
@@ -97,30 +136,74 @@ fn translation_of_the_stimulus_translates_the_solution_in_time() {
 fn invalid_parameters_are_errors_at_construction() {
     let out = OutputGrid::default();
     let stim = Stimulus::single(BoxPulse::benchmark(0.5, 1.0, 1.0));
-    let nan = SolverConfig { params: FhnParams { d: f64::NAN, ..FhnParams::default() }, ..SolverConfig::default() };
-    assert!(matches!(simulate_1d(&nan, &stim, &out), Err(SolverError::InvalidParameter { .. })));
-    let neg_dt = SolverConfig { resolution: Resolution::Explicit { nx: 397, dt: -0.1 }, ..SolverConfig::default() };
-    assert!(matches!(simulate_1d(&neg_dt, &stim, &out), Err(SolverError::InvalidParameter { .. })));
-    let few = SolverConfig { resolution: Resolution::Explicit { nx: 2, dt: 0.1 }, ..SolverConfig::default() };
+    let nan = SolverConfig {
+        params: FhnParams {
+            d: f64::NAN,
+            ..FhnParams::default()
+        },
+        ..SolverConfig::default()
+    };
+    assert!(matches!(
+        simulate_1d(&nan, &stim, &out),
+        Err(SolverError::InvalidParameter { .. })
+    ));
+    let neg_dt = SolverConfig {
+        resolution: Resolution::Explicit { nx: 397, dt: -0.1 },
+        ..SolverConfig::default()
+    };
+    assert!(matches!(
+        simulate_1d(&neg_dt, &stim, &out),
+        Err(SolverError::InvalidParameter { .. })
+    ));
+    let few = SolverConfig {
+        resolution: Resolution::Explicit { nx: 2, dt: 0.1 },
+        ..SolverConfig::default()
+    };
     assert!(simulate_1d(&few, &stim, &OutputGrid::with_size(100, 2)).is_err());
-    let misaligned = SolverConfig { resolution: Resolution::Explicit { nx: 398, dt: 40.0 / 990.0 }, ..SolverConfig::default() };
-    assert!(matches!(simulate_1d(&misaligned, &stim, &out), Err(SolverError::GridMismatch(_))));
-    let bad_beta = FhnParams { beta: 2.0, ..FhnParams::default() };
+    let misaligned = SolverConfig {
+        resolution: Resolution::Explicit {
+            nx: 398,
+            dt: 40.0 / 990.0,
+        },
+        ..SolverConfig::default()
+    };
+    assert!(matches!(
+        simulate_1d(&misaligned, &stim, &out),
+        Err(SolverError::GridMismatch(_))
+    ));
+    let bad_beta = FhnParams {
+        beta: 2.0,
+        ..FhnParams::default()
+    };
     assert!(bad_beta.validate().is_err());
-    let bad_pulse = Stimulus::single(BoxPulse { width: -1.0, ..BoxPulse::benchmark(0.5, 1.0, 1.0) });
+    let bad_pulse = Stimulus::single(BoxPulse {
+        width: -1.0,
+        ..BoxPulse::benchmark(0.5, 1.0, 1.0)
+    });
     assert!(simulate_1d(&SolverConfig::default(), &bad_pulse, &out).is_err());
 }
 
 #[test]
 fn blow_up_names_the_step_and_time() {
     // Explicit Euler steps of 5 time units through the cubic overflow within a few steps.
-    let out = OutputGrid { nt: 9, nx: 11, t_end: 40.0, length: 1.0 };
+    let out = OutputGrid {
+        nt: 9,
+        nx: 11,
+        t_end: 40.0,
+        length: 1.0,
+    };
     let config = SolverConfig {
         scheme: Scheme::Sbdf1,
         resolution: Resolution::Explicit { nx: 11, dt: 5.0 },
         ..SolverConfig::default()
     };
-    let stim = Stimulus::single(BoxPulse { x0: 0.5, width: 0.5, t0: 0.0, duration: 40.0, amplitude: 5.0 });
+    let stim = Stimulus::single(BoxPulse {
+        x0: 0.5,
+        width: 0.5,
+        t0: 0.0,
+        duration: 40.0,
+        amplitude: 5.0,
+    });
     match simulate_1d(&config, &stim, &out) {
         Err(SolverError::NonFinite { step, time, .. }) => {
             assert!((2..=8).contains(&step), "step {step}");
@@ -132,17 +215,50 @@ fn blow_up_names_the_step_and_time() {
 
 fn centred_2d(kind: &str) -> Stimulus2d {
     let pulse: Pulse = match kind {
-        "box" => BoxPulse { x0: 0.5, width: 0.1, t0: 0.5, duration: 1.0, amplitude: 2.0 }.into(),
-        _ => GaussianPulse { x0: 0.5, sigma_x: 0.05, t0: 1.0, sigma_t: 0.3, amplitude: 2.0 }.into(),
+        "box" => BoxPulse {
+            x0: 0.5,
+            width: 0.1,
+            t0: 0.5,
+            duration: 1.0,
+            amplitude: 2.0,
+        }
+        .into(),
+        _ => GaussianPulse {
+            x0: 0.5,
+            sigma_x: 0.05,
+            t0: 1.0,
+            sigma_t: 0.3,
+            amplitude: 2.0,
+        }
+        .into(),
     };
     let width_y = if kind == "box" { 0.1 } else { 0.05 };
-    Stimulus2d { pulses: vec![Pulse2d { pulse, y0: 0.5, width_y }] }
+    Stimulus2d {
+        pulses: vec![Pulse2d {
+            pulse,
+            y0: 0.5,
+            width_y,
+        }],
+    }
 }
 
 #[test]
 fn centred_2d_stimulus_stays_symmetric() {
-    let out = OutputGrid2d { nt: 4, nx: 33, ny: 33, t_end: 6.0, lx: 1.0, ly: 1.0 };
-    let config = SolverConfig { resolution: Resolution::Auto { max_dx: 1.0 / 64.0, max_dt: 0.05 }, ..SolverConfig::default() };
+    let out = OutputGrid2d {
+        nt: 4,
+        nx: 33,
+        ny: 33,
+        t_end: 6.0,
+        lx: 1.0,
+        ly: 1.0,
+    };
+    let config = SolverConfig {
+        resolution: Resolution::Auto {
+            max_dx: 1.0 / 64.0,
+            max_dt: 0.05,
+        },
+        ..SolverConfig::default()
+    };
     for kind in ["box", "gauss"] {
         let sol = simulate_2d(&config, &centred_2d(kind), &out).unwrap();
         let vmax = sol.v.iter().cloned().fold(0.0, f64::max);
@@ -165,13 +281,44 @@ fn centred_2d_stimulus_stays_symmetric() {
 
 #[test]
 fn two_d_with_a_y_uniform_stimulus_reduces_to_one_d() {
-    let pulse = BoxPulse { x0: 0.3, width: 0.08, t0: 0.5, duration: 1.0, amplitude: 1.5 };
-    let stim2 = Stimulus2d { pulses: vec![Pulse2d { pulse: pulse.into(), y0: 0.5, width_y: 10.0 }] };
+    let pulse = BoxPulse {
+        x0: 0.3,
+        width: 0.08,
+        t0: 0.5,
+        duration: 1.0,
+        amplitude: 1.5,
+    };
+    let stim2 = Stimulus2d {
+        pulses: vec![Pulse2d {
+            pulse: pulse.into(),
+            y0: 0.5,
+            width_y: 10.0,
+        }],
+    };
     for scheme in Scheme::ALL {
-        let config = SolverConfig { scheme, resolution: Resolution::Auto { max_dx: 1.0 / 64.0, max_dt: 0.05 }, ..SolverConfig::default() };
-        let out2 = OutputGrid2d { nt: 5, nx: 17, ny: 9, t_end: 8.0, lx: 1.0, ly: 0.5 };
+        let config = SolverConfig {
+            scheme,
+            resolution: Resolution::Auto {
+                max_dx: 1.0 / 64.0,
+                max_dt: 0.05,
+            },
+            ..SolverConfig::default()
+        };
+        let out2 = OutputGrid2d {
+            nt: 5,
+            nx: 17,
+            ny: 9,
+            t_end: 8.0,
+            lx: 1.0,
+            ly: 0.5,
+        };
         let sol2 = simulate_2d(&config, &stim2, &out2).unwrap();
-        let out1 = OutputGrid { nt: 5, nx: 17, t_end: 8.0, length: 1.0 };
+        let out1 = OutputGrid {
+            nt: 5,
+            nx: 17,
+            t_end: 8.0,
+            length: 1.0,
+        };
         let sol1 = simulate_1d(&config, &Stimulus::single(pulse), &out1).unwrap();
         let mut err: f64 = 0.0;
         for k in 0..5 {
