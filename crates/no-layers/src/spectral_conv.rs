@@ -307,12 +307,24 @@ impl SpectralConv {
         };
         let kept = self.kept(&grid);
         let z = self.forward_transform(x, &grid, &kept)?;
-        let y = self.mix(&z, &kept)?;
-        let out = self.inverse_transform(&y, &out_grid, &kept)?;
-        Ok(match &self.bias {
-            Some(b) => out.broadcast_add(b)?,
-            None => out,
-        })
+        let y = self.add_bias_at_dc(&self.mix(&z, &kept)?, &kept)?;
+        self.inverse_transform(&y, &out_grid, &kept)
+    }
+
+    /// Adds the bias to the real part of the (0, 0) mode of the mixed spectrum
+    /// `[M, B, 2O]`: the inverse transform maps that bin to a constant with weight exactly
+    /// 1 (DC of both axes), so this equals adding the bias on the grid, without a pass
+    /// over the full-resolution output.
+    fn add_bias_at_dc(&self, y: &Tensor, kept: &Kept) -> Result<Tensor> {
+        let Some(b) = &self.bias else {
+            return Ok(y.clone());
+        };
+        let (m, _, o2) = y.dims3()?;
+        let o = o2 / 2;
+        let dc = kept.centred.map_or(0, |(lo, _, _)| (-lo) as usize * kept.q);
+        let b = b.reshape((1, 1, o))?;
+        let row = Tensor::cat(&[&b, &b.zeros_like()?], 2)?;
+        Ok(y.broadcast_add(&row.pad_with_zeros(0, dc, m - dc - 1)?)?)
     }
 
     /// Last axis `[rows, n] → [rows, 2q]`.
