@@ -483,7 +483,7 @@ fn config_round_trips_through_json() -> Result<()> {
     let partial: SpectralConvConfig =
         serde_json::from_str(r#"{"in_channels": 2, "out_channels": 2, "n_modes": [4]}"#)
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-    assert_eq!(partial.bias, true);
+    assert!(partial.bias);
     Ok(())
 }
 
