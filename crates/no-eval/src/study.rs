@@ -118,12 +118,17 @@ fn spec(label: &str, variant: Variant, config: ModelConfig, train: TrainConfig) 
 }
 
 impl StudyConfig {
-    /// The main job's default: the quick protocol (128/32/64 samples, 100 × 100), the seven
-    /// architectures at reduced widths with per-model epoch budgets sized for about 15
-    /// minutes on a 2-core CPU in total (docs/benchmark.md lists them), plus the two remedies
-    /// on FNO (no positional embedding; delay augmentation) and delay augmentation on DON.
+    /// The main job's default: the quick protocol's laws and sample counts (128 train, 32
+    /// validation, 64 translated test) on a 50 × 50 output grid, the seven architectures at
+    /// reduced widths with per-model epoch budgets (docs/benchmark.md lists them), plus the
+    /// two remedies on FNO (no positional embedding; delay augmentation) and delay
+    /// augmentation on DeepONet.
     pub fn quick() -> Self {
-        let protocol = Protocol::quick();
+        let mut protocol = Protocol::quick();
+        // A 50 × 50 output grid (every other node of the 99 × 99 grid): a quarter of the
+        // work per sample, which is what fits seven models in the 15-minute budget.
+        protocol.output.nt = 50;
+        protocol.output.nx = 50;
         let grid = [protocol.output.nt, protocol.output.nx];
         let seed = 7;
         let fno = FnoConfig {
@@ -163,67 +168,74 @@ impl StudyConfig {
             branch_hidden: vec![128, 128],
             ..PodDeepOnetConfig::default()
         };
-        let cno = CnoConfig::default();
+        let cno = CnoConfig {
+            n_layers: 2,
+            n_res: 1,
+            n_res_neck: 1,
+            channel_multiplier: 8,
+            latent_lift_proj_dim: 16,
+            ..CnoConfig::default()
+        };
         let models = vec![
             spec(
                 "cno",
                 Variant::Paper,
                 ModelConfig::Cno(cno),
-                budget(12, 8, 1e-3, seed),
+                budget(3, 8, 1e-3, seed),
             ),
             spec(
                 "don",
                 Variant::Paper,
                 ModelConfig::Don(don.clone()),
-                budget(60, 16, 1e-3, seed),
+                budget(30, 16, 1e-3, seed),
             ),
             spec(
                 "don_cnn",
                 Variant::Paper,
                 ModelConfig::DonCnn(don_cnn),
-                budget(30, 16, 1e-3, seed),
+                budget(10, 16, 1e-3, seed),
             ),
             spec(
                 "pod_don",
                 Variant::Paper,
                 ModelConfig::PodDon(pod),
-                budget(60, 16, 1e-3, seed),
+                budget(30, 16, 1e-3, seed),
             ),
             spec(
                 "fno",
                 Variant::Paper,
                 ModelConfig::Fno(fno.clone()),
-                budget(15, 8, 3e-3, seed),
+                budget(5, 8, 3e-3, seed),
             ),
             spec(
                 "tfno",
                 Variant::Paper,
                 ModelConfig::Tfno(fno.clone()),
-                budget(15, 8, 3e-3, seed),
+                budget(5, 8, 3e-3, seed),
             ),
             spec(
                 "local_no",
                 Variant::Paper,
                 ModelConfig::LocalNo(local),
-                budget(10, 8, 3e-3, seed),
+                budget(3, 8, 3e-3, seed),
             ),
             spec(
                 "fno-nopos",
                 Variant::NoPositional,
                 ModelConfig::Fno(fno_nopos),
-                budget(15, 8, 3e-3, seed),
+                budget(5, 8, 3e-3, seed),
             ),
             spec(
                 "fno+aug",
                 Variant::Augmented,
                 ModelConfig::Fno(fno),
-                budget(15, 8, 3e-3, seed),
+                budget(5, 8, 3e-3, seed),
             ),
             spec(
                 "don+aug",
                 Variant::Augmented,
                 ModelConfig::Don(don),
-                budget(60, 16, 1e-3, seed),
+                budget(30, 16, 1e-3, seed),
             ),
         ];
         Self {
@@ -328,7 +340,13 @@ impl StudyConfig {
             eval: EvalConfig {
                 equivariance_samples: 32,
                 map_samples: 3,
+                fine_grid: Some([199, 199]),
                 fine_samples: 16,
+                latency: LatencyConfig {
+                    batch_sizes: vec![1, 8, 32],
+                    warmup: 2,
+                    repeats: 10,
+                },
                 ..EvalConfig::quick()
             },
             augment_max_delay: 19.0,
@@ -404,24 +422,25 @@ impl StudyConfig {
 }
 
 impl EvalConfig {
-    /// 16 samples for E(s), delays up to 15 time units, shifts up to ±0.2, latency at batch
-    /// 1 and 32, three maps, eight samples on a 200 × 200 grid.
+    /// 8 samples for E(s), delays up to 15 time units, shifts up to ±0.2, latency at batch
+    /// 1 and 32 (3 timed forwards), three maps, four samples on a 99 × 99 grid (twice the
+    /// quick study's resolution; use 199 × 199 for the default protocol's 100 × 100).
     pub fn quick() -> Self {
         Self {
-            equivariance_samples: 16,
+            equivariance_samples: 8,
             equivariance_x0_range: (0.3, 0.7),
-            time_shifts: vec![0.0, 2.0, 5.0, 10.0, 15.0],
-            space_shifts: vec![-0.2, -0.1, -0.05, 0.0, 0.05, 0.1, 0.2],
+            time_shifts: vec![0.0, 5.0, 10.0, 15.0],
+            space_shifts: vec![-0.2, -0.1, 0.0, 0.1, 0.2],
             fixed_time_shift: 10.0,
             fixed_space_shift: 0.1,
             latency: LatencyConfig {
                 batch_sizes: vec![1, 32],
                 warmup: 1,
-                repeats: 5,
+                repeats: 3,
             },
             map_samples: 3,
-            fine_grid: Some([200, 200]),
-            fine_samples: 8,
+            fine_grid: Some([99, 99]),
+            fine_samples: 4,
             eval_batch: 16,
         }
     }
@@ -573,6 +592,13 @@ fn build_model(
     })
 }
 
+/// Per-field summaries, per-sample errors and the predictions of one split.
+type Evaluated = (
+    Vec<FieldSummary>,
+    Vec<crate::metrics::SampleErrors>,
+    Array4<f32>,
+);
+
 /// Everything kept from one model beyond its [`ModelResult`]: the predicted v of the
 /// samples drawn as maps.
 struct Trained {
@@ -629,13 +655,7 @@ fn train_and_evaluate(
         dx: p.output.dx(),
     };
 
-    let summarise = |inputs: &Array4<f32>,
-                     truth: &Array4<f32>|
-     -> Result<(
-        Vec<FieldSummary>,
-        Vec<Vec<crate::metrics::FieldErrors>>,
-        Array4<f32>,
-    )> {
+    let summarise = |inputs: &Array4<f32>, truth: &Array4<f32>| -> Result<Evaluated> {
         let y = pred.predict(inputs.view())?;
         let errs = batch_errors(y.view(), truth.view(), spacing)?;
         let sums = (0..truth.shape()[1])
@@ -887,7 +907,7 @@ pub fn run(
     );
     let t = Instant::now();
     let eq_idx = &data.eq_idx;
-    let eq_base = data.val_out.select(Axis(0), &eq_idx);
+    let eq_base = data.val_out.select(Axis(0), eq_idx);
     let solver_time_curve =
         solver_curve(p, eq_idx, eq_base.view(), ShiftAxis::Time, &data.time_steps)?;
     let solver_space_curve = solver_curve(
@@ -1017,4 +1037,75 @@ pub fn model_dir(out: &Path, label: &str) -> PathBuf {
 /// Shifts inputs by whole steps with the rest fill (re-exported for examples).
 pub fn shift_inputs(a: ArrayView4<f32>, s: crate::translation::Shift) -> Array4<f32> {
     shift_batch(a, s, 0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_in_studies_round_trip_through_json_and_keep_grids_consistent() {
+        for cfg in [StudyConfig::quick(), StudyConfig::full()] {
+            let back: StudyConfig =
+                serde_json::from_str(&serde_json::to_string(&cfg).unwrap()).unwrap();
+            assert_eq!(back, cfg);
+            let grid = [cfg.protocol.output.nt, cfg.protocol.output.nx];
+            for m in &cfg.models {
+                match &m.config {
+                    ModelConfig::Don(c) => assert_eq!(c.grid, grid),
+                    ModelConfig::DonCnn(c) => assert_eq!(c.grid, grid),
+                    ModelConfig::PodDon(c) => assert_eq!(c.grid, grid),
+                    ModelConfig::LocalNo(c) => assert_eq!(c.default_in_shape, grid),
+                    _ => {}
+                }
+            }
+            // The finer grid nests the study grid (every other node).
+            let [fnt, fnx] = cfg.eval.fine_grid.unwrap();
+            assert_eq!((fnt - 1, fnx - 1), (2 * (grid[0] - 1), 2 * (grid[1] - 1)));
+        }
+        assert_eq!(
+            StudyConfig::by_name_or_path("quick").unwrap(),
+            StudyConfig::quick()
+        );
+        assert!(StudyConfig::by_name_or_path("/nonexistent/study.json").is_err());
+    }
+
+    #[test]
+    fn restrict_accepts_labels_and_architectures_and_rejects_unknown_names() {
+        let mut cfg = StudyConfig::quick();
+        cfg.restrict(&["fno".into(), "cno".into()]).unwrap();
+        let labels: Vec<&str> = cfg.models.iter().map(|m| m.label.as_str()).collect();
+        assert_eq!(labels, ["cno", "fno", "fno-nopos", "fno+aug"]);
+        cfg.paper_only();
+        assert_eq!(cfg.models.len(), 2);
+        assert!(StudyConfig::quick().restrict(&["gpt".into()]).is_err());
+    }
+
+    #[test]
+    fn shift_steps_include_the_fixed_shift_once() {
+        assert_eq!(
+            steps_of(&[0.0, 5.0, 10.0], 40.0 / 49.0, 10.0),
+            vec![0, 6, 12]
+        );
+        assert_eq!(steps_of(&[-0.2, 0.0], 1.0 / 49.0, 0.1), vec![-10, 0, 5]);
+    }
+
+    #[test]
+    fn map_samples_are_spread_over_onsets() {
+        let p = {
+            let mut p = Protocol::quick();
+            p.output = OutputGrid::with_size(12, 12);
+            p.resolution = fhn_solver::Resolution::Auto {
+                max_dx: 1.0 / 55.0,
+                max_dt: 0.1,
+            };
+            p.test.n_samples = 6;
+            p
+        };
+        let test = fhn_solver::dataset::generate(&p, Split::Test, None, false).unwrap();
+        let picks = pick_maps(&test, 2);
+        assert_eq!(picks.len(), 2);
+        assert!(test.t0[picks[0]] < test.t0[picks[1]]);
+        assert!(pick_maps(&test, 0).is_empty());
+    }
 }

@@ -5,6 +5,7 @@ use fhn_solver::{OutputGrid, Protocol, Resolution};
 use no_eval::latency::LatencyConfig;
 use no_eval::report::{StudyResults, Variant};
 use no_eval::study::{budget, run, EvalConfig, ModelSpec, StudyConfig};
+use no_models::cno::CnoConfig;
 use no_models::deeponet::DeepOnetConfig;
 use no_models::fno::FnoConfig;
 use no_models::ModelConfig;
@@ -48,7 +49,14 @@ fn tiny() -> StudyConfig {
         ModelSpec {
             label: "cno".into(),
             variant: Variant::Paper,
-            config: ModelConfig::Cno(Default::default()),
+            config: ModelConfig::Cno(CnoConfig {
+                n_layers: 1,
+                n_res: 1,
+                n_res_neck: 1,
+                channel_multiplier: 4,
+                latent_lift_proj_dim: 8,
+                ..CnoConfig::default()
+            }),
             train: budget(1, 4, 1e-3, 1),
         },
     ];
@@ -83,7 +91,6 @@ fn tiny_study_writes_a_well_formed_report() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = tiny();
     let results = run(&cfg, "tiny", &Device::Cpu, dir.path(), false).unwrap();
-    // CNO may not be built yet; FNO and DON always are.
     let labels: Vec<&str> = results.models.iter().map(|m| m.label.as_str()).collect();
     assert!(labels.starts_with(&["fno", "don+aug"]), "{labels:?}");
     assert_eq!(results.models.len() + results.skipped.len(), 3);
@@ -109,7 +116,16 @@ fn tiny_study_writes_a_well_formed_report() {
     let cols = lines[0].split(',').count();
     assert!(lines.iter().all(|l| l.split(',').count() == cols));
     let epochs = std::fs::read_to_string(dir.path().join("epochs.csv")).unwrap();
-    assert_eq!(epochs.lines().count(), 1 + 2 * results.models.len());
+    let total_epochs: usize = results.models.iter().map(|m| m.epochs.len()).sum();
+    assert_eq!(epochs.lines().count(), 1 + total_epochs);
+    assert!(results.models.iter().all(|m| m.epochs.len()
+        == cfg
+            .models
+            .iter()
+            .find(|s| s.label == m.label)
+            .unwrap()
+            .train
+            .epochs));
 
     let back: StudyResults =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("results.json")).unwrap())

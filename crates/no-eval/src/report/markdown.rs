@@ -26,7 +26,7 @@ fn test_mean(r: &Row) -> f64 {
     0.5 * (r.test_rel_l2_v + r.test_rel_l2_w)
 }
 
-fn ranked<'a>(rows: &'a [Row], key: impl Fn(&Row) -> f64) -> Vec<&'a Row> {
+fn ranked(rows: &[Row], key: impl Fn(&Row) -> f64) -> Vec<&Row> {
     let mut v: Vec<&Row> = rows.iter().filter(|r| key(r).is_finite()).collect();
     v.sort_by(|a, b| key(a).total_cmp(&key(b)));
     v

@@ -442,6 +442,9 @@ pub fn draw_error_vs_onset(r: &StudyResults, path: &Path) -> Result<()> {
     draw().map_err(|e| plot_err(path, e))
 }
 
+/// A figure drawn from the results alone.
+type Drawer = fn(&StudyResults, &Path) -> Result<()>;
+
 /// Draws every figure into `dir`; returns their paths.
 pub fn draw_all(r: &StudyResults, data: &FigureData, dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
@@ -451,7 +454,7 @@ pub fn draw_all(r: &StudyResults, data: &FigureData, dir: &Path) -> Result<Vec<P
         draw_sample_maps(m, domain, &p)?;
         out.push(p);
     }
-    let figs: [(&str, fn(&StudyResults, &Path) -> Result<()>); 3] = [
+    let figs: [(&str, Drawer); 3] = [
         ("training_curves.png", draw_training_curves),
         ("equivariance.png", draw_equivariance),
         ("error_vs_onset.png", draw_error_vs_onset),
