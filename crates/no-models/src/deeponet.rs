@@ -24,7 +24,7 @@
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::operator::{NeuralOperator, ParamCount};
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::init::Init;
 use candle_nn::{Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
@@ -547,17 +547,15 @@ impl DeepOnetCnnConfig {
     }
 }
 
-/// One convolution of the CNN branch. `extra` zero rows/columns are appended to H/W before
-/// it so that `(H + 2p − k) mod s == (W + 2p − k) mod s`: candle 0.11's conv2d backward
-/// takes the output padding of both axes from H and fails otherwise (see
-/// `shared/notes/candle-and-friends.md` §2b); on square grids `extra` is zero.
+/// One convolution of the CNN branch, run through [`no_layers::candle_fixes::conv2d`]:
+/// candle 0.11's own conv2d backward fails for strided convolutions on grids where
+/// `(H + 2p − k) mod s ≠ (W + 2p − k) mod s` (see `shared/notes/candle-and-friends.md` §2b).
 #[derive(Debug, Clone)]
 struct ConvStage {
     weight: Tensor,
     bias: Tensor,
     stride: usize,
     padding: usize,
-    extra: [usize; 2],
 }
 
 /// The 2D CNN encoder followed by an MLP.
@@ -584,14 +582,6 @@ impl CnnBranch {
                     reason: format!("convolution {i}: a {h}×{w} input (padding {p}) is smaller than the kernel {k}"),
                 });
             }
-            let (rh, rw) = ((h + 2 * p - k) % s, (w + 2 * p - k) % s);
-            // Pad the axis whose remainder differs up to the other's (mod s).
-            let extra = if rh == rw {
-                [0, 0]
-            } else {
-                [0, (rh + s - rw) % s]
-            };
-            let (hp, wp) = (h + extra[0], w + extra[1]);
             let fan_in = c_in * k * k;
             let cvb = vb.pp(format!("conv{i}"));
             let weight = cvb.get_with_hints(
@@ -606,10 +596,9 @@ impl CnnBranch {
                 bias,
                 stride: s,
                 padding: p,
-                extra,
             });
-            h = (hp + 2 * p - k) / s + 1;
-            w = (wp + 2 * p - k) / s + 1;
+            h = (h + 2 * p - k) / s + 1;
+            w = (w + 2 * p - k) / s + 1;
             c_in = c_out;
         }
         let flat = c_in * h * w;
@@ -631,10 +620,7 @@ impl CnnBranch {
     fn forward(&self, u: &Tensor) -> candle_core::Result<Tensor> {
         let mut x = u.clone();
         for c in &self.convs {
-            if c.extra[1] > 0 {
-                x = x.pad_with_zeros(D::Minus1, 0, c.extra[1])?;
-            }
-            let y = x.conv2d(&c.weight, c.padding, c.stride, 1, 1)?;
+            let y = no_layers::candle_fixes::conv2d(&x, &c.weight, c.padding, c.stride, 1)?;
             let y = y.broadcast_add(&c.bias.reshape((1, (), 1, 1))?)?;
             x = self.conv_activation.apply(&y)?;
         }

@@ -89,7 +89,7 @@ fn gradients_with_batch_norm_match_finite_differences() -> TestResult {
     // Evaluation mode: batch norm uses its running statistics, a fixed affine map.
     let report = check_gradients(
         || model.forward_t(x.as_tensor(), false),
-        &[x.clone()],
+        std::slice::from_ref(&x),
         &GradCheckConfig {
             max_entries_per_var: 12,
             ..Default::default()
