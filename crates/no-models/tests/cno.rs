@@ -101,7 +101,7 @@ fn gradients_with_batch_norm_match_finite_differences() -> TestResult {
 
 #[test]
 fn overfits_eight_samples() -> TestResult {
-    let (x, y) = synthetic::dataset(8, 16, 12, DType::F32)?;
+    let (x, y) = synthetic::dataset(8, 12, 12, DType::F32)?;
     let vars = SeededVarMap::new(3);
     let cfg = CnoConfig {
         channel_multiplier: 8,
@@ -205,6 +205,7 @@ fn shifting_the_input_shifts_the_output_but_not_for_deeponet() -> TestResult {
     };
     let don = DeepOnet::new(&don_cfg, don_vars.var_builder(DType::F64, &Device::Cpu))?;
     let don_err = equivariance_error(&don, n, shift, window)?;
+    eprintln!("equivariance error: CNO {cno_err:.3e}, DeepONet {don_err:.3e}");
     assert!(cno_err < 0.05, "CNO equivariance error {cno_err}");
     assert!(
         don_err > 0.5,
