@@ -22,7 +22,11 @@
 //! Phases are computed as `2π·((k·x) mod n)/n` with the product in integers, so bases are
 //! exact to rounding at any size (no power-of-two constraint).
 
-use candle_core::{DType, Device, DeviceLocation, Result, Tensor};
+use candle_core::backend::BackendStorage;
+use candle_core::{
+    CpuStorage, CudaStorage, CustomOp2, DType, Device, DeviceLocation, Layout, MetalStorage,
+    Result, Shape, Tensor,
+};
 use std::collections::HashMap;
 use std::f64::consts::PI;
 use std::sync::{Mutex, OnceLock};
@@ -192,6 +196,115 @@ pub fn idft_basis(
     })
 }
 
+/// Which side of the data a constant basis multiplies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    /// `x[…, k] @ basis[k, n]`.
+    Right,
+    /// `basis[m, k] @ x[batch, k, n]`.
+    Left,
+}
+
+/// A product with a constant basis whose backward computes only the data's gradient.
+///
+/// candle's `matmul` backward always computes both operands' gradients, even for a
+/// constant: for the study's size that is an extra full-size GEMM per basis product
+/// plus a buffer per basis. This op runs the backend's own GEMM (every backend: it only
+/// calls `BackendStorage::matmul`) and returns `grad · basisᵀ` (or `basisᵀ · grad`),
+/// itself such a product, so higher derivatives work too.
+#[derive(Debug, Clone, Copy)]
+struct BasisProduct(Side);
+
+impl BasisProduct {
+    fn fwd<S: BackendStorage>(&self, x: &S, xl: &Layout, b: &S, bl: &Layout) -> Result<(S, Shape)> {
+        let (xd, bd) = (xl.shape().dims(), bl.shape().dims());
+        match (self.0, bd) {
+            (Side::Right, &[k, n]) if xd.last() == Some(&k) => {
+                let rows = xl.shape().elem_count() / k.max(1);
+                let lhs = Layout::contiguous_with_offset((rows, k), xl.start_offset());
+                let out = x.matmul(b, (1, rows, n, k), &lhs, bl)?;
+                let mut dims = xd.to_vec();
+                if let Some(d) = dims.last_mut() {
+                    *d = n;
+                }
+                Ok((out, Shape::from(dims)))
+            }
+            (Side::Left, &[m, k]) if xd.len() == 3 && xd[1] == k => {
+                let (batch, n) = (xd[0], xd[2]);
+                let lhs = bl.broadcast_as((batch, m, k))?;
+                Ok((
+                    b.matmul(x, (batch, m, n, k), &lhs, xl)?,
+                    Shape::from((batch, m, n)),
+                ))
+            }
+            _ => candle_core::bail!(
+                "basis product ({:?}): shapes {xd:?} and basis {bd:?} do not chain",
+                self.0
+            ),
+        }
+    }
+}
+
+impl CustomOp2 for BasisProduct {
+    fn name(&self) -> &'static str {
+        "basis-product"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        xl: &Layout,
+        b: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.fwd(x, xl, b, bl)
+    }
+
+    fn cuda_fwd(
+        &self,
+        x: &CudaStorage,
+        xl: &Layout,
+        b: &CudaStorage,
+        bl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        self.fwd(x, xl, b, bl)
+    }
+
+    fn metal_fwd(
+        &self,
+        x: &MetalStorage,
+        xl: &Layout,
+        b: &MetalStorage,
+        bl: &Layout,
+    ) -> Result<(MetalStorage, Shape)> {
+        self.fwd(x, xl, b, bl)
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        basis: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let bt = basis.t()?.contiguous()?;
+        let gx = grad.contiguous()?.apply_op2(&bt, *self)?;
+        Ok((Some(gx), None))
+    }
+}
+
+/// `x[…, k] @ basis[k, n]` for a constant `basis` (no gradient is computed for it).
+pub fn mul_basis_right(x: &Tensor, basis: &Tensor) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op2(&basis.contiguous()?, BasisProduct(Side::Right))
+}
+
+/// `basis[m, k] @ x[batch, k, n]` for a constant `basis` (no gradient is computed for it).
+pub fn mul_basis_left(basis: &Tensor, x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op2(&basis.contiguous()?, BasisProduct(Side::Left))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,6 +387,49 @@ mod tests {
         let a = rfft_basis(10, 3, DType::F32, &Device::Cpu)?;
         let b = rfft_basis(10, 3, DType::F32, &Device::Cpu)?;
         assert_eq!(a.id(), b.id());
+        Ok(())
+    }
+
+    #[test]
+    fn basis_products_equal_matmul_and_have_checked_gradients() -> Result<()> {
+        use crate::gradcheck::{check_gradients, random_like, GradCheckConfig};
+        use candle_core::Var;
+        let dev = Device::Cpu;
+        let b = random_like(&Tensor::zeros((5, 4), DType::F64, &dev)?, 1)?;
+        let x = Var::from_tensor(&random_like(
+            &Tensor::zeros((3, 2, 5), DType::F64, &dev)?,
+            2,
+        )?)?;
+        let right = mul_basis_right(x.as_tensor(), &b)?;
+        assert!(
+            (right - x.as_tensor().broadcast_matmul(&b)?)?
+                .abs()?
+                .max_all()?
+                .to_scalar::<f64>()?
+                < 1e-14
+        );
+        let y = Var::from_tensor(&random_like(
+            &Tensor::zeros((3, 4, 6), DType::F64, &dev)?,
+            3,
+        )?)?;
+        let left = mul_basis_left(&b, y.as_tensor())?;
+        assert!(
+            (left - b.broadcast_matmul(y.as_tensor())?)?
+                .abs()?
+                .max_all()?
+                .to_scalar::<f64>()?
+                < 1e-14
+        );
+        assert!(mul_basis_right(y.as_tensor(), &b).is_err());
+        let (xs, ys, bs) = (x.clone(), y.clone(), b.clone());
+        // Both sides chained with a nonlinearity in between, so both backward passes matter.
+        let f = move || {
+            let r = mul_basis_right(xs.as_tensor(), &bs)?.sin()?; // [3, 2, 4]
+            let l = mul_basis_left(&bs, ys.as_tensor())?; // [3, 5, 6]
+            r.sum_all()?.broadcast_mul(&l)
+        };
+        let report = check_gradients(f, &[x, y], &GradCheckConfig::default())?;
+        assert!(report.passed(), "{report:?}");
         Ok(())
     }
 }

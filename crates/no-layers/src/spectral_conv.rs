@@ -19,7 +19,10 @@
 
 use crate::error::{LayerError, Result};
 use crate::fft_op;
-use crate::fourier::{centred_kept, dft_basis, idft_basis, irfft_basis, rfft_basis, rfft_kept};
+use crate::fourier::{
+    centred_kept, dft_basis, idft_basis, irfft_basis, mul_basis_left, mul_basis_right, rfft_basis,
+    rfft_kept,
+};
 use crate::tucker::{Complex, TuckerRank, TuckerWeight};
 use candle_core::{Device, Module, Tensor, D};
 use candle_nn::{init::Init, VarBuilder};
@@ -331,7 +334,9 @@ impl SpectralConv {
     fn last_axis_forward(&self, x: &Tensor, q: usize) -> Result<Tensor> {
         let n = x.dim(D::Minus1)?;
         Ok(match self.cfg.transform {
-            SpectralTransform::Matmul => x.matmul(&rfft_basis(n, q, x.dtype(), x.device())?)?,
+            SpectralTransform::Matmul => {
+                mul_basis_right(x, &rfft_basis(n, q, x.dtype(), x.device())?)?
+            }
             SpectralTransform::Fft => fft_op::truncated_rfft(x, q)?,
         })
     }
@@ -341,7 +346,7 @@ impl SpectralConv {
         let q = y.dim(D::Minus1)? / 2;
         Ok(match self.cfg.transform {
             SpectralTransform::Matmul => {
-                y.matmul(&irfft_basis(n_out, q, y.dtype(), y.device())?)?
+                mul_basis_right(y, &irfft_basis(n_out, q, y.dtype(), y.device())?)?
             }
             SpectralTransform::Fft => fft_op::truncated_irfft(y, n_out)?,
         })
@@ -361,8 +366,7 @@ impl SpectralConv {
             }
             Some((lo, count, _)) => {
                 let a = a.reshape((b * c, grid[0], 2 * q))?;
-                let p =
-                    dft_basis(grid[0], lo, count, x.dtype(), x.device())?.broadcast_matmul(&a)?;
+                let p = mul_basis_left(&dft_basis(grid[0], lo, count, x.dtype(), x.device())?, &a)?;
                 let block =
                     |r: usize, col: usize| p.narrow(1, r * count, count)?.narrow(2, col * q, q);
                 let zr = (block(0, 0)? + block(1, 1)?)?;
@@ -430,8 +434,10 @@ impl SpectralConv {
                     ],
                     1,
                 )?;
-                let u = idft_basis(out_grid[0], lo, count, y.dtype(), y.device())?
-                    .broadcast_matmul(&block)?;
+                let u = mul_basis_left(
+                    &idft_basis(out_grid[0], lo, count, y.dtype(), y.device())?,
+                    &block,
+                )?;
                 u.reshape((b * o * out_grid[0], 2 * q))?
             }
         };
