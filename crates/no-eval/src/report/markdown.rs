@@ -9,6 +9,33 @@ use super::{Row, StudyResults, Variant};
 /// this many times its in-distribution (validation) error.
 pub const GENERALISES_RATIO: f64 = 2.0;
 
+/// Above this in-distribution error a model does not fit its training distribution, and
+/// whether it "generalises" is left undecided.
+pub const FITS_THRESHOLD: f64 = 0.5;
+
+/// What the report says about a model's behaviour on translated stimuli.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Translated-test error at most [`GENERALISES_RATIO`] × the in-distribution error.
+    Generalises,
+    /// Translated-test error above that.
+    DoesNotGeneralise,
+    /// In-distribution error at or above [`FITS_THRESHOLD`] (or not finite): no judgement.
+    Undecided,
+}
+
+/// The verdict from the in-distribution (validation) and translated-test errors.
+pub fn verdict(in_distribution: f64, translated: f64) -> Verdict {
+    if !(in_distribution.is_finite() && translated.is_finite()) || in_distribution >= FITS_THRESHOLD
+    {
+        Verdict::Undecided
+    } else if translated <= GENERALISES_RATIO * in_distribution {
+        Verdict::Generalises
+    } else {
+        Verdict::DoesNotGeneralise
+    }
+}
+
 fn pct(v: f64) -> String {
     if v.is_finite() {
         format!("{:.2}%", 100.0 * v)
@@ -71,22 +98,27 @@ pub fn ranking_paragraph(results: &StudyResults) -> String {
         ),
         list(&by_eq, |r| r.equiv_time_v.unwrap_or(f64::NAN))
     );
-    let generalise: Vec<&str> = rows
-        .iter()
-        .filter(|r| test_mean(r) <= GENERALISES_RATIO * r.val_rel_l2)
-        .map(|r| r.label.as_str())
-        .collect();
-    let fail: Vec<&str> = rows
-        .iter()
-        .filter(|r| test_mean(r) > GENERALISES_RATIO * r.val_rel_l2)
-        .map(|r| r.label.as_str())
-        .collect();
+    let names = |v: Verdict| -> String {
+        let n: Vec<&str> = rows
+            .iter()
+            .filter(|r| verdict(r.val_rel_l2, test_mean(r)) == v)
+            .map(|r| r.label.as_str())
+            .collect();
+        if n.is_empty() {
+            "none".into()
+        } else {
+            n.join(", ")
+        }
+    };
     let _ = writeln!(
         s,
         "Taking \"generalises to translated stimuli\" to mean a translated-test error at most {GENERALISES_RATIO}× the \
-         in-distribution error: {} generalise; {} do not.",
-        if generalise.is_empty() { "none".into() } else { generalise.join(", ") },
-        if fail.is_empty() { "none".into() } else { fail.join(", ") }
+         in-distribution error: {} generalise; {} do not; undecided (in-distribution error of {:.0}% or more, so the \
+         model does not fit even its training distribution): {}.",
+        names(Verdict::Generalises),
+        names(Verdict::DoesNotGeneralise),
+        100.0 * FITS_THRESHOLD,
+        names(Verdict::Undecided)
     );
     s
 }
@@ -118,12 +150,19 @@ pub fn remedies_paragraph(results: &StudyResults) -> String {
             .zip(&rows)
             .find(|(m, _)| m.architecture == arch && m.variant == Variant::Paper)
             .map(|(_, b)| b);
-        let verdict = if test_mean(r) <= GENERALISES_RATIO * r.val_rel_l2 {
-            "generalises"
-        } else {
-            "does not generalise"
+        let verdict = match verdict(r.val_rel_l2, test_mean(r)) {
+            Verdict::Generalises => "it generalises to translated stimuli",
+            Verdict::DoesNotGeneralise => "it does not generalise to translated stimuli",
+            Verdict::Undecided => "undecided: it does not fit even its training distribution",
         };
-        let _ = write!(s, "- **{}** ({}): translated-test error {} against in-distribution {} — it {verdict} to translated stimuli", r.label, variant.label(), pct(test_mean(r)), pct(r.val_rel_l2));
+        let _ = write!(
+            s,
+            "- **{}** ({}): translated-test error {} against in-distribution {} — {verdict}",
+            r.label,
+            variant.label(),
+            pct(test_mean(r)),
+            pct(r.val_rel_l2)
+        );
         if let Some(b) = base {
             let _ = write!(
                 s,
@@ -211,4 +250,19 @@ pub fn report(results: &StudyResults, figures: &[PathBuf]) -> String {
     }
     s.push_str("Per-model figures are in `results.csv`, `results.json` (all summaries and quantiles), `epochs.csv` (per-epoch logs) and `curves.csv` (equivariance curves).\n");
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts_follow_the_thresholds() {
+        assert_eq!(verdict(0.1, 0.2), Verdict::Generalises);
+        assert_eq!(verdict(0.1, 0.21), Verdict::DoesNotGeneralise);
+        assert_eq!(verdict(0.5, 0.5), Verdict::Undecided);
+        assert_eq!(verdict(f64::NAN, 0.1), Verdict::Undecided);
+        assert_eq!(pct(0.1234), "12.34%");
+        assert_eq!(pct(f64::INFINITY), "n/a");
+    }
 }
