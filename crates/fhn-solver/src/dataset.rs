@@ -1,7 +1,7 @@
 //! Parallel, sharded dataset generation and its files (safetensors, with `.npy` export).
 //!
-//! A file holds `input`, `v`, `w` as f32 [N, nt, nx] (axis order (t, x)), the per-sample
-//! stimulus parameters `x0`, `t0`, `amplitude` as f32 [N], and in its metadata the protocol
+//! A file holds `input`, `v`, `w` as f32 `[N, nt, nx]` (axis order (t, x)), the per-sample
+//! stimulus parameters `x0`, `t0`, `amplitude` as f32 `[N]`, and in its metadata the protocol
 //! JSON, the split, the index of its first sample and a format tag. Shards of one split are
 //! contiguous index ranges, so their files concatenate ([`Dataset::concat`]).
 
@@ -63,17 +63,17 @@ impl std::str::FromStr for Shard {
 /// Samples of one split (or a shard of it), as stored on disk.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dataset {
-    /// Applied current on the output grid, [N, nt, nx].
+    /// Applied current on the output grid, `[N, nt, nx]`.
     pub input: Array3<f32>,
-    /// Membrane potential, [N, nt, nx].
+    /// Membrane potential, `[N, nt, nx]`.
     pub v: Array3<f32>,
-    /// Recovery variable, [N, nt, nx].
+    /// Recovery variable, `[N, nt, nx]`.
     pub w: Array3<f32>,
-    /// Pulse centres, [N].
+    /// Pulse centres, `[N]`.
     pub x0: Vec<f32>,
-    /// Pulse onsets, [N].
+    /// Pulse onsets, `[N]`.
     pub t0: Vec<f32>,
-    /// Pulse amplitudes, [N].
+    /// Pulse amplitudes, `[N]`.
     pub amplitude: Vec<f32>,
     /// The protocol the samples were drawn from.
     pub protocol: Protocol,
@@ -353,8 +353,8 @@ impl Dataset {
         })
     }
 
-    /// Writes `input.npy`, `v.npy`, `w.npy` (f32 [N, nt, nx]), `x0.npy`, `t0.npy`,
-    /// `amplitude.npy` (f32 [N]) and `protocol.json` into `dir` (created if needed).
+    /// Writes `input.npy`, `v.npy`, `w.npy` (f32 `[N, nt, nx]`), `x0.npy`, `t0.npy`,
+    /// `amplitude.npy` (f32 `[N]`) and `protocol.json` into `dir` (created if needed).
     pub fn save_npy(&self, dir: impl AsRef<Path>) -> Result<()> {
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir).map_err(|source| SolverError::Io {

@@ -9,7 +9,7 @@
 //!   IMEX Runge–Kutta scheme with γ = 1 − 1/√2, δ = 1 − 1/(2γ); order 2.
 //!
 //! `w` has no implicit part, so its update is explicit in every scheme; only `v` needs the
-//! factored solve, which is built once per (grid, dt) by [`Stepper::new`].
+//! factored solve, which is built once per (grid, dt) by `Stepper::new`.
 
 use serde::{Deserialize, Serialize};
 

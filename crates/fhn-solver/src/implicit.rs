@@ -111,8 +111,8 @@ impl Tridiagonal {
         Self::new(&sub, &diag, &sup)
     }
 
-    /// Factors the matrix with sub-diagonal `a` (a[0] unused), diagonal `d` and
-    /// super-diagonal `c` (c[n−1] unused).
+    /// Factors the matrix with sub-diagonal `a` (`a[0]` unused), diagonal `d` and
+    /// super-diagonal `c` (`c[n−1]` unused).
     pub fn new(a: &[f64], d: &[f64], c: &[f64]) -> Self {
         let n = d.len();
         let k = n / 2;
