@@ -185,6 +185,16 @@ impl Trainer {
         })
     }
 
+    /// Changes the total number of epochs (to continue a run in stages).
+    pub fn set_epochs(&mut self, epochs: usize) {
+        self.cfg.epochs = epochs;
+    }
+
+    /// The training configuration.
+    pub fn config(&self) -> &TrainConfig {
+        &self.cfg
+    }
+
     /// The model being trained.
     pub fn model(&self) -> &dyn NeuralOperator {
         self.model.as_ref()
