@@ -8,6 +8,7 @@
 //!   error `E(s) = ‖M(S_s I) − S_s M(I)‖ / ‖S_s M(I)‖` as a curve over shifts, for models and
 //!   for the solver's ground truth;
 //! - [`study`]: protocol → data → training → evaluation → [`report`];
+//! - [`resolution`]: zero-shot evaluation on a finer output grid;
 //! - [`latency`]: timed forwards with device synchronisation, percentiles, throughput and
 //!   peak memory.
 //!
@@ -18,6 +19,7 @@ pub mod error;
 pub mod latency;
 pub mod metrics;
 pub mod report;
+pub mod resolution;
 pub mod study;
 pub mod translation;
 

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use fhn_solver::{simulate_1d, OutputGrid, Protocol, Split};
+use fhn_solver::{simulate_1d, Protocol, Split};
 use ndarray::{s, Array2, Array4, ArrayView4, Axis};
 use no_layers::init::SeededVarMap;
 use no_models::cno::CnoConfig;
@@ -696,15 +696,7 @@ fn train_and_evaluate(
     )?;
 
     let fine_grid = match (&data.fine, model.accepts_other_resolutions()) {
-        (Some((fi, fo, fspacing)), true) => {
-            let y = pred.predict(fi.view())?;
-            let errs = batch_errors(y.view(), fo.view(), *fspacing)?;
-            Some(
-                (0..fo.shape()[1])
-                    .map(|c| summarize_field(&errs, c))
-                    .collect::<Result<Vec<_>>>()?,
-            )
-        }
+        (Some(set), true) => Some(crate::resolution::evaluate(|x| pred.predict(x), set)?),
         _ => None,
     };
 
@@ -774,7 +766,7 @@ struct Data {
     time_steps: Vec<isize>,
     space_steps: Vec<isize>,
     map_indices: Vec<usize>,
-    fine: Option<(Array4<f32>, Array4<f32>, Spacing)>,
+    fine: Option<crate::resolution::FineSet>,
 }
 
 /// Test samples to draw: supra-threshold ones at the earliest, middle and latest onsets.
@@ -815,29 +807,12 @@ fn prepare_data(cfg: &StudyConfig, progress: bool) -> Result<Data> {
     eq_idx.truncate(cfg.eval.equivariance_samples.max(1));
     let eq_in = val_in.select(Axis(0), &eq_idx);
     let fine = match cfg.eval.fine_grid {
-        Some([nt, nx]) if cfg.eval.fine_samples > 0 => {
-            let grid = OutputGrid { nt, nx, ..p.output };
-            let n = cfg.eval.fine_samples.min(test.len());
-            let mut fi = Array4::<f32>::zeros((n, 1, nt, nx));
-            let mut fo = Array4::<f32>::zeros((n, 2, nt, nx));
-            for i in 0..n {
-                let sol = p.solve_sample_on(Split::Test, i, &grid)?;
-                fi.slice_mut(s![i, 0, .., ..])
-                    .assign(&sol.input.mapv(|v| v as f32));
-                fo.slice_mut(s![i, 0, .., ..])
-                    .assign(&sol.v.mapv(|v| v as f32));
-                fo.slice_mut(s![i, 1, .., ..])
-                    .assign(&sol.w.mapv(|v| v as f32));
-            }
-            Some((
-                fi,
-                fo,
-                Spacing {
-                    dt: grid.dt(),
-                    dx: grid.dx(),
-                },
-            ))
-        }
+        Some(grid) if cfg.eval.fine_samples > 0 => Some(crate::resolution::solve_fine(
+            p,
+            Split::Test,
+            cfg.eval.fine_samples.min(test.len()),
+            grid,
+        )?),
         _ => None,
     };
     let val_ds = to_no_dataset(&val_in, &val_out)?;
@@ -1042,6 +1017,7 @@ pub fn shift_inputs(a: ArrayView4<f32>, s: crate::translation::Shift) -> Array4<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fhn_solver::OutputGrid;
 
     #[test]
     fn built_in_studies_round_trip_through_json_and_keep_grids_consistent() {
