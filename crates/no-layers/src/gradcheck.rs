@@ -73,7 +73,10 @@ where
 {
     for (i, v) in vars.iter().enumerate() {
         if v.dtype() != DType::F64 {
-            candle_core::bail!("gradient check: variable {i} is {:?}, expected F64", v.dtype());
+            candle_core::bail!(
+                "gradient check: variable {i} is {:?}, expected F64",
+                v.dtype()
+            );
         }
     }
     let out = f()?;
@@ -132,7 +135,7 @@ pub fn random_like(like: &Tensor, seed: u64) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{CustomOp1, CpuStorage, Device, Layout, Shape};
+    use candle_core::{CpuStorage, CustomOp1, Device, Layout, Shape};
 
     /// An op whose backward is deliberately wrong (it claims d sin x = sin x).
     struct WrongSin;
@@ -161,7 +164,11 @@ mod tests {
     fn detects_a_wrong_gradient() -> Result<()> {
         let x = Var::from_tensor(&Tensor::new(&[0.3f64, -1.2, 2.0], &Device::Cpu)?)?;
         let xs = x.clone();
-        let report = check_gradients(move || xs.as_tensor().apply_op1(WrongSin), &[x], &GradCheckConfig::default())?;
+        let report = check_gradients(
+            move || xs.as_tensor().apply_op1(WrongSin),
+            &[x],
+            &GradCheckConfig::default(),
+        )?;
         assert!(!report.passed(), "{report:?}");
         Ok(())
     }
@@ -171,7 +178,11 @@ mod tests {
         let x = Var::from_tensor(&Tensor::new(&[[0.3f64, -1.2], [2.0, 0.5]], &Device::Cpu)?)?;
         let before = x.as_tensor().to_vec2::<f64>()?;
         let xs = x.clone();
-        let report = check_gradients(move || xs.as_tensor().matmul(xs.as_tensor())?.tanh(), &[x.clone()], &GradCheckConfig::default())?;
+        let report = check_gradients(
+            move || xs.as_tensor().matmul(xs.as_tensor())?.tanh(),
+            std::slice::from_ref(&x),
+            &GradCheckConfig::default(),
+        )?;
         assert!(report.passed(), "{report:?}");
         assert_eq!(report.checked, 4);
         assert_eq!(x.as_tensor().to_vec2::<f64>()?, before);
@@ -182,7 +193,12 @@ mod tests {
     fn rejects_f32_variables() -> Result<()> {
         let x = Var::from_tensor(&Tensor::new(&[1f32], &Device::Cpu)?)?;
         let xs = x.clone();
-        assert!(check_gradients(move || Ok(xs.as_tensor().clone()), &[x], &GradCheckConfig::default()).is_err());
+        assert!(check_gradients(
+            move || Ok(xs.as_tensor().clone()),
+            &[x],
+            &GradCheckConfig::default()
+        )
+        .is_err());
         Ok(())
     }
 }

@@ -70,7 +70,14 @@ impl SeededVarMap {
 }
 
 impl SimpleBackend for SeededVarMap {
-    fn get(&self, shape: Shape, name: &str, init: Init, dtype: DType, dev: &Device) -> Result<Tensor> {
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        init: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<Tensor> {
         let mut vars = self
             .varmap
             .data()
@@ -87,7 +94,9 @@ impl SimpleBackend for SeededVarMap {
             return Ok(var.as_tensor().clone());
         }
         let mut rng = rng_for(self.seed, name);
-        let value = init_tensor(init, &shape, &mut rng)?.to_dtype(dtype)?.to_device(dev)?;
+        let value = init_tensor(init, &shape, &mut rng)?
+            .to_dtype(dtype)?
+            .to_device(dev)?;
         let var = Var::from_tensor(&value)?;
         let tensor = var.as_tensor().clone();
         vars.insert(name.to_string(), var);
@@ -147,7 +156,10 @@ pub fn init_tensor(init: Init, shape: &Shape, rng: &mut impl Rng) -> Result<Tens
 /// a = √5, i.e. U(±1/√fan_in).
 pub fn torch_default_weight(fan_in: usize) -> Init {
     let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
-    Init::Uniform { lo: -bound, up: bound }
+    Init::Uniform {
+        lo: -bound,
+        up: bound,
+    }
 }
 
 /// PyTorch's default init of `nn.Linear`/`nn.ConvNd` biases: U(±1/√fan_in).
@@ -162,7 +174,9 @@ fn normal_values(n: usize, mean: f64, stdev: f64, rng: &mut impl Rng) -> Vec<f64
 }
 
 fn uniform_values(n: usize, lo: f64, up: f64, rng: &mut impl Rng) -> Vec<f64> {
-    (0..n).map(|_| lo + (up - lo) * rng.random::<f64>()).collect()
+    (0..n)
+        .map(|_| lo + (up - lo) * rng.random::<f64>())
+        .collect()
 }
 
 #[cfg(test)]
@@ -174,7 +188,14 @@ mod tests {
         let draw = |seed: u64, name: &str| -> Result<Vec<f32>> {
             SeededVarMap::new(seed)
                 .var_builder(DType::F32, &Device::Cpu)
-                .get_with_hints(16, name, Init::Randn { mean: 0.0, stdev: 1.0 })?
+                .get_with_hints(
+                    16,
+                    name,
+                    Init::Randn {
+                        mean: 0.0,
+                        stdev: 1.0,
+                    },
+                )?
                 .to_vec1::<f32>()
         };
         assert_eq!(draw(1, "a")?, draw(1, "a")?);
@@ -219,7 +240,10 @@ mod tests {
         )?;
         let bound = 3f64.sqrt() * 2f64.sqrt() / (16.0f64 * 9.0).sqrt();
         let max = t.abs()?.max_all()?.to_scalar::<f64>()?;
-        assert!(max <= bound && max > 0.9 * bound, "max {max}, bound {bound}");
+        assert!(
+            max <= bound && max > 0.9 * bound,
+            "max {max}, bound {bound}"
+        );
         Ok(())
     }
 }
