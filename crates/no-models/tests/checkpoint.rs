@@ -11,6 +11,8 @@ use no_models::{build, ModelConfig, ModelError, Normalizers};
 use std::path::Path;
 
 type R<T> = no_models::Result<T>;
+/// Variable name and its values.
+type Weights = Vec<(String, Vec<f32>)>;
 
 fn tiny_configs() -> Vec<ModelConfig> {
     let fno = FnoConfig {
@@ -52,7 +54,7 @@ fn normalizers() -> Normalizers {
     }
 }
 
-fn save_tiny(cfg: &ModelConfig, path: &Path) -> R<(Tensor, Vec<(String, Vec<f32>)>)> {
+fn save_tiny(cfg: &ModelConfig, path: &Path) -> R<(Tensor, Weights)> {
     let vars = SeededVarMap::new(3);
     let model = build(cfg, vars.var_builder(DType::F32, &Device::Cpu))?;
     let mut ckpt = Checkpoint::from_model(model.as_ref(), vars.varmap())?;
