@@ -23,7 +23,8 @@ use crate::translation::EquivarianceCurve;
 pub struct EpochRecord {
     /// Epoch number (0-based).
     pub epoch: usize,
-    /// Mean training loss (relative L2 averaged over v and w, normalised units).
+    /// Mean training loss (relative L2 averaged over v and w, in physical units: the trainer
+    /// decodes the prediction before the loss).
     pub train_loss: f64,
     /// Validation relative L2 (mean over samples and fields), if measured.
     pub val_error: Option<f64>,

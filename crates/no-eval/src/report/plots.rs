@@ -348,7 +348,7 @@ pub fn draw_training_curves(r: &StudyResults, path: &Path) -> Result<()> {
         log_lines(
             &a,
             "training loss",
-            ("epoch", "relative L2 (normalised)"),
+            ("epoch", "relative L2"),
             &train,
             None,
             false,
