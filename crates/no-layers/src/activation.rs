@@ -29,7 +29,6 @@ pub enum Activation {
     Identity,
 }
 
-
 impl Activation {
     /// Leaky ReLU with PyTorch's default slope 0.01.
     pub fn leaky_relu() -> Self {
