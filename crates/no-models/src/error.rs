@@ -36,7 +36,9 @@ pub enum ModelError {
         reason: String,
     },
     /// Training produced a non-finite loss.
-    #[error("non-finite loss {loss} at epoch {epoch}, batch {batch}; the last good checkpoint is kept")]
+    #[error(
+        "non-finite loss {loss} at epoch {epoch}, batch {batch}; the last good checkpoint is kept"
+    )]
     NonFiniteLoss {
         /// The epoch (0-based).
         epoch: usize,
