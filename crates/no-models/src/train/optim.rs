@@ -174,11 +174,15 @@ impl AdamW {
             let Some(g) = grads.get(var.as_tensor()) else {
                 continue;
             };
+            // candle's gradients can carry the backward graph (and through it every
+            // activation of the step); moments built from them without detaching would chain
+            // those graphs across steps and grow memory without bound.
+            let g = g.detach();
             let (m, v) = match (self.state.m.get(name), self.state.v.get(name)) {
                 (Some(m), Some(v)) => (m, v),
                 _ => candle_core::bail!("optimizer has no moments for `{name}`"),
             };
-            let m_new = ((m * p.beta1)? + (g * (1.0 - p.beta1))?)?;
+            let m_new = ((m * p.beta1)? + (&g * (1.0 - p.beta1))?)?;
             let v_new = ((v * p.beta2)? + (g.sqr()? * (1.0 - p.beta2))?)?;
             let denom = ((v_new.sqrt()? / sqrt_bc2)? + p.eps)?;
             let decayed = (var.as_tensor() * (1.0 - p.lr * p.weight_decay))?;
