@@ -86,7 +86,7 @@ impl Forcing {
     /// `out = I(t, ·)` on the fine nodes. `zero` says whether `out` is already all zeros
     /// (most steps have no current: then nothing is written).
     #[inline(always)]
-    fn fill(&self, t: f64, out: &mut [f64], zero: &mut bool) {
+    pub(crate) fn fill(&self, t: f64, out: &mut [f64], zero: &mut bool) {
         let active = self
             .terms
             .iter()

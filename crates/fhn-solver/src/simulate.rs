@@ -8,6 +8,7 @@ use crate::grid::{nodes, FineGrid, OutputGrid, Resolution};
 use crate::imex::{Forcing, Scheme, Stepper};
 use crate::implicit::Line;
 use crate::params::FhnParams;
+use crate::sbdf2_line::Sbdf2Line;
 use crate::stimulus::Stimulus;
 
 /// Everything about a solve except the stimulus and the output grid.
@@ -99,12 +100,28 @@ impl Solver1d {
     }
 
     /// Solves and hands each output time `k` to `record(k, v_k, w_k)` (rows of length nx).
+    ///
+    /// SBDF2 runs on the partitioned, segment-interleaved stepper (see `sbdf2_line.rs`);
+    /// the other schemes on the generic [`crate::imex`] stepper.
     pub fn solve_into(
+        &self,
+        stimulus: &Stimulus,
+        record: impl FnMut(usize, &[f64], &[f64]),
+    ) -> Result<()> {
+        stimulus.validate()?;
+        if self.config.scheme == Scheme::Sbdf2 {
+            self.solve_partitioned(stimulus, record)
+        } else {
+            self.solve_generic(stimulus, record)
+        }
+    }
+
+    /// The generic stepper (any scheme).
+    pub(crate) fn solve_generic(
         &self,
         stimulus: &Stimulus,
         mut record: impl FnMut(usize, &[f64], &[f64]),
     ) -> Result<()> {
-        stimulus.validate()?;
         let fine = &self.fine;
         let forcing = Forcing::new(&stimulus.pulses, fine.nx, fine.dt, |k, i| {
             stimulus.pulses[k].node_space_factor(self.fine_x[i], fine.dx, self.out.length)
@@ -122,6 +139,42 @@ impl Solver1d {
             for j in 0..self.out.nx {
                 vs[j] = stepper.v[j * r];
                 ws[j] = stepper.w[j * r];
+            }
+            record(k, &vs, &ws);
+        }
+        Ok(())
+    }
+
+    /// SBDF2 on the partitioned stepper, state kept interleaved; the forcing profile is laid
+    /// out the same way.
+    fn solve_partitioned(
+        &self,
+        stimulus: &Stimulus,
+        mut record: impl FnMut(usize, &[f64], &[f64]),
+    ) -> Result<()> {
+        let fine = &self.fine;
+        let mut stepper = Sbdf2Line::new(self.config.params, fine.dt, fine.nx, fine.dx);
+        let layout = stepper.layout();
+        let forcing = Forcing::new(&stimulus.pulses, layout.padded_len(), fine.dt, |k, slot| {
+            let i = layout.node(slot);
+            if i < fine.nx {
+                stimulus.pulses[k].node_space_factor(self.fine_x[i], fine.dx, self.out.length)
+            } else {
+                0.0
+            }
+        });
+        let mut vs = vec![0.0; self.out.nx];
+        let mut ws = vec![0.0; self.out.nx];
+        let r = fine.refine_x;
+        record(0, &vs, &ws);
+        for k in 1..self.out.nt {
+            for s in 0..fine.refine_t {
+                let n = (k - 1) * fine.refine_t + s;
+                stepper.step(self.out.t_end * n as f64 / fine.steps as f64, &forcing)?;
+            }
+            stepper.check_finite()?;
+            for j in 0..self.out.nx {
+                (vs[j], ws[j]) = stepper.at(j * r);
             }
             record(k, &vs, &ws);
         }
