@@ -70,26 +70,27 @@ impl<const P: usize> Neg for Lanes<P> {
     }
 }
 
-/// Eight f64 lanes as a value type with the operations the 1D SBDF2 kernels need: written
-/// once against this trait, compiled for [`Lanes<8>`] (portable) and [`Avx2x8`].
-pub(crate) trait Vector8:
+/// A short vector of f64 lanes with the operations the 1D SBDF2 kernels need: written
+/// once against this trait, compiled for [`Lanes`] (portable) and the AVX2 types.
+pub(crate) trait Vector:
     Copy + Add<Output = Self> + Sub<Output = Self> + Mul<Output = Self>
 {
+    /// Number of lanes.
+    const WIDTH: usize;
     /// Every lane `x`.
     fn splat(x: f64) -> Self;
-    /// The first 8 values of `s`.
+    /// The first `WIDTH` values of `s`.
     fn load(s: &[f64]) -> Self;
-    /// Writes the lanes to the first 8 values of `s`.
+    /// Writes the lanes to the first `WIDTH` values of `s`.
     fn store(self, s: &mut [f64]);
     /// `self·b + c` (one rounding where fused).
     fn madd(self, b: Self, c: Self) -> Self;
     /// `c − self·b` (one rounding where fused).
     fn nmadd(self, b: Self, c: Self) -> Self;
-    /// The lanes.
-    fn to_array(self) -> [f64; 8];
 }
 
-impl Vector8 for Lanes<8> {
+impl<const P: usize> Vector for Lanes<P> {
+    const WIDTH: usize = P;
     #[inline(always)]
     fn splat(x: f64) -> Self {
         Lanes::splat(x)
@@ -110,34 +111,62 @@ impl Vector8 for Lanes<8> {
     fn nmadd(self, b: Self, c: Self) -> Self {
         c - self * b
     }
-    #[inline(always)]
-    fn to_array(self) -> [f64; 8] {
-        self.0
-    }
 }
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) use avx2::Avx2x8;
+pub(crate) use avx2::{Avx2x4, Avx2x8};
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::Vector8;
+    use super::Vector;
     use std::arch::x86_64::*;
     use std::ops::{Add, Mul, Sub};
 
-    /// Eight lanes in two AVX2 registers, with fused multiply–adds.
+    /// Four lanes in one AVX2 register, with fused multiply–adds.
     ///
-    /// Safety contract: its operations execute AVX2/FMA instructions, so values of this
-    /// type may only be used inside functions compiled with
-    /// `#[target_feature(enable = "avx2,fma")]` that are reached after run-time detection
-    /// (the kernels in `sbdf2_line.rs`). It is private to the crate for that reason.
+    /// Safety contract (also for [`Avx2x8`]): its operations execute AVX2/FMA
+    /// instructions, so values of this type may only be used inside functions compiled
+    /// with `#[target_feature(enable = "avx2,fma")]` that are reached after run-time
+    /// detection (the kernels in `sbdf2_line.rs`). It is private to the crate for that
+    /// reason.
+    #[derive(Clone, Copy)]
+    pub(crate) struct Avx2x4(__m256d);
+
+    /// Eight lanes in two AVX2 registers, with fused multiply–adds (see [`Avx2x4`]).
     #[derive(Clone, Copy)]
     pub(crate) struct Avx2x8(__m256d, __m256d);
 
     // SAFETY (every `unsafe` block below): the intrinsics need AVX2 and FMA, which the
-    // type's contract guarantees; loads and stores go through slices of at least 8
+    // types' contract guarantees; loads and stores go through slices of at least WIDTH
     // values (checked by the slice index).
-    impl Vector8 for Avx2x8 {
+    impl Vector for Avx2x4 {
+        const WIDTH: usize = 4;
+        #[inline(always)]
+        fn splat(x: f64) -> Self {
+            unsafe { Self(_mm256_set1_pd(x)) }
+        }
+        #[inline(always)]
+        fn load(s: &[f64]) -> Self {
+            let s = &s[..4];
+            unsafe { Self(_mm256_loadu_pd(s.as_ptr())) }
+        }
+        #[inline(always)]
+        fn store(self, s: &mut [f64]) {
+            let s = &mut s[..4];
+            unsafe { _mm256_storeu_pd(s.as_mut_ptr(), self.0) }
+        }
+        #[inline(always)]
+        fn madd(self, b: Self, c: Self) -> Self {
+            unsafe { Self(_mm256_fmadd_pd(self.0, b.0, c.0)) }
+        }
+        #[inline(always)]
+        fn nmadd(self, b: Self, c: Self) -> Self {
+            unsafe { Self(_mm256_fnmadd_pd(self.0, b.0, c.0)) }
+        }
+    }
+
+    impl Vector for Avx2x8 {
+        const WIDTH: usize = 8;
         #[inline(always)]
         fn splat(x: f64) -> Self {
             unsafe { Self(_mm256_set1_pd(x), _mm256_set1_pd(x)) }
@@ -178,16 +207,17 @@ mod avx2 {
                 )
             }
         }
-        #[inline(always)]
-        fn to_array(self) -> [f64; 8] {
-            let mut out = [0.0; 8];
-            self.store(&mut out);
-            out
-        }
     }
 
     macro_rules! op {
         ($tr:ident, $f:ident, $intr:ident) => {
+            impl $tr for Avx2x4 {
+                type Output = Self;
+                #[inline(always)]
+                fn $f(self, o: Self) -> Self {
+                    unsafe { Self($intr(self.0, o.0)) }
+                }
+            }
             impl $tr for Avx2x8 {
                 type Output = Self;
                 #[inline(always)]

@@ -137,10 +137,13 @@ impl<const P: usize> Partitioned<P> {
                 hb[i] = h;
             }
         }
+        // Node s·m + j goes to j·P + s (loops, not divisions: this runs per solve).
         let il = |natural: &[f64]| {
             let mut buf = vec![0.0; len];
-            for (i, x) in natural.iter().enumerate() {
-                buf[(i % m) * P + i / m] = *x;
+            for (s, seg) in natural.chunks_exact(m).enumerate() {
+                for (j, x) in seg.iter().enumerate() {
+                    buf[j * P + s] = *x;
+                }
             }
             buf
         };

@@ -20,8 +20,8 @@
 use crate::error::{Result, SolverError};
 use crate::imex::Forcing;
 #[cfg(target_arch = "x86_64")]
-use crate::lanes::Avx2x8;
-use crate::lanes::{Lanes, Vector8};
+use crate::lanes::{Avx2x4, Avx2x8};
+use crate::lanes::{Lanes, Vector};
 use crate::params::FhnParams;
 use crate::partition::{Carry, Partitioned, LANES};
 
@@ -124,35 +124,46 @@ impl Sbdf2Line {
             // requirement of `step_avx2`'s target features.
             return unsafe { self.step_avx2(t, forcing) };
         }
-        self.step_with::<Lanes<P>>(t, forcing, false)
+        self.step_with::<Lanes<4>, Lanes<P>>(t, forcing, false)
     }
 
     /// The portable step (no FMA); for tests comparing both paths.
     #[cfg(test)]
     pub(crate) fn step_portable(&mut self, t: f64, forcing: &Forcing) -> Result<()> {
-        self.step_with::<Lanes<P>>(t, forcing, false)
+        self.step_with::<Lanes<4>, Lanes<P>>(t, forcing, false)
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn step_avx2(&mut self, t: f64, forcing: &Forcing) -> Result<()> {
-        self.step_with::<Avx2x8>(t, forcing, true)
+        self.step_with::<Avx2x4, Avx2x8>(t, forcing, true)
     }
 
-    /// One step with vector type `V` (`fma`: whether the first step's solve may use FMA).
+    /// One step with vector types `H` (the fused pass, run once per group of `H::WIDTH`
+    /// lanes: fewer live registers) and `V` (all [`LANES`] lanes: the backward sweep is
+    /// latency-bound, so it advances every segment at once); `fma`: whether the first
+    /// step's solve may use FMA.
     #[inline(always)]
-    fn step_with<V: Vector8>(&mut self, t: f64, forcing: &Forcing, fma: bool) -> Result<()> {
+    fn step_with<H: Vector, V: Vector>(
+        &mut self,
+        t: f64,
+        forcing: &Forcing,
+        fma: bool,
+    ) -> Result<()> {
         forcing.fill(t, &mut self.cur, &mut self.cur_zero);
         if self.steps_taken == 0 {
             self.first_step(fma);
         } else {
-            let (sv, sw) = if self.cur_zero {
-                self.fused_pass::<V, false>()
-            } else {
-                self.fused_pass::<V, true>()
-            };
+            let (mut sv, mut sw) = ([0.0; P], [0.0; P]);
+            for lane in (0..P).step_by(H::WIDTH) {
+                if self.cur_zero {
+                    self.fused_pass::<H, false>(lane, &mut sv, &mut sw);
+                } else {
+                    self.fused_pass::<H, true>(lane, &mut sv, &mut sw);
+                }
+            }
             // The pass read the state of the previous step: an error names that one.
-            self.check_sums(sv.to_array(), sw.to_array())?;
+            self.check_sums(sv, sw)?;
             let c = if fma {
                 self.bdf2.forward_carry::<true>(&self.x)
             } else {
@@ -197,9 +208,9 @@ impl Sbdf2Line {
         self.d = [0.0; P];
     }
 
-    /// One pass over the rows: the true vⁿ (deferred fix-up), the reaction, wⁿ⁺¹, the new
-    /// histories, and the forward elimination of the SBDF2 solve, written over `x`.
-    /// Returns the per-lane sums of vⁿ and wⁿ.
+    /// One pass over the rows for lanes `lane..lane + V::WIDTH`: the true vⁿ (deferred
+    /// fix-up), the reaction, wⁿ⁺¹, the new histories, and the forward elimination of the
+    /// SBDF2 solve, written over `x`. Stores those lanes' sums of vⁿ and wⁿ in `sv`, `sw`.
     ///
     /// With `H` the v history and `S = v + 2dt·C(v)` (C the cubic):
     /// `H' = −S + 2dt·c·w − 2dt·I` and the right-hand side `4v + 4dt·N + H = 2v + H − 2H'`;
@@ -207,13 +218,18 @@ impl Sbdf2Line {
     /// That is 9 multiplies or multiply–adds per vector (the FMA ports are the limit) and
     /// 8 additions.
     #[inline(always)]
-    fn fused_pass<V: Vector8, const CUR: bool>(&mut self) -> (V, V) {
+    fn fused_pass<V: Vector, const CUR: bool>(
+        &mut self,
+        lane: usize,
+        sv: &mut [f64; P],
+        sw: &mut [f64; P],
+    ) {
         let k = Coefficients::new(&self.p, self.dt);
         let coef = self.bdf2.coefficients();
         let (lower, hb) = (coef.lower, coef.hb);
-        let d = V::load(&self.d);
+        let d = V::load(&self.d[lane..]);
         let zero = V::splat(0.0);
-        let (mut z, mut sv, mut sw) = (zero, zero, zero);
+        let (mut z, mut sum_v, mut sum_w) = (zero, zero, zero);
         let (k1, k2, k3) = (V::splat(k.k1), V::splat(k.k2), V::splat(k.k3));
         let (c2, dt2, cw, cv) = (
             V::splat(k.c2),
@@ -222,7 +238,7 @@ impl Sbdf2Line {
             V::splat(k.cv),
         );
         let two_thirds = V::splat(2.0 / 3.0);
-        // Local slices (distinct borrows: no aliasing) and exact chunks (no bounds checks).
+        // Local slices (distinct borrows: no aliasing) and strided rows of P from `lane`.
         let rows = self
             .x
             .chunks_exact_mut(P)
@@ -231,10 +247,17 @@ impl Sbdf2Line {
             .zip(hb.chunks_exact(P).zip(lower.chunks_exact(P)))
             .zip(self.cur.chunks_exact(P));
         for ((((x, w), (hv, hw)), (hb, lower)), cur) in rows {
+            let (x, w, hv, hw) = (
+                &mut x[lane..],
+                &mut w[lane..],
+                &mut hv[lane..],
+                &mut hw[lane..],
+            );
+            let (hb, lower, cur) = (&hb[lane..], &lower[lane..], &cur[lane..]);
             let v = d.madd(V::load(hb), V::load(x));
             let wn = V::load(w);
-            sv = sv + v;
-            sw = sw + wn;
+            sum_v = sum_v + v;
+            sum_w = sum_w + wn;
             let minus_s = v * v.madd(v.madd(k3, k2), k1);
             let mut h = c2.madd(wn, minus_s);
             if CUR {
@@ -248,12 +271,13 @@ impl Sbdf2Line {
             z = V::load(lower).nmadd(z, rhs);
             z.store(x);
         }
-        (sv, sw)
+        sum_v.store(&mut sv[lane..]);
+        sum_w.store(&mut sw[lane..]);
     }
 
     /// The backward sweep of the SBDF2 solve on the corrected forward values (carry `c`).
     #[inline(always)]
-    fn backward<V: Vector8>(&mut self, c: Carry<P>) {
+    fn backward<V: Vector>(&mut self, c: Carry<P>) {
         let coef = self.bdf2.coefficients();
         let (inv, bwd, hz) = (coef.inv, coef.bwd, coef.hz);
         let c = V::load(&c);
@@ -307,8 +331,25 @@ impl Sbdf2Line {
         self.check_sums(sv.0, sw.0)
     }
 
+    /// Where nodes `0, r, 2r, …` (`count` of them) live: (interleaved slot, segment).
+    pub(crate) fn sample_points(&self, r: usize, count: usize) -> Vec<(usize, usize)> {
+        let layout = &self.bdf2;
+        (0..count)
+            .map(|j| (layout.index(j * r), (j * r) / layout.rows()))
+            .collect()
+    }
+
+    /// The true (v, w) at the sample points.
+    pub(crate) fn sample(&self, points: &[(usize, usize)], v: &mut [f64], w: &mut [f64]) {
+        let hb = self.bdf2.coefficients().hb;
+        for ((&(k, s), v), w) in points.iter().zip(v).zip(w) {
+            *v = self.x[k] + self.d[s] * hb[k];
+            *w = self.w[k];
+        }
+    }
+
     /// The true (v, w) at node `i`.
-    #[inline]
+    #[cfg(test)]
     pub(crate) fn at(&self, i: usize) -> (f64, f64) {
         let layout = &self.bdf2;
         let k = layout.index(i);

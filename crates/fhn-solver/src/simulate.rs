@@ -86,10 +86,8 @@ impl Solver1d {
         let mut v = Array2::zeros((self.out.nt, self.out.nx));
         let mut w = Array2::zeros((self.out.nt, self.out.nx));
         self.solve_into(stimulus, |k, vs, ws| {
-            for j in 0..self.out.nx {
-                v[[k, j]] = vs[j];
-                w[[k, j]] = ws[j];
-            }
+            v.row_mut(k).assign(&ndarray::ArrayView1::from(vs));
+            w.row_mut(k).assign(&ndarray::ArrayView1::from(ws));
         })?;
         Ok(Solution1d {
             input: stimulus.on_output_grid(&self.out),
@@ -165,17 +163,18 @@ impl Solver1d {
         });
         let mut vs = vec![0.0; self.out.nx];
         let mut ws = vec![0.0; self.out.nx];
-        let r = fine.refine_x;
+        let samples = stepper.sample_points(fine.refine_x, self.out.nx);
         record(0, &vs, &ws);
         for k in 1..self.out.nt {
             for s in 0..fine.refine_t {
                 let n = (k - 1) * fine.refine_t + s;
                 stepper.step(self.out.t_end * n as f64 / fine.steps as f64, &forcing)?;
             }
-            stepper.check_finite()?;
-            for j in 0..self.out.nx {
-                (vs[j], ws[j]) = stepper.at(j * r);
+            // Each step checks the state the previous one left; this covers the last.
+            if k + 1 == self.out.nt {
+                stepper.check_finite()?;
             }
+            stepper.sample(&samples, &mut vs, &mut ws);
             record(k, &vs, &ws);
         }
         Ok(())

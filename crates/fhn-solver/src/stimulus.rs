@@ -268,10 +268,24 @@ impl Stimulus {
     }
 
     /// `I` on the nodes `times × positions`, shaped [times.len(), positions.len()].
+    ///
+    /// Each pulse is separable (`time factor × space factor`), so this evaluates the factors
+    /// once per axis and sums outer products (the same values as [`Self::eval`] pointwise).
     pub fn on_grid(&self, times: &[f64], positions: &[f64]) -> ndarray::Array2<f64> {
-        ndarray::Array2::from_shape_fn((times.len(), positions.len()), |(k, j)| {
-            self.eval(times[k], positions[j])
-        })
+        let mut out = ndarray::Array2::from_elem((times.len(), positions.len()), -0.0);
+        let mut space = vec![0.0; positions.len()];
+        for pulse in &self.pulses {
+            for (s, x) in space.iter_mut().zip(positions) {
+                *s = pulse.space_factor(*x);
+            }
+            for (mut row, t) in out.rows_mut().into_iter().zip(times) {
+                let a = pulse.time_factor(*t);
+                for (o, s) in row.iter_mut().zip(&space) {
+                    *o += a * s;
+                }
+            }
+        }
+        out
     }
 
     /// `I` on an output grid, shaped [nt, nx].
