@@ -31,6 +31,7 @@ const P: usize = LANES;
 pub(crate) struct Sbdf2Line {
     p: FhnParams,
     dt: f64,
+    coefficients: Coefficients,
     euler: Partitioned<P>,
     bdf2: Partitioned<P>,
     /// v in lane form: the true vⁿ is `x + d·hb` (bdf2's `hb`).
@@ -90,6 +91,7 @@ impl Sbdf2Line {
         Self {
             p,
             dt,
+            coefficients: Coefficients::new(&p, dt),
             x: z(),
             d: [0.0; P],
             w: z(),
@@ -224,7 +226,7 @@ impl Sbdf2Line {
         sv: &mut [f64; P],
         sw: &mut [f64; P],
     ) {
-        let k = Coefficients::new(&self.p, self.dt);
+        let k = self.coefficients;
         let coef = self.bdf2.coefficients();
         let (lower, hb) = (coef.lower, coef.hb);
         let d = V::load(&self.d[lane..]);

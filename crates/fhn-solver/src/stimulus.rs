@@ -270,9 +270,10 @@ impl Stimulus {
     /// `I` on the nodes `times × positions`, shaped [times.len(), positions.len()].
     ///
     /// Each pulse is separable (`time factor × space factor`), so this evaluates the factors
-    /// once per axis and sums outer products (the same values as [`Self::eval`] pointwise).
+    /// once per axis and sums outer products, skipping times where a pulse is off (the
+    /// same values as [`Self::eval`] pointwise, up to the sign of zero).
     pub fn on_grid(&self, times: &[f64], positions: &[f64]) -> ndarray::Array2<f64> {
-        let mut out = ndarray::Array2::from_elem((times.len(), positions.len()), -0.0);
+        let mut out = ndarray::Array2::zeros((times.len(), positions.len()));
         let mut space = vec![0.0; positions.len()];
         for pulse in &self.pulses {
             for (s, x) in space.iter_mut().zip(positions) {
@@ -280,6 +281,9 @@ impl Stimulus {
             }
             for (mut row, t) in out.rows_mut().into_iter().zip(times) {
                 let a = pulse.time_factor(*t);
+                if a == 0.0 {
+                    continue;
+                }
                 for (o, s) in row.iter_mut().zip(&space) {
                     *o += a * s;
                 }
@@ -373,5 +377,27 @@ mod tests {
             amplitude: 1.0,
         });
         assert!(q.validate().is_err());
+    }
+
+    #[test]
+    fn grid_evaluation_matches_pointwise_eval() {
+        let stim = Stimulus::single(BoxPulse::benchmark(0.3, 2.0, 1.5))
+            .with(GaussianPulse {
+                x0: 0.7,
+                sigma_x: 0.05,
+                t0: 5.0,
+                sigma_t: 1.0,
+                amplitude: -0.8,
+            })
+            .with(BoxPulse::benchmark(0.35, 2.5, 0.5));
+        let times: Vec<f64> = (0..40).map(|k| k as f64 * 0.25).collect();
+        let xs: Vec<f64> = (0..51).map(|j| j as f64 / 50.0).collect();
+        let grid = stim.on_grid(&times, &xs);
+        for (k, t) in times.iter().enumerate() {
+            for (j, x) in xs.iter().enumerate() {
+                assert_eq!(grid[[k, j]], stim.eval(*t, *x), "t = {t}, x = {x}");
+            }
+        }
+        assert!(grid.iter().any(|v| *v > 1.0) && grid.iter().any(|v| *v < -0.1));
     }
 }
