@@ -113,6 +113,16 @@ impl<const P: usize> Partitioned<P> {
         let (mut lower, mut inv, mut bwd) = (vec![0.0; len], vec![1.0; len], vec![0.0; len]);
         for i in 0..n {
             let ci = if i + 1 < n { c[i] } else { 0.0 };
+            // Once the pivots of a constant stretch reach their fixed point, the next row
+            // would compute exactly the same numbers: copy them (the divisions are a
+            // dependent chain and dominated the setup of a short solve).
+            if i >= 2
+                && inv[i - 1] == inv[i - 2]
+                && (a[i], d[i], c[i - 1], ci) == (a[i - 1], d[i - 1], c[i - 2], c[i - 1])
+            {
+                (lower[i], inv[i], bwd[i]) = (lower[i - 1], inv[i - 1], bwd[i - 1]);
+                continue;
+            }
             let pivot = if i == 0 {
                 d[0]
             } else {
