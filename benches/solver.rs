@@ -1,9 +1,12 @@
-//! Solver benches: one default 1D solve (each scheme, single thread), ten 2D steps at
-//! 256 × 256, and the default dataset (1300 samples, all cores).
+//! Solver benches: one default 1D solve (each scheme, single thread), one tridiagonal solve
+//! (twisted vs partitioned), ten 2D steps at 256 × 256, and the default dataset (1300
+//! samples, all cores).
 //!
 //! `cargo bench --bench solver`; figures and the arithmetic floor are in docs/solver.md.
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use fhn_solver::implicit::Tridiagonal;
+use fhn_solver::partition::{Partitioned, LANES};
 use fhn_solver::{
     generate, simulate_1d, simulate_2d, BoxPulse, OutputGrid, OutputGrid2d, Protocol, Pulse2d,
     Resolution, Scheme, SolverConfig, Split, Stimulus, Stimulus2d,
@@ -83,5 +86,36 @@ fn dataset(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, solve_1d, steps_2d, dataset);
+fn tridiagonal(c: &mut Criterion) {
+    // One solve of the default SBDF2 operator (397 nodes): the twisted sequential LU against
+    // the partitioned one (8 chains in SIMD lanes, interleaved layout).
+    let (n, alpha, k) = (397, 3.0, 12.7);
+    let rhs: Vec<f64> = (0..n)
+        .map(|i| ((i * 7919) % 101) as f64 / 50.0 - 1.0)
+        .collect();
+    let twisted = Tridiagonal::neumann(n, alpha, k);
+    let partitioned = Partitioned::<LANES>::neumann(n, alpha, k);
+    let mut group = c.benchmark_group("tridiagonal_397");
+    group.bench_function("twisted", |b| {
+        let mut x = rhs.clone();
+        b.iter(|| {
+            x.copy_from_slice(&rhs);
+            twisted.solve_in_place(black_box(&mut x));
+            x[n / 2]
+        })
+    });
+    let mut inter = vec![0.0; partitioned.padded_len()];
+    partitioned.to_interleaved(&rhs, &mut inter);
+    group.bench_function("partitioned", |b| {
+        let mut x = inter.clone();
+        b.iter(|| {
+            x.copy_from_slice(&inter);
+            partitioned.solve_interleaved(black_box(&mut x));
+            x[n / 2]
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, solve_1d, tridiagonal, steps_2d, dataset);
 criterion_main!(benches);
