@@ -454,6 +454,40 @@ mod tests {
     }
 
     #[test]
+    fn simd_and_portable_steppers_agree() {
+        let (n, dt) = (397, 0.0404);
+        let p = FhnParams::default();
+        let h = 1.0 / (n - 1) as f64;
+        let pulses = pulses();
+        let mut a = Sbdf2Line::new(p, dt, n, h);
+        let mut b = Sbdf2Line::new(p, dt, n, h);
+        let layout = a.layout().clone();
+        let forcing = Forcing::new(&pulses, layout.padded_len(), dt, |k, slot| {
+            let i = layout.node(slot);
+            if i < n {
+                pulses[k].node_space_factor(i as f64 * h, h, 1.0)
+            } else {
+                0.0
+            }
+        });
+        for s in 0..300 {
+            a.step(s as f64 * dt, &forcing).unwrap();
+            b.step_portable(s as f64 * dt, &forcing).unwrap();
+        }
+        let diff = (0..n)
+            .map(|i| {
+                let ((va, wa), (vb, wb)) = (a.at(i), b.at(i));
+                (va - vb).abs().max((wa - wb).abs())
+            })
+            .fold(0.0, f64::max);
+        assert!(
+            a.at(n / 3).0.abs() > 1e-3,
+            "the pulse should have an effect"
+        );
+        assert!(diff < 1e-13, "{diff}");
+    }
+
+    #[test]
     fn non_finite_state_names_the_step() {
         // A huge step through the cubic overflows within a few steps.
         let (n, dt) = (11, 5.0);
