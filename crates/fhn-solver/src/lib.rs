@@ -11,6 +11,8 @@
 //! - [`simulate_1d`] / [`Solver1d`] and [`simulate_2d`], with [`Scheme`] ∈ {SBDF1, SBDF2,
 //!   ARS(2,2,2)}.
 //! - [`Protocol`], [`generate`], [`Dataset`]: the benchmark's datasets (see docs/protocol.md).
+//! - [`partition::Partitioned`]: the exact partitioned tridiagonal solve (segments in SIMD
+//!   lanes) that the 1D SBDF2 solve runs on (see docs/solver.md, "Speed").
 //!
 //! ```
 //! use fhn_solver::{simulate_1d, BoxPulse, OutputGrid, Scheme, SolverConfig, Stimulus};
