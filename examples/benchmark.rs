@@ -80,6 +80,8 @@ fn device(d: DeviceArg) -> Result<Device> {
 }
 
 fn main() -> Result<()> {
+    // candle allocates per op; keep freed buffers instead of re-faulting them (see docs).
+    fhn_neural_operators::allocator::keep_freed_memory();
     let args = Args::parse();
     let start = Instant::now();
     let mut cfg = StudyConfig::by_name_or_path(&args.protocol)

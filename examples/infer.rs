@@ -31,6 +31,8 @@ struct Args {
 }
 
 fn main() -> Result<()> {
+    // candle allocates per op; keep freed buffers instead of re-faulting them (see docs).
+    fhn_neural_operators::allocator::keep_freed_memory();
     let args = Args::parse();
     let device = Device::Cpu;
     let loaded = no_models::checkpoint::load(&args.checkpoint, &device)?;

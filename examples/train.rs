@@ -96,6 +96,8 @@ fn model_config(args: &Args, train: &Dataset) -> Result<ModelConfig> {
 }
 
 fn main() -> Result<()> {
+    // candle allocates per op; keep freed buffers instead of re-faulting them (see docs).
+    fhn_neural_operators::allocator::keep_freed_memory();
     let args = Args::parse();
     let device = Device::Cpu;
     let splits = Dataset::load_splits(&args.data)?;

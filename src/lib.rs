@@ -9,6 +9,9 @@
 //! - [`models`] (`no-models`): the seven neural operators, checkpoints and training;
 //! - [`eval`] (`no-eval`): metrics, translation tests, latency and the benchmark report.
 //!
+//! Programs that train or run models should call [`allocator::keep_freed_memory`] first:
+//! it stops glibc from handing candle's large buffers back to the kernel after every op.
+//!
 //! ```
 //! use fhn_neural_operators::layers::init::SeededVarMap;
 //! use candle_core::{DType, Device};
@@ -17,6 +20,8 @@
 //! let vars = SeededVarMap::new(0);
 //! let _vb = vars.var_builder(DType::F32, &Device::Cpu);
 //! ```
+
+pub mod allocator;
 
 pub use fhn_solver as solver;
 pub use no_eval as eval;

@@ -1,8 +1,9 @@
 //! Point-wise activations shared by the models: exact (erf) GELU, as PyTorch's
 //! `F.gelu` default and neuraloperator use, and leaky ReLU, as CNO uses.
 //!
-//! candle's `gelu` is the tanh approximation; `gelu_erf` is the exact one, so the
-//! [`Activation::Gelu`] variant calls that. Leaky ReLU is written as
+//! candle's `gelu` is the tanh approximation; `gelu_erf` is the exact one, and
+//! [`Activation::Gelu`] computes that same exact form with the fused kernel of
+//! [`crate::gelu_op`] (one pass forward, one backward). Leaky ReLU is written as
 //! `max(x,0) + slope·min(x,0)` so that its gradient is exact away from 0.
 
 use crate::error::{LayerError, Result};
@@ -51,9 +52,9 @@ impl Activation {
     }
 }
 
-/// Exact GELU, `x·(1 + erf(x/√2))/2`.
+/// Exact GELU, `x·(1 + erf(x/√2))/2` (the fused kernel of [`crate::gelu_op`] on the CPU).
 pub fn gelu(x: &Tensor) -> candle_core::Result<Tensor> {
-    x.gelu_erf()
+    crate::gelu_op::gelu(x)
 }
 
 /// Leaky ReLU, `max(x,0) + slope·min(x,0)`.

@@ -21,6 +21,7 @@
 
 pub mod activation;
 pub mod candle_fixes;
+pub mod channel_ops;
 pub mod cno_activation;
 pub mod differential;
 pub mod disco;
@@ -28,6 +29,7 @@ pub mod embedding;
 pub mod error;
 pub mod fft_op;
 pub mod fourier;
+pub mod gelu_op;
 pub mod gradcheck;
 pub mod init;
 pub mod local_conv;

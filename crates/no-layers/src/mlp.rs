@@ -107,7 +107,7 @@ pub fn pointwise_linear(
     let n: usize = dims[2..].iter().product();
     let y = w.broadcast_matmul(&x.reshape((dims[0], dims[1], n))?)?;
     let y = match bias {
-        Some(b) => y.broadcast_add(&b.reshape((1, o, 1))?)?,
+        Some(b) => crate::channel_ops::add_channel_bias(&y, b)?,
         None => y,
     };
     let mut out_dims = dims;

@@ -9,6 +9,7 @@
 //! - `SoftGating`: `weight` `[1, C, 1, …, 1]` (one 1 per spatial axis), initialised to
 //!   ones; with `bias`, also `bias` of the same shape, initialised to ones.
 
+use crate::channel_ops::{add_channel_bias, scale_channels};
 use crate::error::{LayerError, Result};
 use crate::init::torch_default_weight;
 use crate::mlp::pointwise_linear;
@@ -136,9 +137,9 @@ impl Module for Skip {
         match (self.kind, &self.weight) {
             (SkipKind::Linear, Some(w)) => pointwise_linear(x, w, None),
             (SkipKind::SoftGating, Some(w)) => {
-                let y = x.broadcast_mul(w)?;
+                let y = scale_channels(x, w)?;
                 match &self.bias {
-                    Some(b) => y.broadcast_add(b),
+                    Some(b) => add_channel_bias(&y, b),
                     None => Ok(y),
                 }
             }

@@ -54,7 +54,7 @@ impl Activation {
         match self {
             Activation::Tanh => x.tanh(),
             Activation::Relu => x.relu(),
-            Activation::Gelu => x.gelu_erf(),
+            Activation::Gelu => no_layers::gelu_op::gelu(x),
             Activation::Silu => x.silu(),
             Activation::Sigmoid => candle_nn::ops::sigmoid(x),
             Activation::Linear => Ok(x.clone()),
