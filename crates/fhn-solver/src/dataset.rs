@@ -254,6 +254,10 @@ impl Dataset {
                 source,
             },
             other => fmt_err(other),
+        })?;
+        canonicalise_header(path).map_err(|source| SolverError::Io {
+            path: path.into(),
+            source,
         })
     }
 
@@ -418,5 +422,55 @@ impl Dataset {
             split: first.split,
             first_index: first.first_index,
         })
+    }
+}
+
+/// Rewrites the JSON header of a safetensors file with every object's keys sorted, in
+/// place and at the same length, so that a file's bytes depend only on its content:
+/// safetensors writes the metadata from a `HashMap`, in an order that changes from run to
+/// run. A header that would not keep its length (it always does: same strings, same compact
+/// format) is left as it was.
+fn canonicalise_header(path: &Path) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len)?;
+    let len = usize::try_from(u64::from_le_bytes(len)).map_err(std::io::Error::other)?;
+    let mut header = vec![0u8; len];
+    file.read_exact(&mut header)?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&header).map_err(std::io::Error::other)?;
+    let mut sorted = serde_json::to_vec(&sort_keys(value)).map_err(std::io::Error::other)?;
+    if sorted.len() > len {
+        return Ok(());
+    }
+    sorted.resize(len, b' ');
+    if sorted != header {
+        file.seek(SeekFrom::Start(8))?;
+        file.write_all(&sorted)?;
+    }
+    Ok(())
+}
+
+/// The value with every object's keys in sorted order (whatever map serde_json uses).
+fn sort_keys(value: serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(map) => {
+            let mut entries: Vec<_> = map.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            serde_json::Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k, sort_keys(v)))
+                    .collect(),
+            )
+        }
+        serde_json::Value::Array(items) => {
+            serde_json::Value::Array(items.into_iter().map(sort_keys).collect())
+        }
+        other => other,
     }
 }
