@@ -4,7 +4,7 @@
 //! candle's `gelu` is the tanh approximation; `gelu_erf` is the exact one, and
 //! [`Activation::Gelu`] computes that same exact form with the fused kernel of
 //! [`crate::gelu_op`] (one pass forward, one backward). Leaky ReLU is written as
-//! `max(x,0) + slope·min(x,0)` so that its gradient is exact away from 0.
+//! `x if x > 0 else slope·x` by the fused kernel of [`crate::leaky_relu_op`].
 
 use crate::error::{LayerError, Result};
 use candle_core::{Module, Tensor};
@@ -59,8 +59,7 @@ pub fn gelu(x: &Tensor) -> candle_core::Result<Tensor> {
 
 /// Leaky ReLU, `max(x,0) + slope·min(x,0)`.
 pub fn leaky_relu(x: &Tensor, negative_slope: f64) -> candle_core::Result<Tensor> {
-    let zeros = x.zeros_like()?;
-    x.maximum(&zeros)? + (x.minimum(&zeros)? * negative_slope)?
+    crate::leaky_relu_op::leaky_relu(x, negative_slope)
 }
 
 impl Module for Activation {

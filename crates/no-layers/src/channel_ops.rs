@@ -9,6 +9,7 @@
 //! the result does not depend on the thread count. Other dtypes and devices use candle's
 //! broadcasting ops.
 
+use crate::cpu_map::contiguous;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -69,14 +70,6 @@ fn broadcast_shape(x: &Tensor, c: usize) -> Vec<usize> {
 fn blocks(l: &Layout) -> (usize, usize, usize) {
     let d = l.dims();
     (d[0], d[1], d[2..].iter().product())
-}
-
-/// The elements a contiguous layout covers.
-fn contiguous<'a, T>(v: &'a [T], l: &Layout) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&v[start..end]),
-        None => candle_core::bail!("channel op: expected a contiguous input, got {:?}", l),
-    }
 }
 
 /// Numbers the kernels run on.
@@ -183,14 +176,14 @@ fn map_storage(
     }
     let out = match (s1, s2) {
         (CpuStorage::F32(x), CpuStorage::F32(p)) => CpuStorage::F32(per_channel_map(
-            contiguous(x, l1)?,
-            contiguous(p, l2)?,
+            contiguous("channel op", x, l1)?,
+            contiguous("channel op", p, l2)?,
             n,
             f32_op,
         )),
         (CpuStorage::F64(x), CpuStorage::F64(p)) => CpuStorage::F64(per_channel_map(
-            contiguous(x, l1)?,
-            contiguous(p, l2)?,
+            contiguous("channel op", x, l1)?,
+            contiguous("channel op", p, l2)?,
             n,
             f64_op,
         )),
@@ -267,8 +260,12 @@ impl CustomOp1 for ChannelSum {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let dims = blocks(l);
         let out = match s {
-            CpuStorage::F32(v) => CpuStorage::F32(per_channel_sum(contiguous(v, l)?, None, dims)),
-            CpuStorage::F64(v) => CpuStorage::F64(per_channel_sum(contiguous(v, l)?, None, dims)),
+            CpuStorage::F32(v) => {
+                CpuStorage::F32(per_channel_sum(contiguous("channel op", v, l)?, None, dims))
+            }
+            CpuStorage::F64(v) => {
+                CpuStorage::F64(per_channel_sum(contiguous("channel op", v, l)?, None, dims))
+            }
             other => candle_core::bail!("channel-sum: dtype {:?} not handled", other.dtype()),
         };
         Ok((out, Shape::from(dims.1)))
@@ -297,13 +294,13 @@ impl CustomOp2 for ChannelDot {
         let dims = blocks(l1);
         let out = match (s1, s2) {
             (CpuStorage::F32(a), CpuStorage::F32(b)) => CpuStorage::F32(per_channel_sum(
-                contiguous(a, l1)?,
-                Some(contiguous(b, l2)?),
+                contiguous("channel op", a, l1)?,
+                Some(contiguous("channel op", b, l2)?),
                 dims,
             )),
             (CpuStorage::F64(a), CpuStorage::F64(b)) => CpuStorage::F64(per_channel_sum(
-                contiguous(a, l1)?,
-                Some(contiguous(b, l2)?),
+                contiguous("channel op", a, l1)?,
+                Some(contiguous("channel op", b, l2)?),
                 dims,
             )),
             (a, b) => candle_core::bail!(

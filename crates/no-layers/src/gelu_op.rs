@@ -15,12 +15,9 @@
 //! tensors use candle's exact `erf` and std's `exp`, which makes the f64 gradient checks
 //! exact. Other dtypes and devices fall back to candle's `gelu_erf`.
 
+use crate::cpu_map::{contiguous, map1, map2};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
-
-/// Elements per rayon task: large enough to amortise scheduling, small enough to balance.
-const CHUNK: usize = 1 << 15;
 
 /// `1/√2`.
 const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
@@ -52,8 +49,12 @@ impl CustomOp1 for GeluOp {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let out = match s {
-            CpuStorage::F32(v) => CpuStorage::F32(map1(contiguous(v, l)?, gelu_f32_slice)),
-            CpuStorage::F64(v) => CpuStorage::F64(map1(contiguous(v, l)?, gelu_f64_slice)),
+            CpuStorage::F32(v) => {
+                CpuStorage::F32(map1(contiguous(self.name(), v, l)?, gelu_f32_slice))
+            }
+            CpuStorage::F64(v) => {
+                CpuStorage::F64(map1(contiguous(self.name(), v, l)?, gelu_f64_slice))
+            }
             other => candle_core::bail!("fused GELU: dtype {:?} not handled", other.dtype()),
         };
         Ok((out, l.shape().clone()))
@@ -86,13 +87,13 @@ impl CustomOp2 for GeluGradOp {
         }
         let out = match (s1, s2) {
             (CpuStorage::F32(x), CpuStorage::F32(g)) => CpuStorage::F32(map2(
-                contiguous(x, l1)?,
-                contiguous(g, l2)?,
+                contiguous(self.name(), x, l1)?,
+                contiguous(self.name(), g, l2)?,
                 gelu_grad_f32_slice,
             )),
             (CpuStorage::F64(x), CpuStorage::F64(g)) => CpuStorage::F64(map2(
-                contiguous(x, l1)?,
-                contiguous(g, l2)?,
+                contiguous(self.name(), x, l1)?,
+                contiguous(self.name(), g, l2)?,
                 gelu_grad_f64_slice,
             )),
             (a, b) => candle_core::bail!(
@@ -103,36 +104,6 @@ impl CustomOp2 for GeluGradOp {
         };
         Ok((out, l1.shape().clone()))
     }
-}
-
-/// The elements a contiguous layout covers.
-fn contiguous<'a, T>(v: &'a [T], l: &Layout) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&v[start..end]),
-        None => candle_core::bail!("fused GELU: expected a contiguous input, got {:?}", l),
-    }
-}
-
-/// Applies a slice kernel chunk by chunk in parallel.
-fn map1<T: Copy + Default + Send + Sync>(src: &[T], kernel: fn(&[T], &mut [T])) -> Vec<T> {
-    let mut dst = vec![T::default(); src.len()];
-    dst.par_chunks_mut(CHUNK)
-        .zip(src.par_chunks(CHUNK))
-        .for_each(|(d, s)| kernel(s, d));
-    dst
-}
-
-/// Applies a two-input slice kernel chunk by chunk in parallel.
-fn map2<T: Copy + Default + Send + Sync>(
-    a: &[T],
-    b: &[T],
-    kernel: fn(&[T], &[T], &mut [T]),
-) -> Vec<T> {
-    let mut dst = vec![T::default(); a.len()];
-    dst.par_chunks_mut(CHUNK)
-        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
-        .for_each(|(d, (a, b))| kernel(a, b, d));
-    dst
 }
 
 /// `erf` in `f32`: `x·P(x²)/Q(x²)` on the argument clamped to `[-4, 4]`.
@@ -371,7 +342,7 @@ mod tests {
 
     #[test]
     fn result_does_not_depend_on_the_thread_count() -> Result<()> {
-        let n = 3 * CHUNK + 17;
+        let n = 3 * crate::cpu_map::CHUNK + 17;
         let xs: Vec<f32> = (0..n)
             .map(|i| ((i * 7919) % 2001) as f32 * 0.004 - 4.0)
             .collect();

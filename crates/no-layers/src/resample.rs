@@ -195,9 +195,17 @@ impl Resampler {
                 ),
             });
         }
+        let (b, c, h, _) = x.dims4()?;
         let y = self.resample_last(x, out.1)?;
-        let y = self.resample_last(&y.transpose(2, 3)?, out.0)?;
-        Ok(y.transpose(2, 3)?.contiguous()?)
+        if h == out.0 {
+            return Ok(y);
+        }
+        // The first axis as a left product `A·Y` per (batch, channel) plane, with `A`
+        // broadcast over the planes: no transposed copies, whose gradients candle would
+        // accumulate with slow strided additions.
+        let a = self.matrix_t(h, out.0, x.dtype(), x.device())?.t()?;
+        Ok(a.broadcast_matmul(&y.reshape((b * c, h, out.1))?)?
+            .reshape((b, c, out.0, out.1))?)
     }
 
     /// Resamples `x` `[B, C, L]` to `[B, C, n_out]`.
