@@ -23,6 +23,7 @@ pub mod activation;
 pub mod candle_fixes;
 pub mod channel_ops;
 pub mod cno_activation;
+pub mod conv2d;
 mod cpu_map;
 pub mod differential;
 pub mod disco;

@@ -159,8 +159,8 @@ impl Conv {
 
 impl Module for Conv {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        x.conv2d(&self.weight, self.padding, 1, 1, 1)?
-            .broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
+        let y = no_layers::conv2d::conv2d(x, &self.weight, self.padding, 1)?;
+        no_layers::channel_ops::add_channel_bias(&y, &self.bias)
     }
 }
 

@@ -547,7 +547,7 @@ impl DeepOnetCnnConfig {
     }
 }
 
-/// One convolution of the CNN branch, run through [`no_layers::candle_fixes::conv2d`]:
+/// One convolution of the CNN branch, run through [`no_layers::conv2d::conv2d`]:
 /// candle 0.11's own conv2d backward fails for strided convolutions on grids where
 /// `(H + 2p − k) mod s ≠ (W + 2p − k) mod s` (see `shared/notes/candle-and-friends.md` §2b).
 #[derive(Debug, Clone)]
@@ -620,8 +620,8 @@ impl CnnBranch {
     fn forward(&self, u: &Tensor) -> candle_core::Result<Tensor> {
         let mut x = u.clone();
         for c in &self.convs {
-            let y = no_layers::candle_fixes::conv2d(&x, &c.weight, c.padding, c.stride, 1)?;
-            let y = y.broadcast_add(&c.bias.reshape((1, (), 1, 1))?)?;
+            let y = no_layers::conv2d::conv2d(&x, &c.weight, c.padding, c.stride)?;
+            let y = no_layers::channel_ops::add_channel_bias(&y, &c.bias)?;
             x = self.conv_activation.apply(&y)?;
         }
         self.mlp.forward(&x.flatten_from(1)?)
