@@ -242,6 +242,30 @@ mod tests {
         Ok(())
     }
 
+    /// Regression: gradients of a loss built from the variables carry a backward graph;
+    /// moments made from them without detaching kept every step's graph alive (memory grew
+    /// without bound during training). The stored moments must carry no graph.
+    #[test]
+    fn moments_hold_no_backward_graph() -> Result<()> {
+        let vm = VarMap::new();
+        let x = vm.get(
+            4,
+            "x",
+            candle_nn::Init::Const(0.3),
+            DType::F32,
+            &Device::Cpu,
+        )?;
+        let mut opt = AdamW::new(&vm, AdamWParams::default())?;
+        for _ in 0..3 {
+            // The gradient of x·sin(x) depends on x, so it is built from tracked tensors.
+            opt.backward_step(&(&x * x.sin()?)?.sum_all()?)?;
+        }
+        for (name, t) in opt.state().m.iter().chain(opt.state().v.iter()) {
+            assert!(!t.track_op(), "moment of {name} keeps a backward graph");
+        }
+        Ok(())
+    }
+
     #[test]
     fn restored_state_continues_identically() -> Result<()> {
         let run = |split: bool| -> Result<Vec<f32>> {
