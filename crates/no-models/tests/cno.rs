@@ -1,6 +1,8 @@
-//! CNO: parameter counts against the official simplified CNO, gradients, overfitting,
-//! other grids, and translation equivariance (with DeepONet as the failing control).
+//! CNO: parameter counts against the official simplified CNO, gradients, overfitting 8 quick
+//! FHN samples, other grids, and translation equivariance (with DeepONet as the failing
+//! control).
 
+mod quick;
 mod synthetic;
 
 use candle_core::{DType, Device, Tensor, Var};
@@ -8,7 +10,7 @@ use no_layers::gradcheck::{check_gradients, GradCheckConfig};
 use no_layers::init::SeededVarMap;
 use no_models::cno::{Cno, CnoConfig};
 use no_models::deeponet::{DeepOnet, DeepOnetConfig};
-use no_models::{build, ModelConfig, NeuralOperator};
+use no_models::{build, ModelConfig, NeuralOperator, NormalizerKind};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -99,19 +101,37 @@ fn gradients_with_batch_norm_match_finite_differences() -> TestResult {
     Ok(())
 }
 
+/// At most this many full-batch AdamW steps on 8 quick samples (25 × 25).
+const OVERFIT_STEPS: usize = 200;
+
+/// Batch norm on (an option of the official CNO) and Gaussian normalisation. Measured on
+/// this config and data (relative L2 after 150 steps): without batch norm 0.078 at lr 5e-3
+/// (0.058 after 300), with it 0.063 at lr 5e-3 and 0.0497 at lr 1e-2; min–max scaling
+/// (outputs in [0, 1], not centred) 0.34. Subsampling to 13 × 13 instead leaves the
+/// fronts unresolved and the band-limited CNO stalls at 0.55.
 #[test]
-fn overfits_eight_samples() -> TestResult {
-    let (x, y) = synthetic::dataset(8, 12, 12, DType::F32)?;
+fn overfits_eight_quick_samples() -> TestResult {
+    let data = quick::samples()?;
     let vars = SeededVarMap::new(3);
     let cfg = CnoConfig {
         channel_multiplier: 8,
         latent_lift_proj_dim: 16,
+        batch_norm: true,
         ..tiny()
     };
-    let model = Cno::new(&cfg, vars.var_builder(DType::F32, &Device::Cpu))?;
-    let (err, steps) =
-        synthetic::overfit(&model, vars.varmap().all_vars(), &x, &y, 5e-3, 1500, 0.05)?;
-    assert!(err < 0.05, "relative L2 {err} after {steps} steps");
+    let model = build(
+        &ModelConfig::Cno(cfg),
+        vars.var_builder(DType::F32, &Device::Cpu),
+    )?;
+    let outcome = quick::overfit(
+        model,
+        vars,
+        &data,
+        1e-2,
+        OVERFIT_STEPS,
+        NormalizerKind::Gaussian,
+    )?;
+    quick::assert_overfits("cno", outcome, OVERFIT_STEPS);
     Ok(())
 }
 

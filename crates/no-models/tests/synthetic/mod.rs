@@ -1,10 +1,9 @@
-//! Shared helpers of the part-2 model tests (DON, DON-CNN, POD-DON, CNO): a small
-//! synthetic FHN-like dataset, a relative-L2 metric and a plain AdamW overfitting loop.
+//! Shared helper of the part-2 model tests (DON, DON-CNN, POD-DON, CNO): a small analytic
+//! FHN-like dataset for gradient checks, equivariance and shape tests, where any smooth
+//! input will do (the overfitting tests use quick FHN samples: `quick`).
 #![allow(dead_code)]
 
 use candle_core::{DType, Device, Result, Tensor};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
-use no_models::NeuralOperator;
 
 /// `n` samples on an `nt × nx` grid: the input is a Gaussian pulse of current at a
 /// sample-dependent place; v is a travelling bump it triggers, w a slower, smoothed
@@ -34,42 +33,4 @@ pub fn dataset(n: usize, nt: usize, nx: usize, dtype: DType) -> Result<(Tensor, 
     let x = Tensor::from_vec(xs, (n, 1, nt, nx), &dev)?.to_dtype(dtype)?;
     let y = Tensor::from_vec(ys, (n, 2, nt, nx), &dev)?.to_dtype(dtype)?;
     Ok((x, y))
-}
-
-/// Mean over samples and channels of `‖pred − target‖₂ / ‖target‖₂` (per field).
-pub fn relative_l2(pred: &Tensor, target: &Tensor) -> Result<Tensor> {
-    let diff = (pred - target)?.sqr()?.flatten_from(2)?.sum(2)?.sqrt()?;
-    let norm = target.sqr()?.flatten_from(2)?.sum(2)?.sqrt()?;
-    (diff / norm)?.mean_all()
-}
-
-/// Trains with AdamW on the whole batch until the relative L2 error falls below `target`;
-/// returns the last error and the number of steps taken (at most `max_steps`).
-pub fn overfit(
-    model: &dyn NeuralOperator,
-    vars: Vec<candle_core::Var>,
-    x: &Tensor,
-    y: &Tensor,
-    lr: f64,
-    max_steps: usize,
-    target: f64,
-) -> Result<(f64, usize)> {
-    let mut opt = AdamW::new(
-        vars,
-        ParamsAdamW {
-            lr,
-            weight_decay: 0.0,
-            ..Default::default()
-        },
-    )?;
-    let mut err = f64::INFINITY;
-    for step in 0..max_steps {
-        let loss = relative_l2(&model.forward_t(x, true)?, y)?;
-        err = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        if err < target {
-            return Ok((err, step));
-        }
-        opt.backward_step(&loss)?;
-    }
-    Ok((err, max_steps))
 }
