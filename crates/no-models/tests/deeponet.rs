@@ -79,9 +79,11 @@ fn don_cnn_gradients_match_finite_differences_on_a_non_square_grid() -> TestResu
 /// most this many full-batch AdamW steps.
 const OVERFIT_STEPS: usize = 2000;
 
-/// The trunks use ReLU: a tanh trunk on (t, x) ∈ [0, 1]² stalls at 15–20% on the sharp
-/// wave fronts of FHN (spectral bias of smooth coordinate networks: 0.15 after 2000 steps
-/// at this size), while a piecewise-linear ReLU trunk of the same size resolves them.
+/// The trunks use ReLU. A tanh trunk on (t, x) ∈ [0, 1]² learns the sharp wave fronts of
+/// FHN slowly (spectral bias of smooth coordinate networks): this DON with a tanh trunk is
+/// at 0.090 after 3000 steps (0.127 with two hidden layers), with a ReLU trunk under 0.05
+/// after 1200. DON-CNN also needs a wider basis: with 64 functions it stalls at 0.056
+/// after 1500 steps (lr 3e-3), with 128 it is under 0.05 after 800 (lr 5e-3).
 #[test]
 fn don_overfits_eight_quick_samples() -> TestResult {
     let data = quick::samples()?;
@@ -131,7 +133,7 @@ fn don_cnn_overfits_eight_quick_samples() -> TestResult {
         model,
         vars,
         &data,
-        3e-3,
+        5e-3,
         OVERFIT_STEPS,
         NormalizerKind::Gaussian,
     )?;
