@@ -20,7 +20,7 @@ use no_models::deeponet::{DeepOnetCnnConfig, DeepOnetConfig};
 use no_models::fno::FnoConfig;
 use no_models::local_no::LocalNoConfig;
 use no_models::pod::{PodBasis, PodDeepOnet, PodDeepOnetConfig};
-use no_models::train::{Schedule, TrainConfig, Trainer};
+use no_models::train::{LossKind, Schedule, TrainConfig, Trainer};
 use no_models::{ModelConfig, NeuralOperator};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -91,7 +91,8 @@ pub struct StudyConfig {
     pub seed: u64,
 }
 
-/// A training budget: `epochs` at `batch_size`, AdamW at `lr` with a cosine decay to 1% of it.
+/// A training budget: `epochs` at `batch_size`, AdamW at `lr` with a cosine decay to 1% of it,
+/// minimising the pooled relative L2 ([`LossKind::PooledRelativeL2`]).
 pub fn budget(epochs: usize, batch_size: usize, lr: f64, seed: u64) -> TrainConfig {
     let mut t = TrainConfig {
         epochs,
@@ -101,6 +102,11 @@ pub fn budget(epochs: usize, batch_size: usize, lr: f64, seed: u64) -> TrainConf
         ..TrainConfig::default()
     };
     t.optimizer.lr = lr;
+    // One ratio per channel over the batch: with the per-sample ratio the few
+    // sub-threshold samples (no wave, targets ~20× smaller in norm) dominate the gradient;
+    // measured on the quick study, the pooled loss halves FNO's and CNO's validation
+    // medians at the same budget (docs/benchmark.md).
+    t.loss = LossKind::PooledRelativeL2;
     t.schedule = Schedule::Cosine {
         t_max: epochs,
         eta_min: lr * 0.01,
@@ -181,61 +187,61 @@ impl StudyConfig {
                 "cno",
                 Variant::Paper,
                 ModelConfig::Cno(cno),
-                budget(3, 8, 1e-3, seed),
+                budget(35, 8, 3e-3, seed),
             ),
             spec(
                 "don",
                 Variant::Paper,
                 ModelConfig::Don(don.clone()),
-                budget(30, 16, 1e-3, seed),
+                budget(300, 16, 1e-3, seed),
             ),
             spec(
                 "don_cnn",
                 Variant::Paper,
                 ModelConfig::DonCnn(don_cnn),
-                budget(10, 16, 1e-3, seed),
+                budget(150, 16, 1e-3, seed),
             ),
             spec(
                 "pod_don",
                 Variant::Paper,
                 ModelConfig::PodDon(pod),
-                budget(30, 16, 1e-3, seed),
+                budget(300, 16, 1e-3, seed),
             ),
             spec(
                 "fno",
                 Variant::Paper,
                 ModelConfig::Fno(fno.clone()),
-                budget(5, 8, 3e-3, seed),
+                budget(45, 8, 3e-3, seed),
             ),
             spec(
                 "tfno",
                 Variant::Paper,
                 ModelConfig::Tfno(fno.clone()),
-                budget(5, 8, 3e-3, seed),
+                budget(45, 8, 3e-3, seed),
             ),
             spec(
                 "local_no",
                 Variant::Paper,
                 ModelConfig::LocalNo(local),
-                budget(3, 8, 3e-3, seed),
+                budget(25, 8, 3e-3, seed),
             ),
             spec(
                 "fno-nopos",
                 Variant::NoPositional,
                 ModelConfig::Fno(fno_nopos),
-                budget(5, 8, 3e-3, seed),
+                budget(45, 8, 3e-3, seed),
             ),
             spec(
                 "fno+aug",
                 Variant::Augmented,
                 ModelConfig::Fno(fno),
-                budget(5, 8, 3e-3, seed),
+                budget(45, 8, 3e-3, seed),
             ),
             spec(
                 "don+aug",
                 Variant::Augmented,
                 ModelConfig::Don(don),
-                budget(30, 16, 1e-3, seed),
+                budget(300, 16, 1e-3, seed),
             ),
         ];
         Self {

@@ -22,12 +22,13 @@ fn text(s: &str) -> String {
 pub fn results_csv(r: &StudyResults) -> String {
     let mut out = String::from(
         "model,variant,params,train_rel_l2,val_rel_l2,test_rel_l2_v,test_rel_l2_w,test_median_rel_l1_v,\
+         train_median_rel_l2,val_median_rel_l2,test_median_rel_l2_v,test_median_rel_l2_w,\
          equiv_time_v,equiv_space_v,train_wall_s,latency_p50_b1_ms,throughput_b32,fine_grid_rel_l2_v\n",
     );
     for row in r.rows() {
         let _ = writeln!(
             out,
-            "{},{},{},{:.6e},{:.6e},{:.6e},{:.6e},{:.6e},{},{},{:.3},{},{},{}",
+            "{},{},{},{:.6e},{:.6e},{:.6e},{:.6e},{:.6e},{:.6e},{:.6e},{:.6e},{:.6e},{},{},{:.3},{},{},{}",
             text(&row.label),
             text(&row.variant),
             row.params,
@@ -36,6 +37,10 @@ pub fn results_csv(r: &StudyResults) -> String {
             row.test_rel_l2_v,
             row.test_rel_l2_w,
             row.test_median_rel_l1_v,
+            row.train_median_rel_l2,
+            row.val_median_rel_l2,
+            row.test_median_rel_l2_v,
+            row.test_median_rel_l2_w,
             opt(row.equiv_time_v),
             opt(row.equiv_space_v),
             row.train_wall_s,

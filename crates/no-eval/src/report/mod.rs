@@ -169,6 +169,14 @@ pub struct Row {
     pub test_rel_l2_w: f64,
     /// Median relative L1 of v on the translated test split (the CNO paper's statistic).
     pub test_median_rel_l1_v: f64,
+    /// Median over samples of the relative L2 on the training split, averaged over v and w.
+    pub train_median_rel_l2: f64,
+    /// Median over samples of the relative L2 on validation, averaged over v and w.
+    pub val_median_rel_l2: f64,
+    /// Median relative L2 of v on the translated test split.
+    pub test_median_rel_l2_v: f64,
+    /// Median relative L2 of w on the translated test split.
+    pub test_median_rel_l2_w: f64,
     /// Mean E(s) of v at the fixed delay.
     pub equiv_time_v: Option<f64>,
     /// Mean E(s) of v at the fixed space shift.
@@ -190,6 +198,14 @@ fn mean_l2(f: &[FieldSummary]) -> f64 {
     f.iter().map(|s| s.rel_l2.mean).sum::<f64>() / f.len() as f64
 }
 
+/// The per-field medians of the relative L2, averaged over the fields.
+fn median_l2(f: &[FieldSummary]) -> f64 {
+    if f.is_empty() {
+        return f64::NAN;
+    }
+    f.iter().map(|s| s.rel_l2.median).sum::<f64>() / f.len() as f64
+}
+
 impl StudyResults {
     /// The table rows, in the order the models were trained.
     pub fn rows(&self) -> Vec<Row> {
@@ -204,6 +220,10 @@ impl StudyResults {
                 test_rel_l2_v: m.test.first().map_or(f64::NAN, |s| s.rel_l2.mean),
                 test_rel_l2_w: m.test.get(1).map_or(f64::NAN, |s| s.rel_l2.mean),
                 test_median_rel_l1_v: m.test.first().map_or(f64::NAN, |s| s.rel_l1.median),
+                train_median_rel_l2: median_l2(&m.train),
+                val_median_rel_l2: median_l2(&m.validation),
+                test_median_rel_l2_v: m.test.first().map_or(f64::NAN, |s| s.rel_l2.median),
+                test_median_rel_l2_w: m.test.get(1).map_or(f64::NAN, |s| s.rel_l2.median),
                 equiv_time_v: m
                     .time_curve
                     .at(self.fixed_shifts.time_steps)

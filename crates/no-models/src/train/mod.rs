@@ -10,7 +10,7 @@ pub mod optim;
 pub mod schedule;
 pub mod trainer;
 
-pub use loss::{relative_l2, relative_l2_per_channel};
+pub use loss::{pooled_relative_l2, relative_l2, relative_l2_per_channel, LossKind};
 pub use optim::{AdamW, AdamWParams, AdamWState};
 pub use schedule::Schedule;
 pub use trainer::{EpochRecord, LogFormat, TrainConfig, TrainSummary, Trainer};

@@ -8,7 +8,7 @@
 //! epoch, so a run resumed from `last.safetensors` takes exactly the steps an
 //! uninterrupted run would.
 
-use super::loss::{relative_l2, relative_l2_per_channel};
+use super::loss::{relative_l2_per_channel, LossKind};
 use super::optim::{AdamW, AdamWParams};
 use super::schedule::Schedule;
 use crate::checkpoint::{snapshot, Checkpoint, TrainingMeta};
@@ -58,6 +58,9 @@ pub struct TrainConfig {
     pub progress: bool,
     /// Format of the per-epoch log.
     pub log_format: LogFormat,
+    /// The loss minimised (validation and evaluation always report the per-sample
+    /// relative L2, whatever is minimised).
+    pub loss: LossKind,
 }
 
 impl Default for TrainConfig {
@@ -76,6 +79,7 @@ impl Default for TrainConfig {
             shuffle: true,
             progress: false,
             log_format: LogFormat::JsonLines,
+            loss: LossKind::default(),
         }
     }
 }
@@ -302,7 +306,7 @@ impl Trainer {
             let pred = norm
                 .output
                 .decode(&self.model.forward_t(&norm.input.encode(&x)?, true)?)?;
-            let loss = relative_l2(&pred, &y)?;
+            let loss = self.cfg.loss.compute(&pred, &y)?;
             let value = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
             if !value.is_finite() {
                 return Err(ModelError::NonFiniteLoss {
