@@ -28,6 +28,9 @@ fn input(b: usize, c: usize, seed: u64) -> Tensor {
             },
         )
         .expect("random input")
+        // A plain tensor, not a variable: a tracked input would make every forward build
+        // (and keep alive) an autograd graph, which the anchor's `torch.no_grad()` does not.
+        .detach()
 }
 
 fn bench_fourier(c: &mut Criterion) {

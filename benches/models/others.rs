@@ -28,6 +28,9 @@ fn input(b: usize, seed: u64) -> Tensor {
             },
         )
         .expect("random input")
+        // A plain tensor, not a variable: a tracked input would make every forward build
+        // (and keep alive) an autograd graph, which the anchor's `torch.no_grad()` does not.
+        .detach()
 }
 
 /// The four models with their default (study) configurations; POD-DON with 64 modes per
@@ -54,7 +57,8 @@ fn models() -> Vec<(&'static str, Box<dyn NeuralOperator>, SeededVarMap)> {
                 stdev: 1.0,
             },
         )
-        .expect("outputs");
+        .expect("outputs")
+        .detach();
     let basis = PodBasis::fit(&train_y, PodCriterion::Count(64)).expect("POD basis");
     let vars = SeededVarMap::new(0);
     let pod = PodDeepOnet::from_basis(

@@ -1,0 +1,127 @@
+//! Times one model's forward pass or training step in a plain loop, for profiling.
+//!
+//! ```text
+//! cargo run --release --example model_timing -- --model fno --work train --batch 32 --grid 100
+//! cargo run --release --example model_timing -- --config cno.json --work forward --batch 8 --grid 50
+//! perf record -g target/release/examples/model_timing --model fno --work train --repeats 3
+//! ```
+//!
+//! Builds the model from its default configuration (`--model`) or a `ModelConfig` JSON
+//! file (`--config`, e.g. one entry of a benchmark's `study.json`), draws a seeded random
+//! input `[B, C_in, grid, grid]` and target, runs one untimed warm-up, then prints each
+//! timed repeat and the fastest. `train` is forward + MSE + backward + the trainer's AdamW
+//! step, the work of the criterion benches. The criterion benches (`cargo bench --bench
+//! models`) are the reference figures; this program is for quick looks and for `perf`.
+//! POD-DON needs a basis fitted on training outputs, so it is timed by the bench only.
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Shape, Tensor};
+use clap::{Parser, ValueEnum};
+use no_layers::init::{init_tensor, rng_for, SeededVarMap};
+use no_models::train::{AdamW, AdamWParams};
+use no_models::{build, ModelConfig};
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Work {
+    /// One forward pass.
+    Forward,
+    /// Forward, MSE loss, backward and one AdamW step.
+    Train,
+}
+
+#[derive(Parser, Debug)]
+#[command(about = "Time a model's forward pass or training step")]
+struct Args {
+    /// Architecture at its default configuration (cno, don, don_cnn, pod_don, fno, tfno,
+    /// local_no); ignored when --config is given.
+    #[arg(long, default_value = "fno")]
+    model: String,
+    /// A `ModelConfig` JSON file (with its `"model"` tag).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// What to time.
+    #[arg(long, value_enum, default_value = "train")]
+    work: Work,
+    /// Batch size.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Grid size (nt = nx); must match the grid a DeepONet-family config was built for.
+    #[arg(long, default_value_t = 100)]
+    grid: usize,
+    /// Input channels of the model (the study: 1, the applied current).
+    #[arg(long, default_value_t = 1)]
+    in_channels: usize,
+    /// Output channels of the model (the study: 2, v and w).
+    #[arg(long, default_value_t = 2)]
+    out_channels: usize,
+    /// Timed repeats after the warm-up.
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+}
+
+fn config(args: &Args) -> Result<ModelConfig> {
+    if let Some(path) = &args.config {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        return serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a model configuration", path.display()));
+    }
+    let tagged = format!("{{\"model\": \"{}\"}}", args.model);
+    serde_json::from_str(&tagged).with_context(|| format!("unknown model `{}`", args.model))
+}
+
+fn random(shape: (usize, usize, usize, usize), name: &str) -> Result<Tensor> {
+    let mut rng = rng_for(1, name);
+    let init = candle_nn::init::Init::Randn {
+        mean: 0.0,
+        stdev: 1.0,
+    };
+    Ok(init_tensor(init, &Shape::from(shape), &mut rng)?.to_dtype(DType::F32)?)
+}
+
+fn main() -> Result<()> {
+    fhn_neural_operators::allocator::keep_freed_memory();
+    let args = Args::parse();
+    if args.batch == 0 || args.grid < 2 || args.repeats == 0 {
+        bail!("--batch and --repeats must be positive and --grid at least 2");
+    }
+    let cfg = config(&args)?;
+    let vars = SeededVarMap::new(0);
+    let model = build(&cfg, vars.var_builder(DType::F32, &Device::Cpu))?;
+    let (c_in, c_out) = (args.in_channels, args.out_channels);
+    let x = random((args.batch, c_in, args.grid, args.grid), "x")?;
+    let y = random((args.batch, c_out, args.grid, args.grid), "y")?;
+    let mut opt = AdamW::new(vars.varmap(), AdamWParams::default())?;
+    let mut run = || -> Result<()> {
+        match args.work {
+            Work::Forward => drop(model.forward(&x)?),
+            Work::Train => {
+                let loss = (model.forward_t(&x, true)? - &y)?.sqr()?.mean_all()?;
+                opt.backward_step(&loss)?;
+            }
+        }
+        Ok(())
+    };
+    let start = Instant::now();
+    run()?;
+    println!("warm-up: {:.1} ms", start.elapsed().as_secs_f64() * 1e3);
+    let mut best = f64::INFINITY;
+    for r in 0..args.repeats {
+        let start = Instant::now();
+        run()?;
+        let ms = start.elapsed().as_secs_f64() * 1e3;
+        best = best.min(ms);
+        println!("repeat {r}: {ms:.1} ms");
+    }
+    println!(
+        "{:?} at batch {} on {}×{}: fastest {best:.1} ms ({} parameters)",
+        args.work,
+        args.batch,
+        args.grid,
+        args.grid,
+        model.param_count().numel
+    );
+    Ok(())
+}
