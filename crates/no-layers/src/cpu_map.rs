@@ -4,7 +4,8 @@
 //! not depend on the thread count, and the kernels are element-wise, so results are
 //! identical however many threads run them.
 
-use candle_core::{Layout, Result};
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, Layout, Result, Shape};
 use rayon::prelude::*;
 
 /// Elements per rayon task: large enough to amortise scheduling, small enough to balance.
@@ -41,4 +42,56 @@ pub(crate) fn map2<T: Copy + Default + Send + Sync>(
         .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
         .for_each(|(d, (a, b))| kernel(a, b, d));
     dst
+}
+
+/// An element-wise op on an f32 or f64 storage: `kernels.0` or `kernels.1` applied chunk by
+/// chunk in parallel; the result has the input's shape.
+pub(crate) fn unary_storage(
+    op: &str,
+    s: &CpuStorage,
+    l: &Layout,
+    f32_kernel: impl Fn(&[f32], &mut [f32]) + Sync,
+    f64_kernel: impl Fn(&[f64], &mut [f64]) + Sync,
+) -> Result<(CpuStorage, Shape)> {
+    let out = match s {
+        CpuStorage::F32(v) => CpuStorage::F32(map1(contiguous(op, v, l)?, f32_kernel)),
+        CpuStorage::F64(v) => CpuStorage::F64(map1(contiguous(op, v, l)?, f64_kernel)),
+        other => candle_core::bail!("{op}: dtype {:?} not handled (f32 or f64)", other.dtype()),
+    };
+    Ok((out, l.shape().clone()))
+}
+
+/// An element-wise op on two f32 or f64 storages of the same shape and dtype.
+pub(crate) fn binary_storage(
+    op: &str,
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+    f32_kernel: impl Fn(&[f32], &[f32], &mut [f32]) + Sync,
+    f64_kernel: impl Fn(&[f64], &[f64], &mut [f64]) + Sync,
+) -> Result<(CpuStorage, Shape)> {
+    if l1.shape() != l2.shape() {
+        candle_core::bail!(
+            "{op}: inputs {:?} and {:?} differ in shape",
+            l1.dims(),
+            l2.dims()
+        );
+    }
+    let out = match (s1, s2) {
+        (CpuStorage::F32(a), CpuStorage::F32(b)) => CpuStorage::F32(map2(
+            contiguous(op, a, l1)?,
+            contiguous(op, b, l2)?,
+            f32_kernel,
+        )),
+        (CpuStorage::F64(a), CpuStorage::F64(b)) => CpuStorage::F64(map2(
+            contiguous(op, a, l1)?,
+            contiguous(op, b, l2)?,
+            f64_kernel,
+        )),
+        (a, b) => candle_core::bail!(
+            "{op}: dtypes {:?} and {:?} not handled (both f32 or both f64)",
+            a.dtype(),
+            b.dtype()
+        ),
+    };
+    Ok((out, l1.shape().clone()))
 }

@@ -15,8 +15,7 @@
 //! tensors use candle's exact `erf` and std's `exp`, which makes the f64 gradient checks
 //! exact. Other dtypes and devices fall back to candle's `gelu_erf`.
 
-use crate::cpu_map::{contiguous, map1, map2};
-use candle_core::backend::BackendStorage;
+use crate::cpu_map::{binary_storage, unary_storage};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
 /// `1/√2`.
@@ -48,16 +47,7 @@ impl CustomOp1 for GeluOp {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let out = match s {
-            CpuStorage::F32(v) => {
-                CpuStorage::F32(map1(contiguous(self.name(), v, l)?, gelu_f32_slice))
-            }
-            CpuStorage::F64(v) => {
-                CpuStorage::F64(map1(contiguous(self.name(), v, l)?, gelu_f64_slice))
-            }
-            other => candle_core::bail!("fused GELU: dtype {:?} not handled", other.dtype()),
-        };
-        Ok((out, l.shape().clone()))
+        unary_storage(self.name(), s, l, gelu_f32_slice, gelu_f64_slice)
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
@@ -78,31 +68,13 @@ impl CustomOp2 for GeluGradOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        if l1.shape() != l2.shape() {
-            candle_core::bail!(
-                "fused GELU backward: input {:?} and gradient {:?} differ in shape",
-                l1.dims(),
-                l2.dims()
-            );
-        }
-        let out = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(g)) => CpuStorage::F32(map2(
-                contiguous(self.name(), x, l1)?,
-                contiguous(self.name(), g, l2)?,
-                gelu_grad_f32_slice,
-            )),
-            (CpuStorage::F64(x), CpuStorage::F64(g)) => CpuStorage::F64(map2(
-                contiguous(self.name(), x, l1)?,
-                contiguous(self.name(), g, l2)?,
-                gelu_grad_f64_slice,
-            )),
-            (a, b) => candle_core::bail!(
-                "fused GELU backward: dtypes {:?} and {:?} not handled",
-                a.dtype(),
-                b.dtype()
-            ),
-        };
-        Ok((out, l1.shape().clone()))
+        binary_storage(
+            self.name(),
+            (s1, l1),
+            (s2, l2),
+            gelu_grad_f32_slice,
+            gelu_grad_f64_slice,
+        )
     }
 }
 

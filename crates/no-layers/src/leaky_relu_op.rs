@@ -6,8 +6,7 @@
 //! is one pass and the backward one pass, `grad·(1 if x > 0 else slope)` (PyTorch's
 //! convention at 0). `f32` and `f64` on the CPU; elsewhere the candle formula.
 
-use crate::cpu_map::{contiguous, map1, map2};
-use candle_core::backend::BackendStorage;
+use crate::cpu_map::{binary_storage, unary_storage};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
 /// `x` where `x > 0`, `slope·x` elsewhere; differentiable through candle's autograd.
@@ -40,26 +39,22 @@ impl CustomOp1 for LeakyRelu {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let out = match s {
-            CpuStorage::F32(v) => {
-                let a = self.slope as f32;
-                CpuStorage::F32(map1(contiguous(self.name(), v, l)?, |s, d| {
-                    for (d, &x) in d.iter_mut().zip(s) {
-                        *d = if x > 0.0 { x } else { a * x };
-                    }
-                }))
-            }
-            CpuStorage::F64(v) => {
-                let a = self.slope;
-                CpuStorage::F64(map1(contiguous(self.name(), v, l)?, |s, d| {
-                    for (d, &x) in d.iter_mut().zip(s) {
-                        *d = if x > 0.0 { x } else { a * x };
-                    }
-                }))
-            }
-            other => candle_core::bail!("fused leaky ReLU: dtype {:?} not handled", other.dtype()),
-        };
-        Ok((out, l.shape().clone()))
+        let (a32, a64) = (self.slope as f32, self.slope);
+        unary_storage(
+            self.name(),
+            s,
+            l,
+            |s, d| {
+                for (d, &x) in d.iter_mut().zip(s) {
+                    *d = if x > 0.0 { x } else { a32 * x };
+                }
+            },
+            |s, d| {
+                for (d, &x) in d.iter_mut().zip(s) {
+                    *d = if x > 0.0 { x } else { a64 * x };
+                }
+            },
+        )
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
@@ -81,40 +76,22 @@ impl CustomOp2 for LeakyReluGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        if l1.shape() != l2.shape() {
-            candle_core::bail!(
-                "fused leaky ReLU backward: input {:?} and gradient {:?} differ in shape",
-                l1.dims(),
-                l2.dims()
-            );
-        }
-        let name = self.name();
-        let out = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(g)) => {
-                let a = self.slope as f32;
-                let (x, g) = (contiguous(name, x, l1)?, contiguous(name, g, l2)?);
-                CpuStorage::F32(map2(x, g, |x, g, d| {
-                    for ((d, &x), &g) in d.iter_mut().zip(x).zip(g) {
-                        *d = if x > 0.0 { g } else { a * g };
-                    }
-                }))
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(g)) => {
-                let a = self.slope;
-                let (x, g) = (contiguous(name, x, l1)?, contiguous(name, g, l2)?);
-                CpuStorage::F64(map2(x, g, |x, g, d| {
-                    for ((d, &x), &g) in d.iter_mut().zip(x).zip(g) {
-                        *d = if x > 0.0 { g } else { a * g };
-                    }
-                }))
-            }
-            (a, b) => candle_core::bail!(
-                "fused leaky ReLU backward: dtypes {:?} and {:?} not handled",
-                a.dtype(),
-                b.dtype()
-            ),
-        };
-        Ok((out, l1.shape().clone()))
+        let (a32, a64) = (self.slope as f32, self.slope);
+        binary_storage(
+            self.name(),
+            (s1, l1),
+            (s2, l2),
+            |x, g, d| {
+                for ((d, &x), &g) in d.iter_mut().zip(x).zip(g) {
+                    *d = if x > 0.0 { g } else { a32 * g };
+                }
+            },
+            |x, g, d| {
+                for ((d, &x), &g) in d.iter_mut().zip(x).zip(g) {
+                    *d = if x > 0.0 { g } else { a64 * g };
+                }
+            },
+        )
     }
 }
 
