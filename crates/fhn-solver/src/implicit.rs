@@ -100,14 +100,21 @@ pub struct Tridiagonal {
     twist: (f64, f64),
 }
 
+/// The bands `(sub, diag, sup)` of `α·I − k·Δ` with Neumann rows (the ghost node mirrors
+/// its neighbour, so the boundary rows carry `−2k`): shared by every 1D factorisation.
+pub(crate) fn neumann_bands(n: usize, alpha: f64, k: f64) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let diag = vec![alpha + 2.0 * k; n];
+    let sub = (0..n)
+        .map(|i| if i == n - 1 { -2.0 * k } else { -k })
+        .collect();
+    let sup = (0..n).map(|i| if i == 0 { -2.0 * k } else { -k }).collect();
+    (sub, diag, sup)
+}
+
 impl Tridiagonal {
     /// Factors `α·I − k·Δ` (k = κ/h²) with Neumann rows (n ≥ 3).
     pub fn neumann(n: usize, alpha: f64, k: f64) -> Self {
-        let diag = vec![alpha + 2.0 * k; n];
-        let sub: Vec<f64> = (0..n)
-            .map(|i| if i == n - 1 { -2.0 * k } else { -k })
-            .collect();
-        let sup: Vec<f64> = (0..n).map(|i| if i == 0 { -2.0 * k } else { -k }).collect();
+        let (sub, diag, sup) = neumann_bands(n, alpha, k);
         Self::new(&sub, &diag, &sup)
     }
 

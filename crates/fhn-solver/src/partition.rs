@@ -95,11 +95,7 @@ impl<const P: usize> Partitioned<P> {
     /// Factors `α·I − k·Δ` (k = κ/h²) with Neumann rows (n ≥ 3), as
     /// [`crate::implicit::Tridiagonal::neumann`].
     pub fn neumann(n: usize, alpha: f64, k: f64) -> Self {
-        let diag = vec![alpha + 2.0 * k; n];
-        let sub: Vec<f64> = (0..n)
-            .map(|i| if i == n - 1 { -2.0 * k } else { -k })
-            .collect();
-        let sup: Vec<f64> = (0..n).map(|i| if i == 0 { -2.0 * k } else { -k }).collect();
+        let (sub, diag, sup) = crate::implicit::neumann_bands(n, alpha, k);
         Self::new(&sub, &diag, &sup)
     }
 

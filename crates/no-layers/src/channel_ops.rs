@@ -390,11 +390,10 @@ mod tests {
                 .expect("gradient of w")
                 .to_vec1::<f32>()
         };
-        let one = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .build()
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-        assert_eq!(one.install(grad_of_scale)?, grad_of_scale()?);
+        assert_eq!(
+            crate::cpu_map::single_threaded(grad_of_scale)?,
+            grad_of_scale()?
+        );
         Ok(())
     }
 }

@@ -325,11 +325,7 @@ mod tests {
                 .ok_or_else(|| candle_core::Error::Msg("no input gradient".into()))?;
             Ok((y.flatten_all()?.to_vec1()?, gx.flatten_all()?.to_vec1()?))
         };
-        let one = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .build()
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-        assert_eq!(one.install(run)?, run()?);
+        assert_eq!(crate::cpu_map::single_threaded(run)?, run()?);
         Ok(())
     }
 }

@@ -95,3 +95,12 @@ pub(crate) fn binary_storage(
     };
     Ok((out, l1.shape().clone()))
 }
+
+/// Runs `f` on a one-thread rayon pool (tests compare its result with the default pool's).
+#[cfg(test)]
+pub(crate) fn single_threaded<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    match rayon::ThreadPoolBuilder::new().num_threads(1).build() {
+        Ok(pool) => pool.install(f),
+        Err(e) => panic!("cannot build a one-thread pool: {e}"),
+    }
+}

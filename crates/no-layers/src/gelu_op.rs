@@ -319,11 +319,7 @@ mod tests {
             .map(|i| ((i * 7919) % 2001) as f32 * 0.004 - 4.0)
             .collect();
         let x = Tensor::new(xs.as_slice(), &Device::Cpu)?;
-        let one = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .build()
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-        let serial = one.install(|| gelu(&x))?.to_vec1::<f32>()?;
+        let serial = crate::cpu_map::single_threaded(|| gelu(&x))?.to_vec1::<f32>()?;
         let parallel = gelu(&x)?.to_vec1::<f32>()?;
         assert_eq!(serial, parallel);
         Ok(())
