@@ -27,6 +27,8 @@ use std::time::Instant;
 enum Work {
     /// One forward pass.
     Forward,
+    /// One inference call (`NeuralOperator::predict`: DeepONets reuse their trunk).
+    Predict,
     /// Forward, MSE loss, backward and one AdamW step.
     Train,
 }
@@ -97,6 +99,7 @@ fn main() -> Result<()> {
     let mut run = || -> Result<()> {
         match args.work {
             Work::Forward => drop(model.forward(&x)?),
+            Work::Predict => drop(model.predict(&x)?),
             Work::Train => {
                 let loss = (model.forward_t(&x, true)? - &y)?.sqr()?.mean_all()?;
                 opt.backward_step(&loss)?;

@@ -7,25 +7,32 @@
 //! measured on the 2-core dev machine, that re-faulting took 35 % of an FNO training step
 //! and more than half of a batch-32 forward. [`keep_freed_memory`] tells glibc to serve
 //! every size from its heap and never trim it, the same settings
-//! `benches/python/compare_neuralop.py` gives PyTorch through `MALLOC_*` variables. The
-//! cost: the process keeps its peak heap until it exits.
+//! `benches/python/compare_neuralop.py` gives PyTorch through `MALLOC_*` variables. It also
+//! keeps a single arena: buffers allocated on rayon's worker threads otherwise land in
+//! per-thread arenas, which glibc shrinks on `free` whatever the trim threshold (with the
+//! AVX-512 matmul kernels this re-faulting tripled a batch-32 FNO forward, 368 → 1,071 ms).
+//! The cost: the process keeps its peak heap until it exits.
 //!
 //! The examples and the benches call it first thing. It is a no-op outside Linux/glibc.
 
 /// Tells glibc's allocator to keep freed memory for reuse instead of returning it to the
-/// kernel (no `mmap` for large blocks, no heap trimming, a 512 MiB top pad). Call it once,
+/// kernel (no `mmap` for large blocks, no heap trimming, a 512 MiB top pad, one arena). Call it once,
 /// at the start of `main`, before any large allocation; returns whether every setting was
 /// accepted (always `true` where there is nothing to set).
 pub fn keep_freed_memory() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         // SAFETY: `mallopt` only changes allocator parameters; glibc documents it as safe to
-        // call at any time, and these three are plain integer settings.
+        // call at any time, and these four are plain integer settings.
         unsafe {
             let no_mmap = libc::mallopt(libc::M_MMAP_MAX, 0);
-            let no_trim = libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+            // -1 disables trimming completely (mallopt(3)); `i32::MAX` did not: once the
+            // heap's free top passed 2 GiB (an FNO at batch 32 after other work in the same
+            // process), glibc trimmed it and every later buffer was faulted in again.
+            let no_trim = libc::mallopt(libc::M_TRIM_THRESHOLD, -1);
             let top_pad = libc::mallopt(libc::M_TOP_PAD, 512 << 20);
-            no_mmap == 1 && no_trim == 1 && top_pad == 1
+            let one_arena = libc::mallopt(libc::M_ARENA_MAX, 1);
+            no_mmap == 1 && no_trim == 1 && top_pad == 1 && one_arena == 1
         }
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]

@@ -114,13 +114,13 @@ pub fn measure(
         }
         let x = Tensor::full(0.1f32, (b, c_in, nt, nx), device)?.to_dtype(DType::F32)?;
         for _ in 0..config.warmup {
-            model.forward(&x)?;
+            model.predict(&x)?;
             device.synchronize()?;
         }
         let mut times = Vec::with_capacity(config.repeats);
         for _ in 0..config.repeats {
             let start = Instant::now();
-            let y = model.forward(&x)?;
+            let y = model.predict(&x)?;
             device.synchronize()?;
             times.push(start.elapsed().as_secs_f64());
             drop(y);

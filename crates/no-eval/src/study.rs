@@ -523,7 +523,7 @@ impl Predictor<'_> {
             let y = self
                 .norm
                 .output
-                .decode(&self.model.forward(&self.norm.input.encode(&x)?)?)?;
+                .decode(&self.model.predict(&self.norm.input.encode(&x)?)?)?;
             parts.push(from_tensor(&y)?);
         }
         let views: Vec<_> = parts.iter().map(|p| p.view()).collect();

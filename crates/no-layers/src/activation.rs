@@ -68,7 +68,7 @@ impl Module for Activation {
             Self::Gelu => gelu(x),
             Self::LeakyRelu { negative_slope } => leaky_relu(x, *negative_slope),
             Self::Relu => x.relu(),
-            Self::Tanh => x.tanh(),
+            Self::Tanh => crate::tanh_op::tanh(x),
             Self::Identity => Ok(x.clone()),
         }
     }

@@ -98,8 +98,10 @@ impl Real for f64 {
     }
 }
 
-/// `out[b, c, i] = f(x[b, c, i], p[c])`, one rayon task per `(b, c)` block.
-fn per_channel_map<T: Real>(x: &[T], p: &[T], n: usize, f: fn(T, T) -> T) -> Vec<T> {
+/// `out[b, c, i] = f(x[b, c, i], p[c])`, one rayon task per `(b, c)` block. `f` is generic
+/// (not a `fn` pointer) so that it inlines and the loop vectorises: through a pointer this
+/// was a call per element, 12 % of an FNO forward.
+fn per_channel_map<T: Real>(x: &[T], p: &[T], n: usize, f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
     let c = p.len();
     let mut out = vec![T::default(); x.len()];
     if n == 0 {
@@ -164,8 +166,8 @@ fn map_storage(
     l1: &Layout,
     s2: &CpuStorage,
     l2: &Layout,
-    f32_op: fn(f32, f32) -> f32,
-    f64_op: fn(f64, f64) -> f64,
+    f32_op: impl Fn(f32, f32) -> f32 + Sync,
+    f64_op: impl Fn(f64, f64) -> f64 + Sync,
 ) -> Result<(CpuStorage, Shape)> {
     let (_, c, n) = blocks(l1);
     if l2.shape().elem_count() != c {

@@ -97,6 +97,12 @@ where
         };
         let original = var.as_tensor().flatten_all()?.to_vec1::<f64>()?;
         let n = original.len();
+        if analytic.len() != n {
+            candle_core::bail!(
+                "gradcheck: the gradient of variable {vi} has {} entries, the variable {n}",
+                analytic.len()
+            );
+        }
         let stride = n.div_ceil(cfg.max_entries_per_var.max(1)).max(1);
         for idx in (0..n).step_by(stride) {
             let numeric = {

@@ -17,6 +17,7 @@
 //! skipped); [`SpectralConv::forward_with_output_shape`] evaluates the output on another
 //! grid.
 
+use crate::complex_block_op::complex_block;
 use crate::error::{LayerError, Result};
 use crate::fft_op;
 use crate::fourier::{
@@ -465,17 +466,10 @@ fn real_block(w: &Complex) -> Result<Tensor> {
 
 /// Dense mixing: `w [C, O, modes…, 2]` → per-mode blocks `[M, 2C, 2O]`, one batched GEMM.
 fn mix_dense(z: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let w = Complex::from_real_pair(w)?;
-    let (c, o) = (w.re.dim(0)?, w.re.dim(1)?);
-    let to_modes_first = |t: &Tensor| -> Result<Tensor> {
-        let m = t.elem_count() / (c * o);
-        Ok(t.reshape((c, o, m))?.permute((2, 0, 1))?)
-    };
-    let wm = Complex {
-        re: to_modes_first(&w.re)?,
-        im: to_modes_first(&w.im)?,
-    };
-    Ok(z.matmul(&real_block(&wm)?.contiguous()?)?)
+    let (c, o) = (w.dim(0)?, w.dim(1)?);
+    let m = w.elem_count() / (2 * c * o);
+    let w = w.contiguous()?.reshape((c, o, m, 2))?;
+    Ok(z.matmul(&complex_block(&w)?)?)
 }
 
 /// Factorized Tucker mixing, never forming the `[C, O, M]` weight:

@@ -85,7 +85,7 @@ impl LoadedModel {
     /// Prediction in physical units: encode the input, run the model, decode the output.
     pub fn predict(&self, input: &Tensor) -> Result<Tensor> {
         let x = self.normalizers.input.encode(input)?;
-        let y = self.model.forward(&x)?;
+        let y = self.model.predict(&x)?;
         self.normalizers.output.decode(&y)
     }
 }

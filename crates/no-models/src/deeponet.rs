@@ -27,7 +27,9 @@ use crate::operator::{NeuralOperator, ParamCount};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::init::Init;
 use candle_nn::{Linear, VarBuilder};
+use no_layers::feature_bias::add_feature_bias;
 use serde::{Deserialize, Serialize};
+use std::sync::Mutex;
 
 /// A pointwise nonlinearity, named as in DeepXDE.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -52,7 +54,7 @@ impl Activation {
     /// Applies the nonlinearity.
     pub fn apply(self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
-            Activation::Tanh => x.tanh(),
+            Activation::Tanh => no_layers::tanh_op::tanh(x),
             Activation::Relu => x.relu(),
             Activation::Gelu => no_layers::gelu_op::gelu(x),
             Activation::Silu => x.silu(),
@@ -107,6 +109,14 @@ impl Fnn {
         })
     }
 
+    /// The weights and biases, layer by layer.
+    pub(crate) fn parameters(&self) -> Vec<&Tensor> {
+        self.layers
+            .iter()
+            .flat_map(|l| std::iter::once(l.weight()).chain(l.bias()))
+            .collect()
+    }
+
     /// Number of parameters.
     pub(crate) fn param_count(&self) -> usize {
         self.layers
@@ -116,22 +126,84 @@ impl Fnn {
     }
 }
 
-impl Module for Fnn {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let n = self.layers.len();
+impl Fnn {
+    /// The hidden stack (every layer but the last) on rows `x`.
+    fn hidden(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let mut h = x.clone();
-        for (i, layer) in self.layers.iter().enumerate() {
-            let mut z = layer.forward(&h)?;
-            if i + 1 < n || self.last_activation {
-                z = self.activation.apply(&z)?;
-            }
+        for layer in &self.layers[..self.layers.len().saturating_sub(1)] {
+            let mut z = self.activation.apply(&dense(layer, &h)?)?;
             // Identity links only inside the hidden stack (never into the linear output).
-            if self.residual && i + 1 < n && z.dims() == h.dims() {
+            if self.residual && z.dims() == h.dims() {
                 z = (z + &h)?;
             }
             h = z;
         }
         Ok(h)
+    }
+
+    /// The output on rows `x` `[N, F]` as `k` blocks `[k, P/k, N]` (block `k` holds output
+    /// features `k·P/k ..`, transposed), without rearranging `[N, P]` with a
+    /// strided copy (on DeepONet-CNN's trunk, 10,000 × 800 values, that copy was half a
+    /// forward): the last layer is applied block by block as `W_k · hᵀ`.
+    pub(crate) fn forward_blocks(&self, x: &Tensor, k: usize) -> candle_core::Result<Tensor> {
+        let Some(last) = self.layers.last() else {
+            candle_core::bail!("a network without layers has no output blocks");
+        };
+        let p = last.weight().dim(0)?;
+        if k == 0 || p % k != 0 {
+            candle_core::bail!("output width {p} must be divisible by {k}");
+        }
+        let q = p / k;
+        let h_t = self.hidden(x)?.t()?;
+        let mut blocks = Vec::with_capacity(k);
+        for i in 0..k {
+            let mut z = last.weight().narrow(0, i * q, q)?.matmul(&h_t)?;
+            if let Some(b) = last.bias() {
+                z = z.broadcast_add(&b.narrow(0, i * q, q)?.reshape((q, 1))?)?;
+            }
+            if self.last_activation {
+                z = self.activation.apply(&z)?;
+            }
+            blocks.push(z);
+        }
+        Tensor::stack(&blocks, 0)
+    }
+}
+
+impl Module for Fnn {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let h = self.hidden(x)?;
+        let Some(last) = self.layers.last() else {
+            return Ok(h);
+        };
+        let z = dense(last, &h)?;
+        if self.last_activation {
+            self.activation.apply(&z)
+        } else {
+            Ok(z)
+        }
+    }
+}
+
+/// `x·Wᵀ + b` on rows `[N, F_in]` (what `Linear::forward` computes), with the bias added
+/// by [`add_feature_bias`], whose backward avoids candle's strided row reduction.
+///
+/// When the weight is larger than the output (the branch's first layer: 256 × 10,000
+/// weights, one row per sample) the product is taken as `(W·xᵀ)ᵀ`: the same values, but
+/// the weight gradient then comes out of the backward GEMM in `W`'s own layout instead
+/// of as a transposed view that candle copies element by element, and only the small
+/// output is transposed.
+fn dense(layer: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
+    let w = layer.weight();
+    let rows = x.elem_count() / x.dim(candle_core::D::Minus1)?.max(1);
+    let y = if x.rank() == 2 && w.elem_count() > rows * w.dim(0)? {
+        w.matmul(&x.t()?)?.t()?
+    } else {
+        x.broadcast_matmul(&w.t()?)?
+    };
+    match layer.bias() {
+        Some(b) => add_feature_bias(&y, b),
+        None => Ok(y),
     }
 }
 
@@ -171,26 +243,33 @@ fn shape_error(context: &str, got: &[usize], expected: String) -> candle_core::E
     )
 }
 
-/// Combines branch coefficients `[B, K·q]` and trunk values `[N, K·q]` block by block:
-/// output `[B, K, N]` with `out[b,k,n] = Σ_i branch[b,k·q+i] · trunk[n,k·q+i] + bias[k]`.
-pub(crate) fn combine_blocks(
+/// Trunk values `[N, K·q]` rearranged as `[K, q, N]` (the reference for
+/// [`Fnn::forward_blocks`] in the tests).
+#[cfg(test)]
+fn trunk_blocks(trunk: &Tensor, k: usize) -> candle_core::Result<Tensor> {
+    let (n, p) = trunk.dims2()?;
+    trunk
+        .reshape((n, k, p / k))?
+        .permute((1, 2, 0))?
+        .contiguous()
+}
+
+/// Combines branch coefficients `[B, K·q]` with trunk values as `[K, q, N]` blocks
+/// ([`Fnn::forward_blocks`]): output `[B, K, N]` with
+/// `out[b,k,n] = Σ_i branch[b,k·q+i] · blocks[k,i,n] + bias[k]`.
+pub(crate) fn combine_with_trunk_blocks(
     branch: &Tensor,
-    trunk: &Tensor,
+    blocks: &Tensor,
     bias: Option<&Tensor>,
-    k: usize,
 ) -> candle_core::Result<Tensor> {
     let (b, p) = branch.dims2()?;
-    let (n, p2) = trunk.dims2()?;
-    if p != p2 || p % k != 0 {
-        candle_core::bail!(
-            "branch width {p} and trunk width {p2} must be equal and divisible by {k}"
-        );
+    let (k, q, _) = blocks.dims3()?;
+    if p != k * q {
+        candle_core::bail!("branch width {p} must equal the trunk width {}", k * q);
     }
-    let q = p / k;
     // [K, B, q] x [K, q, N] -> [K, B, N]
     let br = branch.reshape((b, k, q))?.transpose(0, 1)?.contiguous()?;
-    let tr = trunk.reshape((n, k, q))?.permute((1, 2, 0))?.contiguous()?;
-    let out = br.matmul(&tr)?.transpose(0, 1)?;
+    let out = br.matmul(blocks)?.transpose(0, 1)?;
     match bias {
         Some(bias) => out.broadcast_add(&bias.reshape((1, k, 1))?),
         None => Ok(out),
@@ -309,6 +388,50 @@ pub struct DeepOnet {
     trunk: Fnn,
     bias: Option<Tensor>,
     coords: Tensor,
+    trunk_cache: TrunkCache,
+}
+
+/// The trunk evaluated on the training grid, for [`NeuralOperator::predict`], with a copy
+/// of the trunk weights it came from: the trunk does not depend on the input, and on the
+/// default configuration it is nearly all of a forward pass.
+#[derive(Debug, Default)]
+struct TrunkCache(Mutex<Option<(Vec<Vec<f64>>, Tensor)>>);
+
+impl Clone for TrunkCache {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl TrunkCache {
+    /// The trunk on `coords` as [`trunk_blocks`] for `k` outputs, recomputed when any trunk
+    /// weight differs (bitwise) from the copy taken with the cached value (weights change
+    /// in place during training).
+    fn get(&self, trunk: &Fnn, coords: &Tensor, k: usize) -> candle_core::Result<Tensor> {
+        let weights = trunk
+            .parameters()
+            .iter()
+            .map(|p| p.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>())
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let same = |a: &[Vec<f64>], b: &[Vec<f64>]| {
+            a.len() == b.len()
+                && a.iter().zip(b).all(|(a, b)| {
+                    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+                })
+        };
+        let mut slot = self
+            .0
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("DeepONet trunk cache: lock poisoned".into()))?;
+        if let Some((cached_weights, value)) = slot.as_ref() {
+            if same(cached_weights, &weights) {
+                return Ok(value.clone());
+            }
+        }
+        let value = trunk.forward_blocks(coords, k)?.detach();
+        *slot = Some((weights, value.clone()));
+        Ok(value)
+    }
 }
 
 impl DeepOnet {
@@ -380,6 +503,7 @@ impl DeepOnet {
             trunk,
             bias,
             coords,
+            trunk_cache: TrunkCache::default(),
         })
     }
 
@@ -415,8 +539,8 @@ impl DeepOnet {
             ));
         }
         let b = self.branch.forward(input)?;
-        let t = self.trunk.forward(coords)?;
-        combine_blocks(&b, &t, self.bias.as_ref(), self.out_channels)
+        let blocks = self.trunk.forward_blocks(coords, self.out_channels)?;
+        combine_with_trunk_blocks(&b, &blocks, self.bias.as_ref())
     }
 }
 
@@ -425,6 +549,19 @@ impl NeuralOperator for DeepOnet {
         let out = self.forward_at(input, &self.coords)?;
         let bsz = out.dim(0)?;
         out.reshape((bsz, self.out_channels, self.grid[0], self.grid[1]))
+    }
+
+    fn predict(&self, input: &Tensor) -> candle_core::Result<Tensor> {
+        self.check_input(input)?;
+        let blocks = self
+            .trunk_cache
+            .get(&self.trunk, &self.coords, self.out_channels)?;
+        let out =
+            combine_with_trunk_blocks(&self.branch.forward(input)?, &blocks, self.bias.as_ref())?;
+        let bsz = out.dim(0)?;
+        Ok(out
+            .reshape((bsz, self.out_channels, self.grid[0], self.grid[1]))?
+            .detach())
     }
 
     fn config(&self) -> ModelConfig {
@@ -648,4 +785,31 @@ pub fn build_don_cnn(
     vb: VarBuilder,
 ) -> Result<Box<dyn NeuralOperator>> {
     Ok(Box::new(DeepOnet::new_cnn(config, vb)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use no_layers::init::SeededVarMap;
+
+    #[test]
+    fn output_blocks_equal_the_rearranged_output() -> candle_core::Result<()> {
+        // Residual links, an activation on the last layer and two blocks: every branch of
+        // `forward_blocks` against `forward` followed by the strided rearrangement.
+        let vars = SeededVarMap::new(5);
+        let vb = vars.var_builder(DType::F64, &Device::Cpu);
+        let net = Fnn::new(&[2, 6, 6, 8], Activation::Tanh, true, true, vb)?;
+        let x = grid_coordinates(4, 3, DType::F64, &Device::Cpu)?;
+        let want = trunk_blocks(&net.forward(&x)?, 2)?;
+        let got = net.forward_blocks(&x, 2)?;
+        assert_eq!(got.dims(), &[2, 4, 12]);
+        let diff = (got - want)?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f64>()?;
+        assert!(diff < 1e-14, "{diff}");
+        assert!(net.forward_blocks(&x, 3).is_err());
+        Ok(())
+    }
 }

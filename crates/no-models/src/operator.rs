@@ -25,6 +25,15 @@ pub trait NeuralOperator: Send + Sync {
         self.forward_t(input, false)
     }
 
+    /// Inference: the forward pass (`train = false`) with the result detached from the
+    /// gradient graph. A model may reuse work that does not depend on the input between
+    /// calls for as long as the weights it came from are bitwise unchanged (DeepONet
+    /// evaluates its trunk on the training grid once), so the values equal `forward`'s;
+    /// prefer this outside training. Gradients never flow through it.
+    fn predict(&self, input: &Tensor) -> Result<Tensor> {
+        Ok(self.forward_t(input, false)?.detach())
+    }
+
     /// The configuration the model was built from (enough to rebuild it).
     fn config(&self) -> ModelConfig;
 

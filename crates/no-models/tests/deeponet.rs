@@ -245,3 +245,45 @@ fn default_don_matches_deepxde_sizes_and_json_round_trips() -> TestResult {
     assert_eq!(serde_json::from_str::<ModelConfig>(&json)?, cfg);
     Ok(())
 }
+
+#[test]
+fn predict_equals_forward_and_follows_weight_updates() -> TestResult {
+    // `predict` reuses the trunk evaluated on the grid; it must give forward's values, carry
+    // no graph, and notice when a trunk weight changes in place (as an optimizer step does).
+    let vars = SeededVarMap::new(3);
+    let model = build(
+        &ModelConfig::Don(tiny_don()),
+        vars.var_builder(DType::F64, &Device::Cpu),
+    )?;
+    let x = synthetic::dataset(3, 6, 5, DType::F64)?.0;
+    let max_diff = |a: &Tensor, b: &Tensor| -> candle_core::Result<f64> {
+        (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()
+    };
+    let trunk_weight = vars
+        .varmap()
+        .data()
+        .lock()
+        .map_err(|_| "poisoned")?
+        .get("trunk.0.weight")
+        .cloned()
+        .ok_or("no trunk.0.weight")?;
+    let first = model.predict(&x)?;
+    assert!(max_diff(&first, &model.forward(&x)?)? < 1e-14);
+    assert!(
+        max_diff(&model.predict(&x)?, &first)? == 0.0,
+        "cached call differs"
+    );
+    let grads = first.sum_all()?.backward()?;
+    assert!(
+        grads.get(trunk_weight.as_tensor()).is_none(),
+        "predict kept a graph"
+    );
+    trunk_weight.set(&(trunk_weight.as_tensor() * 1.5)?)?;
+    let after = model.predict(&x)?;
+    assert!(max_diff(&after, &model.forward(&x)?)? < 1e-14);
+    assert!(
+        max_diff(&after, &first)? > 1e-6,
+        "the trunk cache missed a weight update"
+    );
+    Ok(())
+}

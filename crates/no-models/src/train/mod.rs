@@ -5,6 +5,7 @@
 //! because candle keeps its moment estimates private: resuming from a checkpoint must
 //! restore them for a resumed run to equal an uninterrupted one.
 
+mod fused_adamw;
 pub mod loss;
 pub mod optim;
 pub mod schedule;

@@ -7,6 +7,7 @@
 //! stored as separate real numbers get PyTorch's per-component behaviour (see the notes
 //! on neuraloperator's own AdamW).
 
+use super::fused_adamw::{fused, moment_update, ParamUpdate};
 use candle_core::backprop::GradStore;
 use candle_core::{Result, Tensor, Var};
 use candle_nn::VarMap;
@@ -182,6 +183,20 @@ impl AdamW {
                 (Some(m), Some(v)) => (m, v),
                 _ => candle_core::bail!("optimizer has no moments for `{name}`"),
             };
+            if fused(&[var.as_tensor(), &g, m, v]) {
+                let m_new = moment_update(m, &g, p.beta1, false)?;
+                let v_new = moment_update(v, &g, p.beta2, true)?;
+                let update = ParamUpdate {
+                    shrink: 1.0 - p.lr * p.weight_decay,
+                    step_size,
+                    sqrt_bc2,
+                    eps: p.eps,
+                };
+                update.apply(var.as_tensor(), &m_new, &v_new)?;
+                self.state.m.insert(name.clone(), m_new);
+                self.state.v.insert(name.clone(), v_new);
+                continue;
+            }
             let m_new = ((m * p.beta1)? + (&g * (1.0 - p.beta1))?)?;
             let v_new = ((v * p.beta2)? + (g.sqr()? * (1.0 - p.beta2))?)?;
             let denom = ((v_new.sqrt()? / sqrt_bc2)? + p.eps)?;

@@ -371,8 +371,7 @@ impl Trainer {
             let (x, y) = data.batch(&idx, &self.device)?;
             let pred = norm
                 .output
-                .decode(&self.model.forward_t(&norm.input.encode(&x)?, false)?)?
-                .detach();
+                .decode(&self.model.predict(&norm.input.encode(&x)?)?)?;
             let per = relative_l2_per_channel(&pred, &y)?.mean(1)?;
             sum += per
                 .to_dtype(candle_core::DType::F64)?

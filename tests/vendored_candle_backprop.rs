@@ -1,0 +1,73 @@
+//! The vendored candle-core patch (vendor/README.md): the first gradient reaching a node is
+//! stored instead of being added to zeros. These check the cases the patch touches: a
+//! single consumer, fan-in through `add`/`sub`, the rules that store a negated first
+//! gradient, and that a gradient of the wrong shape is still an error.
+
+use candle_core::{Device, Result, Tensor, Var};
+
+fn grad_of(x: &Var, loss: &Tensor) -> Result<Vec<f64>> {
+    let grads = loss.backward()?;
+    match grads.get(x.as_tensor()) {
+        Some(g) => g.to_vec1::<f64>(),
+        None => candle_core::bail!("no gradient for x"),
+    }
+}
+
+#[test]
+fn single_consumer_and_fan_in_gradients_are_exact() -> Result<()> {
+    let x = Var::new(&[1.5f64, -2.0, 0.25], &Device::Cpu)?;
+    let a = Tensor::new(&[2.0f64, 3.0, -1.0], &Device::Cpu)?;
+    let b = Tensor::new(&[0.5f64, -4.0, 7.0], &Device::Cpu)?;
+    // Single consumer: d/dx sum(x·a) = a.
+    assert_eq!(
+        grad_of(&x, &(x.as_tensor() * &a)?.sum_all()?)?,
+        vec![2.0, 3.0, -1.0]
+    );
+    // x feeds three terms: d/dx sum(x·a + x·b − x) = a + b − 1.
+    let y = ((x.as_tensor() * &a)? + (x.as_tensor() * &b)?)?;
+    let y = (y - x.as_tensor())?;
+    assert_eq!(grad_of(&x, &y.sum_all()?)?, vec![1.5, -2.0, 5.0]);
+    Ok(())
+}
+
+#[test]
+fn rules_that_subtract_store_the_negated_first_gradient() -> Result<()> {
+    let x = Var::new(&[0.5f64, -1.0], &Device::Cpu)?;
+    let c = Tensor::new(&[3.0f64, 4.0], &Device::Cpu)?;
+    // Right-hand side of a subtraction, then a negation, each x's only consumer.
+    assert_eq!(
+        grad_of(&x, &(&c - x.as_tensor())?.sum_all()?)?,
+        vec![-1.0, -1.0]
+    );
+    assert_eq!(
+        grad_of(&x, &x.as_tensor().neg()?.sum_all()?)?,
+        vec![-1.0, -1.0]
+    );
+    // tanh' = 1 − tanh²: the rule subtracts from the gradient sum.
+    let g = grad_of(&x, &x.as_tensor().tanh()?.sum_all()?)?;
+    for (g, x) in g.iter().zip([0.5f64, -1.0]) {
+        assert!((g - (1.0 - x.tanh().powi(2))).abs() < 1e-15, "{g}");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_gradient_of_the_wrong_shape_is_still_an_error() -> Result<()> {
+    // candle's strided conv2d backward returns a kernel gradient of the wrong shape on this
+    // input (no_layers::candle_fixes); before the patch `zeros + grad` rejected it.
+    let x = Var::new(&[[[[0.1f64; 6]; 7]; 2]], &Device::Cpu)?;
+    let w = Var::new(&[[[[0.2f64; 3]; 3]; 2]; 2], &Device::Cpu)?;
+    let y = x.as_tensor().conv2d(w.as_tensor(), 1, 2, 1, 1)?;
+    match y.sum_all()?.backward() {
+        Err(e) => assert!(e.to_string().contains("shape mismatch"), "{e}"),
+        Ok(grads) => {
+            let gw = grads.get(w.as_tensor()).map(|g| g.dims().to_vec());
+            assert_eq!(
+                gw,
+                Some(vec![2, 2, 3, 3]),
+                "a wrong-shape gradient was stored"
+            );
+        }
+    }
+    Ok(())
+}
