@@ -96,6 +96,13 @@ pub(crate) fn binary_storage(
     Ok((out, l1.shape().clone()))
 }
 
+/// Whether the AVX2/FMA versions of the fused kernels can run here (checked once, cached
+/// by std).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn has_avx2_fma() -> bool {
+    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+}
+
 /// Runs `f` on a one-thread rayon pool (tests compare its result with the default pool's).
 #[cfg(test)]
 pub(crate) fn single_threaded<T: Send>(f: impl FnOnce() -> T + Send) -> T {

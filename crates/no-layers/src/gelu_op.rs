@@ -15,6 +15,8 @@
 //! tensors use candle's exact `erf` and std's `exp`, which makes the f64 gradient checks
 //! exact. Other dtypes and devices fall back to candle's `gelu_erf`.
 
+#[cfg(target_arch = "x86_64")]
+use crate::cpu_map::has_avx2_fma;
 use crate::cpu_map::{binary_storage, unary_storage};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
@@ -172,21 +174,9 @@ unsafe fn gelu_grad_f32_avx2(x: &[f32], g: &[f32], dst: &mut [f32]) {
     gelu_grad_f32_kernel(x, g, dst)
 }
 
-/// Whether the AVX2/FMA versions can run here (checked once, cached by std).
-fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 fn gelu_f32_slice(src: &[f32], dst: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
+    if has_avx2_fma() {
         // SAFETY: the CPU supports AVX2 and FMA (checked just above).
         unsafe { gelu_f32_avx2(src, dst) };
         return;
@@ -196,7 +186,7 @@ fn gelu_f32_slice(src: &[f32], dst: &mut [f32]) {
 
 fn gelu_grad_f32_slice(x: &[f32], g: &[f32], dst: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
+    if has_avx2_fma() {
         // SAFETY: the CPU supports AVX2 and FMA (checked just above).
         unsafe { gelu_grad_f32_avx2(x, g, dst) };
         return;

@@ -14,6 +14,8 @@
 //! clamped to `|x| ≤ 9`, where `tanh` is 1 in `f32`. Measured against `f64`: a few ulps
 //! (the tests bound it). `f64` uses std's `tanh`; other dtypes and devices candle's.
 
+#[cfg(target_arch = "x86_64")]
+use crate::cpu_map::has_avx2_fma;
 use crate::cpu_map::{binary_storage, unary_storage};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
@@ -136,7 +138,7 @@ unsafe fn tanh_f32_avx2(src: &[f32], dst: &mut [f32]) {
 
 fn tanh_f32_slice(src: &[f32], dst: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+    if has_avx2_fma() {
         // SAFETY: the CPU supports AVX2 and FMA (checked just above).
         unsafe { tanh_f32_avx2(src, dst) };
         return;

@@ -124,9 +124,7 @@ impl Fnn {
             .map(|l| l.weight().elem_count() + l.bias().map_or(0, |b| b.elem_count()))
             .sum()
     }
-}
 
-impl Fnn {
     /// The hidden stack (every layer but the last) on rows `x`.
     fn hidden(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let mut h = x.clone();
