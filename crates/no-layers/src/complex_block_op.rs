@@ -51,19 +51,17 @@ struct ComplexBlockGrad {
 }
 
 /// A float the ops run on.
-trait Real: Copy + Send + Sync + std::ops::Neg<Output = Self> + std::ops::Add<Output = Self> {
-    fn sub(self, other: Self) -> Self;
+trait Real:
+    Copy
+    + Send
+    + Sync
+    + std::ops::Neg<Output = Self>
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+{
 }
-impl Real for f32 {
-    fn sub(self, other: Self) -> Self {
-        self - other
-    }
-}
-impl Real for f64 {
-    fn sub(self, other: Self) -> Self {
-        self - other
-    }
-}
+impl Real for f32 {}
+impl Real for f64 {}
 
 impl ComplexBlock {
     /// One rayon task per mode: the `[2C, 2O]` block of mode `k`.
@@ -95,7 +93,7 @@ impl ComplexBlockGrad {
             for (idx, pair) in out.chunks_mut(2).enumerate() {
                 let (oi, k) = (idx / m, idx % m);
                 pair[0].write(at(k, ci, oi) + at(k, c + ci, o + oi));
-                pair[1].write(at(k, ci, o + oi).sub(at(k, c + ci, oi)));
+                pair[1].write(at(k, ci, o + oi) - at(k, c + ci, oi));
             }
         })
     }

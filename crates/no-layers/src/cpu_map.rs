@@ -111,3 +111,50 @@ pub(crate) fn single_threaded<T: Send>(f: impl FnOnce() -> T + Send) -> T {
         Err(e) => panic!("cannot build a one-thread pool: {e}"),
     }
 }
+
+/// Checks shared by the tests of the fused element-wise ops.
+#[cfg(test)]
+pub(crate) mod elementwise_checks {
+    use crate::gradcheck::{check_gradients, GradCheckConfig};
+    use candle_core::{Device, Result, Tensor, Var};
+
+    /// f64 finite differences of `op` on a transposed (strided) input, which also exercises
+    /// the op's contiguous copy; the points stay away from 0 by at least 0.2 except 0 itself.
+    pub(crate) fn gradients_match_finite_differences(
+        op: impl Fn(&Tensor) -> Result<Tensor>,
+    ) -> Result<()> {
+        let x = Var::from_tensor(&Tensor::new(
+            &[[-3.0f64, -1.2, -0.3, 0.0], [0.2, 0.9, 1.7, 4.5]],
+            &Device::Cpu,
+        )?)?;
+        let w = Tensor::new(
+            &[[0.3f64, -1.1], [0.7, 0.4], [-0.5, 1.3], [0.9, 0.2]],
+            &Device::Cpu,
+        )?;
+        let xs = x.clone();
+        let report = check_gradients(
+            move || (op(&xs.as_tensor().t()?)? * &w)?.sum_all(),
+            std::slice::from_ref(&x),
+            &GradCheckConfig::default(),
+        )?;
+        assert!(report.passed(), "{report:?}");
+        Ok(())
+    }
+
+    /// `op` on three and a bit chunks of f32 values spread over `[-range, range]` gives the
+    /// same bits on one thread as on the default pool.
+    pub(crate) fn result_does_not_depend_on_the_thread_count(
+        op: impl Fn(&Tensor) -> Result<Tensor> + Send + Sync,
+        range: f32,
+    ) -> Result<()> {
+        let n = 3 * super::CHUNK + 17;
+        let xs: Vec<f32> = (0..n)
+            .map(|i| ((i * 7919) % 2001) as f32 / 1000.0 * range - range)
+            .collect();
+        let x = Tensor::new(xs.as_slice(), &Device::Cpu)?;
+        let serial = super::single_threaded(|| op(&x))?.to_vec1::<f32>()?;
+        let parallel = op(&x)?.to_vec1::<f32>()?;
+        assert_eq!(serial, parallel);
+        Ok(())
+    }
+}

@@ -211,8 +211,8 @@ fn gelu_grad_f64_slice(x: &[f64], g: &[f64], dst: &mut [f64]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gradcheck::{check_gradients, GradCheckConfig};
-    use candle_core::{Device, Var};
+    use crate::cpu_map::elementwise_checks;
+    use candle_core::Device;
 
     /// Points covering the bulk, the tails and the clamp of the erf fit.
     fn sample_points() -> Vec<f32> {
@@ -283,35 +283,11 @@ mod tests {
 
     #[test]
     fn gradients_match_finite_differences() -> Result<()> {
-        // A strided (transposed) input exercises the contiguous copy.
-        let x = Var::from_tensor(&Tensor::new(
-            &[[-3.0f64, -1.2, -0.3, 0.0], [0.2, 0.9, 1.7, 4.5]],
-            &Device::Cpu,
-        )?)?;
-        let w = Tensor::new(
-            &[[0.3f64, -1.1], [0.7, 0.4], [-0.5, 1.3], [0.9, 0.2]],
-            &Device::Cpu,
-        )?;
-        let xs = x.clone();
-        let report = check_gradients(
-            move || (gelu(&xs.as_tensor().t()?)? * &w)?.sum_all(),
-            std::slice::from_ref(&x),
-            &GradCheckConfig::default(),
-        )?;
-        assert!(report.passed(), "{report:?}");
-        Ok(())
+        elementwise_checks::gradients_match_finite_differences(gelu)
     }
 
     #[test]
     fn result_does_not_depend_on_the_thread_count() -> Result<()> {
-        let n = 3 * crate::cpu_map::CHUNK + 17;
-        let xs: Vec<f32> = (0..n)
-            .map(|i| ((i * 7919) % 2001) as f32 * 0.004 - 4.0)
-            .collect();
-        let x = Tensor::new(xs.as_slice(), &Device::Cpu)?;
-        let serial = crate::cpu_map::single_threaded(|| gelu(&x))?.to_vec1::<f32>()?;
-        let parallel = gelu(&x)?.to_vec1::<f32>()?;
-        assert_eq!(serial, parallel);
-        Ok(())
+        elementwise_checks::result_does_not_depend_on_the_thread_count(gelu, 4.0)
     }
 }

@@ -149,8 +149,8 @@ fn tanh_f32_slice(src: &[f32], dst: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gradcheck::{check_gradients, GradCheckConfig};
-    use candle_core::{Device, Var};
+    use crate::cpu_map::elementwise_checks;
+    use candle_core::Device;
 
     /// The bulk, tiny arguments (relative accuracy), the clamp and beyond, both signs.
     fn sample_points() -> Vec<f32> {
@@ -204,35 +204,11 @@ mod tests {
 
     #[test]
     fn gradients_match_finite_differences() -> Result<()> {
-        // A strided (transposed) input exercises the contiguous copy.
-        let x = Var::from_tensor(&Tensor::new(
-            &[[-3.0f64, -1.2, -0.3, 0.0], [0.2, 0.9, 1.7, 4.5]],
-            &Device::Cpu,
-        )?)?;
-        let w = Tensor::new(
-            &[[0.3f64, -1.1], [0.7, 0.4], [-0.5, 1.3], [0.9, 0.2]],
-            &Device::Cpu,
-        )?;
-        let xs = x.clone();
-        let report = check_gradients(
-            move || (tanh(&xs.as_tensor().t()?)? * &w)?.sum_all(),
-            std::slice::from_ref(&x),
-            &GradCheckConfig::default(),
-        )?;
-        assert!(report.passed(), "{report:?}");
-        Ok(())
+        elementwise_checks::gradients_match_finite_differences(tanh)
     }
 
     #[test]
     fn result_does_not_depend_on_the_thread_count() -> Result<()> {
-        let n = 3 * crate::cpu_map::CHUNK + 17;
-        let xs: Vec<f32> = (0..n)
-            .map(|i| ((i * 7919) % 2001) as f32 * 0.006 - 6.0)
-            .collect();
-        let x = Tensor::new(xs.as_slice(), &Device::Cpu)?;
-        let serial = crate::cpu_map::single_threaded(|| tanh(&x))?.to_vec1::<f32>()?;
-        let parallel = tanh(&x)?.to_vec1::<f32>()?;
-        assert_eq!(serial, parallel);
-        Ok(())
+        elementwise_checks::result_does_not_depend_on_the_thread_count(tanh, 6.0)
     }
 }
