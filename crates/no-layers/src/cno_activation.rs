@@ -12,12 +12,21 @@
 //!
 //! 2-D inputs are `[B, C, H, W]`; 1-D inputs `[B, C, L]` are treated as CNO1d does
 //! (`[B, C, 1, L]`, only the last axis is resampled). No parameters.
+//!
+//! On the CPU (f32, f64) a 2-D block with the bicubic kernel runs as one fused op
+//! ([`crate::cno_activation_op`]): banded resizes plane by plane, nothing upsampled kept in
+//! memory. Elsewhere, and for the spectral kernel (whose matrices are dense), the block is
+//! the composite of the matmul resizes and the leaky ReLU; both give the same values up to
+//! rounding (tested).
 
 use crate::activation::leaky_relu;
+use crate::cno_activation_op::{ActivationPlan, CnoActivationOp};
 use crate::error::{LayerError, Result};
 use crate::resample::{ResampleKind, Resampler};
-use candle_core::{Module, Tensor};
+use candle_core::{DType, Module, Tensor};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 /// Configuration of a [`CnoActivation`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -44,11 +53,16 @@ impl Default for CnoActivationConfig {
     }
 }
 
+/// Input, upsampled and output plane sizes of one 2-D application.
+type PlanKey = ((usize, usize), (usize, usize), (usize, usize));
+
 /// CNO's up → LeakyReLU → down activation.
 #[derive(Debug, Clone)]
 pub struct CnoActivation {
     cfg: CnoActivationConfig,
     resampler: Resampler,
+    /// The fused op's banded matrices per plane sizes, built on first use.
+    plans: Arc<Mutex<HashMap<PlanKey, Arc<ActivationPlan>>>>,
 }
 
 impl CnoActivation {
@@ -79,7 +93,48 @@ impl CnoActivation {
         Ok(Self {
             cfg: cfg.clone(),
             resampler: Resampler::new(cfg.kind),
+            plans: Arc::default(),
         })
+    }
+
+    /// Whether `x` takes the fused CPU op.
+    fn fused(&self, x: &Tensor) -> bool {
+        x.device().is_cpu()
+            && matches!(x.dtype(), DType::F32 | DType::F64)
+            && self.cfg.kind == ResampleKind::BicubicAntialias
+    }
+
+    /// The fused op's plan for these plane sizes (cached).
+    fn plan(&self, key: PlanKey) -> candle_core::Result<Arc<ActivationPlan>> {
+        let mut plans = self
+            .plans
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("CnoActivation: plan cache poisoned".into()))?;
+        Ok(plans
+            .entry(key)
+            .or_insert_with(|| {
+                Arc::new(ActivationPlan::new(
+                    self.cfg.kind,
+                    key.0,
+                    key.1,
+                    key.2,
+                    self.cfg.negative_slope,
+                ))
+            })
+            .clone())
+    }
+
+    /// The composite form (matmul resizes, leaky ReLU in between), on every device.
+    fn forward_composite(
+        &self,
+        x: &Tensor,
+        up: (usize, usize),
+        out: (usize, usize),
+    ) -> candle_core::Result<Tensor> {
+        let up = self.resampler.resample2d(x, up)?;
+        Ok(self
+            .resampler
+            .resample2d(&leaky_relu(&up, self.cfg.negative_slope)?, out)?)
     }
 }
 
@@ -94,10 +149,13 @@ impl Module for CnoActivation {
                     Some([a, b]) => (*a, *b),
                     _ => (h, w),
                 };
-                let up = self.resampler.resample2d(x, (u * h, u * w))?;
-                Ok(self
-                    .resampler
-                    .resample2d(&leaky_relu(&up, slope)?, (oh, ow))?)
+                let up = (u * h, u * w);
+                if self.fused(x) {
+                    let plan = self.plan(((h, w), up, (oh, ow)))?;
+                    x.contiguous()?.apply_op1(CnoActivationOp { plan })
+                } else {
+                    self.forward_composite(x, up, (oh, ow))
+                }
             }
             (3, None | Some([_])) => {
                 let l = x.dim(2)?;
@@ -202,6 +260,105 @@ mod tests {
             )?;
             assert!(r.passed(), "{shape:?}: {r:?}");
         }
+        Ok(())
+    }
+
+    /// `[B, C, H, W]` f64 values in [-1, 1] (a deterministic pattern).
+    fn pattern(dims: (usize, usize, usize, usize), salt: usize) -> Result<Tensor> {
+        let n = dims.0 * dims.1 * dims.2 * dims.3;
+        let v: Vec<f64> = (0..n)
+            .map(|i| (((i + salt) * 7919) % 2001) as f64 / 1000.0 - 1.0)
+            .collect();
+        Ok(Tensor::from_vec(v, dims, &Device::Cpu)?)
+    }
+
+    #[test]
+    fn fused_op_matches_the_composite_forward_and_backward() -> Result<()> {
+        // Same size, CNO's down level (half), up level (double), odd sizes.
+        for ((h, w), out) in [
+            ((12usize, 10usize), None),
+            ((12, 10), Some(vec![6usize, 5])),
+            ((7, 9), Some(vec![14, 18])),
+            ((9, 5), Some(vec![4, 11])),
+        ] {
+            let act = CnoActivation::new(&CnoActivationConfig {
+                out_size: out.clone(),
+                ..Default::default()
+            })?;
+            let (oh, ow) = out.as_ref().map_or((h, w), |o| (o[0], o[1]));
+            let x = Var::from_tensor(&pattern((2, 3, h, w), 0)?)?;
+            let g = pattern((2, 3, oh, ow), 11)?;
+            assert!(act.fused(x.as_tensor()));
+            let fused = act.forward(x.as_tensor())?;
+            let composite = act.forward_composite(x.as_tensor(), (2 * h, 2 * w), (oh, ow))?;
+            let err = (&fused - &composite)?
+                .abs()?
+                .max_all()?
+                .to_scalar::<f64>()?;
+            assert!(
+                err < 1e-13,
+                "{h}x{w} -> {oh}x{ow}: forward differs by {err}"
+            );
+            let gf = (fused * &g)?.sum_all()?.backward()?;
+            let gc = (composite * &g)?.sum_all()?.backward()?;
+            let (Some(gf), Some(gc)) = (gf.get(x.as_tensor()), gc.get(x.as_tensor())) else {
+                panic!("no gradient for the input");
+            };
+            let err = (gf - gc)?.abs()?.max_all()?.to_scalar::<f64>()?;
+            assert!(
+                err < 1e-13,
+                "{h}x{w} -> {oh}x{ow}: gradient differs by {err}"
+            );
+            // f32 follows the same path.
+            let y32 = act.forward(&x.as_tensor().to_dtype(DType::F32)?)?;
+            let err = (y32.to_dtype(DType::F64)? - act.forward(x.as_tensor())?)?
+                .abs()?
+                .max_all()?
+                .to_scalar::<f64>()?;
+            assert!(err < 1e-5, "f32 differs by {err}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn fused_op_does_not_depend_on_the_thread_count() -> Result<()> {
+        let act = CnoActivation::new(&CnoActivationConfig {
+            out_size: Some(vec![8, 7]),
+            ..Default::default()
+        })?;
+        let x = Var::from_tensor(&pattern((3, 5, 16, 14), 3)?.to_dtype(DType::F32)?)?;
+        let g = pattern((3, 5, 8, 7), 5)?.to_dtype(DType::F32)?;
+        let run = || -> Result<(Vec<f32>, Vec<f32>)> {
+            let y = act.forward(x.as_tensor())?;
+            let grads = (&y * &g)?.sum_all()?.backward()?;
+            let gx = grads
+                .get(x.as_tensor())
+                .ok_or_else(|| candle_core::Error::Msg("no gradient".into()))?;
+            Ok((
+                y.flatten_all()?.to_vec1::<f32>()?,
+                gx.flatten_all()?.to_vec1::<f32>()?,
+            ))
+        };
+        let serial = crate::cpu_map::single_threaded(run)?;
+        assert_eq!(serial, run()?);
+        Ok(())
+    }
+
+    #[test]
+    fn fused_op_rejects_a_mismatched_plane() -> Result<()> {
+        let plan = Arc::new(ActivationPlan::new(
+            ResampleKind::BicubicAntialias,
+            (4, 4),
+            (8, 8),
+            (4, 4),
+            0.01,
+        ));
+        let x = Tensor::zeros((1, 2, 5, 4), DType::F32, &Device::Cpu)?;
+        let err = x.apply_op1(CnoActivationOp { plan }).unwrap_err();
+        assert!(
+            err.to_string().contains("expected [batch, channels, 4, 4]"),
+            "{err}"
+        );
         Ok(())
     }
 }

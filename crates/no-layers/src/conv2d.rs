@@ -110,6 +110,19 @@ impl Geometry {
             .checked_sub(self.padding)
             .filter(|&s| s < n)
     }
+
+    /// The output indices `lo..hi` (of `n_out`) whose source for kernel offset `k` lies
+    /// inside an axis of length `n`: `0 ≤ o·stride + k − padding < n`.
+    fn inside(&self, k: usize, n: usize, n_out: usize) -> (usize, usize) {
+        let s = self.stride;
+        let lo = self.padding.saturating_sub(k).div_ceil(s).min(n_out);
+        let hi = if n + self.padding > k {
+            ((n + self.padding - k - 1) / s + 1).min(n_out)
+        } else {
+            0
+        };
+        (lo, hi.max(lo))
+    }
 }
 
 /// Gathers patches: `[B, C, H, W]` → `[B, C·kh·kw, Ho·Wo]`.
@@ -130,14 +143,25 @@ fn unfold_plane<T: Copy + Default>(g: &Geometry, plane: &[T], rows: &mut [T]) {
     for i in 0..g.kh {
         for j in 0..g.kw {
             let row = &mut rows[(i * g.kw + j) * l..(i * g.kw + j + 1) * l];
+            let (lo, hi) = g.inside(j, g.w, g.wo);
             for oh in 0..g.ho {
                 let out = &mut row[oh * g.wo..(oh + 1) * g.wo];
-                match g.source(oh, i, g.h) {
-                    None => out.fill(T::default()),
-                    Some(y) => {
-                        let line = &plane[y * g.w..(y + 1) * g.w];
-                        for (ow, o) in out.iter_mut().enumerate() {
-                            *o = g.source(ow, j, g.w).map_or(T::default(), |x| line[x]);
+                let Some(y) = g.source(oh, i, g.h) else {
+                    out.fill(T::default());
+                    continue;
+                };
+                let line = &plane[y * g.w..(y + 1) * g.w];
+                out[..lo].fill(T::default());
+                out[hi..].fill(T::default());
+                if lo < hi {
+                    // The first source column; `inside` guarantees it is in range.
+                    let x0 = lo * g.stride + j - g.padding;
+                    let inner = &mut out[lo..hi];
+                    if g.stride == 1 {
+                        inner.copy_from_slice(&line[x0..x0 + inner.len()]);
+                    } else {
+                        for (o, &v) in inner.iter_mut().zip(line[x0..].iter().step_by(g.stride)) {
+                            *o = v;
                         }
                     }
                 }
@@ -153,14 +177,24 @@ fn fold_plane<T: Copy + Default + std::ops::AddAssign>(g: &Geometry, rows: &[T],
     for i in 0..g.kh {
         for j in 0..g.kw {
             let row = &rows[(i * g.kw + j) * l..(i * g.kw + j + 1) * l];
+            let (lo, hi) = g.inside(j, g.w, g.wo);
+            if lo >= hi {
+                continue;
+            }
+            let x0 = lo * g.stride + j - g.padding;
             for oh in 0..g.ho {
                 let Some(y) = g.source(oh, i, g.h) else {
                     continue;
                 };
                 let line = &mut plane[y * g.w..(y + 1) * g.w];
-                for (ow, &v) in row[oh * g.wo..(oh + 1) * g.wo].iter().enumerate() {
-                    if let Some(x) = g.source(ow, j, g.w) {
-                        line[x] += v;
+                let inner = &row[oh * g.wo + lo..oh * g.wo + hi];
+                if g.stride == 1 {
+                    for (d, &v) in line[x0..x0 + inner.len()].iter_mut().zip(inner) {
+                        *d += v;
+                    }
+                } else {
+                    for (d, &v) in line[x0..].iter_mut().step_by(g.stride).zip(inner) {
+                        *d += v;
                     }
                 }
             }
@@ -258,6 +292,8 @@ mod tests {
             (3, 1, 2, 8, 7),
             (1, 0, 1, 4, 3),
             (5, 2, 2, 9, 6),
+            (5, 4, 3, 4, 2),
+            (3, 2, 1, 3, 5),
         ] {
             let x = random(&[2, 3, h, w], 1)?;
             let wt = random(&[4, 3, k, k], 2)?;
@@ -272,18 +308,27 @@ mod tests {
 
     #[test]
     fn fold_is_the_adjoint_of_unfold() -> Result<()> {
-        // <unfold(x), y> = <x, fold(y)> for random x, y.
-        let g = Geometry::new(2, 6, 5, 3, 3, 1, 2);
-        let x = random(&[2, 2, 6, 5], 3)?;
-        let y = random(&[2, 18, g.positions()], 4)?;
-        let ux = x.apply_op1_no_bwd(&Unfold { geometry: g })?;
-        let fy = y.apply_op1_no_bwd(&Fold { geometry: g })?;
-        let lhs = (ux * &y)?.sum_all()?.to_scalar::<f64>()?;
-        let rhs = (x * fy)?.sum_all()?.to_scalar::<f64>()?;
-        assert!(
-            (lhs - rhs).abs() < 1e-12 * lhs.abs().max(1.0),
-            "{lhs} vs {rhs}"
-        );
+        // <unfold(x), y> = <x, fold(y)> for random x, y; paddings wider than some kernel
+        // offsets reach (empty rows) and strides that skip the last column included.
+        for (c, h, w, k, p, s) in [
+            (2, 6, 5, 3, 1, 2),
+            (1, 4, 2, 5, 3, 3),
+            (2, 7, 9, 3, 0, 1),
+            (1, 5, 6, 5, 4, 2),
+            (3, 3, 4, 1, 0, 1),
+        ] {
+            let g = Geometry::new(c, h, w, k, k, p, s);
+            let x = random(&[2, c, h, w], 3)?;
+            let y = random(&[2, c * k * k, g.positions()], 4)?;
+            let ux = x.apply_op1_no_bwd(&Unfold { geometry: g })?;
+            let fy = y.apply_op1_no_bwd(&Fold { geometry: g })?;
+            let lhs = (ux * &y)?.sum_all()?.to_scalar::<f64>()?;
+            let rhs = (x * fy)?.sum_all()?.to_scalar::<f64>()?;
+            assert!(
+                (lhs - rhs).abs() < 1e-12 * lhs.abs().max(1.0),
+                "{g:?}: {lhs} vs {rhs}"
+            );
+        }
         Ok(())
     }
 

@@ -20,9 +20,11 @@
 //! ```
 
 pub mod activation;
+pub mod banded;
 pub mod candle_fixes;
 pub mod channel_ops;
 pub mod cno_activation;
+mod cno_activation_op;
 pub mod complex_block_op;
 pub mod conv2d;
 mod cpu_map;
