@@ -12,14 +12,16 @@
 //! timed repeat and the fastest. `train` is forward + MSE + backward + the trainer's AdamW
 //! step, the work of the criterion benches. The criterion benches (`cargo bench --bench
 //! models`) are the reference figures; this program is for quick looks and for `perf`.
-//! POD-DON needs a basis fitted on training outputs, so it is timed by the bench only.
+//! POD-DON needs a basis fitted on training outputs: here, as in the bench, 64 modes per
+//! output fitted on 128 seeded random output fields.
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Shape, Tensor};
 use clap::{Parser, ValueEnum};
 use no_layers::init::{init_tensor, rng_for, SeededVarMap};
+use no_models::pod::{PodBasis, PodCriterion, PodDeepOnet};
 use no_models::train::{AdamW, AdamWParams};
-use no_models::{build, ModelConfig};
+use no_models::{build, ModelConfig, NeuralOperator};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -91,8 +93,16 @@ fn main() -> Result<()> {
     }
     let cfg = config(&args)?;
     let vars = SeededVarMap::new(0);
-    let model = build(&cfg, vars.var_builder(DType::F32, &Device::Cpu))?;
+    let vb = vars.var_builder(DType::F32, &Device::Cpu);
     let (c_in, c_out) = (args.in_channels, args.out_channels);
+    let model: Box<dyn NeuralOperator> = match &cfg {
+        ModelConfig::PodDon(pod) if pod.modes.is_empty() => {
+            let outputs = random((128, c_out, args.grid, args.grid), "pod-outputs")?;
+            let basis = PodBasis::fit(&outputs, PodCriterion::Count(64))?;
+            Box::new(PodDeepOnet::from_basis(pod, &basis, vb)?)
+        }
+        _ => build(&cfg, vb)?,
+    };
     let x = random((args.batch, c_in, args.grid, args.grid), "x")?;
     let y = random((args.batch, c_out, args.grid, args.grid), "y")?;
     let mut opt = AdamW::new(vars.varmap(), AdamWParams::default())?;

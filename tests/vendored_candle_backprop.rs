@@ -1,7 +1,9 @@
 //! The vendored candle-core patch (vendor/README.md): the first gradient reaching a node is
 //! stored instead of being added to zeros. These check the cases the patch touches: a
 //! single consumer, fan-in through `add`/`sub`, the rules that store a negated first
-//! gradient, and that a gradient of the wrong shape is still an error.
+//! gradient, and that a gradient of the wrong shape is still an error. The second change
+//! (a broadcast over no axis passes its gradient through) is checked next to real
+//! broadcasts, whose gradients must still be summed.
 
 use candle_core::{Device, Result, Tensor, Var};
 
@@ -69,5 +71,25 @@ fn a_gradient_of_the_wrong_shape_is_still_an_error() -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+#[test]
+fn broadcasts_sum_their_gradients_and_equal_shapes_pass_them_through() -> Result<()> {
+    let x = Var::new(&[[1.0f64, 2.0], [3.0, 4.0]], &Device::Cpu)?;
+    let row = Var::new(&[[10.0f64, 20.0]], &Device::Cpu)?;
+    let w = Tensor::new(&[[1.0f64, -1.0], [0.5, 2.0]], &Device::Cpu)?;
+    // Equal shapes recorded as a broadcast: d/dx sum(x ⊙ w) = w.
+    let grads = x.as_tensor().broadcast_mul(&w)?.sum_all()?.backward()?;
+    let gx = grads.get(x.as_tensor()).map(|g| g.to_vec2::<f64>());
+    assert_eq!(gx.transpose()?, Some(vec![vec![1.0, -1.0], vec![0.5, 2.0]]));
+    // A real broadcast over the rows: d/drow sum(row ⊙ w) = column sums of w.
+    let grads = row.as_tensor().broadcast_mul(&w)?.sum_all()?.backward()?;
+    let grow = grads.get(row.as_tensor()).map(|g| g.to_vec2::<f64>());
+    assert_eq!(grow.transpose()?, Some(vec![vec![1.5, 1.0]]));
+    // Same-rank broadcast_matmul: d/dx sum(x·w) = 1·wᵀ.
+    let grads = x.as_tensor().broadcast_matmul(&w)?.sum_all()?.backward()?;
+    let gx = grads.get(x.as_tensor()).map(|g| g.to_vec2::<f64>());
+    assert_eq!(gx.transpose()?, Some(vec![vec![0.0, 2.5], vec![0.0, 2.5]]));
     Ok(())
 }

@@ -486,7 +486,9 @@ impl Module for Disco {
             self.cfg.groups,
         )?;
         match &self.bias {
-            Some(b) => y.broadcast_add(&b.reshape((1, self.cfg.out_channels, 1, 1))?),
+            // Its backward is one contiguous per-channel sum (candle's broadcast would
+            // reduce the gradient with a strided loop).
+            Some(b) => crate::channel_ops::add_channel_bias(&y, b),
             None => Ok(y),
         }
     }

@@ -27,6 +27,7 @@ use crate::operator::{NeuralOperator, ParamCount};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::init::Init;
 use candle_nn::{Linear, VarBuilder};
+use no_layers::channel_ops::add_channel_bias;
 use no_layers::feature_bias::add_feature_bias;
 use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
@@ -157,7 +158,9 @@ impl Fnn {
         for i in 0..k {
             let mut z = last.weight().narrow(0, i * q, q)?.matmul(&h_t)?;
             if let Some(b) = last.bias() {
-                z = z.broadcast_add(&b.narrow(0, i * q, q)?.reshape((q, 1))?)?;
+                // One bias per row of the block: a per-channel bias of `[1, q, N]`, whose
+                // backward is a contiguous row sum instead of candle's strided reduction.
+                z = add_channel_bias(&z.unsqueeze(0)?, &b.narrow(0, i * q, q)?)?.squeeze(0)?;
             }
             if self.last_activation {
                 z = self.activation.apply(&z)?;
@@ -196,6 +199,10 @@ fn dense(layer: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
     let rows = x.elem_count() / x.dim(candle_core::D::Minus1)?.max(1);
     let y = if x.rank() == 2 && w.elem_count() > rows * w.dim(0)? {
         w.matmul(&x.t()?)?.t()?
+    } else if x.rank() == 2 {
+        // Not `broadcast_matmul`: with nothing to broadcast, candle still records a
+        // broadcast whose backward runs a (no-op) strided reduction over the whole gradient.
+        x.matmul(&w.t()?)?
     } else {
         x.broadcast_matmul(&w.t()?)?
     };
@@ -269,7 +276,7 @@ pub(crate) fn combine_with_trunk_blocks(
     let br = branch.reshape((b, k, q))?.transpose(0, 1)?.contiguous()?;
     let out = br.matmul(blocks)?.transpose(0, 1)?;
     match bias {
-        Some(bias) => out.broadcast_add(&bias.reshape((1, k, 1))?),
+        Some(bias) => add_channel_bias(&out, bias),
         None => Ok(out),
     }
 }

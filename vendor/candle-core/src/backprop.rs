@@ -463,7 +463,14 @@ impl Tensor {
                             }
                         }
 
-                        let mut arg_grad = grad.sum_keepdim(sum_dims.as_slice())?;
+                        // Patched: nothing was broadcast (equal shapes, as `broadcast_*` and
+                        // `broadcast_matmul` of same-rank operands record), so the gradient
+                        // passes through instead of a full strided no-op reduction.
+                        let mut arg_grad = if sum_dims.is_empty() {
+                            grad.clone()
+                        } else {
+                            grad.sum_keepdim(sum_dims.as_slice())?
+                        };
                         for _i in 0..left_dims {
                             arg_grad = arg_grad.squeeze(0)?
                         }
