@@ -31,6 +31,9 @@ enum Work {
     Forward,
     /// One inference call (`NeuralOperator::predict`: DeepONets reuse their trunk).
     Predict,
+    /// One forward through the inference twin (`no_models::inference_twin`: no autograd
+    /// graph, the work PyTorch does under `torch.no_grad()`).
+    Infer,
     /// Forward, MSE loss, backward and one AdamW step.
     Train,
 }
@@ -105,11 +108,13 @@ fn main() -> Result<()> {
     };
     let x = random((args.batch, c_in, args.grid, args.grid), "x")?;
     let y = random((args.batch, c_out, args.grid, args.grid), "y")?;
+    let twin = no_models::inference_twin(model.as_ref(), vars.varmap())?;
     let mut opt = AdamW::new(vars.varmap(), AdamWParams::default())?;
     let mut run = || -> Result<()> {
         match args.work {
             Work::Forward => drop(model.forward(&x)?),
             Work::Predict => drop(model.predict(&x)?),
+            Work::Infer => drop(twin.forward(&x)?),
             Work::Train => {
                 let loss = (model.forward_t(&x, true)? - &y)?.sqr()?.mean_all()?;
                 opt.backward_step(&loss)?;

@@ -1,6 +1,7 @@
 //! FNO, TFNO and LocalNO at 100 × 100 (input [B, 1, 100, 100], output [B, 2, 100, 100]),
 //! f32 on the CPU, neuraloperator's reference configuration (n_modes (16, 16), hidden 32,
-//! 4 layers; LocalNO with default_in_shape (100, 100)): forward at batch 1 and 32, and
+//! 4 layers; LocalNO with default_in_shape (100, 100)): forward at batch 1 and 32 (with the
+//! autograd graph, `forward`, and without it, `infer`, through the inference twin), and
 //! one training step at batch 32 (forward + MSE + backward + AdamW, the trainer's own
 //! AdamW), the same work `benches/python/compare_neuralop.py` times for neuraloperator.
 
@@ -53,11 +54,19 @@ fn bench_fourier(c: &mut Criterion) {
         }
         let vars = SeededVarMap::new(0);
         let model = build(&cfg, vars.var_builder(DType::F32, &Device::Cpu)).expect("model");
+        let twin = no_models::inference_twin(model.as_ref(), vars.varmap()).expect("twin");
         for (b, x) in [(1, &x1), (32, &x32)] {
             group.bench_with_input(
                 BenchmarkId::new(format!("{name}/forward"), b),
                 x,
                 |bench, x| bench.iter(|| black_box(model.forward(x).expect("forward"))),
+            );
+            // The same forward without an autograd graph (the inference twin), the work
+            // the anchor does under `torch.no_grad()`.
+            group.bench_with_input(
+                BenchmarkId::new(format!("{name}/infer"), b),
+                x,
+                |bench, x| bench.iter(|| black_box(twin.forward(x).expect("infer"))),
             );
         }
         let mut opt = AdamW::new(vars.varmap(), AdamWParams::default()).expect("AdamW");

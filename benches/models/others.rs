@@ -1,8 +1,10 @@
 //! CNO, DeepONet, DeepONet-CNN and POD-DeepONet at 100 × 100 (input [B, 1, 100, 100],
 //! output [B, 2, 100, 100]), f32 on the CPU: forward at batch 1 and 32, and one training
 //! step at batch 32 (forward + MSE + backward + AdamW, the trainer's own), the same work
-//! `benches/python/compare_cno_deeponet.py` times for the PyTorch anchors. For the two
-//! DeepONets also `predict` (inference reusing the trunk evaluated on the grid).
+//! `benches/python/compare_cno_deeponet.py` times for the PyTorch anchors. The forward is
+//! timed with the autograd graph (`forward`) and without it (`infer`, the inference twin:
+//! the anchor's `torch.no_grad()` work). For the two DeepONets also `predict` (inference
+//! reusing the trunk evaluated on the grid).
 
 use candle_core::{DType, Device, Tensor};
 use criterion::{criterion_group, BenchmarkId, Criterion};
@@ -82,11 +84,19 @@ fn bench_others(c: &mut Criterion) {
     let x32 = input(32, 3);
     let y32 = input(32, 4).repeat((1, 2, 1, 1)).expect("target");
     for (name, model, vars) in models() {
+        let twin = no_models::inference_twin(model.as_ref(), vars.varmap()).expect("twin");
         for (b, x) in [(1, &x1), (32, &x32)] {
             group.bench_with_input(
                 BenchmarkId::new(format!("{name}/forward"), b),
                 x,
                 |bench, x| bench.iter(|| black_box(model.forward(x).expect("forward"))),
+            );
+            // The same forward without an autograd graph (the inference twin), the work
+            // the anchor does under `torch.no_grad()`.
+            group.bench_with_input(
+                BenchmarkId::new(format!("{name}/infer"), b),
+                x,
+                |bench, x| bench.iter(|| black_box(twin.forward(x).expect("infer"))),
             );
             // DeepONets reuse their trunk on the grid in `predict` (inference); the anchor
             // recomputes it, which is what `forward` times.

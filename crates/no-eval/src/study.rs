@@ -649,7 +649,10 @@ fn train_and_evaluate(
         .normalizers()
         .cloned()
         .ok_or_else(|| EvalError::invalid("normalisers", "none", "fitted by training"))?;
-    let model = trainer.model();
+    // Evaluation and latency run through the inference twin: no autograd graph, so each
+    // intermediate is freed once used (as PyTorch under `torch.no_grad()`).
+    let twin = no_models::inference_twin(trainer.model(), trainer.vars().varmap())?;
+    let model = twin.as_ref();
     let pred = Predictor {
         model,
         norm: &norm,

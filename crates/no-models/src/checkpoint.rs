@@ -83,9 +83,21 @@ pub struct LoadedModel {
 
 impl LoadedModel {
     /// Prediction in physical units: encode the input, run the model, decode the output.
+    /// For repeated calls build an [`crate::inference_twin`] once (see [`Self::inference`]).
     pub fn predict(&self, input: &Tensor) -> Result<Tensor> {
+        self.predict_with(self.model.as_ref(), input)
+    }
+
+    /// The model rebuilt over detached views of its variables ([`crate::inference`]): the
+    /// same outputs without an autograd graph.
+    pub fn inference(&self) -> Result<Box<dyn NeuralOperator>> {
+        crate::inference_twin(self.model.as_ref(), self.vars.varmap())
+    }
+
+    /// [`Self::predict`] through another model of the same weights (e.g. [`Self::inference`]).
+    pub fn predict_with(&self, model: &dyn NeuralOperator, input: &Tensor) -> Result<Tensor> {
         let x = self.normalizers.input.encode(input)?;
-        let y = self.model.predict(&x)?;
+        let y = model.predict(&x)?;
         self.normalizers.output.decode(&y)
     }
 }
