@@ -91,5 +91,32 @@ fn broadcasts_sum_their_gradients_and_equal_shapes_pass_them_through() -> Result
     let grads = x.as_tensor().broadcast_matmul(&w)?.sum_all()?.backward()?;
     let gx = grads.get(x.as_tensor()).map(|g| g.to_vec2::<f64>());
     assert_eq!(gx.transpose()?, Some(vec![vec![0.0, 2.5], vec![0.0, 2.5]]));
+    // A weight shared over a leading batch axis (the sum taken as 1ᵀ·G): d/dw sum(w ⊙ x_b)
+    // summed over the batch = Σ_b x_b.
+    let batch = Tensor::new(
+        &[
+            [[1.0f64, 2.0], [3.0, 4.0]],
+            [[0.5, -1.0], [2.0, 0.0]],
+            [[-3.0, 1.0], [1.0, 10.0]],
+        ],
+        &Device::Cpu,
+    )?;
+    let grads = x.as_tensor().broadcast_mul(&batch)?.sum_all()?.backward()?;
+    let gx = grads.get(x.as_tensor()).map(|g| g.to_vec2::<f64>());
+    assert_eq!(
+        gx.transpose()?,
+        Some(vec![vec![-1.5, 2.0], vec![6.0, 14.0]])
+    );
+    // Leading and inner axes together still take candle's reduction.
+    let col = Var::new(&[[[1.0f64], [2.0]]], &Device::Cpu)?;
+    let grads = col
+        .as_tensor()
+        .broadcast_mul(&batch)?
+        .sum_all()?
+        .backward()?;
+    let gc = grads
+        .get(col.as_tensor())
+        .map(|g| g.flatten_all()?.to_vec1::<f64>());
+    assert_eq!(gc.transpose()?, Some(vec![0.5, 20.0]));
     Ok(())
 }

@@ -466,8 +466,21 @@ impl Tensor {
                         // Patched: nothing was broadcast (equal shapes, as `broadcast_*` and
                         // `broadcast_matmul` of same-rank operands record), so the gradient
                         // passes through instead of a full strided no-op reduction.
+                        let leading = sum_dims.iter().enumerate().all(|(i, &d)| i == d);
                         let mut arg_grad = if sum_dims.is_empty() {
                             grad.clone()
+                        } else if leading && grad.dtype().is_float() {
+                            // Patched: a sum over leading axes only (a weight shared by
+                            // every sample of a batch) as one matrix–vector product
+                            // `1ᵀ·G` on the contiguous `[lead, rest]` view, instead of
+                            // candle's strided scalar reduction.
+                            let lead: usize = node_dims[..sum_dims.len()].iter().product();
+                            let rest = grad.elem_count() / lead.max(1);
+                            let mut kept = node_dims.to_vec();
+                            kept[..sum_dims.len()].fill(1);
+                            Tensor::ones((1, lead), grad.dtype(), grad.device())?
+                                .matmul(&grad.contiguous()?.reshape((lead, rest))?)?
+                                .reshape(kept)?
                         } else {
                             grad.sum_keepdim(sum_dims.as_slice())?
                         };
