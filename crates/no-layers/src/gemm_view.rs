@@ -1,0 +1,223 @@
+//! A bounds-checked entry to the `gemm` crate (the kernels candle's CPU matmul runs on) for
+//! fused ops that multiply slices they own, such as [`crate::conv2d`]: no candle tensor,
+//! allocation or zero fill per product, and a `dst += A·B` form for accumulating.
+//!
+//! Every view is checked against its slice before the (unsafe) kernel is called, so a
+//! wrong shape or stride is an error, never an out-of-bounds access.
+
+use candle_core::Result;
+
+/// The element types the wrapper multiplies (f32 and f64).
+pub(crate) trait GemmScalar:
+    Copy + Default + std::ops::AddAssign + Send + Sync + 'static
+{
+    /// The multiplicative identity, for `gemm`'s `alpha`/`beta` factors.
+    const ONE: Self;
+}
+
+impl GemmScalar for f32 {
+    const ONE: Self = 1.0;
+}
+
+impl GemmScalar for f64 {
+    const ONE: Self = 1.0;
+}
+
+/// A read-only strided matrix view: element `(r, c)` is `data[r·row_stride + c·col_stride]`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MatRef<'a, T> {
+    data: &'a [T],
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl<'a, T> MatRef<'a, T> {
+    /// A row-major `rows × cols` matrix stored densely in `data`.
+    pub(crate) fn row_major(data: &'a [T], rows: usize, cols: usize) -> Self {
+        Self {
+            data,
+            rows,
+            cols,
+            row_stride: cols,
+            col_stride: 1,
+        }
+    }
+
+    /// The transpose (a view: strides swapped, nothing copied).
+    pub(crate) fn t(self) -> Self {
+        Self {
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+            ..self
+        }
+    }
+}
+
+/// A mutable row-major `rows × cols` matrix stored densely in `data`.
+#[derive(Debug)]
+pub(crate) struct MatMut<'a, T> {
+    data: &'a mut [T],
+    rows: usize,
+    cols: usize,
+}
+
+impl<'a, T> MatMut<'a, T> {
+    /// A row-major `rows × cols` matrix stored densely in `data`.
+    pub(crate) fn row_major(data: &'a mut [T], rows: usize, cols: usize) -> Self {
+        Self { data, rows, cols }
+    }
+}
+
+/// Whether every element a view addresses lies inside a slice of `len` elements.
+fn fits(len: usize, rows: usize, cols: usize, row_stride: usize, col_stride: usize) -> bool {
+    if rows == 0 || cols == 0 {
+        return true;
+    }
+    let last = (rows - 1).checked_mul(row_stride).and_then(|r| {
+        (cols - 1)
+            .checked_mul(col_stride)
+            .and_then(|c| r.checked_add(c))
+    });
+    matches!(last, Some(i) if i < len)
+}
+
+/// `dst = lhs · rhs`, or `dst += lhs · rhs` when `accumulate`, on `threads` rayon threads
+/// (1: on the calling thread). Errors when the shapes disagree or a view overruns its slice.
+pub(crate) fn gemm<T: GemmScalar>(
+    dst: MatMut<'_, T>,
+    lhs: MatRef<'_, T>,
+    rhs: MatRef<'_, T>,
+    accumulate: bool,
+    threads: usize,
+) -> Result<()> {
+    let (m, n, k) = (dst.rows, dst.cols, lhs.cols);
+    if lhs.rows != m || rhs.rows != k || rhs.cols != n {
+        candle_core::bail!(
+            "gemm: [{m}, {n}] = [{}, {}] · [{}, {}] does not match",
+            lhs.rows,
+            lhs.cols,
+            rhs.rows,
+            rhs.cols
+        );
+    }
+    let views_fit = fits(dst.data.len(), m, n, n, 1)
+        && fits(lhs.data.len(), m, k, lhs.row_stride, lhs.col_stride)
+        && fits(rhs.data.len(), k, n, rhs.row_stride, rhs.col_stride);
+    if !views_fit {
+        candle_core::bail!("gemm: a matrix view overruns its buffer");
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        if !accumulate {
+            dst.data[..m * n].fill(T::default());
+        }
+        return Ok(());
+    }
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the three views were checked above to address only elements of their
+    // slices; `dst` is borrowed mutably, so it aliases neither operand. Strides are below
+    // the slice lengths, hence fit in `isize`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.data.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.col_stride as isize,
+            lhs.row_stride as isize,
+            rhs.data.as_ptr(),
+            rhs.col_stride as isize,
+            rhs.row_stride as isize,
+            T::ONE,
+            T::ONE,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(a: &[f64], b: &[f64], m: usize, k: usize, n: usize, bt: bool) -> Vec<f64> {
+        let mut c = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                c[i * n + j] = (0..k)
+                    .map(|p| a[i * k + p] * if bt { b[j * k + p] } else { b[p * n + j] })
+                    .sum();
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn products_transposes_and_accumulation_match_a_naive_loop() -> Result<()> {
+        let (m, k, n) = (5, 7, 3);
+        let a: Vec<f64> = (0..m * k).map(|i| (i as f64 * 0.37).sin()).collect();
+        let b: Vec<f64> = (0..k * n).map(|i| (i as f64 * 0.91).cos()).collect();
+        let mut c = vec![0.0; m * n];
+        gemm(
+            MatMut::row_major(&mut c, m, n),
+            MatRef::row_major(&a, m, k),
+            MatRef::row_major(&b, k, n),
+            false,
+            1,
+        )?;
+        let expected = naive(&a, &b, m, k, n, false);
+        assert!(c.iter().zip(&expected).all(|(x, y)| (x - y).abs() < 1e-12));
+        // b read as the transpose of an [n, k] matrix; then accumulated onto c.
+        gemm(
+            MatMut::row_major(&mut c, m, n),
+            MatRef::row_major(&a, m, k),
+            MatRef::row_major(&b, n, k).t(),
+            true,
+            2,
+        )?;
+        let bt = naive(&a, &b, m, k, n, true);
+        for ((x, e), t) in c.iter().zip(&expected).zip(&bt) {
+            assert!((x - (e + t)).abs() < 1e-12, "{x} vs {}", e + t);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn mismatched_shapes_and_overrunning_views_are_errors() {
+        let (a, b) = (vec![0f32; 6], vec![0f32; 6]);
+        let mut c = vec![0f32; 4];
+        let e = gemm(
+            MatMut::row_major(&mut c, 2, 2),
+            MatRef::row_major(&a, 2, 3),
+            MatRef::row_major(&b, 2, 3),
+            false,
+            1,
+        );
+        assert!(e.is_err());
+        let e = gemm(
+            MatMut::row_major(&mut c, 2, 2),
+            MatRef::row_major(&a, 2, 4),
+            MatRef::row_major(&b, 4, 2),
+            false,
+            1,
+        );
+        assert!(e.is_err(), "an [2, 4] view of 6 elements overruns");
+    }
+}
