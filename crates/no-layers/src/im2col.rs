@@ -3,9 +3,11 @@
 //!
 //! A patch matrix holds, for a group of `n` samples, one row per `(channel, kernel row,
 //! kernel column)` and one column per `(sample, output position)`: `[C·kh·kw, n·Ho·Wo]`.
-//! Each row of one sample is a zero fill of the columns that read the padding plus one
-//! contiguous copy (stride 1) or strided gather of the in-range columns, so there is no
-//! per-element branch.
+//! Each run of a patch row is a zero fill of the columns that read the padding plus one
+//! contiguous copy of the in-range columns, so there is no per-element branch. Strided
+//! convolutions first rewrite each input plane phase by phase ([`split_phases`]: columns
+//! `ph, ph + s, ph + 2s, …` side by side), which turns their strided gathers (and the
+//! adjoint's strided adds) into contiguous runs.
 
 use rayon::prelude::*;
 
@@ -99,80 +101,150 @@ impl Geometry {
     }
 }
 
-/// Fills the patch row of kernel offset `(i, j)` of one input plane (`row`: `Ho·Wo` values).
-fn unfold_tap<T: Copy + Default>(g: &Geometry, plane: &[T], (i, j): (usize, usize), row: &mut [T]) {
-    let (lo, hi) = g.inside(j, g.w, g.wo);
-    for oh in 0..g.ho {
-        let out = &mut row[oh * g.wo..(oh + 1) * g.wo];
-        let Some(y) = g.source(oh, i, g.h) else {
-            out.fill(T::default());
-            continue;
-        };
-        let line = &plane[y * g.w..(y + 1) * g.w];
-        out[..lo].fill(T::default());
-        out[hi..].fill(T::default());
-        if lo < hi {
-            // The first source column; `inside` guarantees it is in range.
-            let x0 = lo * g.stride + j - g.padding;
-            let inner = &mut out[lo..hi];
-            match g.stride {
-                1 => inner.copy_from_slice(&line[x0..x0 + inner.len()]),
-                2 => gather_every_second(&line[x0..], inner),
-                s => {
-                    for (o, &v) in inner.iter_mut().zip(line[x0..].iter().step_by(s)) {
-                        *o = v;
-                    }
+/// Where kernel column `j` reads: output column `ow` takes input column
+/// `ow·stride + j − padding`, which in the phase-split layout ([`split_phases`]) is entry
+/// `ow + offset` of phase `phase`. Returns `(phase, offset)`.
+fn tap_phase(g: &Geometry, j: usize) -> (usize, isize) {
+    let q = j as isize - g.padding as isize;
+    let s = g.stride as isize;
+    (q.rem_euclid(s) as usize, q.div_euclid(s))
+}
+
+/// Length of one row of a phase-split plane: `⌈W / stride⌉` (`W` for stride 1).
+fn phase_width(g: &Geometry) -> usize {
+    g.w.div_ceil(g.stride.max(1))
+}
+
+/// Elements of a phase-split plane: `stride × H × ⌈W / stride⌉`.
+fn split_len(g: &Geometry) -> usize {
+    g.stride * g.h * phase_width(g)
+}
+
+/// Rewrites one input plane `[H, W]` phase by phase, `[stride, H, ⌈W/stride⌉]` with entry
+/// `(ph, y, t)` = column `t·stride + ph` of row `y` (entries past the row end are zero and
+/// never read). A strided convolution then reads every patch row as one contiguous copy
+/// instead of a strided gather, and its adjoint adds contiguously.
+fn split_phases<T: Copy + Default>(g: &Geometry, plane: &[T], split: &mut Vec<T>) {
+    let (s, wp) = (g.stride, phase_width(g));
+    // No zero fill per plane: every entry that is ever read is written below; the padding
+    // entries keep whatever they held.
+    if split.len() != split_len(g) {
+        split.clear();
+        split.resize(split_len(g), T::default());
+    }
+    for (y, line) in plane.chunks_exact(g.w).enumerate() {
+        for ph in 0..s {
+            let dst = &mut split[(ph * g.h + y) * wp..][..wp];
+            if s == 2 {
+                // Pairs of a fixed size: vector shuffles instead of a scalar strided loop.
+                let (pairs, rest) = line[ph..].as_chunks::<2>();
+                for (d, pair) in dst.iter_mut().zip(pairs) {
+                    *d = pair[0];
+                }
+                if let (Some(&v), Some(d)) = (rest.first(), dst.get_mut(pairs.len())) {
+                    *d = v;
+                }
+            } else {
+                for (d, &v) in dst.iter_mut().zip(line[ph..].iter().step_by(s)) {
+                    *d = v;
                 }
             }
         }
     }
 }
 
-/// `out[k] = src[2k]`: pairs of a fixed-size chunk, which the compiler turns into vector
-/// shuffles (a `step_by(2)` iterator stays scalar).
-fn gather_every_second<T: Copy>(src: &[T], out: &mut [T]) {
-    let Some(last) = out.len().checked_sub(1) else {
-        return;
-    };
-    for (o, pair) in out[..last].iter_mut().zip(src.chunks_exact(2)) {
-        *o = pair[0];
-    }
-    out[last] = src[2 * last];
-}
-
-/// Adds the patch row of kernel offset `(i, j)` (`row`: `Ho·Wo` values) back into the
-/// input plane it was gathered from.
-fn fold_tap<T: Copy + std::ops::AddAssign>(
-    g: &Geometry,
-    row: &[T],
-    (i, j): (usize, usize),
-    plane: &mut [T],
-) {
-    let (lo, hi) = g.inside(j, g.w, g.wo);
-    if lo >= hi {
-        return;
-    }
-    let x0 = lo * g.stride + j - g.padding;
-    for oh in 0..g.ho {
-        let Some(y) = g.source(oh, i, g.h) else {
-            continue;
-        };
-        let line = &mut plane[y * g.w..(y + 1) * g.w];
-        let inner = &row[oh * g.wo + lo..oh * g.wo + hi];
-        if g.stride == 1 {
-            for (d, &v) in line[x0..x0 + inner.len()].iter_mut().zip(inner) {
-                *d += v;
-            }
-        } else {
-            for (d, &v) in line[x0..].iter_mut().step_by(g.stride).zip(inner) {
-                *d += v;
+/// The adjoint of [`split_phases`]: writes each phase-split entry back to its column.
+fn merge_phases<T: Copy>(g: &Geometry, split: &[T], plane: &mut [T]) {
+    let (s, wp) = (g.stride, phase_width(g));
+    for (y, line) in plane.chunks_exact_mut(g.w).enumerate() {
+        for ph in 0..s {
+            let src = &split[(ph * g.h + y) * wp..][..wp];
+            if s == 2 {
+                let (pairs, rest) = line[ph..].as_chunks_mut::<2>();
+                let n = pairs.len();
+                for (pair, &v) in pairs.iter_mut().zip(src) {
+                    pair[0] = v;
+                }
+                if let (Some(d), Some(&v)) = (rest.first_mut(), src.get(n)) {
+                    *d = v;
+                }
+            } else {
+                for (d, &v) in line[ph..].iter_mut().step_by(s).zip(src) {
+                    *d = v;
+                }
             }
         }
     }
 }
 
+/// `dst.copy_from_slice(src)` for the short runs of a patch row (often 5–50 values):
+/// fixed-size 16-value blocks the compiler turns into vector moves, where a call to
+/// `memmove` per run cost more than the copy.
+#[inline(always)]
+fn copy_run<T: Copy>(dst: &mut [T], src: &[T]) {
+    let (dst_blocks, dst_tail) = dst.as_chunks_mut::<16>();
+    let (src_blocks, src_tail) = src.as_chunks::<16>();
+    for (d, s) in dst_blocks.iter_mut().zip(src_blocks) {
+        *d = *s;
+    }
+    for (d, &s) in dst_tail.iter_mut().zip(src_tail) {
+        *d = s;
+    }
+}
+
+/// Fills the patch row of kernel offset `(i, j)` (`row`: `Ho·Wo` values) from one input
+/// plane, phase-split when the stride exceeds 1.
+fn unfold_tap<T: Copy + Default>(g: &Geometry, src: &[T], (i, j): (usize, usize), row: &mut [T]) {
+    let (lo, hi) = g.inside(j, g.w, g.wo);
+    let (phase, offset) = tap_phase(g, j);
+    let wp = phase_width(g);
+    for oh in 0..g.ho {
+        let out = &mut row[oh * g.wo..(oh + 1) * g.wo];
+        let Some(y) = g.source(oh, i, g.h) else {
+            out.fill(T::default());
+            continue;
+        };
+        out[..lo].fill(T::default());
+        out[hi..].fill(T::default());
+        if lo < hi {
+            // `inside` guarantees the source columns of `lo..hi` are in range, hence
+            // `lo + offset ≥ 0` and the run ends inside the phase row.
+            let t0 = (lo as isize + offset) as usize;
+            let line = &src[(phase * g.h + y) * wp..][..wp];
+            copy_run(&mut out[lo..hi], &line[t0..t0 + (hi - lo)]);
+        }
+    }
+}
+
+/// Adds the patch row of kernel offset `(i, j)` (`row`: `Ho·Wo` values) back into the
+/// (phase-split when the stride exceeds 1) plane it was gathered from.
+fn fold_tap<T: Copy + std::ops::AddAssign>(
+    g: &Geometry,
+    row: &[T],
+    (i, j): (usize, usize),
+    dst: &mut [T],
+) {
+    let (lo, hi) = g.inside(j, g.w, g.wo);
+    if lo >= hi {
+        return;
+    }
+    let (phase, offset) = tap_phase(g, j);
+    let wp = phase_width(g);
+    let t0 = (lo as isize + offset) as usize;
+    for oh in 0..g.ho {
+        let Some(y) = g.source(oh, i, g.h) else {
+            continue;
+        };
+        let line = &mut dst[(phase * g.h + y) * wp..][..wp];
+        let inner = &row[oh * g.wo + lo..oh * g.wo + hi];
+        for (d, &v) in line[t0..t0 + inner.len()].iter_mut().zip(inner) {
+            *d += v;
+        }
+    }
+}
+
 /// Gathers the patch matrix `cols` `[C·kh·kw, n·Ho·Wo]` of the `n` samples in `x`
-/// `[n, C, H, W]` (column block `s` for sample `s`), rows on rayon's threads when
+/// `[n, C, H, W]` (column block `s` for sample `s`), channels on rayon's threads when
 /// `parallel` (the values do not depend on it).
 pub(crate) fn unfold_samples<T: Copy + Default + Send + Sync>(
     g: &Geometry,
@@ -180,23 +252,31 @@ pub(crate) fn unfold_samples<T: Copy + Default + Send + Sync>(
     cols: &mut [T],
     parallel: bool,
 ) {
-    let (l, plane) = (g.positions(), g.plane());
+    let (l, plane, taps) = (g.positions(), g.plane(), g.kh * g.kw);
     let width = x.len() / g.sample().max(1) * l;
-    let fill_row = |(r, row): (usize, &mut [T])| {
-        let (c, tap) = (r / (g.kh * g.kw), (r / g.kw % g.kh, r % g.kw));
-        for (s, segment) in row.chunks_exact_mut(l.max(1)).enumerate() {
-            let start = s * g.sample() + c * plane;
-            unfold_tap(g, &x[start..start + plane], tap, segment);
+    let fill_channel = |split: &mut Vec<T>, (c, rows): (usize, &mut [T])| {
+        for (s, sample) in x.chunks_exact(g.sample().max(1)).enumerate() {
+            let mut src = &sample[c * plane..(c + 1) * plane];
+            if g.stride > 1 {
+                split_phases(g, src, split);
+                src = split;
+            }
+            for t in 0..taps {
+                let segment = &mut rows[t * width + s * l..][..l];
+                unfold_tap(g, src, (t / g.kw, t % g.kw), segment);
+            }
         }
     };
+    let rows_per_channel = (taps * width).max(1);
     if parallel {
-        cols.par_chunks_exact_mut(width.max(1))
+        cols.par_chunks_exact_mut(rows_per_channel)
             .enumerate()
-            .for_each(fill_row);
+            .for_each_init(Vec::new, fill_channel);
     } else {
-        cols.chunks_exact_mut(width.max(1))
+        let mut split = Vec::new();
+        cols.chunks_exact_mut(rows_per_channel)
             .enumerate()
-            .for_each(fill_row);
+            .for_each(|item| fill_channel(&mut split, item));
     }
 }
 
@@ -211,22 +291,33 @@ pub(crate) fn fold_samples<T: Copy + Default + std::ops::AddAssign + Send + Sync
 ) {
     let (l, taps) = (g.positions(), g.kh * g.kw);
     let width = x.len() / g.sample().max(1) * l;
-    let fold_plane = |(p, plane): (usize, &mut [T])| {
+    let fold_plane = |split: &mut Vec<T>, (p, plane): (usize, &mut [T])| {
         let (s, c) = (p / g.c, p % g.c);
-        plane.fill(T::default());
-        for t in 0..taps {
-            let row = &cols[(c * taps + t) * width..][..width];
-            fold_tap(g, &row[s * l..(s + 1) * l], (t / g.kw, t % g.kw), plane);
+        let add_taps = |dst: &mut [T]| {
+            for t in 0..taps {
+                let row = &cols[(c * taps + t) * width..][..width];
+                fold_tap(g, &row[s * l..(s + 1) * l], (t / g.kw, t % g.kw), dst);
+            }
+        };
+        if g.stride == 1 {
+            plane.fill(T::default());
+            add_taps(plane);
+        } else {
+            split.clear();
+            split.resize(split_len(g), T::default());
+            add_taps(split);
+            merge_phases(g, split, plane);
         }
     };
     if parallel {
         x.par_chunks_exact_mut(g.plane().max(1))
             .enumerate()
-            .for_each(fold_plane);
+            .for_each_init(Vec::new, fold_plane);
     } else {
+        let mut split = Vec::new();
         x.chunks_exact_mut(g.plane().max(1))
             .enumerate()
-            .for_each(fold_plane);
+            .for_each(|item| fold_plane(&mut split, item));
     }
 }
 
