@@ -137,11 +137,12 @@ fn split_phases<T: Copy + Default>(g: &Geometry, plane: &[T], split: &mut Vec<T>
             let dst = &mut split[(ph * g.h + y) * wp..][..wp];
             if s == 2 {
                 // Pairs of a fixed size: vector shuffles instead of a scalar strided loop.
-                let (pairs, rest) = line[ph..].as_chunks::<2>();
+                let pairs = line[ph..].chunks_exact(2);
+                let (n, rest) = (pairs.len(), pairs.remainder());
                 for (d, pair) in dst.iter_mut().zip(pairs) {
                     *d = pair[0];
                 }
-                if let (Some(&v), Some(d)) = (rest.first(), dst.get_mut(pairs.len())) {
+                if let (Some(&v), Some(d)) = (rest.first(), dst.get_mut(n)) {
                     *d = v;
                 }
             } else {
@@ -160,12 +161,12 @@ fn merge_phases<T: Copy>(g: &Geometry, split: &[T], plane: &mut [T]) {
         for ph in 0..s {
             let src = &split[(ph * g.h + y) * wp..][..wp];
             if s == 2 {
-                let (pairs, rest) = line[ph..].as_chunks_mut::<2>();
+                let mut pairs = line[ph..].chunks_exact_mut(2);
                 let n = pairs.len();
-                for (pair, &v) in pairs.iter_mut().zip(src) {
+                for (pair, &v) in (&mut pairs).zip(src) {
                     pair[0] = v;
                 }
-                if let (Some(d), Some(&v)) = (rest.first_mut(), src.get(n)) {
+                if let (Some(d), Some(&v)) = (pairs.into_remainder().first_mut(), src.get(n)) {
                     *d = v;
                 }
             } else {
@@ -182,12 +183,13 @@ fn merge_phases<T: Copy>(g: &Geometry, split: &[T], plane: &mut [T]) {
 /// `memmove` per run cost more than the copy.
 #[inline(always)]
 fn copy_run<T: Copy>(dst: &mut [T], src: &[T]) {
-    let (dst_blocks, dst_tail) = dst.as_chunks_mut::<16>();
-    let (src_blocks, src_tail) = src.as_chunks::<16>();
-    for (d, s) in dst_blocks.iter_mut().zip(src_blocks) {
-        *d = *s;
+    let mut dst_blocks = dst.chunks_exact_mut(16);
+    let src_blocks = src.chunks_exact(16);
+    let src_tail = src_blocks.remainder();
+    for (d, s) in (&mut dst_blocks).zip(src_blocks) {
+        d.copy_from_slice(s);
     }
-    for (d, &s) in dst_tail.iter_mut().zip(src_tail) {
+    for (d, &s) in dst_blocks.into_remainder().iter_mut().zip(src_tail) {
         *d = s;
     }
 }
