@@ -22,6 +22,9 @@ pub trait BandScalar: Copy + Default + Send + Sync + PartialOrd + fmt::Debug + '
     fn mul_add_fused(self, x: Self, acc: Self) -> Self;
     /// `self·x`.
     fn mul(self, x: Self) -> Self;
+    /// `value` where `pre > 0`, else `slope·value` (a leaky ReLU and its derivative),
+    /// without a branch so that loops over it vectorise ([`crate::leaky_relu_op`]).
+    fn leaky(pre: Self, value: Self, slope: Self) -> Self;
 }
 
 impl BandScalar for f32 {
@@ -40,6 +43,10 @@ impl BandScalar for f32 {
     fn mul(self, x: Self) -> Self {
         self * x
     }
+    #[inline(always)]
+    fn leaky(pre: Self, value: Self, slope: Self) -> Self {
+        crate::cpu_map::select_f32(pre > 0.0, value, slope * value)
+    }
 }
 
 impl BandScalar for f64 {
@@ -57,6 +64,10 @@ impl BandScalar for f64 {
     #[inline(always)]
     fn mul(self, x: Self) -> Self {
         self * x
+    }
+    #[inline(always)]
+    fn leaky(pre: Self, value: Self, slope: Self) -> Self {
+        crate::cpu_map::select_f64(pre > 0.0, value, slope * value)
     }
 }
 

@@ -161,10 +161,8 @@ fn forward_plane<T: BandScalar>(
     let (_, ow) = plan.output;
     upsampled_t(plan, m, x, &mut s.a, &mut s.b, &mut s.c);
     let act = &mut s.c[..uw * uh];
-    // An unconditional store, so that the loop vectorises to a blend.
     for v in act.iter_mut() {
-        let x = *v;
-        *v = if x > T::default() { x } else { slope.mul(x) };
+        *v = T::leaky(*v, *v, slope);
     }
     let s3_t = &mut s.a[..ow * uh];
     m.down_w.apply_rows(act, uh, s3_t);
@@ -194,8 +192,7 @@ fn backward_plane<T: BandScalar>(
     m.down_w_t.apply_rows(g3_t, uh, g2_t);
     for (gv, &pre) in g2_t.iter_mut().zip(&s.c[..uw * uh]) {
         // PyTorch's convention: the slope at 0.
-        let g = *gv;
-        *gv = if pre > T::default() { g } else { slope.mul(g) };
+        *gv = T::leaky(pre, *gv, slope);
     }
     let g1_t = &mut s.b[..w * uh];
     m.up_w_t.apply_rows(g2_t, uh, g1_t);

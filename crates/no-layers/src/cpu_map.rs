@@ -11,6 +11,23 @@ use rayon::prelude::*;
 /// Elements per rayon task: large enough to amortise scheduling, small enough to balance.
 pub(crate) const CHUNK: usize = 1 << 15;
 
+/// `if c { a } else { b }` by bit masks, which compiles to a vector compare and blend:
+/// written as a branch, the compiler kept a scalar loop with a jump, and on activations of
+/// random sign half the jumps were mispredicted (a 3-million value ReLU took 8 ms instead
+/// of 0.6 ms). Exact: the chosen value's bits are passed through.
+#[inline(always)]
+pub(crate) fn select_f32(c: bool, a: f32, b: f32) -> f32 {
+    let mask = (c as u32).wrapping_neg();
+    f32::from_bits((a.to_bits() & mask) | (b.to_bits() & !mask))
+}
+
+/// [`select_f32`] for `f64`.
+#[inline(always)]
+pub(crate) fn select_f64(c: bool, a: f64, b: f64) -> f64 {
+    let mask = (c as u64).wrapping_neg();
+    f64::from_bits((a.to_bits() & mask) | (b.to_bits() & !mask))
+}
+
 /// The elements a contiguous layout covers (an error naming `op` otherwise).
 pub(crate) fn contiguous<'a, T>(op: &str, v: &'a [T], l: &Layout) -> Result<&'a [T]> {
     match l.contiguous_offsets() {

@@ -6,7 +6,7 @@
 //! is one pass and the backward one pass, `grad·(1 if x > 0 else slope)` (PyTorch's
 //! convention at 0). `f32` and `f64` on the CPU; elsewhere the candle formula.
 
-use crate::cpu_map::{binary_storage, unary_storage};
+use crate::cpu_map::{binary_storage, select_f32, select_f64, unary_storage};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
 /// `x` where `x > 0`, `slope·x` elsewhere; differentiable through candle's autograd.
@@ -46,12 +46,12 @@ impl CustomOp1 for LeakyRelu {
             l,
             |s, d| {
                 for (d, &x) in d.iter_mut().zip(s) {
-                    *d = if x > 0.0 { x } else { a32 * x };
+                    *d = select_f32(x > 0.0, x, a32 * x);
                 }
             },
             |s, d| {
                 for (d, &x) in d.iter_mut().zip(s) {
-                    *d = if x > 0.0 { x } else { a64 * x };
+                    *d = select_f64(x > 0.0, x, a64 * x);
                 }
             },
         )
@@ -83,12 +83,12 @@ impl CustomOp2 for LeakyReluGrad {
             (s2, l2),
             |x, g, d| {
                 for ((d, &x), &g) in d.iter_mut().zip(x).zip(g) {
-                    *d = if x > 0.0 { g } else { a32 * g };
+                    *d = select_f32(x > 0.0, g, a32 * g);
                 }
             },
             |x, g, d| {
                 for ((d, &x), &g) in d.iter_mut().zip(x).zip(g) {
-                    *d = if x > 0.0 { g } else { a64 * g };
+                    *d = select_f64(x > 0.0, g, a64 * g);
                 }
             },
         )
