@@ -409,17 +409,25 @@ impl NeuralOperator for PodDeepOnet {
         let b = coef.dim(0)?;
         let p = c.grid[0] * c.grid[1];
         let scale = (p as f64).sqrt();
-        let mean = self.mean.detach();
+        // The √P scale goes on the coefficients `[B, r]` and the mean is added once to all
+        // fields by the fused feature bias: no full-size passes for either (fields are
+        // `[B, P]`, 10,000 values a sample at 100 × 100).
+        let coef = (coef * scale)?;
         let mut offset = 0;
         let mut fields = Vec::with_capacity(c.out_channels);
         for (k, basis) in self.bases.iter().enumerate() {
             let r = c.modes[k];
             let ck = coef.narrow(1, offset, r)?;
             offset += r;
-            let yk = (ck.matmul(&basis.detach().t()?)? * scale)?;
-            fields.push(yk.broadcast_add(&mean.narrow(0, k, 1)?)?);
+            fields.push(ck.matmul(&basis.detach().t()?)?);
         }
-        Tensor::stack(&fields, 1)?.reshape((b, c.out_channels, c.grid[0], c.grid[1]))
+        let y = Tensor::cat(&fields, 1)?;
+        no_layers::feature_bias::add_feature_bias(&y, &self.mean.detach())?.reshape((
+            b,
+            c.out_channels,
+            c.grid[0],
+            c.grid[1],
+        ))
     }
 
     fn config(&self) -> ModelConfig {
