@@ -277,7 +277,9 @@ fn weight_grad<T: GemmScalar>(g: &Geometry, sz: &Sizes, x: &[T], grad: &[T]) -> 
             threads,
         )
     })?;
-    if groups == 1 {
+    if groups <= 1 {
+        // One group, or an empty batch (whose weight gradient is zero).
+        partials.resize(per_group, T::default());
         return Ok(partials);
     }
     // Sum the partials in group order, element chunks in parallel.
@@ -578,6 +580,21 @@ mod tests {
             )?;
             assert!(report.passed(), "batch {b}, {h}×{w}: {report:?}");
         }
+        Ok(())
+    }
+
+    #[test]
+    fn an_empty_batch_has_an_empty_output_and_a_zero_weight_gradient() -> Result<()> {
+        let x = Var::from_tensor(&random(&[0, 2, 5, 5], 15)?)?;
+        let w = Var::from_tensor(&random(&[3, 2, 3, 3], 16)?)?;
+        let y = conv2d(x.as_tensor(), w.as_tensor(), 1, 1)?;
+        assert_eq!(y.dims(), &[0, 3, 5, 5]);
+        let grads = y.sum_all()?.backward()?;
+        let gw = grads
+            .get(w.as_tensor())
+            .ok_or_else(|| candle_core::Error::Msg("no weight gradient".into()))?;
+        assert_eq!(gw.dims(), &[3, 2, 3, 3]);
+        assert_eq!(gw.abs()?.sum_all()?.to_scalar::<f64>()?, 0.0);
         Ok(())
     }
 
