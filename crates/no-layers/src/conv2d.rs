@@ -513,21 +513,6 @@ mod tests {
     }
 
     #[test]
-    fn gradients_match_finite_differences() -> Result<()> {
-        let x = Var::from_tensor(&random(&[2, 2, 5, 4], 5)?)?;
-        let w = Var::from_tensor(&random(&[3, 2, 3, 3], 6)?)?;
-        let r = random(&[2, 3, 3, 2], 7)?;
-        let (xs, ws) = (x.clone(), w.clone());
-        let report = check_gradients(
-            move || (conv2d(xs.as_tensor(), ws.as_tensor(), 1, 2)? * &r)?.sum_all(),
-            &[x.clone(), w.clone()],
-            &GradCheckConfig::default(),
-        )?;
-        assert!(report.passed(), "{report:?}");
-        Ok(())
-    }
-
-    #[test]
     fn bad_shapes_are_errors() -> Result<()> {
         let x = random(&[1, 3, 4, 4], 1)?;
         let e = conv2d(&x, &random(&[2, 2, 3, 3], 2)?, 1, 1).expect_err("channel mismatch");
@@ -563,12 +548,12 @@ mod tests {
     }
 
     #[test]
-    fn gradients_of_several_sample_groups_match_finite_differences() -> Result<()> {
-        // Stride 2, padding 1, 3×3 kernel. 6×5 inputs give 3×3 outputs (9 columns a
-        // sample): one group holds the whole batch. 36×34 inputs give 18×17 outputs (306
-        // columns): groups of 4, so batch 5 is a full and a partial group run in turn, and
-        // batch 13 is four groups run in parallel.
-        for (b, h, w) in [(5, 6, 5), (5, 36, 34), (13, 36, 34)] {
+    fn gradients_match_finite_differences() -> Result<()> {
+        // Stride 2, padding 1, 3×3 kernel, non-square inputs (where candle's own backward
+        // is wrong). 5×4 and 6×5 inputs give 3×2 and 3×3 outputs: one group holds the whole
+        // batch. 36×34 inputs give 18×17 outputs (306 columns): groups of 4, so batch 5 is
+        // a full and a partial group run in turn, and batch 13 is four groups run in parallel.
+        for (b, h, w) in [(2, 5, 4), (5, 6, 5), (5, 36, 34), (13, 36, 34)] {
             let x = Var::from_tensor(&random(&[b, 2, h, w], 10)?)?;
             let wt = Var::from_tensor(&random(&[3, 2, 3, 3], 11)?)?;
             let r = random(&[b, 3, (h - 1) / 2 + 1, (w - 1) / 2 + 1], 12)?;
