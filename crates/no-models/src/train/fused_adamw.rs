@@ -1,45 +1,52 @@
-//! The AdamW update as three fused CPU passes instead of thirteen tensor operations.
+//! The AdamW update as one fused CPU pass instead of thirteen tensor operations.
 //!
 //! Written with candle's ops, one AdamW step costs thirteen passes over each parameter,
 //! each into a fresh allocation; on POD-DeepONet (2.7 M parameters, most in the branch's
-//! first layer) that was a fifth of a training step. Here: `m' = β₁m + (1−β₁)g` and
-//! `v' = β₂v + (1−β₂)g²` each in one pass into a new tensor (the old moments are never
-//! written, so clones held by checkpoints stay valid), and the parameter update
-//! `w ← w(1 − lr·λ) − s·m'/(√v'/√(1−β₂ᵗ) + ε)` in place, as `Var::set` does. Each element
-//! is computed independently, so results do not depend on the thread count. `f32` and
-//! `f64` on the CPU; [`fused`] says when these apply.
+//! first layer) that was a fifth of a training step. Here each element is read once and
+//! written once, in place:
+//!
+//! ```text
+//! m ← β₁m + (1−β₁)g
+//! v ← β₂v + (1−β₂)g²
+//! w ← w(1 − lr·λ) − s·m/(√v/√(1−β₂ᵗ) + ε),   s = lr/(1−β₁ᵗ)
+//! ```
+//!
+//! candle's in-place ops give one mutable operand each, so the three mutable tensors are
+//! reached by nesting: the op on `w` (reading `g`) runs an op on `m`, which runs an op on
+//! `v`, and the innermost op holds all four slices. Every lock is on a distinct storage and
+//! taken in the same order each time. Because the moments change in place, a copy of the
+//! optimiser state must be a deep copy ([`super::AdamW::snapshot`]).
+//!
+//! Each element is computed independently, so results do not depend on the thread count.
+//! `f32` and `f64` on the CPU; [`fused`] says when this applies.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, DType, InplaceOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, DType, InplaceOp1, InplaceOp2, Layout, Result, Tensor};
 use rayon::prelude::*;
-use std::mem::MaybeUninit;
+use std::cell::RefCell;
+use std::ops::Range;
 
 /// Elements per rayon task.
 const CHUNK: usize = 1 << 14;
 
-/// Whether the fused kernels handle these tensors (all on the CPU, one float dtype).
+/// Whether the fused kernel handles these tensors (all contiguous on the CPU, one float
+/// dtype).
 pub(crate) fn fused(tensors: &[&Tensor]) -> bool {
-    tensors.iter().all(|t| t.device().is_cpu())
+    tensors
+        .iter()
+        .all(|t| t.device().is_cpu() && t.is_contiguous())
         && tensors.iter().all(|t| {
             matches!(t.dtype(), DType::F32 | DType::F64) && t.dtype() == tensors[0].dtype()
         })
 }
 
-/// `decay·moment + (1 − decay)·g` (or `·g²` when `squared`), as a new tensor.
-pub(crate) fn moment_update(
-    moment: &Tensor,
-    g: &Tensor,
-    decay: f64,
-    squared: bool,
-) -> Result<Tensor> {
-    moment
-        .contiguous()?
-        .apply_op2_no_bwd(&g.contiguous()?, &MomentUpdate { decay, squared })
-}
-
-/// The AdamW parameter update, in place on `w` (see the module docs).
+/// The constants of one AdamW step (see the module docs).
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct ParamUpdate {
+pub(crate) struct AdamWUpdate {
+    /// `β₁`.
+    pub beta1: f64,
+    /// `β₂`.
+    pub beta2: f64,
     /// `1 − lr·weight_decay`.
     pub shrink: f64,
     /// `lr / (1 − β₁ᵗ)`.
@@ -50,81 +57,192 @@ pub(crate) struct ParamUpdate {
     pub eps: f64,
 }
 
-impl ParamUpdate {
-    /// Applies the update to `w` in place from the new moments.
-    pub(crate) fn apply(&self, w: &Tensor, m: &Tensor, v: &Tensor) -> Result<()> {
-        if !w.is_contiguous() {
-            candle_core::bail!("fused AdamW: parameter {:?} is not contiguous", w.dims());
+impl AdamWUpdate {
+    /// Updates the parameter `w` and its moments `m`, `v` in place from the gradient `g`.
+    /// `w`, `m` and `v` must be contiguous, distinct, and of `g`'s shape and dtype.
+    pub(crate) fn apply(&self, w: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor) -> Result<()> {
+        for (what, t) in [("parameter", w), ("first moment", m), ("second moment", v)] {
+            if !t.is_contiguous() {
+                candle_core::bail!("fused AdamW: {what} {:?} is not contiguous", t.dims());
+            }
+            if t.dims() != g.dims() {
+                candle_core::bail!(
+                    "fused AdamW: {what} has shape {:?}, the gradient {:?}",
+                    t.dims(),
+                    g.dims()
+                );
+            }
         }
-        w.inplace_op3(&m.contiguous()?, &v.contiguous()?, self)
+        w.inplace_op2(&g.contiguous()?, &OnParam { u: *self, m, v })
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-struct MomentUpdate {
-    decay: f64,
-    squared: bool,
-}
-
-/// The contiguous elements of `l` in `v`.
-fn elements<'a, T>(v: &'a [T], l: &Layout) -> Result<&'a [T]> {
+/// The contiguous element range of `l`.
+fn range(l: &Layout, what: &str) -> Result<Range<usize>> {
     match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("fused AdamW: expected a contiguous operand, got {l:?}"),
+        Some((a, b)) => Ok(a..b),
+        None => candle_core::bail!("fused AdamW: the {what} is not contiguous ({l:?})"),
     }
 }
 
-/// The element kernels for one float type, each in a portable and an AVX2/FMA build of
-/// the same loop (chosen at run time; the loop is inlined into both so that the compiler
-/// vectorises it for each). Every element is independent: no dependence on threads.
-macro_rules! adamw_kernels {
-    ($t:ty, $moment:ident, $moment_avx2:ident, $param:ident, $param_avx2:ident) => {
+/// Outermost op: holds `w` (mutable) and `g`, descends into `m`.
+struct OnParam<'a> {
+    u: AdamWUpdate,
+    m: &'a Tensor,
+    v: &'a Tensor,
+}
+
+impl InplaceOp2 for OnParam<'_> {
+    fn name(&self) -> &'static str {
+        "adamw"
+    }
+
+    fn cpu_fwd(&self, w: &mut CpuStorage, wl: &Layout, g: &CpuStorage, gl: &Layout) -> Result<()> {
+        let next = OnFirstMoment {
+            u: self.u,
+            w: RefCell::new(w),
+            w_range: range(wl, "parameter")?,
+            g,
+            g_range: range(gl, "gradient")?,
+            v: self.v,
+        };
+        self.m.inplace_op1(&next)
+    }
+}
+
+/// Middle op: holds `w`, `g` and `m` (mutable), descends into `v`.
+struct OnFirstMoment<'a> {
+    u: AdamWUpdate,
+    w: RefCell<&'a mut CpuStorage>,
+    w_range: Range<usize>,
+    g: &'a CpuStorage,
+    g_range: Range<usize>,
+    v: &'a Tensor,
+}
+
+impl InplaceOp1 for OnFirstMoment<'_> {
+    fn name(&self) -> &'static str {
+        "adamw"
+    }
+
+    fn cpu_fwd(&self, m: &mut CpuStorage, ml: &Layout) -> Result<()> {
+        let mut w = self.w.try_borrow_mut().map_err(|_| {
+            candle_core::Error::Msg("fused AdamW: parameter storage borrowed twice".into())
+        })?;
+        let next = OnSecondMoment {
+            u: self.u,
+            w: RefCell::new(&mut **w),
+            w_range: self.w_range.clone(),
+            g: self.g,
+            g_range: self.g_range.clone(),
+            m: RefCell::new(m),
+            m_range: range(ml, "first moment")?,
+        };
+        self.v.inplace_op1(&next)
+    }
+}
+
+/// Innermost op: all four operands; runs the kernel.
+struct OnSecondMoment<'a> {
+    u: AdamWUpdate,
+    w: RefCell<&'a mut CpuStorage>,
+    w_range: Range<usize>,
+    g: &'a CpuStorage,
+    g_range: Range<usize>,
+    m: RefCell<&'a mut CpuStorage>,
+    m_range: Range<usize>,
+}
+
+impl InplaceOp1 for OnSecondMoment<'_> {
+    fn name(&self) -> &'static str {
+        "adamw"
+    }
+
+    fn cpu_fwd(&self, v: &mut CpuStorage, vl: &Layout) -> Result<()> {
+        let twice = || candle_core::Error::Msg("fused AdamW: storage borrowed twice".into());
+        let mut w = self.w.try_borrow_mut().map_err(|_| twice())?;
+        let mut m = self.m.try_borrow_mut().map_err(|_| twice())?;
+        let (wr, mr, vr, gr) = (
+            self.w_range.clone(),
+            self.m_range.clone(),
+            range(vl, "second moment")?,
+            self.g_range.clone(),
+        );
+        let u = &self.u;
+        match (&mut **w, &mut **m, v, self.g) {
+            (CpuStorage::F32(w), CpuStorage::F32(m), CpuStorage::F32(v), CpuStorage::F32(g)) => {
+                run_f32(&mut w[wr], &mut m[mr], &mut v[vr], &g[gr], u);
+            }
+            (CpuStorage::F64(w), CpuStorage::F64(m), CpuStorage::F64(v), CpuStorage::F64(g)) => {
+                run_f64(&mut w[wr], &mut m[mr], &mut v[vr], &g[gr], u);
+            }
+            (w, m, v, g) => candle_core::bail!(
+                "fused AdamW: dtypes differ (parameter {:?}, moments {:?} and {:?}, gradient {:?})",
+                w.dtype(),
+                m.dtype(),
+                v.dtype(),
+                g.dtype()
+            ),
+        }
+        Ok(())
+    }
+}
+
+/// The element kernel for one float type, in a portable and an AVX2/FMA build of the same
+/// loop (chosen at run time; the loop is inlined into both so that the compiler vectorises
+/// it for each), and the parallel driver over chunks of `CHUNK` elements (each element is
+/// independent, so chunking does not change results). `c = [β₁, 1−β₁, β₂, 1−β₂, shrink,
+/// step, 1/√bc₂, ε]`.
+macro_rules! adamw_chunk {
+    ($t:ty, $plain:ident, $avx2:ident, $run:ident) => {
         #[inline(always)]
-        fn $moment(
-            m: &[$t],
-            g: &[$t],
-            out: &mut [MaybeUninit<$t>],
-            decay: $t,
-            rest: $t,
-            squared: bool,
-        ) {
-            for ((o, &m), &g) in out.iter_mut().zip(m).zip(g) {
-                let g = if squared { g * g } else { g };
-                o.write(decay * m + rest * g);
+        fn $plain(w: &mut [$t], m: &mut [$t], v: &mut [$t], g: &[$t], c: &[$t; 8]) {
+            let [b1, rest1, b2, rest2, shrink, step, inv_sqrt_bc2, eps] = *c;
+            for (((w, m), v), &g) in w.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
+                *m = b1 * *m + rest1 * g;
+                *v = b2 * *v + rest2 * (g * g);
+                *w = *w * shrink - step * (*m / (v.sqrt() * inv_sqrt_bc2 + eps));
             }
         }
 
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx2,fma")]
-        unsafe fn $moment_avx2(
-            m: &[$t],
-            g: &[$t],
-            out: &mut [MaybeUninit<$t>],
-            decay: $t,
-            rest: $t,
-            squared: bool,
-        ) {
-            $moment(m, g, out, decay, rest, squared)
+        unsafe fn $avx2(w: &mut [$t], m: &mut [$t], v: &mut [$t], g: &[$t], c: &[$t; 8]) {
+            $plain(w, m, v, g, c)
         }
 
-        #[inline(always)]
-        fn $param(w: &mut [$t], m: &[$t], v: &[$t], c: [$t; 4]) {
-            let [shrink, step, inv_sqrt_bc2, eps] = c;
-            for ((w, &m), &v) in w.iter_mut().zip(m).zip(v) {
-                *w = *w * shrink - step * (m / (v.sqrt() * inv_sqrt_bc2 + eps));
-            }
-        }
-
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn $param_avx2(w: &mut [$t], m: &[$t], v: &[$t], c: [$t; 4]) {
-            $param(w, m, v, c)
+        fn $run(w: &mut [$t], m: &mut [$t], v: &mut [$t], g: &[$t], u: &AdamWUpdate) {
+            let c = [
+                u.beta1 as $t,
+                (1.0 - u.beta1) as $t,
+                u.beta2 as $t,
+                (1.0 - u.beta2) as $t,
+                u.shrink as $t,
+                u.step_size as $t,
+                (1.0 / u.sqrt_bc2) as $t,
+                u.eps as $t,
+            ];
+            let fast = avx2();
+            w.par_chunks_mut(CHUNK)
+                .zip(m.par_chunks_mut(CHUNK))
+                .zip(v.par_chunks_mut(CHUNK))
+                .zip(g.par_chunks(CHUNK))
+                .for_each(|(((w, m), v), g)| {
+                    #[cfg(target_arch = "x86_64")]
+                    if fast {
+                        // SAFETY: the CPU has AVX2 and FMA (checked by `avx2`).
+                        unsafe { $avx2(w, m, v, g, &c) };
+                        return;
+                    }
+                    let _ = fast;
+                    $plain(w, m, v, g, &c);
+                });
         }
     };
 }
 
-adamw_kernels!(f32, moment_f32, moment_f32_avx2, param_f32, param_f32_avx2);
-adamw_kernels!(f64, moment_f64, moment_f64_avx2, param_f64, param_f64_avx2);
+adamw_chunk!(f32, chunk_f32, chunk_f32_avx2, run_f32);
+adamw_chunk!(f64, chunk_f64, chunk_f64_avx2, run_f64);
 
 /// Whether the AVX2/FMA builds can run here.
 fn avx2() -> bool {
@@ -135,153 +253,5 @@ fn avx2() -> bool {
     #[cfg(not(target_arch = "x86_64"))]
     {
         false
-    }
-}
-
-macro_rules! moment_kernel {
-    ($m:expr, $g:expr, $decay:expr, $squared:expr, $t:ty, $plain:ident, $fast:ident) => {{
-        let (decay, rest) = ($decay as $t, (1.0 - $decay) as $t);
-        let squared = $squared;
-        let fast = avx2();
-        let len = $m.len().min($g.len());
-        // Every element is written below: no zero fill first (it was 7 % of a POD-DON step).
-        let mut out: Vec<$t> = Vec::with_capacity(len);
-        out.spare_capacity_mut()[..len]
-            .par_chunks_mut(CHUNK)
-            .zip($m.par_chunks(CHUNK).zip($g.par_chunks(CHUNK)))
-            .for_each(|(o, (m, g))| {
-                #[cfg(target_arch = "x86_64")]
-                if fast {
-                    // SAFETY: the CPU has AVX2 and FMA (checked by `avx2`).
-                    unsafe { $fast(m, g, o, decay, rest, squared) };
-                    return;
-                }
-                let _ = fast;
-                $plain(m, g, o, decay, rest, squared);
-            });
-        // SAFETY: the chunks above cover `0..len` and the kernels write every element.
-        unsafe { out.set_len(len) };
-        out
-    }};
-}
-
-impl CustomOp2 for MomentUpdate {
-    fn name(&self) -> &'static str {
-        "adamw-moment"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        if l1.shape() != l2.shape() {
-            candle_core::bail!(
-                "adamw-moment: moment {:?} and gradient {:?} differ",
-                l1.dims(),
-                l2.dims()
-            );
-        }
-        let out = match (s1, s2) {
-            (CpuStorage::F32(m), CpuStorage::F32(g)) => {
-                let (m, g) = (elements(m, l1)?, elements(g, l2)?);
-                CpuStorage::F32(moment_kernel!(
-                    m,
-                    g,
-                    self.decay,
-                    self.squared,
-                    f32,
-                    moment_f32,
-                    moment_f32_avx2
-                ))
-            }
-            (CpuStorage::F64(m), CpuStorage::F64(g)) => {
-                let (m, g) = (elements(m, l1)?, elements(g, l2)?);
-                CpuStorage::F64(moment_kernel!(
-                    m,
-                    g,
-                    self.decay,
-                    self.squared,
-                    f64,
-                    moment_f64,
-                    moment_f64_avx2
-                ))
-            }
-            (a, b) => {
-                candle_core::bail!("adamw-moment: dtypes {:?} and {:?}", a.dtype(), b.dtype())
-            }
-        };
-        Ok((out, l1.shape().clone()))
-    }
-}
-
-macro_rules! param_kernel {
-    ($w:expr, $m:expr, $v:expr, $u:expr, $t:ty, $plain:ident, $fast:ident) => {{
-        let c = [
-            $u.shrink as $t,
-            $u.step_size as $t,
-            (1.0 / $u.sqrt_bc2) as $t,
-            $u.eps as $t,
-        ];
-        let fast = avx2();
-        $w.par_chunks_mut(CHUNK)
-            .zip($m.par_chunks(CHUNK).zip($v.par_chunks(CHUNK)))
-            .for_each(|(w, (m, v))| {
-                #[cfg(target_arch = "x86_64")]
-                if fast {
-                    // SAFETY: the CPU has AVX2 and FMA (checked by `avx2`).
-                    unsafe { $fast(w, m, v, c) };
-                    return;
-                }
-                let _ = fast;
-                $plain(w, m, v, c);
-            });
-    }};
-}
-
-impl InplaceOp3 for ParamUpdate {
-    fn name(&self) -> &'static str {
-        "adamw-param"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &mut CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<()> {
-        if l1.shape() != l2.shape() || l1.shape() != l3.shape() {
-            candle_core::bail!(
-                "adamw-param: parameter {:?}, moments {:?} and {:?} differ",
-                l1.dims(),
-                l2.dims(),
-                l3.dims()
-            );
-        }
-        let Some((start, end)) = l1.contiguous_offsets() else {
-            candle_core::bail!("adamw-param: parameter layout {l1:?} is not contiguous");
-        };
-        match (s1, s2, s3) {
-            (CpuStorage::F32(w), CpuStorage::F32(m), CpuStorage::F32(v)) => {
-                let (m, v) = (elements(m, l2)?, elements(v, l3)?);
-                param_kernel!(w[start..end], m, v, self, f32, param_f32, param_f32_avx2);
-            }
-            (CpuStorage::F64(w), CpuStorage::F64(m), CpuStorage::F64(v)) => {
-                let (m, v) = (elements(m, l2)?, elements(v, l3)?);
-                param_kernel!(w[start..end], m, v, self, f64, param_f64, param_f64_avx2);
-            }
-            (a, b, c) => candle_core::bail!(
-                "adamw-param: dtypes {:?}, {:?}, {:?}",
-                a.dtype(),
-                b.dtype(),
-                c.dtype()
-            ),
-        }
-        Ok(())
     }
 }

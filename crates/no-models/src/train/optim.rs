@@ -7,7 +7,7 @@
 //! stored as separate real numbers get PyTorch's per-component behaviour (see the notes
 //! on neuraloperator's own AdamW).
 
-use super::fused_adamw::{fused, moment_update, ParamUpdate};
+use super::fused_adamw::{fused, AdamWUpdate};
 use candle_core::backprop::GradStore;
 use candle_core::{Result, Tensor, Var};
 use candle_nn::VarMap;
@@ -133,7 +133,13 @@ impl AdamW {
                         var.dims()
                     );
                 }
-                let moved = t.to_dtype(var.dtype())?.to_device(var.device())?;
+                // A copy even when dtype and device already match: the moments are
+                // updated in place, and `state` may still be held by the caller.
+                let moved = t
+                    .to_dtype(var.dtype())?
+                    .to_device(var.device())?
+                    .contiguous()?
+                    .copy()?;
                 map.insert(name.clone(), moved);
             }
         }
@@ -150,9 +156,20 @@ impl AdamW {
         self.state.params.lr = lr;
     }
 
-    /// A copy of the state, for checkpoints.
-    pub fn state(&self) -> &AdamWState {
-        &self.state
+    /// A deep copy of the state, for checkpoints. The moments are updated in place by later
+    /// steps, so the copy owns its own storage (a plain `clone` of the tensors would not).
+    pub fn snapshot(&self) -> Result<AdamWState> {
+        let copy = |map: &BTreeMap<String, Tensor>| -> Result<BTreeMap<String, Tensor>> {
+            map.iter()
+                .map(|(k, t)| Ok((k.clone(), t.copy()?)))
+                .collect()
+        };
+        Ok(AdamWState {
+            step: self.state.step,
+            params: self.state.params,
+            m: copy(&self.state.m)?,
+            v: copy(&self.state.v)?,
+        })
     }
 
     /// Computes the gradients of `loss` and takes one step.
@@ -183,31 +200,42 @@ impl AdamW {
                 (Some(m), Some(v)) => (m, v),
                 _ => candle_core::bail!("optimizer has no moments for `{name}`"),
             };
+            let update = AdamWUpdate {
+                beta1: p.beta1,
+                beta2: p.beta2,
+                shrink: 1.0 - p.lr * p.weight_decay,
+                step_size,
+                sqrt_bc2,
+                eps: p.eps,
+            };
             if fused(&[var.as_tensor(), &g, m, v]) {
-                let m_new = moment_update(m, &g, p.beta1, false)?;
-                let v_new = moment_update(v, &g, p.beta2, true)?;
-                let update = ParamUpdate {
-                    shrink: 1.0 - p.lr * p.weight_decay,
-                    step_size,
-                    sqrt_bc2,
-                    eps: p.eps,
-                };
-                update.apply(var.as_tensor(), &m_new, &v_new)?;
-                self.state.m.insert(name.clone(), m_new);
-                self.state.v.insert(name.clone(), v_new);
+                update.apply(var.as_tensor(), &g, m, v)?;
                 continue;
             }
-            let m_new = ((m * p.beta1)? + (&g * (1.0 - p.beta1))?)?;
-            let v_new = ((v * p.beta2)? + (g.sqr()? * (1.0 - p.beta2))?)?;
-            let denom = ((v_new.sqrt()? / sqrt_bc2)? + p.eps)?;
-            let decayed = (var.as_tensor() * (1.0 - p.lr * p.weight_decay))?;
-            let update = ((&m_new / denom)? * step_size)?;
-            var.set(&(decayed - update)?)?;
+            let (m_new, v_new) = tensor_op_step(var, &g, m, v, &update)?;
             self.state.m.insert(name.clone(), m_new);
             self.state.v.insert(name.clone(), v_new);
         }
         Ok(())
     }
+}
+
+/// The same update written with candle's tensor ops (any device and dtype): sets `var` and
+/// returns the new moments.
+fn tensor_op_step(
+    var: &Var,
+    g: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+    u: &AdamWUpdate,
+) -> Result<(Tensor, Tensor)> {
+    let m_new = ((m * u.beta1)? + (g * (1.0 - u.beta1))?)?;
+    let v_new = ((v * u.beta2)? + (g.sqr()? * (1.0 - u.beta2))?)?;
+    let denom = ((v_new.sqrt()? / u.sqrt_bc2)? + u.eps)?;
+    let decayed = (var.as_tensor() * u.shrink)?;
+    let update = ((&m_new / denom)? * u.step_size)?;
+    var.set(&(decayed - update)?)?;
+    Ok((m_new, v_new))
 }
 
 fn sorted_vars(vars: &VarMap) -> Result<Vec<(String, Var)>> {
@@ -275,7 +303,8 @@ mod tests {
             // The gradient of x·sin(x) depends on x, so it is built from tracked tensors.
             opt.backward_step(&(&x * x.sin()?)?.sum_all()?)?;
         }
-        for (name, t) in opt.state().m.iter().chain(opt.state().v.iter()) {
+        let state = opt.snapshot()?;
+        for (name, t) in state.m.iter().chain(state.v.iter()) {
             assert!(!t.track_op(), "moment of {name} keeps a backward graph");
         }
         Ok(())
@@ -295,13 +324,88 @@ mod tests {
             let mut opt = AdamW::new(&vm, AdamWParams::default())?;
             for i in 0..6 {
                 if split && i == 3 {
-                    opt = AdamW::with_state(&vm, opt.state().clone())?;
+                    opt = AdamW::with_state(&vm, opt.snapshot()?)?;
                 }
                 opt.backward_step(&(x.sqr()?.sum_all()? + x.sin()?.sum_all()?)?)?;
             }
             x.to_vec1::<f32>()
         };
         assert_eq!(run(false)?, run(true)?);
+        Ok(())
+    }
+
+    /// The fused in-place kernel against the same update in candle's tensor ops, over more
+    /// elements than one parallel chunk, in both float types, for two successive steps.
+    #[test]
+    fn fused_update_equals_tensor_ops() -> Result<()> {
+        for dtype in [DType::F32, DType::F64] {
+            let n = 40_000;
+            let wave = |k: f64, a: f64| -> Result<Tensor> {
+                let x: Vec<f64> = (0..n).map(|i| a * (k * i as f64).sin()).collect();
+                Tensor::from_vec(x, n, &Device::Cpu)?.to_dtype(dtype)
+            };
+            let (w_fused, w_ops) = (
+                Var::from_tensor(&wave(0.37, 1.0)?)?,
+                Var::from_tensor(&wave(0.37, 1.0)?)?,
+            );
+            let (m_fused, v_fused) = (wave(0.11, 0.1)?, wave(0.05, 0.01)?.abs()?);
+            let (mut m_ops, mut v_ops) = (m_fused.copy()?, v_fused.copy()?);
+            for step in 1..=2 {
+                let g = wave(0.013 * step as f64, 2.0)?;
+                let u = AdamWUpdate {
+                    beta1: 0.9,
+                    beta2: 0.999,
+                    shrink: 1.0 - 1e-3 * 1e-2,
+                    step_size: 1e-3 / (1.0 - 0.9f64.powi(step)),
+                    sqrt_bc2: (1.0 - 0.999f64.powi(step)).sqrt(),
+                    eps: 1e-8,
+                };
+                assert!(fused(&[w_fused.as_tensor(), &g, &m_fused, &v_fused]));
+                u.apply(w_fused.as_tensor(), &g, &m_fused, &v_fused)?;
+                (m_ops, v_ops) = tensor_op_step(&w_ops, &g, &m_ops, &v_ops, &u)?;
+            }
+            let tol = if dtype == DType::F32 { 1e-6 } else { 1e-14 };
+            for (what, a, b) in [
+                ("parameter", w_fused.as_tensor(), w_ops.as_tensor()),
+                ("first moment", &m_fused, &m_ops),
+                ("second moment", &v_fused, &v_ops),
+            ] {
+                let diff = (a - b)?
+                    .abs()?
+                    .max(0)?
+                    .to_dtype(DType::F64)?
+                    .to_scalar::<f64>()?;
+                let size = b.abs()?.max(0)?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                assert!(
+                    diff <= tol * size,
+                    "{dtype:?} {what}: max difference {diff} of {size}"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The moments change in place, so a snapshot must own its storage: steps taken after
+    /// it, or by an optimiser restored from it, leave it unchanged.
+    #[test]
+    fn snapshots_are_not_changed_by_later_steps() -> Result<()> {
+        let vm = VarMap::new();
+        let x = vm.get(
+            5,
+            "x",
+            candle_nn::Init::Const(0.7),
+            DType::F32,
+            &Device::Cpu,
+        )?;
+        let mut opt = AdamW::new(&vm, AdamWParams::default())?;
+        opt.backward_step(&x.sqr()?.sum_all()?)?;
+        let saved = opt.snapshot()?;
+        let before = saved.m["x"].to_vec1::<f32>()?;
+        opt.backward_step(&x.sqr()?.sum_all()?)?;
+        let mut restored = AdamW::with_state(&vm, saved.clone())?;
+        restored.backward_step(&x.sqr()?.sum_all()?)?;
+        assert_eq!(saved.m["x"].to_vec1::<f32>()?, before);
+        assert_ne!(opt.snapshot()?.m["x"].to_vec1::<f32>()?, before);
         Ok(())
     }
 }

@@ -228,7 +228,7 @@ impl Trainer {
             weights: snapshot(self.vars.varmap())?,
             normalizers: self.normalizers.clone(),
             training: Some(meta),
-            optimizer: Some(self.opt.state().clone()),
+            optimizer: Some(self.opt.snapshot()?),
         })
     }
 
