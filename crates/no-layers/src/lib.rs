@@ -28,6 +28,7 @@ mod cno_activation_op;
 pub mod complex_block_op;
 pub mod conv2d;
 mod cpu_map;
+pub mod dense;
 pub mod differential;
 pub mod disco;
 pub mod embedding;

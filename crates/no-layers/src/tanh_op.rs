@@ -146,6 +146,31 @@ fn tanh_f32_slice(src: &[f32], dst: &mut [f32]) {
     tanh_f32_kernel(src, dst)
 }
 
+#[inline(always)]
+fn tanh_f32_in_place_kernel(v: &mut [f32]) {
+    for x in v {
+        *x = tanh_f32(*x);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tanh_f32_in_place_avx2(v: &mut [f32]) {
+    tanh_f32_in_place_kernel(v)
+}
+
+/// `tanh` in place on `f32` values, the same function as the fused op's forward (for ops
+/// that apply it to a buffer they own, such as [`crate::dense`]).
+pub(crate) fn tanh_f32_in_place(v: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+        unsafe { tanh_f32_in_place_avx2(v) };
+        return;
+    }
+    tanh_f32_in_place_kernel(v)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,6 +225,10 @@ mod tests {
         for (p, q) in a.iter().zip(&b) {
             assert!((p - q).abs() <= 2.0 * f32::EPSILON * p.abs(), "{p} vs {q}");
         }
+        // The in-place build computes the same function as the out-of-place one.
+        let mut c = xs.clone();
+        tanh_f32_in_place(&mut c);
+        assert_eq!(a, c);
     }
 
     #[test]

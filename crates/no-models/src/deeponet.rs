@@ -28,6 +28,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::init::Init;
 use candle_nn::{Linear, VarBuilder};
 use no_layers::channel_ops::add_channel_bias;
+use no_layers::dense::{DenseActivation, DenseLayout};
 use no_layers::feature_bias::add_feature_bias;
 use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
@@ -130,7 +131,7 @@ impl Fnn {
     fn hidden(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let mut h = x.clone();
         for layer in &self.layers[..self.layers.len().saturating_sub(1)] {
-            let mut z = self.activation.apply(&dense(layer, &h)?)?;
+            let mut z = dense_activated(layer, &h, self.activation, DenseLayout::Rows)?;
             // Identity links only inside the hidden stack (never into the linear output).
             if self.residual && z.dims() == h.dims() {
                 z = (z + &h)?;
@@ -154,15 +155,19 @@ impl Fnn {
             candle_core::bail!("output width {p} must be divisible by {k}");
         }
         let n = x.dim(0)?;
-        let mut z = last.weight().matmul(&self.hidden(x)?.t()?)?;
-        if let Some(b) = last.bias() {
-            // One bias per row: a per-channel bias of `[1, P, N]`, whose backward is a
-            // contiguous row sum instead of candle's strided reduction.
-            z = add_channel_bias(&z.unsqueeze(0)?, b)?.squeeze(0)?;
-        }
-        if self.last_activation {
-            z = self.activation.apply(&z)?;
-        }
+        let act = self.last_act();
+        let h = self.hidden(x)?;
+        let z = if let (Some(b), Some(fused)) = (last.bias(), fused_activation(act)) {
+            no_layers::dense::dense(&h, last.weight(), b, fused, DenseLayout::Columns)?
+        } else {
+            let mut z = last.weight().matmul(&h.t()?)?;
+            if let Some(b) = last.bias() {
+                // One bias per row: a per-channel bias of `[1, P, N]`, whose backward is a
+                // contiguous row sum instead of candle's strided reduction.
+                z = add_channel_bias(&z.unsqueeze(0)?, b)?.squeeze(0)?;
+            }
+            act.apply(&z)?
+        };
         z.reshape((k, p / k, n))
     }
 }
@@ -173,12 +178,50 @@ impl Module for Fnn {
         let Some(last) = self.layers.last() else {
             return Ok(h);
         };
-        let z = dense(last, &h)?;
+        dense_activated(last, &h, self.last_act(), DenseLayout::Rows)
+    }
+}
+
+impl Fnn {
+    /// The activation of the last layer (the identity unless `last_activation`).
+    fn last_act(&self) -> Activation {
         if self.last_activation {
-            self.activation.apply(&z)
+            self.activation
         } else {
-            Ok(z)
+            Activation::Linear
         }
+    }
+}
+
+/// The activations the fused dense op ([`no_layers::dense`]) applies itself. ReLU is not
+/// among them: its derivative at 0 cannot be told from the output alone, and candle's
+/// (used here) passes the gradient at 0 (`x ≥ 0`), which matters on the trunk, whose
+/// first-layer pre-activations are exactly 0 at `(t, x) = (0, 0)` while biases are zero.
+fn fused_activation(act: Activation) -> Option<DenseActivation> {
+    match act {
+        Activation::Tanh => Some(DenseActivation::Tanh),
+        Activation::Linear => Some(DenseActivation::Identity),
+        Activation::Relu | Activation::Gelu | Activation::Silu | Activation::Sigmoid => None,
+    }
+}
+
+/// `act(x·Wᵀ + b)` on rows `[N, F_in]`, as `[N, F_out]` or transposed (`layout`): one fused
+/// op ([`no_layers::dense::dense`]: one autograd node instead of three, each of which
+/// candle's backward would zero-fill and add into) when the layer has a bias and `act` is
+/// one the op applies; [`dense`] and the activation otherwise.
+fn dense_activated(
+    layer: &Linear,
+    x: &Tensor,
+    act: Activation,
+    layout: DenseLayout,
+) -> candle_core::Result<Tensor> {
+    if let (Some(b), Some(fused), 2) = (layer.bias(), fused_activation(act), x.rank()) {
+        return no_layers::dense::dense(x, layer.weight(), b, fused, layout);
+    }
+    let z = act.apply(&dense(layer, x)?)?;
+    match layout {
+        DenseLayout::Rows => Ok(z),
+        DenseLayout::Columns => z.t(),
     }
 }
 
