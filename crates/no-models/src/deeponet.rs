@@ -131,7 +131,7 @@ impl Fnn {
     fn hidden(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let mut h = x.clone();
         for layer in &self.layers[..self.layers.len().saturating_sub(1)] {
-            let mut z = dense_activated(layer, &h, self.activation, DenseLayout::Rows)?;
+            let mut z = dense_activated(layer, &h, self.activation)?;
             // Identity links only inside the hidden stack (never into the linear output).
             if self.residual && z.dims() == h.dims() {
                 z = (z + &h)?;
@@ -157,18 +157,17 @@ impl Fnn {
         let n = x.dim(0)?;
         let act = self.last_act();
         let h = self.hidden(x)?;
-        let z = if let (Some(b), Some(fused)) = (last.bias(), fused_activation(act)) {
-            no_layers::dense::dense(&h, last.weight(), b, fused, DenseLayout::Columns)?
-        } else {
-            let mut z = last.weight().matmul(&h.t()?)?;
-            if let Some(b) = last.bias() {
-                // One bias per row: a per-channel bias of `[1, P, N]`, whose backward is a
-                // contiguous row sum instead of candle's strided reduction.
-                z = add_channel_bias(&z.unsqueeze(0)?, b)?.squeeze(0)?;
-            }
-            act.apply(&z)?
-        };
-        z.reshape((k, p / k, n))
+        if let (Some(b), Some(fused)) = (last.bias(), fused_activation(act)) {
+            let blocks = DenseLayout::ColumnBlocks(k);
+            return no_layers::dense::dense(&h, last.weight(), b, fused, blocks);
+        }
+        let mut z = last.weight().matmul(&h.t()?)?;
+        if let Some(b) = last.bias() {
+            // One bias per row: a per-channel bias of `[1, P, N]`, whose backward is a
+            // contiguous row sum instead of candle's strided reduction.
+            z = add_channel_bias(&z.unsqueeze(0)?, b)?.squeeze(0)?;
+        }
+        act.apply(&z)?.reshape((k, p / k, n))
     }
 }
 
@@ -178,7 +177,7 @@ impl Module for Fnn {
         let Some(last) = self.layers.last() else {
             return Ok(h);
         };
-        dense_activated(last, &h, self.last_act(), DenseLayout::Rows)
+        dense_activated(last, &h, self.last_act())
     }
 }
 
@@ -205,24 +204,15 @@ fn fused_activation(act: Activation) -> Option<DenseActivation> {
     }
 }
 
-/// `act(x·Wᵀ + b)` on rows `[N, F_in]`, as `[N, F_out]` or transposed (`layout`): one fused
-/// op ([`no_layers::dense::dense`]: one autograd node instead of three, each of which
-/// candle's backward would zero-fill and add into) when the layer has a bias and `act` is
-/// one the op applies; [`dense`] and the activation otherwise.
-fn dense_activated(
-    layer: &Linear,
-    x: &Tensor,
-    act: Activation,
-    layout: DenseLayout,
-) -> candle_core::Result<Tensor> {
+/// `act(x·Wᵀ + b)` on rows `[N, F_in]`: one fused op ([`no_layers::dense::dense`]: one
+/// autograd node instead of three, each of which candle's backward would zero-fill and add
+/// into) when the layer has a bias and `act` is one the op applies; [`dense`] and the
+/// activation otherwise.
+fn dense_activated(layer: &Linear, x: &Tensor, act: Activation) -> candle_core::Result<Tensor> {
     if let (Some(b), Some(fused), 2) = (layer.bias(), fused_activation(act), x.rank()) {
-        return no_layers::dense::dense(x, layer.weight(), b, fused, layout);
+        return no_layers::dense::dense(x, layer.weight(), b, fused, DenseLayout::Rows);
     }
-    let z = act.apply(&dense(layer, x)?)?;
-    match layout {
-        DenseLayout::Rows => Ok(z),
-        DenseLayout::Columns => z.t(),
-    }
+    act.apply(&dense(layer, x)?)
 }
 
 /// `x·Wᵀ + b` on rows `[N, F_in]` (what `Linear::forward` computes), with the bias added
