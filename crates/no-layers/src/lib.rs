@@ -45,6 +45,7 @@ pub mod leaky_relu_op;
 pub mod local_conv;
 pub mod mlp;
 pub mod padding;
+pub mod relu_op;
 pub mod resample;
 pub mod skip;
 pub mod spectral_conv;

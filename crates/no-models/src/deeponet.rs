@@ -57,7 +57,7 @@ impl Activation {
     pub fn apply(self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             Activation::Tanh => no_layers::tanh_op::tanh(x),
-            Activation::Relu => x.relu(),
+            Activation::Relu => no_layers::relu_op::relu(x),
             Activation::Gelu => no_layers::gelu_op::gelu(x),
             Activation::Silu => x.silu(),
             Activation::Sigmoid => candle_nn::ops::sigmoid(x),
