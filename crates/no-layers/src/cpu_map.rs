@@ -7,6 +7,7 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, Layout, Result, Shape};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Elements per rayon task: large enough to amortise scheduling, small enough to balance.
 pub(crate) const CHUNK: usize = 1 << 15;
@@ -36,28 +37,38 @@ pub(crate) fn contiguous<'a, T>(op: &str, v: &'a [T], l: &Layout) -> Result<&'a 
     }
 }
 
-/// Applies a slice kernel chunk by chunk in parallel.
-pub(crate) fn map1<T: Copy + Default + Send + Sync>(
+/// Applies a slice kernel chunk by chunk in parallel. The output is not zero-filled first:
+/// every kernel must write every element of the (equally long) output slice it is given.
+pub(crate) fn map1<T: Copy + Send + Sync>(
     src: &[T],
-    kernel: impl Fn(&[T], &mut [T]) + Sync,
+    kernel: impl Fn(&[T], &mut [MaybeUninit<T>]) + Sync,
 ) -> Vec<T> {
-    let mut dst = vec![T::default(); src.len()];
-    dst.par_chunks_mut(CHUNK)
+    let mut dst = Vec::with_capacity(src.len());
+    dst.spare_capacity_mut()[..src.len()]
+        .par_chunks_mut(CHUNK)
         .zip(src.par_chunks(CHUNK))
         .for_each(|(d, s)| kernel(s, d));
+    // SAFETY: the chunks cover `0..src.len()` and the kernels write every element of
+    // their output chunk (the contract above; each is a zip over equally long chunks).
+    unsafe { dst.set_len(src.len()) };
     dst
 }
 
-/// Applies a two-input slice kernel chunk by chunk in parallel.
-pub(crate) fn map2<T: Copy + Default + Send + Sync>(
+/// Applies a two-input slice kernel chunk by chunk in parallel (`a` and `b` equally long;
+/// the same contract as [`map1`]).
+pub(crate) fn map2<T: Copy + Send + Sync>(
     a: &[T],
     b: &[T],
-    kernel: impl Fn(&[T], &[T], &mut [T]) + Sync,
+    kernel: impl Fn(&[T], &[T], &mut [MaybeUninit<T>]) + Sync,
 ) -> Vec<T> {
-    let mut dst = vec![T::default(); a.len()];
-    dst.par_chunks_mut(CHUNK)
-        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+    let len = a.len().min(b.len());
+    let mut dst = Vec::with_capacity(len);
+    dst.spare_capacity_mut()[..len]
+        .par_chunks_mut(CHUNK)
+        .zip(a[..len].par_chunks(CHUNK).zip(b[..len].par_chunks(CHUNK)))
         .for_each(|(d, (a, b))| kernel(a, b, d));
+    // SAFETY: as in `map1`.
+    unsafe { dst.set_len(len) };
     dst
 }
 
@@ -67,8 +78,8 @@ pub(crate) fn unary_storage(
     op: &str,
     s: &CpuStorage,
     l: &Layout,
-    f32_kernel: impl Fn(&[f32], &mut [f32]) + Sync,
-    f64_kernel: impl Fn(&[f64], &mut [f64]) + Sync,
+    f32_kernel: impl Fn(&[f32], &mut [MaybeUninit<f32>]) + Sync,
+    f64_kernel: impl Fn(&[f64], &mut [MaybeUninit<f64>]) + Sync,
 ) -> Result<(CpuStorage, Shape)> {
     let out = match s {
         CpuStorage::F32(v) => CpuStorage::F32(map1(contiguous(op, v, l)?, f32_kernel)),
@@ -83,8 +94,8 @@ pub(crate) fn binary_storage(
     op: &str,
     (s1, l1): (&CpuStorage, &Layout),
     (s2, l2): (&CpuStorage, &Layout),
-    f32_kernel: impl Fn(&[f32], &[f32], &mut [f32]) + Sync,
-    f64_kernel: impl Fn(&[f64], &[f64], &mut [f64]) + Sync,
+    f32_kernel: impl Fn(&[f32], &[f32], &mut [MaybeUninit<f32>]) + Sync,
+    f64_kernel: impl Fn(&[f64], &[f64], &mut [MaybeUninit<f64>]) + Sync,
 ) -> Result<(CpuStorage, Shape)> {
     if l1.shape() != l2.shape() {
         candle_core::bail!(

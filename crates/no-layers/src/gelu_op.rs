@@ -19,6 +19,7 @@
 use crate::cpu_map::has_avx2_fma;
 use crate::cpu_map::{binary_storage, unary_storage};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use std::mem::MaybeUninit;
 
 /// `1/√2`.
 const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
@@ -149,32 +150,32 @@ fn gelu_grad_f32(x: f32) -> f32 {
 }
 
 #[inline(always)]
-fn gelu_f32_kernel(src: &[f32], dst: &mut [f32]) {
+fn gelu_f32_kernel(src: &[f32], dst: &mut [MaybeUninit<f32>]) {
     for (d, &x) in dst.iter_mut().zip(src) {
-        *d = gelu_f32(x);
+        d.write(gelu_f32(x));
     }
 }
 
 #[inline(always)]
-fn gelu_grad_f32_kernel(x: &[f32], g: &[f32], dst: &mut [f32]) {
+fn gelu_grad_f32_kernel(x: &[f32], g: &[f32], dst: &mut [MaybeUninit<f32>]) {
     for ((d, &x), &g) in dst.iter_mut().zip(x).zip(g) {
-        *d = g * gelu_grad_f32(x);
+        d.write(g * gelu_grad_f32(x));
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn gelu_f32_avx2(src: &[f32], dst: &mut [f32]) {
+unsafe fn gelu_f32_avx2(src: &[f32], dst: &mut [MaybeUninit<f32>]) {
     gelu_f32_kernel(src, dst)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn gelu_grad_f32_avx2(x: &[f32], g: &[f32], dst: &mut [f32]) {
+unsafe fn gelu_grad_f32_avx2(x: &[f32], g: &[f32], dst: &mut [MaybeUninit<f32>]) {
     gelu_grad_f32_kernel(x, g, dst)
 }
 
-fn gelu_f32_slice(src: &[f32], dst: &mut [f32]) {
+fn gelu_f32_slice(src: &[f32], dst: &mut [MaybeUninit<f32>]) {
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
         // SAFETY: the CPU supports AVX2 and FMA (checked just above).
@@ -184,7 +185,7 @@ fn gelu_f32_slice(src: &[f32], dst: &mut [f32]) {
     gelu_f32_kernel(src, dst)
 }
 
-fn gelu_grad_f32_slice(x: &[f32], g: &[f32], dst: &mut [f32]) {
+fn gelu_grad_f32_slice(x: &[f32], g: &[f32], dst: &mut [MaybeUninit<f32>]) {
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
         // SAFETY: the CPU supports AVX2 and FMA (checked just above).
@@ -194,17 +195,19 @@ fn gelu_grad_f32_slice(x: &[f32], g: &[f32], dst: &mut [f32]) {
     gelu_grad_f32_kernel(x, g, dst)
 }
 
-fn gelu_f64_slice(src: &[f64], dst: &mut [f64]) {
+fn gelu_f64_slice(src: &[f64], dst: &mut [MaybeUninit<f64>]) {
     for (d, &x) in dst.iter_mut().zip(src) {
-        *d = 0.5 * x * (1.0 + candle_core::cpu::erf::erf_f64(x * std::f64::consts::FRAC_1_SQRT_2));
+        d.write(
+            0.5 * x * (1.0 + candle_core::cpu::erf::erf_f64(x * std::f64::consts::FRAC_1_SQRT_2)),
+        );
     }
 }
 
-fn gelu_grad_f64_slice(x: &[f64], g: &[f64], dst: &mut [f64]) {
+fn gelu_grad_f64_slice(x: &[f64], g: &[f64], dst: &mut [MaybeUninit<f64>]) {
     let inv_sqrt_2pi = 1.0 / (2.0 * std::f64::consts::PI).sqrt();
     for ((d, &x), &g) in dst.iter_mut().zip(x).zip(g) {
         let cdf = 0.5 * (1.0 + candle_core::cpu::erf::erf_f64(x * std::f64::consts::FRAC_1_SQRT_2));
-        *d = g * (cdf + x * inv_sqrt_2pi * (-0.5 * x * x).exp());
+        d.write(g * (cdf + x * inv_sqrt_2pi * (-0.5 * x * x).exp()));
     }
 }
 
@@ -212,6 +215,7 @@ fn gelu_grad_f64_slice(x: &[f64], g: &[f64], dst: &mut [f64]) {
 mod tests {
     use super::*;
     use crate::cpu_map::elementwise_checks;
+    use crate::cpu_map::{map1, map2};
     use candle_core::Device;
 
     /// Points covering the bulk, the tails and the clamp of the erf fit.
@@ -267,15 +271,13 @@ mod tests {
     #[test]
     fn simd_and_portable_kernels_agree() {
         let xs = sample_points();
-        let mut a = vec![0.0; xs.len()];
-        let mut b = vec![0.0; xs.len()];
-        gelu_f32_slice(&xs, &mut a);
-        gelu_f32_kernel(&xs, &mut b);
+        let a: Vec<f32> = map1(&xs, gelu_f32_slice);
+        let b = map1(&xs, gelu_f32_kernel);
         for (p, q) in a.iter().zip(&b) {
             assert!((p - q).abs() <= 1e-6 * p.abs().max(1.0), "{p} vs {q}");
         }
-        gelu_grad_f32_slice(&xs, &xs, &mut a);
-        gelu_grad_f32_kernel(&xs, &xs, &mut b);
+        let a: Vec<f32> = map2(&xs, &xs, gelu_grad_f32_slice);
+        let b = map2(&xs, &xs, gelu_grad_f32_kernel);
         for (p, q) in a.iter().zip(&b) {
             assert!((p - q).abs() <= 1e-6 * p.abs().max(1.0), "{p} vs {q}");
         }

@@ -46,12 +46,12 @@ impl CustomOp1 for LeakyRelu {
             l,
             |s, d| {
                 for (d, &x) in d.iter_mut().zip(s) {
-                    *d = select_f32(x > 0.0, x, a32 * x);
+                    d.write(select_f32(x > 0.0, x, a32 * x));
                 }
             },
             |s, d| {
                 for (d, &x) in d.iter_mut().zip(s) {
-                    *d = select_f64(x > 0.0, x, a64 * x);
+                    d.write(select_f64(x > 0.0, x, a64 * x));
                 }
             },
         )
@@ -83,12 +83,12 @@ impl CustomOp2 for LeakyReluGrad {
             (s2, l2),
             |x, g, d| {
                 for ((d, &x), &g) in d.iter_mut().zip(x).zip(g) {
-                    *d = select_f32(x > 0.0, g, a32 * g);
+                    d.write(select_f32(x > 0.0, g, a32 * g));
                 }
             },
             |x, g, d| {
                 for ((d, &x), &g) in d.iter_mut().zip(x).zip(g) {
-                    *d = select_f64(x > 0.0, g, a64 * g);
+                    d.write(select_f64(x > 0.0, g, a64 * g));
                 }
             },
         )

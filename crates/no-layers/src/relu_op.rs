@@ -41,12 +41,12 @@ impl CustomOp1 for Relu {
             l,
             |s, d| {
                 for (d, &x) in d.iter_mut().zip(s) {
-                    *d = select_f32(x > 0.0, x, 0.0);
+                    d.write(select_f32(x > 0.0, x, 0.0));
                 }
             },
             |s, d| {
                 for (d, &x) in d.iter_mut().zip(s) {
-                    *d = select_f64(x > 0.0, x, 0.0);
+                    d.write(select_f64(x > 0.0, x, 0.0));
                 }
             },
         )
@@ -76,12 +76,12 @@ impl CustomOp2 for ReluGrad {
             (s2, l2),
             |x, g, d| {
                 for ((d, &x), &g) in d.iter_mut().zip(x).zip(g) {
-                    *d = select_f32(x >= 0.0, g, 0.0);
+                    d.write(select_f32(x >= 0.0, g, 0.0));
                 }
             },
             |x, g, d| {
                 for ((d, &x), &g) in d.iter_mut().zip(x).zip(g) {
-                    *d = select_f64(x >= 0.0, g, 0.0);
+                    d.write(select_f64(x >= 0.0, g, 0.0));
                 }
             },
         )

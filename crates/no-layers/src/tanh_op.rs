@@ -18,6 +18,7 @@
 use crate::cpu_map::has_avx2_fma;
 use crate::cpu_map::{binary_storage, unary_storage};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use std::mem::MaybeUninit;
 
 /// `tanh(x)`, fused on the CPU for `f32` and `f64`; candle's `tanh` elsewhere.
 /// Differentiable through candle's autograd.
@@ -45,7 +46,7 @@ impl CustomOp1 for TanhOp {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         unary_storage(self.name(), s, l, tanh_f32_slice, |src, dst| {
             for (d, &x) in dst.iter_mut().zip(src) {
-                *d = x.tanh();
+                d.write(x.tanh());
             }
         })
     }
@@ -74,12 +75,12 @@ impl CustomOp2 for TanhGradOp {
             (s2, l2),
             |y, g, d| {
                 for ((d, &y), &g) in d.iter_mut().zip(y).zip(g) {
-                    *d = g * (1.0 - y * y);
+                    d.write(g * (1.0 - y * y));
                 }
             },
             |y, g, d| {
                 for ((d, &y), &g) in d.iter_mut().zip(y).zip(g) {
-                    *d = g * (1.0 - y * y);
+                    d.write(g * (1.0 - y * y));
                 }
             },
         )
@@ -124,19 +125,19 @@ fn tanh_f32(x: f32) -> f32 {
 }
 
 #[inline(always)]
-fn tanh_f32_kernel(src: &[f32], dst: &mut [f32]) {
+fn tanh_f32_kernel(src: &[f32], dst: &mut [MaybeUninit<f32>]) {
     for (d, &x) in dst.iter_mut().zip(src) {
-        *d = tanh_f32(x);
+        d.write(tanh_f32(x));
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tanh_f32_avx2(src: &[f32], dst: &mut [f32]) {
+unsafe fn tanh_f32_avx2(src: &[f32], dst: &mut [MaybeUninit<f32>]) {
     tanh_f32_kernel(src, dst)
 }
 
-fn tanh_f32_slice(src: &[f32], dst: &mut [f32]) {
+fn tanh_f32_slice(src: &[f32], dst: &mut [MaybeUninit<f32>]) {
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
         // SAFETY: the CPU supports AVX2 and FMA (checked just above).
@@ -175,6 +176,7 @@ pub(crate) fn tanh_f32_in_place(v: &mut [f32]) {
 mod tests {
     use super::*;
     use crate::cpu_map::elementwise_checks;
+    use crate::cpu_map::map1;
     use candle_core::Device;
 
     /// The bulk, tiny arguments (relative accuracy), the clamp and beyond, both signs.
@@ -218,10 +220,8 @@ mod tests {
     #[test]
     fn simd_and_portable_kernels_agree() {
         let xs = sample_points();
-        let mut a = vec![0.0; xs.len()];
-        let mut b = vec![0.0; xs.len()];
-        tanh_f32_slice(&xs, &mut a);
-        tanh_f32_kernel(&xs, &mut b);
+        let a: Vec<f32> = map1(&xs, tanh_f32_slice);
+        let b = map1(&xs, tanh_f32_kernel);
         for (p, q) in a.iter().zip(&b) {
             assert!((p - q).abs() <= 2.0 * f32::EPSILON * p.abs(), "{p} vs {q}");
         }
