@@ -214,14 +214,7 @@ fn forward<T: DenseScalar>(
             // Few rows (a branch net on a batch): the `gemm` crate is several times faster
             // producing the transposed `[o, n]` product here (1.1 ms instead of 3.4 ms for
             // 32 × 10,000 inputs and 256 outputs), and transposing `n·o` values is cheap.
-            let mut columns = repeat_each(b, n);
-            gemm(
-                MatMut::row_major(&mut columns, o, n),
-                w,
-                x.t(),
-                true,
-                threads,
-            )?;
+            let columns = columns_product(x, w, b, threads)?;
             let mut rows = Vec::with_capacity(n * o);
             for r in 0..n {
                 rows.extend((0..o).map(|c| columns[c * n + r]));
@@ -233,20 +226,29 @@ fn forward<T: DenseScalar>(
             gemm(MatMut::row_major(&mut rows, n, o), x, w.t(), true, threads)?;
             rows
         }
-        DenseLayout::Columns | DenseLayout::ColumnBlocks(_) => {
-            let mut columns = repeat_each(b, n);
-            gemm(
-                MatMut::row_major(&mut columns, o, n),
-                w,
-                x.t(),
-                true,
-                threads,
-            )?;
-            columns
-        }
+        DenseLayout::Columns | DenseLayout::ColumnBlocks(_) => columns_product(x, w, b, threads)?,
     };
     T::activate(&mut out, op.act);
     Ok(out)
+}
+
+/// `W·xᵀ + b` as a row-major `[o, n]` matrix (bias per row), from `x [n, f]` and `w [o, f]`.
+fn columns_product<T: DenseScalar>(
+    x: MatRef<'_, T>,
+    w: MatRef<'_, T>,
+    b: &[T],
+    threads: usize,
+) -> Result<Vec<T>> {
+    let (n, o) = (x.rows(), w.rows());
+    let mut columns = repeat_each(b, n);
+    gemm(
+        MatMut::row_major(&mut columns, o, n),
+        w,
+        x.t(),
+        true,
+        threads,
+    )?;
+    Ok(columns)
 }
 
 /// `[n, b.len()]` row-major with every row equal to `b` (written once, no zero fill first).
@@ -411,24 +413,23 @@ impl CustomOp3 for DenseOp {
     ) -> Result<(CpuStorage, Shape)> {
         let dims = sizes(lx, lw)?;
         let name = self.name();
+        macro_rules! run {
+            ($x:expr, $w:expr, $b:expr) => {
+                forward(
+                    contiguous(name, $x, lx)?,
+                    contiguous(name, $w, lw)?,
+                    contiguous(name, $b, lb)?,
+                    dims,
+                    *self,
+                )?
+            };
+        }
         let out = match (sx, sw, sb) {
             (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => {
-                CpuStorage::F32(forward(
-                    contiguous(name, x, lx)?,
-                    contiguous(name, w, lw)?,
-                    contiguous(name, b, lb)?,
-                    dims,
-                    *self,
-                )?)
+                CpuStorage::F32(run!(x, w, b))
             }
             (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => {
-                CpuStorage::F64(forward(
-                    contiguous(name, x, lx)?,
-                    contiguous(name, w, lw)?,
-                    contiguous(name, b, lb)?,
-                    dims,
-                    *self,
-                )?)
+                CpuStorage::F64(run!(x, w, b))
             }
             (x, w, b) => candle_core::bail!(
                 "dense: dtypes {:?}, {:?}, {:?} not handled (all f32 or all f64)",

@@ -45,6 +45,11 @@ impl<'a, T> MatRef<'a, T> {
         }
     }
 
+    /// The number of rows.
+    pub(crate) fn rows(&self) -> usize {
+        self.rows
+    }
+
     /// The transpose (a view: strides swapped, nothing copied).
     pub(crate) fn t(self) -> Self {
         Self {

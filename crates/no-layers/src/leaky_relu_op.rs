@@ -1,23 +1,40 @@
-//! Leaky ReLU as one fused CPU kernel, forward and backward.
+//! Leaky ReLU (and ReLU) as one fused CPU kernel, forward and backward.
 //!
 //! Written with candle's ops, `max(x,0) + slope·min(x,0)` costs five passes over memory
 //! forward and more backward; CNO applies it on the 2×-upsampled grid (four times the
 //! activations) after every convolution, where those passes dominated. Here the forward
 //! is one pass and the backward one pass, `grad·(1 if x > 0 else slope)` (PyTorch's
-//! convention at 0). `f32` and `f64` on the CPU; elsewhere the candle formula.
+//! convention at 0). [`crate::relu_op::relu`] runs the same op with slope 0 and candle's
+//! convention at 0 (gradient passed where `x ≥ 0`). `f32` and `f64` on the CPU; elsewhere
+//! the candle formula.
 
 use crate::cpu_map::{binary_storage, select_f32, select_f64, unary_storage};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
 /// `x` where `x > 0`, `slope·x` elsewhere; differentiable through candle's autograd.
 pub fn leaky_relu(x: &Tensor, negative_slope: f64) -> Result<Tensor> {
+    rectifier(x, negative_slope, AtZero::Slope)
+}
+
+/// The derivative a rectifier takes at exactly `x = 0`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AtZero {
+    /// The slope (PyTorch's convention).
+    Slope,
+    /// 1 (candle's `relu`).
+    One,
+}
+
+/// `x` where `x > 0`, `slope·x` elsewhere (exactly 0 there when `slope` is 0), with the
+/// derivative at 0 given by `at_zero`.
+pub(crate) fn rectifier(x: &Tensor, slope: f64, at_zero: AtZero) -> Result<Tensor> {
     if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
-        x.contiguous()?.apply_op1(LeakyRelu {
-            slope: negative_slope,
-        })
+        x.contiguous()?.apply_op1(LeakyRelu { slope, at_zero })
+    } else if slope == 0.0 && at_zero == AtZero::One {
+        x.relu()
     } else {
         let zeros = x.zeros_like()?;
-        x.maximum(&zeros)? + (x.minimum(&zeros)? * negative_slope)?
+        x.maximum(&zeros)? + (x.minimum(&zeros)? * slope)?
     }
 }
 
@@ -25,12 +42,15 @@ pub fn leaky_relu(x: &Tensor, negative_slope: f64) -> Result<Tensor> {
 #[derive(Debug, Clone, Copy)]
 struct LeakyRelu {
     slope: f64,
+    at_zero: AtZero,
 }
 
-/// The backward op: `(x, g) ↦ g·(1 if x > 0 else slope)`.
+/// The backward op: `(x, g) ↦ g` where `x > 0` (or `x ≥ 0`, see [`AtZero`]), `slope·g`
+/// elsewhere.
 #[derive(Debug, Clone, Copy)]
 struct LeakyReluGrad {
     slope: f64,
+    at_zero: AtZero,
 }
 
 impl CustomOp1 for LeakyRelu {
@@ -40,18 +60,22 @@ impl CustomOp1 for LeakyRelu {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (a32, a64) = (self.slope as f32, self.slope);
+        // With slope 0 the negative side is exactly 0 (not `0·x`, which is NaN at −∞).
+        let zero_slope = self.slope == 0.0;
         unary_storage(
             self.name(),
             s,
             l,
             |s, d| {
                 for (d, &x) in d.iter_mut().zip(s) {
-                    d.write(select_f32(x > 0.0, x, a32 * x));
+                    let negative = if zero_slope { 0.0 } else { a32 * x };
+                    d.write(select_f32(x > 0.0, x, negative));
                 }
             },
             |s, d| {
                 for (d, &x) in d.iter_mut().zip(s) {
-                    d.write(select_f64(x > 0.0, x, a64 * x));
+                    let negative = if zero_slope { 0.0 } else { a64 * x };
+                    d.write(select_f64(x > 0.0, x, negative));
                 }
             },
         )
@@ -59,7 +83,10 @@ impl CustomOp1 for LeakyRelu {
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         let g = grad_res.contiguous()?;
-        let op = LeakyReluGrad { slope: self.slope };
+        let op = LeakyReluGrad {
+            slope: self.slope,
+            at_zero: self.at_zero,
+        };
         Ok(Some(arg.contiguous()?.apply_op2_no_bwd(&g, &op)?))
     }
 }
@@ -77,18 +104,21 @@ impl CustomOp2 for LeakyReluGrad {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (a32, a64) = (self.slope as f32, self.slope);
+        let one_at_zero = self.at_zero == AtZero::One;
         binary_storage(
             self.name(),
             (s1, l1),
             (s2, l2),
             |x, g, d| {
                 for ((d, &x), &g) in d.iter_mut().zip(x).zip(g) {
-                    d.write(select_f32(x > 0.0, g, a32 * g));
+                    let positive = x > 0.0 || (one_at_zero && x == 0.0);
+                    d.write(select_f32(positive, g, a32 * g));
                 }
             },
             |x, g, d| {
                 for ((d, &x), &g) in d.iter_mut().zip(x).zip(g) {
-                    d.write(select_f64(x > 0.0, g, a64 * g));
+                    let positive = x > 0.0 || (one_at_zero && x == 0.0);
+                    d.write(select_f64(positive, g, a64 * g));
                 }
             },
         )
