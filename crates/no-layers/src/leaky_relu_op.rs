@@ -61,6 +61,8 @@ impl CustomOp1 for LeakyRelu {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (a32, a64) = (self.slope as f32, self.slope);
         // With slope 0 the negative side is exactly 0 (not `0·x`, which is NaN at −∞).
+        // Branch-free (bit masks, non-short-circuit `|`/`&` below): a branch in these loops
+        // keeps them scalar (measured: the DeepONet-CNN step 10 ms slower).
         let zero_slope = self.slope == 0.0;
         unary_storage(
             self.name(),
@@ -68,13 +70,13 @@ impl CustomOp1 for LeakyRelu {
             l,
             |s, d| {
                 for (d, &x) in d.iter_mut().zip(s) {
-                    let negative = if zero_slope { 0.0 } else { a32 * x };
+                    let negative = select_f32(zero_slope, 0.0, a32 * x);
                     d.write(select_f32(x > 0.0, x, negative));
                 }
             },
             |s, d| {
                 for (d, &x) in d.iter_mut().zip(s) {
-                    let negative = if zero_slope { 0.0 } else { a64 * x };
+                    let negative = select_f64(zero_slope, 0.0, a64 * x);
                     d.write(select_f64(x > 0.0, x, negative));
                 }
             },
@@ -111,13 +113,13 @@ impl CustomOp2 for LeakyReluGrad {
             (s2, l2),
             |x, g, d| {
                 for ((d, &x), &g) in d.iter_mut().zip(x).zip(g) {
-                    let positive = x > 0.0 || (one_at_zero && x == 0.0);
+                    let positive = (x > 0.0) | (one_at_zero & (x == 0.0));
                     d.write(select_f32(positive, g, a32 * g));
                 }
             },
             |x, g, d| {
                 for ((d, &x), &g) in d.iter_mut().zip(x).zip(g) {
-                    let positive = x > 0.0 || (one_at_zero && x == 0.0);
+                    let positive = (x > 0.0) | (one_at_zero & (x == 0.0));
                     d.write(select_f64(positive, g, a64 * g));
                 }
             },
