@@ -1,5 +1,5 @@
 //! Banded matrices applied to the rows of a plane: the CPU kernel of the fused resampling
-//! ops ([`crate::cno_activation_op`]).
+//! ops (`cno_activation_op.rs`).
 //!
 //! A PyTorch-style antialiased bicubic resize touches at most `4·max(1, n_in/n_out)` inputs
 //! per output, so its `[n_out, n_in]` matrix is banded: applied densely by matmul (as

@@ -14,7 +14,7 @@
 //! (`[B, C, 1, L]`, only the last axis is resampled). No parameters.
 //!
 //! On the CPU (f32, f64) a 2-D block with the bicubic kernel runs as one fused op
-//! ([`crate::cno_activation_op`]): banded resizes plane by plane, nothing upsampled kept in
+//! (`cno_activation_op.rs`): banded resizes plane by plane, nothing upsampled kept in
 //! memory. Elsewhere, and for the spectral kernel (whose matrices are dense), the block is
 //! the composite of the matmul resizes and the leaky ReLU; both give the same values up to
 //! rounding (tested).

@@ -1,4 +1,4 @@
-//! 2-D convolution on the CPU as one fused op: patches gathered (im2col, [`crate::im2col`])
+//! 2-D convolution on the CPU as one fused op: patches gathered (im2col, `im2col.rs`)
 //! into a small per-thread buffer and multiplied by the weight with the `gemm` crate, a group
 //! of samples at a time; the backward computes the weight gradient and the input gradient
 //! (transposed product, then the exact adjoint of the gather) the same way.

@@ -13,7 +13,7 @@
 //!
 //! The rank is either explicit or a fraction of the dense parameter count, resolved with
 //! tensorly's `validate_tucker_rank` rule ([`tucker_rank_for_fraction`]). Conversion from
-//! a dense weight is a truncated higher-order SVD computed with faer ([`hosvd`]).
+//! a dense weight is a truncated higher-order SVD computed with faer ([`TuckerWeight::hosvd`]).
 
 use crate::error::{LayerError, Result};
 use candle_core::{DType, Device, Tensor, D};
