@@ -26,7 +26,6 @@ use crate::tanh_op::tanh_f32_in_place;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
 use std::mem::MaybeUninit;
 
 /// Rows per block of the bias gradient's partial sums (fixed: the summation order does not
@@ -34,8 +33,7 @@ use std::mem::MaybeUninit;
 const ROWS_PER_BLOCK: usize = 256;
 
 /// The activation a fused dense layer applies to its output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DenseActivation {
     /// No activation: `x·Wᵀ + b`.
     Identity,
@@ -44,8 +42,7 @@ pub enum DenseActivation {
 }
 
 /// How a fused dense layer lays out its output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DenseLayout {
     /// `[N, O]`: one row per input row, as `candle_nn::Linear`.
     Rows,
@@ -152,8 +149,9 @@ struct DenseOp {
 trait DenseScalar: GemmScalar + std::ops::Add<Output = Self> {
     /// Applies `act` in place.
     fn activate(v: &mut [Self], act: DenseActivation);
-    /// `g·act'(x)` from the activation's output `y`, written into every element of `d`.
-    fn activation_grad(y: &[Self], g: &[Self], d: &mut [MaybeUninit<Self>], act: DenseActivation);
+    /// `g·(1 − y²)`, the gradient through `tanh` from its output `y`, written into every
+    /// element of `d`.
+    fn tanh_grad(y: &[Self], g: &[Self], d: &mut [MaybeUninit<Self>]);
 }
 
 macro_rules! dense_scalar {
@@ -166,27 +164,14 @@ macro_rules! dense_scalar {
                 }
             }
 
-            fn activation_grad(
-                y: &[$t],
-                g: &[$t],
-                d: &mut [MaybeUninit<$t>],
-                act: DenseActivation,
-            ) {
-                let chunks = d
-                    .par_chunks_mut(CHUNK)
-                    .zip(y.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)));
-                match act {
-                    DenseActivation::Identity => chunks.for_each(|(d, (_, g))| {
-                        for (d, &g) in d.iter_mut().zip(g) {
-                            d.write(g);
-                        }
-                    }),
-                    DenseActivation::Tanh => chunks.for_each(|(d, (y, g))| {
+            fn tanh_grad(y: &[$t], g: &[$t], d: &mut [MaybeUninit<$t>]) {
+                d.par_chunks_mut(CHUNK)
+                    .zip(y.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
+                    .for_each(|(d, (y, g))| {
                         for ((d, &y), &g) in d.iter_mut().zip(y).zip(g) {
                             d.write(g * (1.0 - y * y));
                         }
-                    }),
-                }
+                    });
             }
         }
     };
@@ -305,15 +290,16 @@ fn backward<T: DenseScalar>(
 ) -> Result<Gradients<T>> {
     let threads = rayon::current_num_threads();
     let d_owned;
-    let d = if op.act == DenseActivation::Identity {
-        g
-    } else {
-        let mut buf = Vec::with_capacity(g.len());
-        T::activation_grad(y, g, &mut buf.spare_capacity_mut()[..g.len()], op.act);
-        // SAFETY: `activation_grad` writes every element of the slice it is given.
-        unsafe { buf.set_len(g.len()) };
-        d_owned = buf;
-        &d_owned
+    let d = match op.act {
+        DenseActivation::Identity => g,
+        DenseActivation::Tanh => {
+            let mut buf = Vec::with_capacity(g.len());
+            T::tanh_grad(y, g, &mut buf.spare_capacity_mut()[..g.len()]);
+            // SAFETY: `tanh_grad` writes every element of the slice it is given.
+            unsafe { buf.set_len(g.len()) };
+            d_owned = buf;
+            &d_owned
+        }
     };
     // `d` viewed as `[n, o]` whatever the layout.
     let d_rows = if op.layout.by_columns() {
