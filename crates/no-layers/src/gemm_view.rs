@@ -45,6 +45,21 @@ impl<'a, T> MatRef<'a, T> {
         }
     }
 
+    /// A `rows × cols` view with explicit strides (checked against `data` when multiplied).
+    pub(crate) fn strided(
+        data: &'a [T],
+        (rows, cols): (usize, usize),
+        (row_stride, col_stride): (usize, usize),
+    ) -> Self {
+        Self {
+            data,
+            rows,
+            cols,
+            row_stride,
+            col_stride,
+        }
+    }
+
     /// The number of rows.
     pub(crate) fn rows(&self) -> usize {
         self.rows
@@ -62,18 +77,46 @@ impl<'a, T> MatRef<'a, T> {
     }
 }
 
-/// A mutable row-major `rows × cols` matrix stored densely in `data`.
+/// A mutable row-major `rows × cols` matrix stored densely in a slice, which may be
+/// uninitialised (then it can only be overwritten, not accumulated onto).
 #[derive(Debug)]
 pub(crate) struct MatMut<'a, T> {
-    data: &'a mut [T],
+    ptr: *mut T,
+    len: usize,
+    initialised: bool,
     rows: usize,
     cols: usize,
+    _borrow: std::marker::PhantomData<&'a mut [T]>,
 }
 
 impl<'a, T> MatMut<'a, T> {
     /// A row-major `rows × cols` matrix stored densely in `data`.
     pub(crate) fn row_major(data: &'a mut [T], rows: usize, cols: usize) -> Self {
-        Self { data, rows, cols }
+        Self {
+            ptr: data.as_mut_ptr(),
+            len: data.len(),
+            initialised: true,
+            rows,
+            cols,
+            _borrow: std::marker::PhantomData,
+        }
+    }
+
+    /// A row-major `rows × cols` matrix in uninitialised memory: [`gemm`] overwrites it
+    /// (every element, so the slice is initialised afterwards) and refuses to accumulate.
+    pub(crate) fn uninit(
+        data: &'a mut [std::mem::MaybeUninit<T>],
+        rows: usize,
+        cols: usize,
+    ) -> Self {
+        Self {
+            ptr: data.as_mut_ptr().cast(),
+            len: data.len(),
+            initialised: false,
+            rows,
+            cols,
+            _borrow: std::marker::PhantomData,
+        }
     }
 }
 
@@ -109,7 +152,10 @@ pub(crate) fn gemm<T: GemmScalar>(
             rhs.cols
         );
     }
-    let views_fit = fits(dst.data.len(), m, n, n, 1)
+    if accumulate && !dst.initialised {
+        candle_core::bail!("gemm: cannot accumulate onto an uninitialised matrix");
+    }
+    let views_fit = fits(dst.len, m, n, n, 1)
         && fits(lhs.data.len(), m, k, lhs.row_stride, lhs.col_stride)
         && fits(rhs.data.len(), k, n, rhs.row_stride, rhs.col_stride);
     if !views_fit {
@@ -120,7 +166,11 @@ pub(crate) fn gemm<T: GemmScalar>(
     }
     if k == 0 {
         if !accumulate {
-            dst.data[..m * n].fill(T::default());
+            // SAFETY: `dst` addresses `m·n ≤ len` elements (checked above) of a slice it
+            // borrows mutably; writing (not reading) is valid for uninitialised memory.
+            for i in 0..m * n {
+                unsafe { dst.ptr.add(i).write(T::default()) };
+            }
         }
         return Ok(());
     }
@@ -131,13 +181,14 @@ pub(crate) fn gemm<T: GemmScalar>(
     };
     // SAFETY: the three views were checked above to address only elements of their
     // slices; `dst` is borrowed mutably, so it aliases neither operand. Strides are below
-    // the slice lengths, hence fit in `isize`.
+    // the slice lengths, hence fit in `isize`. An uninitialised `dst` is only written
+    // (`read_dst` is `accumulate`, refused above for it), and `gemm` writes all of it.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.data.as_mut_ptr(),
+            dst.ptr,
             1,
             n as isize,
             accumulate,
@@ -224,5 +275,32 @@ mod tests {
             1,
         );
         assert!(e.is_err(), "an [2, 4] view of 6 elements overruns");
+    }
+
+    #[test]
+    fn uninitialised_destinations_are_overwritten_and_never_accumulated() -> Result<()> {
+        let a = [1.0f64, 2.0, 3.0, 4.0];
+        let b = [0.5f64, -1.0];
+        let mut dst = [std::mem::MaybeUninit::<f64>::uninit(); 2];
+        gemm(
+            MatMut::uninit(&mut dst, 2, 1),
+            MatRef::row_major(&a, 2, 2),
+            MatRef::row_major(&b, 2, 1),
+            false,
+            1,
+        )?;
+        // SAFETY: `gemm` overwrote both elements.
+        let got = dst.map(|v| unsafe { v.assume_init() });
+        assert_eq!(got, [-1.5, -2.5]);
+        let mut dst = [std::mem::MaybeUninit::<f64>::uninit(); 2];
+        let accumulated = gemm(
+            MatMut::uninit(&mut dst, 2, 1),
+            MatRef::row_major(&a, 2, 2),
+            MatRef::row_major(&b, 2, 1),
+            true,
+            1,
+        );
+        assert!(accumulated.is_err());
+        Ok(())
     }
 }

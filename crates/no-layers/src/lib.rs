@@ -49,6 +49,7 @@ pub mod relu_op;
 pub mod resample;
 pub mod skip;
 pub mod spectral_conv;
+pub mod spectral_transform_op;
 pub mod tanh_op;
 pub mod tucker;
 

@@ -24,8 +24,9 @@ use crate::fourier::{
     centred_kept, dft_basis, idft_basis, irfft_basis, mul_basis_left, mul_basis_right, rfft_basis,
     rfft_kept,
 };
+use crate::spectral_transform_op::{grid_to_spectrum, spectrum_to_grid};
 use crate::tucker::{Complex, TuckerRank, TuckerWeight};
-use candle_core::{Device, Module, Tensor, D};
+use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{init::Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
@@ -353,8 +354,37 @@ impl SpectralConv {
         })
     }
 
+    /// Whether the transforms run as the fused CPU ops of [`crate::spectral_transform_op`]
+    /// (the basis-product transform on the CPU in f32 or f64; the composite form
+    /// otherwise, which computes the same values).
+    fn fused(&self, x: &Tensor) -> bool {
+        self.cfg.transform == SpectralTransform::Matmul
+            && x.device().is_cpu()
+            && matches!(x.dtype(), DType::F32 | DType::F64)
+    }
+
     /// `x [B, C, grid…]` → spectrum laid out `[M, B, 2C]` = `[Re | Im]` per mode.
     fn forward_transform(&self, x: &Tensor, grid: &[usize], kept: &Kept) -> Result<Tensor> {
+        if self.fused(x) {
+            let n_last = grid[grid.len() - 1];
+            let rx = rfft_basis(n_last, kept.q, x.dtype(), x.device())?;
+            let dt = match kept.centred {
+                Some((lo, count, _)) => dft_basis(grid[0], lo, count, x.dtype(), x.device())?,
+                // One dimension: the identity on a trivial first axis.
+                None => Tensor::new(&[[1f32], [0.0]], x.device())?.to_dtype(x.dtype())?,
+            };
+            return Ok(grid_to_spectrum(x, &rx, &dt)?);
+        }
+        self.composite_forward_transform(x, grid, kept)
+    }
+
+    /// [`Self::forward_transform`] from candle ops (every backend).
+    fn composite_forward_transform(
+        &self,
+        x: &Tensor,
+        grid: &[usize],
+        kept: &Kept,
+    ) -> Result<Tensor> {
         let (b, c) = (x.dim(0)?, x.dim(1)?);
         let n_last = grid[grid.len() - 1];
         let rows = x.elem_count() / n_last;
@@ -417,6 +447,25 @@ impl SpectralConv {
 
     /// `[M, B, 2O]` → output `[B, O, out_grid…]` (without bias).
     fn inverse_transform(&self, y: &Tensor, out_grid: &[usize], kept: &Kept) -> Result<Tensor> {
+        if self.fused(y) {
+            let n_last = out_grid[out_grid.len() - 1];
+            let rxi = irfft_basis(n_last, kept.q, y.dtype(), y.device())?;
+            let et = match kept.centred {
+                Some((lo, count, _)) => idft_basis(out_grid[0], lo, count, y.dtype(), y.device())?,
+                None => Tensor::new(&[[1f32, 0.0]], y.device())?.to_dtype(y.dtype())?,
+            };
+            return Ok(spectrum_to_grid(y, &et, &rxi, out_grid.len() == 2)?);
+        }
+        self.composite_inverse_transform(y, out_grid, kept)
+    }
+
+    /// [`Self::inverse_transform`] from candle ops (every backend).
+    fn composite_inverse_transform(
+        &self,
+        y: &Tensor,
+        out_grid: &[usize],
+        kept: &Kept,
+    ) -> Result<Tensor> {
         let (m, b, o2) = y.dims3()?;
         let o = o2 / 2;
         let q = kept.q;
@@ -505,4 +554,90 @@ fn mix_tucker_factorized(z: &Tensor, t: &TuckerWeight, m: usize) -> Result<Tenso
         .matmul(&real_block(&f_out_t)?)?;
     let o2 = out.dim(1)?;
     Ok(out.reshape((m, b, o2))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu_map::single_threaded;
+    use crate::gradcheck::random_like;
+    use crate::init::SeededVarMap;
+    use candle_core::{DType, Var};
+
+    fn layer(n_modes: &[usize]) -> Result<SpectralConv> {
+        let vars = SeededVarMap::new(3);
+        let cfg = SpectralConvConfig {
+            in_channels: 3,
+            out_channels: 2,
+            n_modes: n_modes.to_vec(),
+            ..Default::default()
+        };
+        SpectralConv::new(&cfg, vars.var_builder(DType::F64, &Device::Cpu))
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
+        Ok((a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?)
+    }
+
+    /// The fused CPU transforms and the composite ones (what other devices run) give the
+    /// same spectra, grids and input gradients: 1-D and 2-D, odd and even sizes, grids
+    /// smaller than the modes, and output grids finer and coarser than the input.
+    #[test]
+    fn fused_transforms_equal_the_composite_ones_with_their_gradients() -> Result<()> {
+        let cases: [(&[usize], &[usize], &[usize]); 6] = [
+            (&[6], &[11], &[11]),
+            (&[6], &[10], &[17]),
+            (&[8, 6], &[12, 10], &[12, 10]),
+            (&[7, 5], &[9, 11], &[9, 14]),
+            (&[8, 8], &[5, 6], &[5, 6]),
+            (&[6, 6], &[12, 12], &[8, 7]),
+        ];
+        for (seed, (modes, grid, out)) in cases.into_iter().enumerate() {
+            let conv = layer(modes)?;
+            let kept = conv.kept(grid);
+            let mut shape = vec![2, 3];
+            shape.extend_from_slice(grid);
+            let x = Var::from_tensor(&random_like(
+                &Tensor::zeros(shape, DType::F64, &Device::Cpu)?,
+                seed as u64,
+            )?)?;
+            assert!(conv.fused(x.as_tensor()));
+            let z = conv.forward_transform(x.as_tensor(), grid, &kept)?;
+            let z_ref = conv.composite_forward_transform(x.as_tensor(), grid, &kept)?;
+            assert_eq!(z.dims(), z_ref.dims());
+            assert!(max_diff(&z, &z_ref)? < 1e-14, "{modes:?} {grid:?}");
+            let y = conv.inverse_transform(&z, out, &kept)?;
+            let y_ref = conv.composite_inverse_transform(&z, out, &kept)?;
+            assert_eq!(y.dims(), y_ref.dims());
+            assert!(max_diff(&y, &y_ref)? < 1e-13, "{modes:?} {out:?}");
+            // Input gradients of a weighted sum of the round trip, both ways.
+            let w = random_like(&y, 100 + seed as u64)?;
+            let g = (y * &w)?.sum_all()?.backward()?;
+            let g_ref = (y_ref * &w)?.sum_all()?.backward()?;
+            let (gx, gx_ref) = match (g.get(&x), g_ref.get(&x)) {
+                (Some(a), Some(b)) => (a.clone(), b.clone()),
+                _ => panic!("no input gradient"),
+            };
+            assert!(
+                max_diff(&gx, &gx_ref)? < 1e-13,
+                "{modes:?} {grid:?} {out:?}"
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn fused_transforms_do_not_depend_on_the_thread_count() -> Result<()> {
+        let conv = layer(&[16, 16])?;
+        let grid = [20, 24];
+        let kept = conv.kept(&grid);
+        let x = random_like(&Tensor::zeros((3, 3, 20, 24), DType::F32, &Device::Cpu)?, 9)?;
+        let run = || -> Result<(Vec<f32>, Vec<f32>)> {
+            let z = conv.forward_transform(&x, &grid, &kept)?;
+            let y = conv.inverse_transform(&z, &grid, &kept)?;
+            Ok((z.flatten_all()?.to_vec1()?, y.flatten_all()?.to_vec1()?))
+        };
+        assert_eq!(single_threaded(run)?, run()?);
+        Ok(())
+    }
 }
