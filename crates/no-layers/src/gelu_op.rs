@@ -175,7 +175,7 @@ unsafe fn gelu_grad_f32_avx2(x: &[f32], g: &[f32], dst: &mut [MaybeUninit<f32>])
     gelu_grad_f32_kernel(x, g, dst)
 }
 
-fn gelu_f32_slice(src: &[f32], dst: &mut [MaybeUninit<f32>]) {
+pub(crate) fn gelu_f32_slice(src: &[f32], dst: &mut [MaybeUninit<f32>]) {
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
         // SAFETY: the CPU supports AVX2 and FMA (checked just above).
@@ -185,7 +185,7 @@ fn gelu_f32_slice(src: &[f32], dst: &mut [MaybeUninit<f32>]) {
     gelu_f32_kernel(src, dst)
 }
 
-fn gelu_grad_f32_slice(x: &[f32], g: &[f32], dst: &mut [MaybeUninit<f32>]) {
+pub(crate) fn gelu_grad_f32_slice(x: &[f32], g: &[f32], dst: &mut [MaybeUninit<f32>]) {
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
         // SAFETY: the CPU supports AVX2 and FMA (checked just above).
@@ -195,7 +195,7 @@ fn gelu_grad_f32_slice(x: &[f32], g: &[f32], dst: &mut [MaybeUninit<f32>]) {
     gelu_grad_f32_kernel(x, g, dst)
 }
 
-fn gelu_f64_slice(src: &[f64], dst: &mut [MaybeUninit<f64>]) {
+pub(crate) fn gelu_f64_slice(src: &[f64], dst: &mut [MaybeUninit<f64>]) {
     for (d, &x) in dst.iter_mut().zip(src) {
         d.write(
             0.5 * x * (1.0 + candle_core::cpu::erf::erf_f64(x * std::f64::consts::FRAC_1_SQRT_2)),
@@ -203,7 +203,7 @@ fn gelu_f64_slice(src: &[f64], dst: &mut [MaybeUninit<f64>]) {
     }
 }
 
-fn gelu_grad_f64_slice(x: &[f64], g: &[f64], dst: &mut [MaybeUninit<f64>]) {
+pub(crate) fn gelu_grad_f64_slice(x: &[f64], g: &[f64], dst: &mut [MaybeUninit<f64>]) {
     let inv_sqrt_2pi = 1.0 / (2.0 * std::f64::consts::PI).sqrt();
     for ((d, &x), &g) in dst.iter_mut().zip(x).zip(g) {
         let cdf = 0.5 * (1.0 + candle_core::cpu::erf::erf_f64(x * std::f64::consts::FRAC_1_SQRT_2));

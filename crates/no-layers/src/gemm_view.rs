@@ -60,6 +60,13 @@ impl<'a, T> MatRef<'a, T> {
         }
     }
 
+    /// Row `r` as a slice (views with unit column stride; panics outside the slice).
+    pub(crate) fn row(&self, r: usize) -> &'a [T] {
+        debug_assert_eq!(self.col_stride, 1, "row() needs a unit column stride");
+        let start = r * self.row_stride;
+        &self.data[start..start + self.cols]
+    }
+
     /// The number of rows.
     pub(crate) fn rows(&self) -> usize {
         self.rows

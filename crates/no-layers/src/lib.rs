@@ -35,6 +35,7 @@ pub mod embedding;
 pub mod error;
 pub mod feature_bias;
 pub mod fft_op;
+pub mod fno_block_tail;
 pub mod fourier;
 pub mod gelu_op;
 mod gemm_view;

@@ -161,6 +161,21 @@ impl ChannelMlp {
             in_channels: cfg.in_channels,
         })
     }
+
+    /// The layers' weights `[out_i, in_i, 1]`, first layer first.
+    pub fn weights(&self) -> &[Tensor] {
+        &self.weights
+    }
+
+    /// The layers' biases `[out_i]`.
+    pub fn biases(&self) -> &[Tensor] {
+        &self.biases
+    }
+
+    /// The activation between layers.
+    pub fn activation(&self) -> Activation {
+        self.activation
+    }
 }
 
 impl Module for ChannelMlp {

@@ -119,6 +119,21 @@ impl Skip {
             n_dim: cfg.n_dim,
         })
     }
+
+    /// The kind of skip.
+    pub fn kind(&self) -> SkipKind {
+        self.kind
+    }
+
+    /// The weight (`[out, in, 1]` for `Linear`, `[1, C, 1, …]` for `SoftGating`), if any.
+    pub fn weight(&self) -> Option<&Tensor> {
+        self.weight.as_ref()
+    }
+
+    /// The soft-gating bias, if any.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
 }
 
 impl Module for Skip {

@@ -27,6 +27,7 @@ use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
 use no_layers::activation::gelu;
 use no_layers::embedding::{GridEmbedding, GridEmbeddingConfig};
+use no_layers::fno_block_tail::{fno_block_tail, fused_block_tail_applies, BlockTailWeights};
 use no_layers::mlp::{round_half_even, ChannelMlp, ChannelMlpConfig};
 use no_layers::padding::{DomainPadding, DomainPaddingConfig};
 use no_layers::skip::{Skip, SkipConfig, SkipKind};
@@ -300,6 +301,8 @@ struct FnoBlock {
     conv: SpectralConv,
     skip: Skip,
     mlp: Option<(ChannelMlp, Skip)>,
+    /// The weights of the point-wise part when it has the fused op's form.
+    fused_tail: Option<BlockTailWeights>,
 }
 
 /// FNO or TFNO.
@@ -364,7 +367,15 @@ impl Fno {
             } else {
                 None
             };
-            blocks.push(FnoBlock { conv, skip, mlp });
+            let fused_tail = mlp
+                .as_ref()
+                .and_then(|(m, gate)| BlockTailWeights::from_layers(&skip, m, gate));
+            blocks.push(FnoBlock {
+                conv,
+                skip,
+                mlp,
+                fused_tail,
+            });
         }
         let (conv_numel, conv_real) = spectral_params(&conv_cfg)?;
         let block_real = skip_params(&skip_cfg)
@@ -390,6 +401,10 @@ impl Fno {
     fn block(&self, i: usize, x: &Tensor) -> candle_core::Result<Tensor> {
         let b = &self.blocks[i];
         let last = i + 1 == self.blocks.len();
+        if let (Some(tail), true) = (&b.fused_tail, fused_block_tail_applies(x)) {
+            // Everything after the spectral convolution in one op (no_layers::fno_block_tail).
+            return fno_block_tail(x, &b.conv.forward(x)?, tail, !last, !last);
+        }
         let mut y = (b.conv.forward(x)? + b.skip.forward(x)?)?;
         if !last {
             y = gelu(&y)?;

@@ -34,6 +34,7 @@ use candle_nn::VarBuilder;
 use no_layers::activation::gelu;
 use no_layers::differential::{FiniteDifference, FiniteDifferenceConfig};
 use no_layers::disco::{BasisEvaluation, Disco, DiscoConfig};
+use no_layers::fno_block_tail::{fno_block_tail, fused_block_tail_applies, BlockTailWeights};
 use no_layers::local_conv::PaddingMode;
 use no_layers::mlp::{ChannelMlp, ChannelMlpConfig};
 use no_layers::skip::{Skip, SkipConfig, SkipKind};
@@ -142,6 +143,8 @@ struct LocalBlock {
     disco: Option<Disco>,
     skip: Skip,
     mlp: Option<(ChannelMlp, Skip)>,
+    /// The weights of the point-wise part when it has the fused op's form.
+    fused_tail: Option<BlockTailWeights>,
 }
 
 /// LocalNO.
@@ -224,7 +227,7 @@ impl LocalNo {
         let bvb = vb.pp("local_no_blocks");
         let mut blocks = Vec::with_capacity(cfg.n_layers);
         for i in 0..cfg.n_layers {
-            blocks.push(LocalBlock {
+            let mut block = LocalBlock {
                 conv: SpectralConv::new(&conv_cfg, bvb.pp("convs").pp(i))?,
                 diff: cfg
                     .diff_layers
@@ -243,7 +246,13 @@ impl LocalNo {
                 } else {
                     None
                 },
-            });
+                fused_tail: None,
+            };
+            block.fused_tail = block
+                .mlp
+                .as_ref()
+                .and_then(|(m, gate)| BlockTailWeights::from_layers(&block.skip, m, gate));
+            blocks.push(block);
         }
         let (conv_numel, conv_real) = spectral_params(&conv_cfg)?;
         let k = cfg.fin_diff_kernel_size;
@@ -286,6 +295,11 @@ impl LocalNo {
         }
         if let Some(d) = &b.disco {
             y = (y + d.forward(x)?)?;
+        }
+        if let (Some(tail), true) = (&b.fused_tail, fused_block_tail_applies(x)) {
+            // Skip, activations, channel MLP and gate in one op (no_layers::fno_block_tail);
+            // with a channel MLP the inner activation is on even in the last block.
+            return fno_block_tail(x, &y, tail, true, !last);
         }
         y = (y + b.skip.forward(x)?)?;
         if b.mlp.is_some() || !last {
