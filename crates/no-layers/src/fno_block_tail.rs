@@ -29,21 +29,16 @@
 
 use crate::activation::Activation;
 use crate::cpu_map::contiguous;
-use crate::gelu_op::{gelu_f32_slice, gelu_f64_slice, gelu_grad_f32_slice, gelu_grad_f64_slice};
-use crate::gemm_view::{gemm, GemmScalar, MatMut, MatRef};
+use crate::gemm_view::{gemm, MatMut, MatRef};
 use crate::mlp::ChannelMlp;
+use crate::point_tiles::{
+    add_or_set, as_uninit, copy_view, fill_rows, tile_view, tiles, PointScalar, SharedRows, Tile,
+};
+pub use crate::point_tiles::{TILE, TILES_PER_GROUP};
 use crate::skip::{Skip, SkipKind};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
-use std::mem::MaybeUninit;
-use std::ops::{Add, Mul};
-
-/// Points per tile (one sample's `C × TILE` block stays in cache).
-pub const TILE: usize = 512;
-
-/// Tiles whose weight gradients one task sums before the ordered reduction.
-pub const TILES_PER_GROUP: usize = 4;
 
 /// The weights of the point-wise part of an FNO block.
 #[derive(Debug, Clone)]
@@ -194,37 +189,6 @@ impl BlockTail {
     }
 }
 
-/// Element types of the fused tail.
-trait TailScalar: GemmScalar + Add<Output = Self> + Mul<Output = Self> {
-    fn gelu(src: &[Self], dst: &mut [MaybeUninit<Self>]);
-    fn gelu_grad(x: &[Self], g: &[Self], dst: &mut [MaybeUninit<Self>]);
-}
-
-impl TailScalar for f32 {
-    fn gelu(src: &[f32], dst: &mut [MaybeUninit<f32>]) {
-        gelu_f32_slice(src, dst)
-    }
-    fn gelu_grad(x: &[f32], g: &[f32], dst: &mut [MaybeUninit<f32>]) {
-        gelu_grad_f32_slice(x, g, dst)
-    }
-}
-
-impl TailScalar for f64 {
-    fn gelu(src: &[f64], dst: &mut [MaybeUninit<f64>]) {
-        gelu_f64_slice(src, dst)
-    }
-    fn gelu_grad(x: &[f64], g: &[f64], dst: &mut [MaybeUninit<f64>]) {
-        gelu_grad_f64_slice(x, g, dst)
-    }
-}
-
-/// An initialised slice seen as writable uninitialised memory (the kernels only write).
-fn as_uninit<T>(s: &mut [T]) -> &mut [MaybeUninit<T>] {
-    // SAFETY: `MaybeUninit<T>` has `T`'s layout, and every writer of the returned slice
-    // writes initialised values, so `s` stays initialised.
-    unsafe { &mut *(s as *mut [T] as *mut [MaybeUninit<T>]) }
-}
-
 /// The weights inside the flat vector.
 struct Weights<'a, T> {
     skip: &'a [T],
@@ -259,61 +223,6 @@ fn split_weights<'a, T>(op: &BlockTail, p: &'a [T]) -> Result<Weights<'a, T>> {
     })
 }
 
-/// One tile: sample `b`, points `p0..p0 + len`.
-#[derive(Debug, Clone, Copy)]
-struct Tile {
-    b: usize,
-    p0: usize,
-    len: usize,
-}
-
-fn tiles(batch: usize, n: usize) -> Vec<Tile> {
-    (0..batch)
-        .flat_map(|b| {
-            (0..n.div_ceil(TILE)).map(move |t| Tile {
-                b,
-                p0: t * TILE,
-                len: TILE.min(n - t * TILE),
-            })
-        })
-        .collect()
-}
-
-/// A `[C, len]` strided view of a tile in a contiguous `[B, C, N]` buffer.
-fn tile_view<T>(data: &[T], t: Tile, c: usize, n: usize) -> MatRef<'_, T> {
-    MatRef::strided(&data[t.b * c * n + t.p0..], (c, t.len), (n, 1))
-}
-
-/// Rows of `[B, C, N]` output buffers written by disjoint tiles from several threads.
-struct SharedRows<T> {
-    ptr: *mut T,
-    len: usize,
-}
-
-// SAFETY: tiles write disjoint elements (each `(b, c, p)` belongs to exactly one tile), and
-// every write is bounds-checked against `len`.
-unsafe impl<T: Send> Sync for SharedRows<T> {}
-
-impl<T: Copy> SharedRows<T> {
-    fn new(buf: &mut [MaybeUninit<T>]) -> Self {
-        Self {
-            ptr: buf.as_mut_ptr().cast(),
-            len: buf.len(),
-        }
-    }
-
-    /// Copies a `[C, len]` tile into its rows.
-    fn write_tile(&self, t: Tile, c: usize, n: usize, src: &[T]) {
-        for (ch, row) in src.chunks_exact(t.len).take(c).enumerate() {
-            let start = t.b * c * n + ch * n + t.p0;
-            assert!(start + t.len <= self.len, "tile row outside its buffer");
-            // SAFETY: in bounds (asserted); no other tile writes these elements, and the
-            // buffer outlives the parallel loop that calls this.
-            unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), self.ptr.add(start), t.len) };
-        }
-    }
-}
-
 /// The forward's intermediates for one tile, recomputed by the backward.
 struct TileForward<T> {
     u: Vec<T>,
@@ -323,7 +232,7 @@ struct TileForward<T> {
     z: Vec<T>,
 }
 
-impl<T: TailScalar> TileForward<T> {
+impl<T: PointScalar> TileForward<T> {
     fn new(c: usize, h: usize) -> Self {
         let v = |rows: usize| vec![T::default(); rows * TILE];
         Self {
@@ -385,22 +294,8 @@ impl<T: TailScalar> TileForward<T> {
     }
 }
 
-/// Copies a `[rows, len]` view into a dense buffer.
-fn copy_view<T: Copy>(v: MatRef<T>, dst: &mut [T], len: usize) {
-    for (r, row) in dst.chunks_exact_mut(len).enumerate().take(v.rows()) {
-        row.copy_from_slice(v.row(r));
-    }
-}
-
-/// Fills row `r` of a `[rows, len]` buffer with `values[r]`.
-fn fill_rows<T: Copy>(dst: &mut [T], values: &[T], len: usize) {
-    for (row, &v) in dst.chunks_exact_mut(len).zip(values) {
-        row.fill(v);
-    }
-}
-
 /// Forward on slices.
-fn forward<T: TailScalar>(
+fn forward<T: PointScalar>(
     op: &BlockTail,
     x: &[T],
     s: &[T],
@@ -436,7 +331,7 @@ fn forward<T: TailScalar>(
 }
 
 /// Backward on slices: `∂x`, `∂s` and the flat weight gradient.
-fn backward<T: TailScalar>(
+fn backward<T: PointScalar>(
     op: &BlockTail,
     (x, s, p, g): (&[T], &[T], &[T], &[T]),
     (b, n): (usize, usize),
@@ -497,7 +392,7 @@ struct TileBackward<T> {
     dx: Vec<T>,
 }
 
-impl<T: TailScalar> TileBackward<T> {
+impl<T: PointScalar> TileBackward<T> {
     fn new(c: usize, h: usize) -> Self {
         let v = |rows: usize| vec![T::default(); rows * TILE];
         Self {
@@ -600,14 +495,6 @@ impl<T: TailScalar> TileBackward<T> {
             true,
             1,
         )
-    }
-}
-
-fn add_or_set<T: TailScalar>(d: &mut T, v: T, accumulate: bool) {
-    if accumulate {
-        *d += v;
-    } else {
-        *d = v;
     }
 }
 

@@ -22,6 +22,7 @@
 pub mod activation;
 pub mod banded;
 pub mod candle_fixes;
+pub mod channel_mlp_op;
 pub mod channel_ops;
 pub mod cno_activation;
 mod cno_activation_op;
@@ -46,6 +47,7 @@ pub mod leaky_relu_op;
 pub mod local_conv;
 pub mod mlp;
 pub mod padding;
+mod point_tiles;
 pub mod relu_op;
 pub mod resample;
 pub mod skip;

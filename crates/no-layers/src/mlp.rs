@@ -12,6 +12,7 @@
 //! layer but the last. Initialisation is PyTorch's default (`U(±1/√fan_in)`).
 
 use crate::activation::Activation;
+use crate::channel_mlp_op::{fused_mlp_applies, two_layer_gelu_mlp};
 use crate::error::{LayerError, Result};
 use crate::init::{torch_default_bias, torch_default_weight};
 use candle_core::{Module, Tensor};
@@ -187,6 +188,15 @@ impl Module for ChannelMlp {
                 expected: format!("[batch, {}, ...]", self.in_channels),
             }
             .into());
+        }
+        if let ([w1, w2], [b1, b2], Activation::Gelu, true) = (
+            self.weights.as_slice(),
+            self.biases.as_slice(),
+            self.activation,
+            fused_mlp_applies(x),
+        ) {
+            // FNO's lifting and projection: the hidden layer stays in cache.
+            return two_layer_gelu_mlp(x, w1, b1, w2, b2);
         }
         let last = self.weights.len() - 1;
         let mut h = x.clone();

@@ -1,0 +1,132 @@
+//! Shared plumbing of the tiled point-wise CPU ops ([`crate::fno_block_tail`],
+//! [`crate::channel_mlp_op`]): a `[B, C, N]` tensor is cut into fixed tiles of [`TILE`]
+//! points of one sample, each processed in cache by one thread and written back into its
+//! rows. Tile boundaries and the grouping of tiles for weight-gradient sums are fixed, so
+//! results do not depend on the thread count.
+
+use crate::gelu_op::{gelu_f32_slice, gelu_f64_slice, gelu_grad_f32_slice, gelu_grad_f64_slice};
+use crate::gemm_view::{GemmScalar, MatRef};
+use std::mem::MaybeUninit;
+use std::ops::{Add, Mul};
+
+/// Points per tile (one sample's `C × TILE` block stays in cache).
+pub const TILE: usize = 512;
+
+/// Tiles whose weight gradients one task sums before the ordered reduction.
+pub const TILES_PER_GROUP: usize = 4;
+
+/// Element types of the tiled point-wise ops.
+pub(crate) trait PointScalar: GemmScalar + Add<Output = Self> + Mul<Output = Self> {
+    /// Exact GELU of `src` into `dst`.
+    fn gelu(src: &[Self], dst: &mut [MaybeUninit<Self>]);
+    /// `g·GELU'(x)` into `dst`.
+    fn gelu_grad(x: &[Self], g: &[Self], dst: &mut [MaybeUninit<Self>]);
+}
+
+impl PointScalar for f32 {
+    fn gelu(src: &[f32], dst: &mut [MaybeUninit<f32>]) {
+        gelu_f32_slice(src, dst)
+    }
+    fn gelu_grad(x: &[f32], g: &[f32], dst: &mut [MaybeUninit<f32>]) {
+        gelu_grad_f32_slice(x, g, dst)
+    }
+}
+
+impl PointScalar for f64 {
+    fn gelu(src: &[f64], dst: &mut [MaybeUninit<f64>]) {
+        gelu_f64_slice(src, dst)
+    }
+    fn gelu_grad(x: &[f64], g: &[f64], dst: &mut [MaybeUninit<f64>]) {
+        gelu_grad_f64_slice(x, g, dst)
+    }
+}
+
+/// An initialised slice seen as writable uninitialised memory (the kernels only write).
+pub(crate) fn as_uninit<T>(s: &mut [T]) -> &mut [MaybeUninit<T>] {
+    // SAFETY: `MaybeUninit<T>` has `T`'s layout, and every writer of the returned slice
+    // writes initialised values, so `s` stays initialised.
+    unsafe { &mut *(s as *mut [T] as *mut [MaybeUninit<T>]) }
+}
+
+/// One tile: sample `b`, points `p0..p0 + len`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Tile {
+    /// Sample.
+    pub(crate) b: usize,
+    /// First point.
+    pub(crate) p0: usize,
+    /// Number of points.
+    pub(crate) len: usize,
+}
+
+/// The tiles of `batch` samples of `n` points, sample by sample.
+pub(crate) fn tiles(batch: usize, n: usize) -> Vec<Tile> {
+    (0..batch)
+        .flat_map(|b| {
+            (0..n.div_ceil(TILE)).map(move |t| Tile {
+                b,
+                p0: t * TILE,
+                len: TILE.min(n - t * TILE),
+            })
+        })
+        .collect()
+}
+
+/// A `[C, len]` strided view of a tile in a contiguous `[B, C, N]` buffer.
+pub(crate) fn tile_view<T>(data: &[T], t: Tile, c: usize, n: usize) -> MatRef<'_, T> {
+    MatRef::strided(&data[t.b * c * n + t.p0..], (c, t.len), (n, 1))
+}
+
+/// Rows of `[B, C, N]` output buffers written by disjoint tiles from several threads.
+pub(crate) struct SharedRows<T> {
+    ptr: *mut T,
+    len: usize,
+}
+
+// SAFETY: tiles write disjoint elements (each `(b, c, p)` belongs to exactly one tile), and
+// every write is bounds-checked against `len`.
+unsafe impl<T: Send> Sync for SharedRows<T> {}
+
+impl<T: Copy> SharedRows<T> {
+    /// Rows over the whole of `buf`, which must outlive every write.
+    pub(crate) fn new(buf: &mut [MaybeUninit<T>]) -> Self {
+        Self {
+            ptr: buf.as_mut_ptr().cast(),
+            len: buf.len(),
+        }
+    }
+
+    /// Copies a `[C, len]` tile into its rows.
+    pub(crate) fn write_tile(&self, t: Tile, c: usize, n: usize, src: &[T]) {
+        for (ch, row) in src.chunks_exact(t.len).take(c).enumerate() {
+            let start = t.b * c * n + ch * n + t.p0;
+            assert!(start + t.len <= self.len, "tile row outside its buffer");
+            // SAFETY: in bounds (asserted); no other tile writes these elements, and the
+            // buffer outlives the parallel loop that calls this.
+            unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), self.ptr.add(start), t.len) };
+        }
+    }
+}
+
+/// Copies a `[rows, len]` view into a dense buffer.
+pub(crate) fn copy_view<T: Copy>(v: MatRef<T>, dst: &mut [T], len: usize) {
+    for (r, row) in dst.chunks_exact_mut(len).enumerate().take(v.rows()) {
+        row.copy_from_slice(v.row(r));
+    }
+}
+
+/// Fills row `r` of a `[rows, len]` buffer with `values[r]`.
+pub(crate) fn fill_rows<T: Copy>(dst: &mut [T], values: &[T], len: usize) {
+    for (row, &v) in dst.chunks_exact_mut(len).zip(values) {
+        row.fill(v);
+    }
+}
+
+/// `*d += v` when `accumulate`, `*d = v` otherwise.
+pub(crate) fn add_or_set<T: PointScalar>(d: &mut T, v: T, accumulate: bool) {
+    if accumulate {
+        *d += v;
+    } else {
+        *d = v;
+    }
+}
