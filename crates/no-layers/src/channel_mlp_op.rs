@@ -145,7 +145,7 @@ fn forward<T: PointScalar>(op: &Mlp, x: &[T], p: &[T], (b, n): (usize, usize)) -
     let total = b * op.co * n;
     let mut out: Vec<T> = Vec::with_capacity(total);
     let rows = SharedRows::new(&mut out.spare_capacity_mut()[..total]);
-    tiles(b, n).par_chunks(TILES_PER_GROUP).try_for_each_init(
+    tiles(b, n).par_chunks(1).try_for_each_init(
         || {
             let v = |r: usize| vec![T::default(); r * TILE];
             (v(op.h), v(op.h), v(op.co))

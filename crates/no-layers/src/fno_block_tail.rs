@@ -308,7 +308,7 @@ fn forward<T: PointScalar>(
     let mut out: Vec<T> = Vec::with_capacity(total);
     let rows = SharedRows::new(&mut out.spare_capacity_mut()[..total]);
     let all = tiles(b, n);
-    all.par_chunks(TILES_PER_GROUP).try_for_each_init(
+    all.par_chunks(1).try_for_each_init(
         || (TileForward::new(c, op.h), vec![T::default(); c * TILE]),
         |(fw, y), group| {
             for &t in group {

@@ -13,7 +13,7 @@ use std::ops::{Add, Mul};
 pub const TILE: usize = 512;
 
 /// Tiles whose weight gradients one task sums before the ordered reduction.
-pub const TILES_PER_GROUP: usize = 4;
+pub const TILES_PER_GROUP: usize = 2;
 
 /// Element types of the tiled point-wise ops.
 pub(crate) trait PointScalar: GemmScalar + Add<Output = Self> + Mul<Output = Self> {
