@@ -4,7 +4,7 @@
 //! (`3 → 64 → 32` for the study) and projection (`32 → 64 → 2`). Their hidden layer is
 //! the widest tensor of the model (64 channels: 82 MB at batch 32), and as candle ops it
 //! was written, activated, read and, in the backward, differentiated as full tensors.
-//! Here the points are cut into the tiles of [`crate::point_tiles`]; a tile's hidden
+//! Here the points are cut into tiles of [`crate::fno_block_tail::TILE`] points of one sample; a tile's hidden
 //! values live only in cache. The backward recomputes them (one small product and a GELU
 //! per tile) instead of storing them.
 //!
@@ -16,8 +16,8 @@
 use crate::cpu_map::contiguous;
 use crate::gemm_view::{gemm, MatMut, MatRef};
 use crate::point_tiles::{
-    add_or_set, as_uninit, fill_rows, tile_view, tiles, PointScalar, SharedRows, Tile, TILE,
-    TILES_PER_GROUP,
+    add_or_set, as_uninit, fill_rows, sum_in_order, tile_view, tiles, PointScalar, SharedRows,
+    TILE, TILES_PER_GROUP,
 };
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor};
@@ -73,28 +73,54 @@ pub fn two_layer_gelu_mlp(
     x.contiguous()?.apply_op2(&flat, Mlp { ci, h, co })
 }
 
-/// The op: input, hidden and output widths.
+/// The op: input, hidden and output widths (also the MLP inside
+/// [`crate::fno_block_tail`], which reuses the tile functions below).
 #[derive(Debug, Clone, Copy)]
-struct Mlp {
-    ci: usize,
-    h: usize,
-    co: usize,
+pub(crate) struct Mlp {
+    pub(crate) ci: usize,
+    pub(crate) h: usize,
+    pub(crate) co: usize,
 }
 
-/// The weights inside the flat vector.
-struct Weights<'a, T> {
+/// The weights inside the flat vector `[W1 | b1 | W2 | b2]`.
+pub(crate) struct MlpWeights<'a, T> {
     w1: &'a [T],
     b1: &'a [T],
     w2: &'a [T],
     b2: &'a [T],
 }
 
+/// Per-thread tile buffers: the hidden layer and the backward's intermediates; after
+/// [`Mlp::backward_tile`], `dx` holds the tile's input gradient.
+pub(crate) struct MlpScratch<T> {
+    hpre: Vec<T>,
+    hid: Vec<T>,
+    dh: Vec<T>,
+    dhpre: Vec<T>,
+    pub(crate) dx: Vec<T>,
+}
+
+impl<T: PointScalar> MlpScratch<T> {
+    pub(crate) fn new(op: &Mlp) -> Self {
+        let v = |r: usize| vec![T::default(); r * TILE];
+        Self {
+            hpre: v(op.h),
+            hid: v(op.h),
+            dh: v(op.h),
+            dhpre: v(op.h),
+            dx: v(op.ci),
+        }
+    }
+}
+
 impl Mlp {
-    fn n_params(&self) -> usize {
+    /// Length of the flat weight vector.
+    pub(crate) fn n_params(&self) -> usize {
         self.h * self.ci + self.h + self.co * self.h + self.co
     }
 
-    fn split<'a, T>(&self, p: &'a [T]) -> Result<Weights<'a, T>> {
+    /// The weights inside a flat vector (an error when its length does not fit).
+    pub(crate) fn split<'a, T>(&self, p: &'a [T]) -> Result<MlpWeights<'a, T>> {
         if p.len() != self.n_params() {
             candle_core::bail!(
                 "channel MLP: {} weights for {self:?}, expected {}",
@@ -105,7 +131,7 @@ impl Mlp {
         let (w1, p) = p.split_at(self.h * self.ci);
         let (b1, p) = p.split_at(self.h);
         let (w2, b2) = p.split_at(self.co * self.h);
-        Ok(Weights { w1, b1, w2, b2 })
+        Ok(MlpWeights { w1, b1, w2, b2 })
     }
 
     /// `(B, N)` of a `[B, C_in, …]` layout.
@@ -117,15 +143,15 @@ impl Mlp {
         Ok((dims[0], dims[2..].iter().product()))
     }
 
-    /// The hidden layer of a tile: `hpre = W1·x + b1`, `hid = gelu(hpre)`.
-    fn hidden<T: PointScalar>(
+    /// The hidden layer of a tile into the scratch: `hpre = W1·x + b1`, `hid = gelu(hpre)`.
+    pub(crate) fn hidden<T: PointScalar>(
         &self,
-        w: &Weights<T>,
+        w: &MlpWeights<T>,
         x: MatRef<T>,
         len: usize,
-        (hpre, hid): (&mut [T], &mut [T]),
+        sc: &mut MlpScratch<T>,
     ) -> Result<()> {
-        let (hpre, hid) = (&mut hpre[..self.h * len], &mut hid[..self.h * len]);
+        let (hpre, hid) = (&mut sc.hpre[..self.h * len], &mut sc.hid[..self.h * len]);
         fill_rows(hpre, w.b1, len);
         gemm(
             MatMut::row_major(hpre, self.h, len),
@@ -137,6 +163,77 @@ impl Mlp {
         T::gelu(hpre, as_uninit(hid));
         Ok(())
     }
+
+    /// `y += W2·hid + b2` for a tile `y` `[C_out, len]` (after [`Self::hidden`]); the
+    /// caller fills `y` with what the output is added to (zeros for the plain MLP).
+    pub(crate) fn add_output<T: PointScalar>(
+        &self,
+        w: &MlpWeights<T>,
+        sc: &MlpScratch<T>,
+        len: usize,
+        y: &mut [T],
+    ) -> Result<()> {
+        let y = &mut y[..self.co * len];
+        for (row, &b) in y.chunks_exact_mut(len).zip(w.b2) {
+            for v in row {
+                *v += b;
+            }
+        }
+        gemm(
+            MatMut::row_major(y, self.co, len),
+            MatRef::row_major(w.w2, self.co, self.h),
+            MatRef::row_major(&sc.hid[..self.h * len], self.h, len),
+            true,
+            1,
+        )
+    }
+
+    /// The chain rule back through a tile whose hidden layer is in the scratch
+    /// ([`Self::hidden`] on the same `x`), for the output gradient `g` `[C_out, len]`:
+    /// weight gradients into `dw` (added when `accumulate`, written otherwise), the input
+    /// gradient into `sc.dx`.
+    pub(crate) fn backward_tile<T: PointScalar>(
+        &self,
+        w: &MlpWeights<T>,
+        (x, g): (MatRef<T>, MatRef<T>),
+        len: usize,
+        sc: &mut MlpScratch<T>,
+        (dw, accumulate): (&mut [T], bool),
+    ) -> Result<()> {
+        let (ci, h, co) = (self.ci, self.h, self.co);
+        let (d_w1, rest) = dw.split_at_mut(h * ci);
+        let (d_b1, rest) = rest.split_at_mut(h);
+        let (d_w2, d_b2) = rest.split_at_mut(co * h);
+        for (ch, d) in d_b2.iter_mut().enumerate() {
+            let sum = g.row(ch).iter().fold(T::default(), |acc, &v| acc + v);
+            add_or_set(d, sum, accumulate);
+        }
+        let hid = MatRef::row_major(&sc.hid[..h * len], h, len);
+        gemm(MatMut::row_major(d_w2, co, h), g, hid.t(), accumulate, 1)?;
+        let dh = &mut sc.dh[..h * len];
+        gemm(
+            MatMut::row_major(dh, h, len),
+            MatRef::row_major(w.w2, co, h).t(),
+            g,
+            false,
+            1,
+        )?;
+        let dhpre = &mut sc.dhpre[..h * len];
+        T::gelu_grad(&sc.hpre[..h * len], dh, as_uninit(dhpre));
+        for (ch, row) in dhpre.chunks_exact(len).enumerate() {
+            let sum = row.iter().fold(T::default(), |acc, &v| acc + v);
+            add_or_set(&mut d_b1[ch], sum, accumulate);
+        }
+        let dhpre = MatRef::row_major(&sc.dhpre[..h * len], h, len);
+        gemm(MatMut::row_major(d_w1, h, ci), dhpre, x.t(), accumulate, 1)?;
+        gemm(
+            MatMut::row_major(&mut sc.dx[..ci * len], ci, len),
+            MatRef::row_major(w.w1, h, ci).t(),
+            dhpre,
+            false,
+            1,
+        )
+    }
 }
 
 /// Forward on slices.
@@ -146,22 +243,13 @@ fn forward<T: PointScalar>(op: &Mlp, x: &[T], p: &[T], (b, n): (usize, usize)) -
     let mut out: Vec<T> = Vec::with_capacity(total);
     let rows = SharedRows::new(&mut out.spare_capacity_mut()[..total]);
     tiles(b, n).par_chunks(1).try_for_each_init(
-        || {
-            let v = |r: usize| vec![T::default(); r * TILE];
-            (v(op.h), v(op.h), v(op.co))
-        },
-        |(hpre, hid, y), group| {
+        || (MlpScratch::new(op), vec![T::default(); op.co * TILE]),
+        |(sc, y), group| {
             for &t in group {
-                op.hidden(&w, tile_view(x, t, op.ci, n), t.len, (hpre, hid))?;
+                op.hidden(&w, tile_view(x, t, op.ci, n), t.len, sc)?;
                 let y = &mut y[..op.co * t.len];
-                fill_rows(y, w.b2, t.len);
-                gemm(
-                    MatMut::row_major(y, op.co, t.len),
-                    MatRef::row_major(w.w2, op.co, op.h),
-                    MatRef::row_major(&hid[..op.h * t.len], op.h, t.len),
-                    true,
-                    1,
-                )?;
+                y.fill(T::default());
+                op.add_output(&w, sc, t.len, y)?;
                 rows.write_tile(t, op.co, n, y);
             }
             Ok::<(), candle_core::Error>(())
@@ -170,60 +258,6 @@ fn forward<T: PointScalar>(op: &Mlp, x: &[T], p: &[T], (b, n): (usize, usize)) -
     // SAFETY: the tiles partition every `(b, c, p)` of the buffer and each wrote its rows.
     unsafe { out.set_len(total) };
     Ok(out)
-}
-
-/// Per-thread buffers of the backward.
-struct Scratch<T> {
-    hpre: Vec<T>,
-    hid: Vec<T>,
-    dh: Vec<T>,
-    dhpre: Vec<T>,
-    dx: Vec<T>,
-}
-
-/// One tile of the backward; weight gradients into `dw` (added when `accumulate`).
-fn backward_tile<T: PointScalar>(
-    op: &Mlp,
-    w: &Weights<T>,
-    (x, g): (MatRef<T>, MatRef<T>),
-    t: Tile,
-    sc: &mut Scratch<T>,
-    (dw, accumulate): (&mut [T], bool),
-) -> Result<()> {
-    let (ci, h, co, len) = (op.ci, op.h, op.co, t.len);
-    let (d_w1, rest) = dw.split_at_mut(h * ci);
-    let (d_b1, rest) = rest.split_at_mut(h);
-    let (d_w2, d_b2) = rest.split_at_mut(co * h);
-    op.hidden(w, x, len, (&mut sc.hpre, &mut sc.hid))?;
-    for (ch, d) in d_b2.iter_mut().enumerate() {
-        let sum = g.row(ch).iter().fold(T::default(), |acc, &v| acc + v);
-        add_or_set(d, sum, accumulate);
-    }
-    let hid = MatRef::row_major(&sc.hid[..h * len], h, len);
-    gemm(MatMut::row_major(d_w2, co, h), g, hid.t(), accumulate, 1)?;
-    let dh = &mut sc.dh[..h * len];
-    gemm(
-        MatMut::row_major(dh, h, len),
-        MatRef::row_major(w.w2, co, h).t(),
-        g,
-        false,
-        1,
-    )?;
-    let dhpre = &mut sc.dhpre[..h * len];
-    T::gelu_grad(&sc.hpre[..h * len], dh, as_uninit(dhpre));
-    for (ch, row) in dhpre.chunks_exact(len).enumerate() {
-        let sum = row.iter().fold(T::default(), |acc, &v| acc + v);
-        add_or_set(&mut d_b1[ch], sum, accumulate);
-    }
-    let dhpre = MatRef::row_major(&sc.dhpre[..h * len], h, len);
-    gemm(MatMut::row_major(d_w1, h, ci), dhpre, x.t(), accumulate, 1)?;
-    gemm(
-        MatMut::row_major(&mut sc.dx[..ci * len], ci, len),
-        MatRef::row_major(w.w1, h, ci).t(),
-        dhpre,
-        false,
-        1,
-    )
 }
 
 /// Backward on slices: `∂x` and the flat weight gradient.
@@ -239,21 +273,13 @@ fn backward<T: PointScalar>(
     let partials: Vec<Vec<T>> = tiles(b, n)
         .par_chunks(TILES_PER_GROUP)
         .map_init(
-            || {
-                let v = |r: usize| vec![T::default(); r * TILE];
-                Scratch {
-                    hpre: v(op.h),
-                    hid: v(op.h),
-                    dh: v(op.h),
-                    dhpre: v(op.h),
-                    dx: v(op.ci),
-                }
-            },
+            || MlpScratch::new(op),
             |sc, group| {
                 let mut dw = vec![T::default(); op.n_params()];
                 for (i, &t) in group.iter().enumerate() {
                     let views = (tile_view(x, t, op.ci, n), tile_view(g, t, op.co, n));
-                    backward_tile(op, &w, views, t, sc, (&mut dw, i > 0))?;
+                    op.hidden(&w, views.0, t.len, sc)?;
+                    op.backward_tile(&w, views, t.len, sc, (&mut dw, i > 0))?;
                     rows.write_tile(t, op.ci, n, &sc.dx[..op.ci * t.len]);
                 }
                 Ok(dw)
@@ -262,13 +288,7 @@ fn backward<T: PointScalar>(
         .collect::<Result<_>>()?;
     // SAFETY: the tiles partition every `(b, c, p)` of the buffer and each wrote its rows.
     unsafe { dx.set_len(total) };
-    let mut dw = vec![T::default(); op.n_params()];
-    for part in &partials {
-        for (d, &v) in dw.iter_mut().zip(part) {
-            *d += v;
-        }
-    }
-    Ok((dx, dw))
+    Ok((dx, sum_in_order(&partials, op.n_params())))
 }
 
 impl CustomOp2 for Mlp {

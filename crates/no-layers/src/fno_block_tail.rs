@@ -28,11 +28,12 @@
 //! form elsewhere, which computes the same function.
 
 use crate::activation::Activation;
+use crate::channel_mlp_op::{Mlp, MlpScratch, MlpWeights};
 use crate::cpu_map::contiguous;
 use crate::gemm_view::{gemm, MatMut, MatRef};
 use crate::mlp::ChannelMlp;
 use crate::point_tiles::{
-    add_or_set, as_uninit, copy_view, fill_rows, tile_view, tiles, PointScalar, SharedRows, Tile,
+    add_or_set, as_uninit, copy_view, sum_in_order, tile_view, tiles, PointScalar, SharedRows,
 };
 pub use crate::point_tiles::{TILE, TILES_PER_GROUP};
 use crate::skip::{Skip, SkipKind};
@@ -174,9 +175,17 @@ struct Grads<T> {
 }
 
 impl BlockTail {
+    /// The channel MLP inside the block (`C → H → C`).
+    fn mlp(&self) -> Mlp {
+        Mlp {
+            ci: self.c,
+            h: self.h,
+            co: self.c,
+        }
+    }
+
     fn n_params(&self) -> usize {
-        let (c, h) = (self.c, self.h);
-        c * c + h * c + h + c * h + c + c
+        self.c * self.c + self.mlp().n_params() + self.c
     }
 
     /// `(B, N)` of a contiguous `[B, C, …]` layout.
@@ -187,60 +196,52 @@ impl BlockTail {
         }
         Ok((dims[0], dims[2..].iter().product()))
     }
+
+    /// The weights inside the flat vector `[W_skip | MLP | g]`.
+    fn split<'a, T>(&self, p: &'a [T]) -> Result<Weights<'a, T>> {
+        if p.len() != self.n_params() {
+            candle_core::bail!(
+                "fno block tail: {} weights for C = {}, H = {}, expected {}",
+                p.len(),
+                self.c,
+                self.h,
+                self.n_params()
+            );
+        }
+        let (skip, rest) = p.split_at(self.c * self.c);
+        let (mlp, gate) = rest.split_at(self.mlp().n_params());
+        Ok(Weights {
+            skip,
+            mlp: self.mlp().split(mlp)?,
+            gate,
+        })
+    }
 }
 
 /// The weights inside the flat vector.
 struct Weights<'a, T> {
     skip: &'a [T],
-    w1: &'a [T],
-    b1: &'a [T],
-    w2: &'a [T],
-    b2: &'a [T],
+    mlp: MlpWeights<'a, T>,
     gate: &'a [T],
 }
 
-fn split_weights<'a, T>(op: &BlockTail, p: &'a [T]) -> Result<Weights<'a, T>> {
-    let (c, h) = (op.c, op.h);
-    if p.len() != op.n_params() {
-        candle_core::bail!(
-            "fno block tail: {} weights for C = {c}, H = {h}, expected {}",
-            p.len(),
-            op.n_params()
-        );
-    }
-    let (skip, p) = p.split_at(c * c);
-    let (w1, p) = p.split_at(h * c);
-    let (b1, p) = p.split_at(h);
-    let (w2, p) = p.split_at(c * h);
-    let (b2, gate) = p.split_at(c);
-    Ok(Weights {
-        skip,
-        w1,
-        b1,
-        w2,
-        b2,
-        gate,
-    })
-}
-
-/// The forward's intermediates for one tile, recomputed by the backward.
+/// The forward's intermediates for one tile, recomputed by the backward (the MLP's
+/// hidden layer lives in its scratch).
 struct TileForward<T> {
     u: Vec<T>,
     a: Vec<T>,
-    hpre: Vec<T>,
-    hid: Vec<T>,
     z: Vec<T>,
+    mlp: MlpScratch<T>,
 }
 
 impl<T: PointScalar> TileForward<T> {
-    fn new(c: usize, h: usize) -> Self {
-        let v = |rows: usize| vec![T::default(); rows * TILE];
+    fn new(op: &BlockTail) -> Self {
+        let v = || vec![T::default(); op.c * TILE];
         Self {
-            u: v(c),
-            a: v(c),
-            hpre: v(h),
-            hid: v(h),
-            z: v(c),
+            u: v(),
+            a: v(),
+            z: v(),
+            mlp: MlpScratch::new(&op.mlp()),
         }
     }
 
@@ -250,9 +251,9 @@ impl<T: PointScalar> TileForward<T> {
         op: &BlockTail,
         w: &Weights<T>,
         (x, s): (MatRef<T>, MatRef<T>),
-        t: Tile,
+        len: usize,
     ) -> Result<()> {
-        let (c, h, len) = (op.c, op.h, t.len);
+        let c = op.c;
         let (u, a) = (&mut self.u[..c * len], &mut self.a[..c * len]);
         copy_view(s, u, len);
         gemm(
@@ -267,30 +268,16 @@ impl<T: PointScalar> TileForward<T> {
         } else {
             a.copy_from_slice(u);
         }
-        let (hpre, hid) = (&mut self.hpre[..h * len], &mut self.hid[..h * len]);
-        fill_rows(hpre, w.b1, len);
-        gemm(
-            MatMut::row_major(hpre, h, len),
-            MatRef::row_major(w.w1, h, c),
-            MatRef::row_major(a, c, len),
-            true,
-            1,
-        )?;
-        T::gelu(hpre, as_uninit(hid));
+        let mlp = op.mlp();
+        mlp.hidden(&w.mlp, MatRef::row_major(a, c, len), len, &mut self.mlp)?;
         let z = &mut self.z[..c * len];
         copy_view(x, z, len);
-        for ((row, &g), &b) in z.chunks_exact_mut(len).zip(w.gate).zip(w.b2) {
+        for (row, &g) in z.chunks_exact_mut(len).zip(w.gate) {
             for v in row {
-                *v = *v * g + b;
+                *v = *v * g;
             }
         }
-        gemm(
-            MatMut::row_major(z, c, len),
-            MatRef::row_major(w.w2, c, h),
-            MatRef::row_major(hid, h, len),
-            true,
-            1,
-        )
+        mlp.add_output(&w.mlp, &self.mlp, len, z)
     }
 }
 
@@ -302,17 +289,17 @@ fn forward<T: PointScalar>(
     p: &[T],
     (b, n): (usize, usize),
 ) -> Result<Vec<T>> {
-    let w = split_weights(op, p)?;
+    let w = op.split(p)?;
     let c = op.c;
     let total = b * c * n;
     let mut out: Vec<T> = Vec::with_capacity(total);
     let rows = SharedRows::new(&mut out.spare_capacity_mut()[..total]);
-    let all = tiles(b, n);
-    all.par_chunks(1).try_for_each_init(
-        || (TileForward::new(c, op.h), vec![T::default(); c * TILE]),
+    tiles(b, n).par_chunks(1).try_for_each_init(
+        || (TileForward::new(op), vec![T::default(); c * TILE]),
         |(fw, y), group| {
             for &t in group {
-                fw.run(op, &w, (tile_view(x, t, c, n), tile_view(s, t, c, n)), t)?;
+                let views = (tile_view(x, t, c, n), tile_view(s, t, c, n));
+                fw.run(op, &w, views, t.len)?;
                 let z = &fw.z[..c * t.len];
                 let y = &mut y[..c * t.len];
                 if op.outer {
@@ -336,31 +323,24 @@ fn backward<T: PointScalar>(
     (x, s, p, g): (&[T], &[T], &[T], &[T]),
     (b, n): (usize, usize),
 ) -> Result<Grads<T>> {
-    let w = split_weights(op, p)?;
-    let (c, h) = (op.c, op.h);
+    let w = op.split(p)?;
+    let c = op.c;
     let total = b * c * n;
     let mut dx: Vec<T> = Vec::with_capacity(total);
     let mut ds: Vec<T> = Vec::with_capacity(total);
     let dx_rows = SharedRows::new(&mut dx.spare_capacity_mut()[..total]);
     let ds_rows = SharedRows::new(&mut ds.spare_capacity_mut()[..total]);
-    let all = tiles(b, n);
-    let partials: Vec<Vec<T>> = all
+    let partials: Vec<Vec<T>> = tiles(b, n)
         .par_chunks(TILES_PER_GROUP)
         .map_init(
-            || (TileForward::new(c, h), TileBackward::new(c, h)),
+            || (TileForward::new(op), TileBackward::new(op)),
             |(fw, bw), group| {
                 let mut dw = vec![T::default(); op.n_params()];
                 for (i, &t) in group.iter().enumerate() {
                     let views = (tile_view(x, t, c, n), tile_view(s, t, c, n));
-                    fw.run(op, &w, views, t)?;
-                    bw.run(
-                        op,
-                        &w,
-                        &*fw,
-                        (views.0, tile_view(g, t, c, n)),
-                        t,
-                        (&mut dw, i > 0),
-                    )?;
+                    fw.run(op, &w, views, t.len)?;
+                    let grad = tile_view(g, t, c, n);
+                    bw.run(op, &w, fw, (views.0, grad), t.len, (&mut dw, i > 0))?;
                     dx_rows.write_tile(t, c, n, &bw.dx[..c * t.len]);
                     ds_rows.write_tile(t, c, n, &bw.du[..c * t.len]);
                 }
@@ -373,110 +353,69 @@ fn backward<T: PointScalar>(
         dx.set_len(total);
         ds.set_len(total);
     }
-    let mut dw = vec![T::default(); op.n_params()];
-    for part in &partials {
-        for (d, &v) in dw.iter_mut().zip(part) {
-            *d += v;
-        }
-    }
+    let dw = sum_in_order(&partials, op.n_params());
     Ok(Grads { dx, ds, dw })
 }
 
-/// Per-tile buffers of the backward.
+/// Per-tile buffers of the backward (the MLP's are in the forward's scratch).
 struct TileBackward<T> {
     dz: Vec<T>,
-    dh: Vec<T>,
-    dhpre: Vec<T>,
-    da: Vec<T>,
     du: Vec<T>,
     dx: Vec<T>,
 }
 
 impl<T: PointScalar> TileBackward<T> {
-    fn new(c: usize, h: usize) -> Self {
-        let v = |rows: usize| vec![T::default(); rows * TILE];
+    fn new(op: &BlockTail) -> Self {
+        let v = || vec![T::default(); op.c * TILE];
         Self {
-            dz: v(c),
-            dh: v(h),
-            dhpre: v(h),
-            da: v(c),
-            du: v(c),
-            dx: v(c),
+            dz: v(),
+            du: v(),
+            dx: v(),
         }
     }
 
-    /// The chain rule back through one tile; weight gradients go into `dw` (added to it
-    /// when `accumulate`, written otherwise).
+    /// The chain rule back through one tile whose forward is in `fw`; weight gradients go
+    /// into `dw` (added to it when `accumulate`, written otherwise).
     fn run(
         &mut self,
         op: &BlockTail,
         w: &Weights<T>,
-        fw: &TileForward<T>,
+        fw: &mut TileForward<T>,
         (x, g): (MatRef<T>, MatRef<T>),
-        t: Tile,
+        len: usize,
         (dw, accumulate): (&mut [T], bool),
     ) -> Result<()> {
-        let (c, h, len) = (op.c, op.h, t.len);
+        let c = op.c;
+        let mlp = op.mlp();
         let (d_skip, rest) = dw.split_at_mut(c * c);
-        let (d_w1, rest) = rest.split_at_mut(h * c);
-        let (d_b1, rest) = rest.split_at_mut(h);
-        let (d_w2, rest) = rest.split_at_mut(c * h);
-        let (d_b2, d_gate) = rest.split_at_mut(c);
-        // z → dz.
+        let (d_mlp, d_gate) = rest.split_at_mut(mlp.n_params());
+        // z → ∂z, and the gate's gradient Σ ∂z·x.
         let dz = &mut self.dz[..c * len];
-        if op.outer {
-            for (ch, row) in dz.chunks_exact_mut(len).enumerate() {
+        for (ch, row) in dz.chunks_exact_mut(len).enumerate() {
+            if op.outer {
                 T::gelu_grad(&fw.z[ch * len..(ch + 1) * len], g.row(ch), as_uninit(row));
+            } else {
+                row.copy_from_slice(g.row(ch));
             }
-        } else {
-            copy_view(g, dz, len);
+            let sum = row
+                .iter()
+                .zip(x.row(ch))
+                .fold(T::default(), |acc, (&d, &xv)| acc + d * xv);
+            add_or_set(&mut d_gate[ch], sum, accumulate);
         }
-        for (ch, row) in dz.chunks_exact(len).enumerate() {
-            let xr = x.row(ch);
-            let (mut sb, mut sg) = (T::default(), T::default());
-            for (&d, &xv) in row.iter().zip(xr) {
-                sb += d;
-                sg += d * xv;
-            }
-            add_or_set(&mut d_b2[ch], sb, accumulate);
-            add_or_set(&mut d_gate[ch], sg, accumulate);
-        }
-        let hid = MatRef::row_major(&fw.hid[..h * len], h, len);
-        let dz_m = MatRef::row_major(&self.dz[..c * len], c, len);
-        gemm(MatMut::row_major(d_w2, c, h), dz_m, hid.t(), accumulate, 1)?;
-        let dh = &mut self.dh[..h * len];
-        gemm(
-            MatMut::row_major(dh, h, len),
-            MatRef::row_major(w.w2, c, h).t(),
-            dz_m,
-            false,
-            1,
-        )?;
-        let dhpre = &mut self.dhpre[..h * len];
-        T::gelu_grad(&fw.hpre[..h * len], dh, as_uninit(dhpre));
-        for (ch, row) in dhpre.chunks_exact(len).enumerate() {
-            let sum = row.iter().fold(T::default(), |acc, &v| acc + v);
-            add_or_set(&mut d_b1[ch], sum, accumulate);
-        }
-        let dhpre_m = MatRef::row_major(&self.dhpre[..h * len], h, len);
+        // Through the channel MLP: ∂a lands in the MLP scratch's `dx`.
         let a = MatRef::row_major(&fw.a[..c * len], c, len);
-        gemm(MatMut::row_major(d_w1, h, c), dhpre_m, a.t(), accumulate, 1)?;
-        let da = &mut self.da[..c * len];
-        gemm(
-            MatMut::row_major(da, c, len),
-            MatRef::row_major(w.w1, h, c).t(),
-            dhpre_m,
-            false,
-            1,
-        )?;
+        let dz = MatRef::row_major(&self.dz[..c * len], c, len);
+        mlp.backward_tile(&w.mlp, (a, dz), len, &mut fw.mlp, (d_mlp, accumulate))?;
         let du = &mut self.du[..c * len];
+        let da = &fw.mlp.dx[..c * len];
         if op.inner {
             T::gelu_grad(&fw.u[..c * len], da, as_uninit(du));
         } else {
             du.copy_from_slice(da);
         }
-        let du_m = MatRef::row_major(&self.du[..c * len], c, len);
-        gemm(MatMut::row_major(d_skip, c, c), du_m, x.t(), accumulate, 1)?;
+        let du = MatRef::row_major(&self.du[..c * len], c, len);
+        gemm(MatMut::row_major(d_skip, c, c), du, x.t(), accumulate, 1)?;
         // ∂x = W_skipᵀ·∂u + g ⊙ ∂z.
         let dx = &mut self.dx[..c * len];
         for ((row, dzr), &gv) in dx
@@ -491,7 +430,7 @@ impl<T: PointScalar> TileBackward<T> {
         gemm(
             MatMut::row_major(dx, c, len),
             MatRef::row_major(w.skip, c, c).t(),
-            du_m,
+            du,
             true,
             1,
         )

@@ -130,3 +130,15 @@ pub(crate) fn add_or_set<T: PointScalar>(d: &mut T, v: T, accumulate: bool) {
         *d = v;
     }
 }
+
+/// The element-wise sum of per-group partial gradients, added in group order (so the result
+/// does not depend on which thread computed which group).
+pub(crate) fn sum_in_order<T: PointScalar>(partials: &[Vec<T>], len: usize) -> Vec<T> {
+    let mut total = vec![T::default(); len];
+    for part in partials {
+        for (d, &v) in total.iter_mut().zip(part) {
+            *d += v;
+        }
+    }
+    total
+}
