@@ -384,6 +384,7 @@ mod tests {
     use crate::gelu_op::gelu;
     use crate::gradcheck::{check_gradients, random_like, GradCheckConfig};
     use crate::mlp::pointwise_linear;
+    use crate::point_tiles::output_and_gradients;
     use candle_core::{Device, Var};
 
     fn vars(shape: &[usize], h: usize, co: usize, dtype: DType, seed: u64) -> Result<Vec<Var>> {
@@ -467,16 +468,8 @@ mod tests {
     fn result_and_gradients_do_not_depend_on_the_thread_count() -> Result<()> {
         let v = vars(&[3, 3, 3 * TILE * TILES_PER_GROUP + 9], 8, 2, DType::F32, 4)?;
         let run = || -> Result<Vec<Vec<f32>>> {
-            let y = fused(&v)?;
-            let g = y.sqr()?.sum_all()?.backward()?;
-            let mut out = vec![y.flatten_all()?.to_vec1()?];
-            for var in &v {
-                match g.get(var) {
-                    Some(t) => out.push(t.flatten_all()?.to_vec1()?),
-                    None => candle_core::bail!("missing gradient"),
-                }
-            }
-            Ok(out)
+            let vars: Vec<&Var> = v.iter().collect();
+            output_and_gradients(&fused(&v)?, &vars)
         };
         assert_eq!(single_threaded(run)?, run()?);
         Ok(())

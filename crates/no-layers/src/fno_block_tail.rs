@@ -552,6 +552,7 @@ mod tests {
     use crate::gelu_op::gelu;
     use crate::gradcheck::{check_gradients, random_like, GradCheckConfig};
     use crate::mlp::pointwise_linear;
+    use crate::point_tiles::output_and_gradients;
     use candle_core::{Device, Var};
 
     /// `x`, `s` and the six weights as variables of `dtype`.
@@ -662,15 +663,8 @@ mod tests {
         let (x, s, w) = setup(&[3, 4, 3 * TILE * TILES_PER_GROUP + 5], 3, DType::F32, 8)?;
         let run = || -> Result<Vec<Vec<f32>>> {
             let y = fno_block_tail(x.as_tensor(), s.as_tensor(), &tail_weights(&w), true, true)?;
-            let g = y.sqr()?.sum_all()?.backward()?;
-            let mut out = vec![y.flatten_all()?.to_vec1()?];
-            for v in [&x, &s].into_iter().chain(&w) {
-                match g.get(v) {
-                    Some(t) => out.push(t.flatten_all()?.to_vec1()?),
-                    None => candle_core::bail!("missing gradient"),
-                }
-            }
-            Ok(out)
+            let vars: Vec<&Var> = [&x, &s].into_iter().chain(&w).collect();
+            output_and_gradients(&y, &vars)
         };
         assert_eq!(single_threaded(run)?, run()?);
         Ok(())

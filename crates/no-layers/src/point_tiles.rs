@@ -142,3 +142,21 @@ pub(crate) fn sum_in_order<T: PointScalar>(partials: &[Vec<T>], len: usize) -> V
     }
     total
 }
+
+/// The values of `y` followed by the gradients of `Σ y²` with respect to each of `vars`
+/// (for the thread-count checks of the tiled ops).
+#[cfg(test)]
+pub(crate) fn output_and_gradients(
+    y: &candle_core::Tensor,
+    vars: &[&candle_core::Var],
+) -> candle_core::Result<Vec<Vec<f32>>> {
+    let grads = y.sqr()?.sum_all()?.backward()?;
+    let mut out = vec![y.flatten_all()?.to_vec1()?];
+    for v in vars {
+        match grads.get(v) {
+            Some(t) => out.push(t.flatten_all()?.to_vec1()?),
+            None => candle_core::bail!("a variable has no gradient"),
+        }
+    }
+    Ok(out)
+}
