@@ -295,19 +295,20 @@ fn forward<T: PointScalar>(
     let mut out: Vec<T> = Vec::with_capacity(total);
     let rows = SharedRows::new(&mut out.spare_capacity_mut()[..total]);
     tiles(b, n).par_chunks(1).try_for_each_init(
-        || (TileForward::new(op), vec![T::default(); c * TILE]),
-        |(fw, y), group| {
+        || TileForward::new(op),
+        |fw, group| {
             for &t in group {
                 let views = (tile_view(x, t, c, n), tile_view(s, t, c, n));
                 fw.run(op, &w, views, t.len)?;
                 let z = &fw.z[..c * t.len];
-                let y = &mut y[..c * t.len];
                 if op.outer {
-                    T::gelu(z, as_uninit(y));
+                    // The activation writes straight into the output rows.
+                    for (ch, zr) in z.chunks_exact(t.len).enumerate() {
+                        rows.fill_row((t, ch), (c, n), |dst| T::gelu(zr, dst));
+                    }
                 } else {
-                    y.copy_from_slice(z);
+                    rows.write_tile(t, c, n, z);
                 }
-                rows.write_tile(t, c, n, y);
             }
             Ok::<(), candle_core::Error>(())
         },

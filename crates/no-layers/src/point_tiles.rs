@@ -96,6 +96,26 @@ impl<T: Copy> SharedRows<T> {
         }
     }
 
+    /// Writes row `ch` of tile `t` (of a `[B, c, n]` buffer) with `fill`, which must write
+    /// every element of the `t.len` elements it is given.
+    pub(crate) fn fill_row(
+        &self,
+        (t, ch): (Tile, usize),
+        (c, n): (usize, usize),
+        fill: impl FnOnce(&mut [MaybeUninit<T>]),
+    ) {
+        let start = t.b * c * n + ch * n + t.p0;
+        assert!(
+            ch < c && start + t.len <= self.len,
+            "tile row outside its buffer"
+        );
+        // SAFETY: in bounds (asserted); these `t.len` elements belong to this tile alone,
+        // so no other reference to them exists while `fill` runs, and the buffer outlives
+        // the parallel loop that calls this.
+        let row = unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start).cast(), t.len) };
+        fill(row);
+    }
+
     /// Copies a `[C, len]` tile into its rows.
     pub(crate) fn write_tile(&self, t: Tile, c: usize, n: usize, src: &[T]) {
         for (ch, row) in src.chunks_exact(t.len).take(c).enumerate() {
