@@ -11,7 +11,9 @@
 //! Accuracy: in `f32`, `erf` is a rational minimax fit `x·P(x²)/Q(x²)` on `|x| ≤ 4`
 //! (clamped outside, where `erf` is 1 to within 2e-8), fitted for this crate (absolute
 //! error 1.5e-9 in exact arithmetic, 4e-7 once evaluated in `f32`), and `exp` is a
-//! Cody–Waite reduction with a degree-6 polynomial (relative error below 2e-7). `f64`
+//! Cody–Waite reduction with a degree-6 polynomial (relative error below 2e-7); the AVX2
+//! kernels divide by a reciprocal estimate refined with one Newton step (about 1e-7 relative
+//! more, and the exact bits then depend on the CPU's estimate, not on the thread count). `f64`
 //! tensors use candle's exact `erf` and std's `exp`, which makes the f64 gradient checks
 //! exact. Other dtypes and devices fall back to candle's `gelu_erf`.
 
