@@ -161,6 +161,23 @@ impl FiniteDifference {
     }
 }
 
+impl FiniteDifference {
+    /// The stencil the layer convolves an input of width `n` (last axis) with: the
+    /// zero-sum kernel times `1/(h/h₀) = n/N₀`, shaped `[out, in/groups, kh, kw]` (`kh = 1`
+    /// for 1-D). The scale goes on this small kernel rather than on the output (one pass
+    /// less each way; equal up to rounding). [`crate::local_conv::conv2d_same_sum`] uses it
+    /// to merge this layer's convolution with another one of the same input.
+    pub fn kernel_for_width(&self, n: usize) -> candle_core::Result<Tensor> {
+        let inv_width = n as f64 / self.cfg.default_resolution as f64;
+        self.zero_sum_kernel()? * inv_width
+    }
+
+    /// The layer's configuration.
+    pub fn config(&self) -> &FiniteDifferenceConfig {
+        &self.cfg
+    }
+}
+
 impl Module for FiniteDifference {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let c = &self.cfg;
@@ -175,17 +192,12 @@ impl Module for FiniteDifference {
             }
             .into());
         }
-        let n = x.dim(x.rank() - 1)?;
-        // 1/(h/h₀) = N/N₀.
-        let inv_width = n as f64 / c.default_resolution as f64;
         let x4 = if c.n_dim == 1 {
             x.unsqueeze(2)?
         } else {
             x.clone()
         };
-        // The 1/h scale goes on the small kernel, not on the output (one pass less each
-        // way; equal up to rounding).
-        let kernel = (self.zero_sum_kernel()? * inv_width)?;
+        let kernel = self.kernel_for_width(x.dim(x.rank() - 1)?)?;
         let y = conv2d_same(&x4, &kernel, c.padding, c.groups)?;
         if c.n_dim == 1 {
             y.squeeze(2)

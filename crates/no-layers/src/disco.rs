@@ -448,6 +448,11 @@ impl Disco {
         &self.cfg
     }
 
+    /// The per-output-channel bias, when the layer has one.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
     /// The stencil `[O, C/g, P_H, P_W]` applied on an `[n_h, n_w]` grid (quadrature included).
     pub fn stencil(&self, n_h: usize, n_w: usize) -> candle_core::Result<Tensor> {
         let anchor = self.cfg.evaluation == BasisEvaluation::AnchorF32

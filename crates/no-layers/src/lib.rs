@@ -47,6 +47,7 @@ pub mod leaky_relu_op;
 pub mod local_conv;
 pub mod mlp;
 pub mod padding;
+pub mod periodic_border_op;
 mod point_tiles;
 pub mod relu_op;
 pub mod resample;

@@ -121,6 +121,39 @@ pub fn conv2d_same(x: &Tensor, w: &Tensor, mode: PaddingMode, groups: usize) -> 
     Ok(out.reshape((b, o, h, wd))?)
 }
 
+/// `conv2d_same(x, a, mode_a, 1) + conv2d_same(x, b, mode_b, 1)`: two "same"
+/// convolutions of one input (LocalNO's finite-difference and DISCO kernels), computed as
+/// one convolution with the summed kernel when the kernels have one shape.
+///
+/// With equal padding modes that is exact linearity. With one periodic and one zero-padded
+/// kernel, the sum is convolved with zero padding and the periodic kernel's wrap-around
+/// is added on the border ([`crate::periodic_border_op`]); that path runs on the CPU in
+/// `f32`/`f64`. Elsewhere, or for kernels of different shapes, the two convolutions run
+/// separately. Same values up to rounding either way.
+pub fn conv2d_same_sum(
+    x: &Tensor,
+    (a, mode_a): (&Tensor, PaddingMode),
+    (b, mode_b): (&Tensor, PaddingMode),
+) -> Result<Tensor> {
+    let fused_border = x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64);
+    if a.dims() != b.dims() || (mode_a != mode_b && !fused_border) {
+        return Ok((conv2d_same(x, a, mode_a, 1)? + conv2d_same(x, b, mode_b, 1)?)?);
+    }
+    let sum = (a + b)?;
+    if mode_a == mode_b {
+        return conv2d_same(x, &sum, mode_a, 1);
+    }
+    let periodic = if mode_a == PaddingMode::Periodic {
+        a
+    } else {
+        b
+    };
+    let main = conv2d_same(x, &sum, PaddingMode::Zeros, 1)?;
+    Ok(crate::periodic_border_op::add_periodic_border(
+        &main, x, periodic,
+    )?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,6 +206,49 @@ mod tests {
         assert!(conv2d_same(&x, &randn(&[2, 4, 2, 3], 2)?, PaddingMode::Zeros, 1).is_err());
         assert!(conv2d_same(&x, &randn(&[3, 2, 3, 3], 2)?, PaddingMode::Zeros, 2).is_err());
         assert!(conv2d_same(&x, &randn(&[4, 4, 3, 3], 2)?, PaddingMode::Zeros, 2).is_err());
+        Ok(())
+    }
+
+    /// The merged sum equals the two separate convolutions, values and gradients, for every
+    /// pair of padding modes, and falls back for kernels of different shapes.
+    #[test]
+    fn summed_convolutions_equal_the_separate_ones() -> Result<()> {
+        use PaddingMode::{Periodic, Zeros};
+        let cases = [
+            (Periodic, Zeros, [3, 3]),
+            (Zeros, Periodic, [3, 5]),
+            (Periodic, Periodic, [3, 3]),
+            (Zeros, Zeros, [5, 3]),
+        ];
+        for (seed, (ma, mb, [kh, kw])) in cases.into_iter().enumerate() {
+            let seed = 10 * seed as u64;
+            let x = Var::from_tensor(&randn(&[2, 3, 6, 7], seed)?)?;
+            let a = Var::from_tensor(&randn(&[4, 3, kh, kw], seed + 1)?)?;
+            let b_shape = if seed == 30 {
+                [4, 3, 3, 3]
+            } else {
+                [4, 3, kh, kw]
+            };
+            let b = Var::from_tensor(&randn(&b_shape, seed + 2)?)?;
+            let r = randn(&[2, 4, 6, 7], seed + 3)?;
+            let separate = (conv2d_same(x.as_tensor(), a.as_tensor(), ma, 1)?
+                + conv2d_same(x.as_tensor(), b.as_tensor(), mb, 1)?)?;
+            let merged = conv2d_same_sum(x.as_tensor(), (a.as_tensor(), ma), (b.as_tensor(), mb))?;
+            let diff = (&merged - &separate)?
+                .abs()?
+                .max_all()?
+                .to_scalar::<f64>()?;
+            assert!(diff < 1e-12, "{ma:?} + {mb:?}: {diff}");
+            let g_sep = (separate * &r)?.sum_all()?.backward()?;
+            let g_mer = (merged * &r)?.sum_all()?.backward()?;
+            for v in [&x, &a, &b] {
+                let (Some(p), Some(q)) = (g_mer.get(v), g_sep.get(v)) else {
+                    panic!("{ma:?} + {mb:?}: a gradient is missing");
+                };
+                let diff = (p - q)?.abs()?.max_all()?.to_scalar::<f64>()?;
+                assert!(diff < 1e-11, "{ma:?} + {mb:?} gradient: {diff}");
+            }
+        }
         Ok(())
     }
 

@@ -32,9 +32,11 @@ use crate::operator::{NeuralOperator, ParamCount};
 use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
 use no_layers::activation::gelu;
+use no_layers::channel_ops::add_channel_bias;
 use no_layers::differential::{FiniteDifference, FiniteDifferenceConfig};
 use no_layers::disco::{BasisEvaluation, Disco, DiscoConfig};
 use no_layers::fno_block_tail::{fno_block_tail, fused_block_tail_applies, BlockTailWeights};
+use no_layers::local_conv::conv2d_same_sum;
 use no_layers::local_conv::PaddingMode;
 use no_layers::mlp::{ChannelMlp, ChannelMlpConfig};
 use no_layers::skip::{Skip, SkipConfig, SkipKind};
@@ -290,11 +292,18 @@ impl LocalNo {
         let b = &self.blocks[i];
         let last = i + 1 == self.blocks.len();
         let mut y = b.conv.forward(x)?;
-        if let Some(d) = &b.diff {
-            y = (y + d.forward(x)?)?;
-        }
-        if let Some(d) = &b.disco {
-            y = (y + d.forward(x)?)?;
+        match (&b.diff, &b.disco) {
+            (Some(fd), Some(disco)) if mergeable(fd, disco, x) => {
+                y = (y + merged_local_kernels(fd, disco, x)?)?;
+            }
+            (diff, disco) => {
+                if let Some(d) = diff {
+                    y = (y + d.forward(x)?)?;
+                }
+                if let Some(d) = disco {
+                    y = (y + d.forward(x)?)?;
+                }
+            }
         }
         if let (Some(tail), true) = (&b.fused_tail, fused_block_tail_applies(x)) {
             // Skip, activations, channel MLP and gate in one op (no_layers::fno_block_tail);
@@ -312,6 +321,33 @@ impl LocalNo {
             }
         }
         Ok(y)
+    }
+}
+
+/// Whether a block's finite-difference and DISCO kernels can run as one convolution
+/// ([`merged_local_kernels`]): both mix all channels and the input is a 2-D grid.
+fn mergeable(fd: &FiniteDifference, disco: &Disco, x: &Tensor) -> bool {
+    fd.config().groups == 1 && fd.config().n_dim == 2 && disco.config().groups == 1 && x.rank() == 4
+}
+
+/// `FD(x) + DISCO(x)` with one convolution: both are "same" convolutions of `x`, so their
+/// stencils add ([`no_layers::local_conv::conv2d_same_sum`]; the finite difference's
+/// periodic wrap-around is added on the border). Half the convolution work of running
+/// them one after the other; the same function up to rounding.
+fn merged_local_kernels(
+    fd: &FiniteDifference,
+    disco: &Disco,
+    x: &Tensor,
+) -> candle_core::Result<Tensor> {
+    let (_, _, n_h, n_w) = x.dims4()?;
+    let y = conv2d_same_sum(
+        x,
+        (&fd.kernel_for_width(n_w)?, fd.config().padding),
+        (&disco.stencil(n_h, n_w)?, disco.config().padding),
+    )?;
+    match disco.bias() {
+        Some(bias) => Ok(add_channel_bias(&y, bias)?),
+        None => Ok(y),
     }
 }
 
