@@ -19,6 +19,7 @@ use crate::point_tiles::{
     add_or_set, as_uninit, fill_rows, sum_in_order, tile_view, tiles, PointScalar, SharedRows,
     TILE, TILES_PER_GROUP,
 };
+use crate::scratch::PoolBuf;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
@@ -92,17 +93,17 @@ pub(crate) struct MlpWeights<'a, T> {
 
 /// Per-thread tile buffers: the hidden layer and the backward's intermediates; after
 /// [`Mlp::backward_tile`], `dx` holds the tile's input gradient.
-pub(crate) struct MlpScratch<T> {
-    hpre: Vec<T>,
-    hid: Vec<T>,
-    dh: Vec<T>,
-    dhpre: Vec<T>,
-    pub(crate) dx: Vec<T>,
+pub(crate) struct MlpScratch<T: PointScalar> {
+    hpre: PoolBuf<T>,
+    hid: PoolBuf<T>,
+    dh: PoolBuf<T>,
+    dhpre: PoolBuf<T>,
+    pub(crate) dx: PoolBuf<T>,
 }
 
 impl<T: PointScalar> MlpScratch<T> {
     pub(crate) fn new(op: &Mlp) -> Self {
-        let v = |r: usize| vec![T::default(); r * TILE];
+        let v = |r: usize| PoolBuf::new(r * TILE);
         Self {
             hpre: v(op.h),
             hid: v(op.h),
@@ -243,7 +244,7 @@ fn forward<T: PointScalar>(op: &Mlp, x: &[T], p: &[T], (b, n): (usize, usize)) -
     let mut out: Vec<T> = Vec::with_capacity(total);
     let rows = SharedRows::new(&mut out.spare_capacity_mut()[..total]);
     tiles(b, n).par_chunks(1).try_for_each_init(
-        || (MlpScratch::new(op), vec![T::default(); op.co * TILE]),
+        || (MlpScratch::new(op), PoolBuf::new(op.co * TILE)),
         |(sc, y), group| {
             for &t in group {
                 op.hidden(&w, tile_view(x, t, op.ci, n), t.len, sc)?;

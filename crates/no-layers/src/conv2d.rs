@@ -26,6 +26,7 @@
 use crate::cpu_map::contiguous;
 use crate::gemm_view::{gemm, GemmScalar, MatMut, MatRef};
 use crate::im2col::{fold_samples, unfold_samples, Geometry};
+use crate::scratch::PoolBuf;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -98,11 +99,11 @@ struct WeightGrad {
 
 /// Per-thread buffers reused across the groups a thread handles.
 #[derive(Default)]
-struct Scratch<T> {
+struct Scratch<T: GemmScalar> {
     /// The patch matrix `[C·kh·kw, n·Ho·Wo]` of a group.
-    cols: Vec<T>,
+    cols: PoolBuf<T>,
     /// A group's outputs (or output gradients) channel-major, `[O, n·Ho·Wo]`.
-    channel_major: Vec<T>,
+    channel_major: PoolBuf<T>,
 }
 
 /// The sizes shared by the three kernels.
@@ -183,18 +184,18 @@ fn to_sample_major<T: Copy>(src: &[T], sz: &Sizes, dst: &mut [T]) {
 
 /// The output gradient of the `n` samples of group `index` as a channel-major `[O, n·L]`
 /// matrix: the input slice itself for one sample, else rearranged into `buffer`.
-fn group_grad<'a, T: Copy + Default>(
+fn group_grad<'a, T: GemmScalar>(
     grad: &'a [T],
     sz: &Sizes,
     index: usize,
     n: usize,
-    buffer: &'a mut Vec<T>,
+    buffer: &'a mut PoolBuf<T>,
 ) -> &'a [T] {
     let slice = &grad[index * sz.group * sz.out_sample()..][..n * sz.out_sample()];
     if n == 1 {
         return slice;
     }
-    buffer.resize(slice.len(), T::default());
+    buffer.set_len(slice.len());
     to_channel_major(slice, sz, buffer);
     buffer
 }
@@ -209,7 +210,7 @@ fn forward<T: GemmScalar>(g: &Geometry, sz: &Sizes, x: &[T], w: &[T]) -> Result<
             let n = out.len() / sz.out_sample();
             let xs = &x[i * sz.group * g.sample()..][..n * g.sample()];
             let columns = n * sz.positions;
-            scratch.cols.resize(sz.patch_rows * columns, T::default());
+            scratch.cols.set_len(sz.patch_rows * columns);
             unfold_samples(g, xs, &mut scratch.cols, threads > 1);
             let cols = MatRef::row_major(&scratch.cols, sz.patch_rows, columns);
             if n == 1 {
@@ -222,7 +223,7 @@ fn forward<T: GemmScalar>(g: &Geometry, sz: &Sizes, x: &[T], w: &[T]) -> Result<
                 );
             }
             let buffer = &mut scratch.channel_major;
-            buffer.resize(out.len(), T::default());
+            buffer.set_len(out.len());
             gemm(
                 MatMut::row_major(buffer, sz.out_channels, columns),
                 weight,
@@ -244,7 +245,7 @@ fn input_grad<T: GemmScalar>(g: &Geometry, sz: &Sizes, w: &[T], grad: &[T]) -> R
         let n = gx.len() / g.sample();
         let columns = n * sz.positions;
         let gmat = group_grad(grad, sz, i, n, &mut scratch.channel_major);
-        scratch.cols.resize(sz.patch_rows * columns, T::default());
+        scratch.cols.set_len(sz.patch_rows * columns);
         gemm(
             MatMut::row_major(&mut scratch.cols, sz.patch_rows, columns),
             weight_t,
@@ -266,7 +267,7 @@ fn weight_grad<T: GemmScalar>(g: &Geometry, sz: &Sizes, x: &[T], grad: &[T]) -> 
         let n = sz.group.min(sz.batch - i * sz.group);
         let columns = n * sz.positions;
         let xs = &x[i * sz.group * g.sample()..][..n * g.sample()];
-        scratch.cols.resize(sz.patch_rows * columns, T::default());
+        scratch.cols.set_len(sz.patch_rows * columns);
         unfold_samples(g, xs, &mut scratch.cols, threads > 1);
         let gmat = group_grad(grad, sz, i, n, &mut scratch.channel_major);
         gemm(

@@ -36,6 +36,7 @@ use crate::point_tiles::{
     add_or_set, as_uninit, copy_view, sum_in_order, tile_view, tiles, PointScalar, SharedRows,
 };
 pub use crate::point_tiles::{TILE, TILES_PER_GROUP};
+use crate::scratch::PoolBuf;
 use crate::skip::{Skip, SkipKind};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
@@ -227,16 +228,16 @@ struct Weights<'a, T> {
 
 /// The forward's intermediates for one tile, recomputed by the backward (the MLP's
 /// hidden layer lives in its scratch).
-struct TileForward<T> {
-    u: Vec<T>,
-    a: Vec<T>,
-    z: Vec<T>,
+struct TileForward<T: PointScalar> {
+    u: PoolBuf<T>,
+    a: PoolBuf<T>,
+    z: PoolBuf<T>,
     mlp: MlpScratch<T>,
 }
 
 impl<T: PointScalar> TileForward<T> {
     fn new(op: &BlockTail) -> Self {
-        let v = || vec![T::default(); op.c * TILE];
+        let v = || PoolBuf::new(op.c * TILE);
         Self {
             u: v(),
             a: v(),
@@ -359,15 +360,15 @@ fn backward<T: PointScalar>(
 }
 
 /// Per-tile buffers of the backward (the MLP's are in the forward's scratch).
-struct TileBackward<T> {
-    dz: Vec<T>,
-    du: Vec<T>,
-    dx: Vec<T>,
+struct TileBackward<T: PointScalar> {
+    dz: PoolBuf<T>,
+    du: PoolBuf<T>,
+    dx: PoolBuf<T>,
 }
 
 impl<T: PointScalar> TileBackward<T> {
     fn new(op: &BlockTail) -> Self {
-        let v = || vec![T::default(); op.c * TILE];
+        let v = || PoolBuf::new(op.c * TILE);
         Self {
             dz: v(),
             du: v(),

@@ -9,7 +9,7 @@ use candle_core::Result;
 
 /// The element types the wrapper multiplies (f32 and f64).
 pub(crate) trait GemmScalar:
-    Copy + Default + std::ops::AddAssign + Send + Sync + 'static
+    Copy + Default + std::ops::AddAssign + Send + Sync + crate::scratch::Pooled + 'static
 {
     /// The multiplicative identity, for `gemm`'s `alpha`/`beta` factors.
     const ONE: Self;

@@ -51,6 +51,7 @@ pub mod periodic_border_op;
 mod point_tiles;
 pub mod relu_op;
 pub mod resample;
+mod scratch;
 pub mod skip;
 pub mod spectral_conv;
 pub mod spectral_transform_op;

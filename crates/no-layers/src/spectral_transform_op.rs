@@ -30,6 +30,7 @@
 
 use crate::cpu_map::contiguous;
 use crate::gemm_view::{gemm, GemmScalar, MatMut, MatRef};
+use crate::scratch::PoolBuf;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -219,7 +220,7 @@ fn g2s_kernel<T: Scalar>(x: &[T], rx: &[T], dt: &[T], (xl, rxl, dtl): Layouts) -
             .par_chunks_mut(2 * modes)
             .enumerate()
             .try_for_each_init(
-                || (vec![T::default(); n1 * q2], vec![T::default(); c2 * q2]),
+                || (PoolBuf::new(n1 * q2), PoolBuf::new(c2 * q2)),
                 |(a, p), (i, z)| {
                     let plane = &x[i * n1 * n2..(i + 1) * n1 * n2];
                     gemm(
@@ -299,7 +300,7 @@ fn s2g_kernel<T: Scalar>(y: &[T], et: &[T], rxi: &[T], (yl, etl, rxil): Layouts)
             .par_chunks_mut(plane_len)
             .enumerate()
             .try_for_each_init(
-                || (vec![T::default(); c2 * q2], vec![T::default(); n1 * q2]),
+                || (PoolBuf::new(c2 * q2), PoolBuf::new(n1 * q2)),
                 |(block, u), (plane, dst): (usize, &mut [MaybeUninit<T>])| {
                     let (bi, ci) = (plane / c, plane % c);
                     for k in 0..count {
