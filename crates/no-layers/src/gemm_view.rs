@@ -93,6 +93,7 @@ pub(crate) struct MatMut<'a, T> {
     initialised: bool,
     rows: usize,
     cols: usize,
+    row_stride: usize,
     _borrow: std::marker::PhantomData<&'a mut [T]>,
 }
 
@@ -105,6 +106,25 @@ impl<'a, T> MatMut<'a, T> {
             initialised: true,
             rows,
             cols,
+            row_stride: cols,
+            _borrow: std::marker::PhantomData,
+        }
+    }
+
+    /// A `rows × cols` block of a row-major matrix whose rows are `row_stride` apart
+    /// (a column range of a wider matrix), starting at `data[0]`.
+    pub(crate) fn strided_rows(
+        data: &'a mut [T],
+        (rows, cols): (usize, usize),
+        row_stride: usize,
+    ) -> Self {
+        Self {
+            ptr: data.as_mut_ptr(),
+            len: data.len(),
+            initialised: true,
+            rows,
+            cols,
+            row_stride,
             _borrow: std::marker::PhantomData,
         }
     }
@@ -122,6 +142,7 @@ impl<'a, T> MatMut<'a, T> {
             initialised: false,
             rows,
             cols,
+            row_stride: cols,
             _borrow: std::marker::PhantomData,
         }
     }
@@ -162,7 +183,7 @@ pub(crate) fn gemm<T: GemmScalar>(
     if accumulate && !dst.initialised {
         candle_core::bail!("gemm: cannot accumulate onto an uninitialised matrix");
     }
-    let views_fit = fits(dst.len, m, n, n, 1)
+    let views_fit = fits(dst.len, m, n, dst.row_stride, 1)
         && fits(lhs.data.len(), m, k, lhs.row_stride, lhs.col_stride)
         && fits(rhs.data.len(), k, n, rhs.row_stride, rhs.col_stride);
     if !views_fit {
@@ -173,10 +194,12 @@ pub(crate) fn gemm<T: GemmScalar>(
     }
     if k == 0 {
         if !accumulate {
-            // SAFETY: `dst` addresses `m·n ≤ len` elements (checked above) of a slice it
-            // borrows mutably; writing (not reading) is valid for uninitialised memory.
-            for i in 0..m * n {
-                unsafe { dst.ptr.add(i).write(T::default()) };
+            // SAFETY: `dst` addresses only elements of the slice it borrows mutably
+            // (checked above); writing (not reading) is valid for uninitialised memory.
+            for r in 0..m {
+                for c in 0..n {
+                    unsafe { dst.ptr.add(r * dst.row_stride + c).write(T::default()) };
+                }
             }
         }
         return Ok(());
@@ -197,7 +220,7 @@ pub(crate) fn gemm<T: GemmScalar>(
             k,
             dst.ptr,
             1,
-            n as isize,
+            dst.row_stride as isize,
             accumulate,
             lhs.data.as_ptr(),
             lhs.col_stride as isize,

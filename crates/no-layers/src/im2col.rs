@@ -194,14 +194,20 @@ fn copy_run<T: Copy>(dst: &mut [T], src: &[T]) {
     }
 }
 
-/// Fills the patch row of kernel offset `(i, j)` (`row`: `Ho·Wo` values) from one input
-/// plane, phase-split when the stride exceeds 1.
-fn unfold_tap<T: Copy + Default>(g: &Geometry, src: &[T], (i, j): (usize, usize), row: &mut [T]) {
+/// Fills the patch row of kernel offset `(i, j)` for output rows `oh0..oh1` (`row`:
+/// `(oh1 − oh0)·Wo` values) from one input plane, phase-split when the stride exceeds 1.
+fn unfold_tap<T: Copy + Default>(
+    g: &Geometry,
+    src: &[T],
+    (i, j): (usize, usize),
+    (oh0, oh1): (usize, usize),
+    row: &mut [T],
+) {
     let (lo, hi) = g.inside(j, g.w, g.wo);
     let (phase, offset) = tap_phase(g, j);
     let wp = phase_width(g);
-    for oh in 0..g.ho {
-        let out = &mut row[oh * g.wo..(oh + 1) * g.wo];
+    for oh in oh0..oh1 {
+        let out = &mut row[(oh - oh0) * g.wo..(oh - oh0 + 1) * g.wo];
         let Some(y) = g.source(oh, i, g.h) else {
             out.fill(T::default());
             continue;
@@ -218,12 +224,14 @@ fn unfold_tap<T: Copy + Default>(g: &Geometry, src: &[T], (i, j): (usize, usize)
     }
 }
 
-/// Adds the patch row of kernel offset `(i, j)` (`row`: `Ho·Wo` values) back into the
-/// (phase-split when the stride exceeds 1) plane it was gathered from.
+/// Adds the patch row of kernel offset `(i, j)` for output rows `oh0..oh1` (`row`:
+/// `(oh1 − oh0)·Wo` values) back into the (phase-split when the stride exceeds 1) plane it
+/// was gathered from.
 fn fold_tap<T: Copy + std::ops::AddAssign>(
     g: &Geometry,
     row: &[T],
     (i, j): (usize, usize),
+    (oh0, oh1): (usize, usize),
     dst: &mut [T],
 ) {
     let (lo, hi) = g.inside(j, g.w, g.wo);
@@ -233,12 +241,13 @@ fn fold_tap<T: Copy + std::ops::AddAssign>(
     let (phase, offset) = tap_phase(g, j);
     let wp = phase_width(g);
     let t0 = (lo as isize + offset) as usize;
-    for oh in 0..g.ho {
+    for oh in oh0..oh1 {
         let Some(y) = g.source(oh, i, g.h) else {
             continue;
         };
         let line = &mut dst[(phase * g.h + y) * wp..][..wp];
-        let inner = &row[oh * g.wo + lo..oh * g.wo + hi];
+        let at = (oh - oh0) * g.wo;
+        let inner = &row[at + lo..at + hi];
         for (d, &v) in line[t0..t0 + inner.len()].iter_mut().zip(inner) {
             *d += v;
         }
@@ -265,7 +274,7 @@ pub(crate) fn unfold_samples<T: Copy + Default + Send + Sync>(
             }
             for t in 0..taps {
                 let segment = &mut rows[t * width + s * l..][..l];
-                unfold_tap(g, src, (t / g.kw, t % g.kw), segment);
+                unfold_tap(g, src, (t / g.kw, t % g.kw), (0, g.ho), segment);
             }
         }
     };
@@ -298,7 +307,13 @@ pub(crate) fn fold_samples<T: Copy + Default + std::ops::AddAssign + Send + Sync
         let add_taps = |dst: &mut [T]| {
             for t in 0..taps {
                 let row = &cols[(c * taps + t) * width..][..width];
-                fold_tap(g, &row[s * l..(s + 1) * l], (t / g.kw, t % g.kw), dst);
+                fold_tap(
+                    g,
+                    &row[s * l..(s + 1) * l],
+                    (t / g.kw, t % g.kw),
+                    (0, g.ho),
+                    dst,
+                );
             }
         };
         if g.stride == 1 {
@@ -320,6 +335,45 @@ pub(crate) fn fold_samples<T: Copy + Default + std::ops::AddAssign + Send + Sync
         x.chunks_exact_mut(g.plane().max(1))
             .enumerate()
             .for_each(|item| fold_plane(&mut split, item));
+    }
+}
+
+/// The patch matrix `cols` `[C·kh·kw, (oh1 − oh0)·Wo]` of output rows `oh0..oh1` of one
+/// sample `x` `[C, H, W]` (a block of the columns [`unfold_samples`] gathers for it), for
+/// stride 1.
+pub(crate) fn unfold_rows<T: Copy + Default>(
+    g: &Geometry,
+    x: &[T],
+    (oh0, oh1): (usize, usize),
+    cols: &mut [T],
+) {
+    debug_assert_eq!(g.stride, 1, "unfold_rows reads unsplit planes");
+    let (plane, taps, width) = (g.plane(), g.kh * g.kw, (oh1 - oh0) * g.wo);
+    for c in 0..g.c {
+        let src = &x[c * plane..(c + 1) * plane];
+        for t in 0..taps {
+            let row = &mut cols[(c * taps + t) * width..][..width];
+            unfold_tap(g, src, (t / g.kw, t % g.kw), (oh0, oh1), row);
+        }
+    }
+}
+
+/// Adds into `x` `[C, H, W]` (stride 1) the adjoint of [`unfold_rows`] applied to `cols`
+/// `[C·kh·kw, (oh1 − oh0)·Wo]`.
+pub(crate) fn fold_rows<T: Copy + std::ops::AddAssign>(
+    g: &Geometry,
+    cols: &[T],
+    (oh0, oh1): (usize, usize),
+    x: &mut [T],
+) {
+    debug_assert_eq!(g.stride, 1, "fold_rows adds into unsplit planes");
+    let (plane, taps, width) = (g.plane(), g.kh * g.kw, (oh1 - oh0) * g.wo);
+    for c in 0..g.c {
+        let dst = &mut x[c * plane..(c + 1) * plane];
+        for t in 0..taps {
+            let row = &cols[(c * taps + t) * width..][..width];
+            fold_tap(g, row, (t / g.kw, t % g.kw), (oh0, oh1), dst);
+        }
     }
 }
 
