@@ -25,10 +25,11 @@
 //!
 //! How it is computed: `FD_i`, `DISCO_i` and a linear `local_no_skip_i` are all "same"
 //! convolutions of `x` (3×3, 3×3 and 1×1 at the defaults), so when both kernels mix all
-//! channels their stencils are added and applied as **one** zero-padded convolution, plus
-//! the finite difference's periodic wrap-around on the border
-//! ([`no_layers::local_conv::conv2d_same_sum`]). The same function as three convolutions, at
-//! about a third of their cost; the neuraloperator parity fixture runs through it.
+//! channels their stencils are added and applied as **one** zero-padded convolution; one
+//! more pass adds the spectral output, the finite difference's periodic wrap-around on the
+//! border, DISCO's bias and the GELU ([`no_layers::periodic_border_op`]). The same function
+//! as three convolutions and four additions, at about a third of their cost; the
+//! neuraloperator parity fixture runs through it.
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
@@ -36,16 +37,17 @@ use crate::fno::{
     block_spectral_config, mlp_params, skip_params, spectral_params, to_candle, Frame, FrameSpec,
 };
 use crate::operator::{NeuralOperator, ParamCount};
-use candle_core::{Module, Tensor};
+use candle_core::{DType, Module, Tensor};
 use candle_nn::VarBuilder;
 use no_layers::activation::gelu;
 use no_layers::channel_ops::add_channel_bias;
 use no_layers::differential::{FiniteDifference, FiniteDifferenceConfig};
 use no_layers::disco::{BasisEvaluation, Disco, DiscoConfig};
 use no_layers::fno_block_tail::{fno_block_tail, fused_block_tail_applies, BlockTailWeights};
-use no_layers::local_conv::conv2d_same_sum;
 use no_layers::local_conv::PaddingMode;
+use no_layers::local_conv::{conv2d_same, conv2d_same_sum};
 use no_layers::mlp::{ChannelMlp, ChannelMlpConfig};
+use no_layers::periodic_border_op::periodic_border_sum;
 use no_layers::skip::{Skip, SkipConfig, SkipKind};
 use no_layers::spectral_conv::{SpectralConv, SpectralTransform, TuckerImplementation};
 use serde::{Deserialize, Serialize};
@@ -298,42 +300,46 @@ impl LocalNo {
     fn block(&self, i: usize, x: &Tensor) -> candle_core::Result<Tensor> {
         let b = &self.blocks[i];
         let last = i + 1 == self.blocks.len();
-        let mut y = b.conv.forward(x)?;
+        let spectral = b.conv.forward(x)?;
         let fused_tail = b
             .fused_tail
             .as_ref()
             .filter(|_| fused_block_tail_applies(x));
-        // A linear skip is a 1×1 convolution: when the local kernels run merged and no fused
-        // tail takes the skip, it rides in the centre of their stencil.
-        let mut skip_done = false;
-        match (&b.diff, &b.disco) {
+        let activation = b.mlp.is_some() || !last;
+        // With the local kernels merged, a linear skip rides in the centre of their stencil
+        // (when no fused tail takes the skip), and then the bias and the activation come
+        // with the border term in the same pass.
+        let (mut y, skip_and_activation_done) = match (&b.diff, &b.disco) {
             (Some(fd), Some(disco)) if mergeable(fd, disco, x) => {
                 let skip = match (fused_tail, b.skip.kind()) {
                     (None, SkipKind::Linear) => b.skip.weight(),
                     _ => None,
                 };
-                y = (y + merged_local_kernels(fd, disco, skip, x)?)?;
-                skip_done = skip.is_some();
+                let act = skip.is_some() && activation;
+                let y = merged_block_sum(fd, disco, skip, x, &spectral, act)?;
+                (y, skip.is_some())
             }
             (diff, disco) => {
+                let mut y = spectral;
                 if let Some(d) = diff {
                     y = (y + d.forward(x)?)?;
                 }
                 if let Some(d) = disco {
                     y = (y + d.forward(x)?)?;
                 }
+                (y, false)
             }
-        }
+        };
         if let Some(tail) = fused_tail {
             // Skip, activations, channel MLP and gate in one op (no_layers::fno_block_tail);
             // with a channel MLP the inner activation is on even in the last block.
             return fno_block_tail(x, &y, tail, true, !last);
         }
-        if !skip_done {
+        if !skip_and_activation_done {
             y = (y + b.skip.forward(x)?)?;
-        }
-        if b.mlp.is_some() || !last {
-            y = gelu(&y)?;
+            if activation {
+                y = gelu(&y)?;
+            }
         }
         if let Some((mlp, gate)) = &b.mlp {
             y = (mlp.forward(&y)? + gate.forward(x)?)?;
@@ -351,17 +357,22 @@ fn mergeable(fd: &FiniteDifference, disco: &Disco, x: &Tensor) -> bool {
     fd.config().groups == 1 && fd.config().n_dim == 2 && disco.config().groups == 1 && x.rank() == 4
 }
 
-/// `FD(x) + DISCO(x)` (`+ W_skip·x` with a linear skip weight `[C, C, 1]`) with one
-/// convolution: all are "same" convolutions of `x`, the skip a 1×1 one, so their stencils
-/// add ([`no_layers::local_conv::conv2d_same_sum`]; the finite difference's periodic
-/// wrap-around is added on the border). Half the convolution work of running the two
-/// kernels one after the other, and no separate skip product; the same function up to
-/// rounding.
-fn merged_local_kernels(
+/// `act(spectral + FD(x) + DISCO(x) [+ W_skip·x])` with one convolution: the kernels
+/// are all "same" convolutions of `x` (the linear skip, weight `[C, C, 1]`, a 1×1 one), so
+/// their stencils add. With the finite difference periodic and DISCO zero-padded (the
+/// defaults) on the CPU, the summed stencil runs zero-padded and one pass adds the
+/// spectral output, the finite difference's periodic wrap-around on the border, DISCO's
+/// bias and the GELU ([`no_layers::periodic_border_op::periodic_border_sum`]); otherwise
+/// [`no_layers::local_conv::conv2d_same_sum`] and separate additions. Half the
+/// convolution work of running the kernels one after the other, no separate skip product
+/// and three full-size passes less; the same function up to rounding.
+fn merged_block_sum(
     fd: &FiniteDifference,
     disco: &Disco,
     skip: Option<&Tensor>,
     x: &Tensor,
+    spectral: &Tensor,
+    activation: bool,
 ) -> candle_core::Result<Tensor> {
     let (_, _, n_h, n_w) = x.dims4()?;
     let mut stencil = disco.stencil(n_h, n_w)?;
@@ -373,15 +384,29 @@ fn merged_local_kernels(
             .pad_with_zeros(3, kw / 2, kw / 2)?;
         stencil = (stencil + centre)?;
     }
-    let y = conv2d_same_sum(
+    let fd_kernel = fd.kernel_for_width(n_w)?;
+    let one_pass = fd.config().padding == PaddingMode::Periodic
+        && disco.config().padding == PaddingMode::Zeros
+        && fd_kernel.dims() == stencil.dims()
+        && x.device().is_cpu()
+        && matches!(x.dtype(), DType::F32 | DType::F64);
+    if one_pass {
+        let main = conv2d_same(x, &(&fd_kernel + &stencil)?, PaddingMode::Zeros, 1)?;
+        return periodic_border_sum(&(spectral + main)?, x, &fd_kernel, disco.bias(), activation);
+    }
+    let local = conv2d_same_sum(
         x,
-        (&fd.kernel_for_width(n_w)?, fd.config().padding),
+        (&fd_kernel, fd.config().padding),
         (&stencil, disco.config().padding),
     )?;
-    match disco.bias() {
-        Some(bias) => Ok(add_channel_bias(&y, bias)?),
-        None => Ok(y),
+    let mut y = (spectral + local)?;
+    if let Some(bias) = disco.bias() {
+        y = add_channel_bias(&y, bias)?;
     }
+    if activation {
+        y = gelu(&y)?;
+    }
+    Ok(y)
 }
 
 impl NeuralOperator for LocalNo {
