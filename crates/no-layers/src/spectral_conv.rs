@@ -29,6 +29,7 @@ use crate::tucker::{Complex, TuckerRank, TuckerWeight};
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{init::Init, VarBuilder};
 use serde::{Deserialize, Serialize};
+use std::sync::{Arc, Mutex, PoisonError};
 
 const LAYER: &str = "SpectralConv";
 
@@ -164,6 +165,49 @@ pub struct SpectralConv {
     cfg: SpectralConvConfig,
     weight: SpectralWeight,
     bias: Option<Tensor>,
+    /// For weights that are constants (an inference twin: no variable, no graph), the
+    /// per-mode real blocks last built.
+    block_cache: Arc<Mutex<Option<BlockCache>>>,
+}
+
+/// Per-mode real blocks `[M, 2C, 2O]` built from constant weights, with what they were
+/// built from: the kept modes and a copy of the weight values. An inference twin's
+/// weights share storage with the trained variables and change when those are updated in
+/// place, so the copy is compared before the blocks are reused.
+#[derive(Debug)]
+struct BlockCache {
+    modes: (Option<(i64, usize, usize)>, usize),
+    weights: Vec<Tensor>,
+    blocks: Tensor,
+}
+
+/// Whether two CPU `f32`/`f64` tensors hold bit-identical values (false otherwise).
+fn same_values(a: &Tensor, b: &Tensor) -> bool {
+    if a.dims() != b.dims() {
+        return false;
+    }
+    let (sa, la) = a.storage_and_layout();
+    let (sb, lb) = b.storage_and_layout();
+    let (Some((a0, a1)), Some((b0, b1))) = (la.contiguous_offsets(), lb.contiguous_offsets())
+    else {
+        return false;
+    };
+    match (&*sa, &*sb) {
+        (
+            candle_core::Storage::Cpu(candle_core::CpuStorage::F32(x)),
+            candle_core::Storage::Cpu(candle_core::CpuStorage::F32(y)),
+        ) => same_bits(&x[a0..a1], &y[b0..b1], f32::to_bits),
+        (
+            candle_core::Storage::Cpu(candle_core::CpuStorage::F64(x)),
+            candle_core::Storage::Cpu(candle_core::CpuStorage::F64(y)),
+        ) => same_bits(&x[a0..a1], &y[b0..b1], f64::to_bits),
+        _ => false,
+    }
+}
+
+/// Bitwise equality of two slices.
+fn same_bits<T: Copy, B: PartialEq>(x: &[T], y: &[T], bits: fn(T) -> B) -> bool {
+    x.len() == y.len() && x.iter().zip(y).all(|(&a, &b)| bits(a) == bits(b))
 }
 
 /// Which modes of the weight a given grid uses.
@@ -221,6 +265,7 @@ impl SpectralConv {
             cfg: cfg.clone(),
             weight,
             bias,
+            block_cache: Arc::default(),
         })
     }
 
@@ -413,8 +458,71 @@ impl SpectralConv {
             .contiguous()?)
     }
 
+    /// The weight's tensors (the dense weight, or the Tucker core and factors).
+    fn weight_tensors(&self) -> Vec<&Tensor> {
+        match &self.weight {
+            SpectralWeight::Dense(w) => vec![w],
+            SpectralWeight::Tucker(t) => std::iter::once(t.core()).chain(t.factors()).collect(),
+        }
+    }
+
+    /// Whether the weight is a Tucker-factorized constant on the CPU (no variable, no graph
+    /// behind it, as in an inference twin): then the blocks of its rebuilt dense weight are
+    /// kept between calls. (A dense weight's blocks are one gather, no dearer than the
+    /// comparison that would guard a cached copy.)
+    fn constant_weight(&self) -> bool {
+        matches!(self.weight, SpectralWeight::Tucker(_))
+            && self
+                .weight_tensors()
+                .iter()
+                .all(|t| !t.track_op() && t.device().is_cpu())
+    }
+
+    /// The per-mode blocks for `kept` from the cache when they were built from the same
+    /// modes and weight values, else built and cached.
+    fn cached_blocks(&self, kept: &Kept) -> Result<Tensor> {
+        let modes = (kept.centred, kept.q);
+        // A panic elsewhere while the lock was held leaves at worst a complete entry.
+        let mut cache = self
+            .block_cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let current = self.weight_tensors();
+        if let Some(c) = cache.as_ref() {
+            let unchanged = c.modes == modes
+                && c.weights.len() == current.len()
+                && c.weights
+                    .iter()
+                    .zip(&current)
+                    .all(|(a, b)| same_values(a, b));
+            if unchanged {
+                return Ok(c.blocks.clone());
+            }
+        }
+        let dense = match &self.weight {
+            SpectralWeight::Dense(w) => self.slice_dense(w, kept)?,
+            SpectralWeight::Tucker(t) => self.slice_tucker(t, kept)?.to_dense()?,
+        };
+        let blocks = dense_blocks(&dense)?;
+        *cache = Some(BlockCache {
+            modes,
+            weights: current
+                .iter()
+                .map(|t| t.copy())
+                .collect::<candle_core::Result<_>>()?,
+            blocks: blocks.clone(),
+        });
+        Ok(blocks)
+    }
+
     /// `[M, B, 2C]` → `[M, B, 2O]` with the (sliced) complex weight.
     fn mix(&self, z: &Tensor, kept: &Kept) -> Result<Tensor> {
+        if self.constant_weight() {
+            // Inference on constant weights: the per-mode blocks (for Tucker, of the
+            // rebuilt dense weight: the same linear map as the factorized contraction) are
+            // built once per mode set and weight values, not on every call.
+            return Ok(z.matmul(&self.cached_blocks(kept)?)?);
+        }
         match (&self.weight, self.cfg.implementation) {
             (SpectralWeight::Dense(w), _) => mix_dense(z, &self.slice_dense(w, kept)?),
             (SpectralWeight::Tucker(t), TuckerImplementation::Reconstructed) => {
@@ -515,10 +623,15 @@ fn real_block(w: &Complex) -> Result<Tensor> {
 
 /// Dense mixing: `w [C, O, modes…, 2]` → per-mode blocks `[M, 2C, 2O]`, one batched GEMM.
 fn mix_dense(z: &Tensor, w: &Tensor) -> Result<Tensor> {
+    Ok(z.matmul(&dense_blocks(w)?)?)
+}
+
+/// The per-mode real blocks `[M, 2C, 2O]` of a dense weight `[C, O, modes…, 2]`.
+fn dense_blocks(w: &Tensor) -> Result<Tensor> {
     let (c, o) = (w.dim(0)?, w.dim(1)?);
     let m = w.elem_count() / (2 * c * o);
     let w = w.contiguous()?.reshape((c, o, m, 2))?;
-    Ok(z.matmul(&complex_block(&w)?)?)
+    Ok(complex_block(&w)?)
 }
 
 /// Factorized Tucker mixing, never forming the `[C, O, M]` weight:
@@ -577,6 +690,67 @@ mod tests {
 
     fn max_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
         Ok((a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?)
+    }
+
+    /// A layer over constant views of Tucker weights (as an inference twin builds it) keeps
+    /// its per-mode blocks between calls; across grids that keep different modes and after
+    /// an in-place update of the shared variables, it computes what the layer over the
+    /// variables computes (dense weights: no cache, same checks).
+    #[test]
+    fn constant_weights_cache_their_blocks_per_mode_set() -> Result<()> {
+        for factorization in [None, Some(Factorization::Tucker)] {
+            let vars = SeededVarMap::new(5);
+            let cfg = SpectralConvConfig {
+                in_channels: 3,
+                out_channels: 2,
+                n_modes: vec![6, 6],
+                factorization,
+                ..Default::default()
+            };
+            let trained = SpectralConv::new(&cfg, vars.var_builder(DType::F64, &Device::Cpu))?;
+            let constants: std::collections::HashMap<String, Tensor> = vars
+                .varmap()
+                .data()
+                .lock()
+                .map_err(|_| LayerError::Shape {
+                    layer: "test",
+                    got: vec![],
+                    expected: "an unpoisoned variable map".into(),
+                })?
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+                .collect();
+            let twin = SpectralConv::new(
+                &cfg,
+                VarBuilder::from_tensors(constants, DType::F64, &Device::Cpu),
+            )?;
+            let tucker = factorization.is_some();
+            assert!(twin.constant_weight() == tucker && !trained.constant_weight());
+            // 12×12 keeps all 6×4 modes, 4×5 only some: the cache must be rebuilt, twice.
+            for (seed, grid) in [[12, 12], [4, 5], [12, 12]].into_iter().enumerate() {
+                let x = random_like(
+                    &Tensor::zeros((2, 3, grid[0], grid[1]), DType::F64, &Device::Cpu)?,
+                    seed as u64,
+                )?;
+                let (a, b) = (trained.forward(&x)?, twin.forward(&x)?);
+                let d = max_diff(&a, &b)?;
+                assert!(d < 1e-12, "{factorization:?} {grid:?}: {d}");
+            }
+            let cached = twin
+                .block_cache
+                .lock()
+                .map(|c| c.is_some())
+                .unwrap_or(false);
+            assert_eq!(cached, tucker, "only a Tucker twin keeps its blocks");
+            // An in-place update of the shared variables (the trainer's AdamW step) is seen.
+            for var in vars.varmap().all_vars() {
+                var.set(&(var.as_tensor() * 0.5)?)?;
+            }
+            let x = random_like(&Tensor::zeros((2, 3, 12, 12), DType::F64, &Device::Cpu)?, 9)?;
+            let d = max_diff(&trained.forward(&x)?, &twin.forward(&x)?)?;
+            assert!(d < 1e-12, "{factorization:?} after an update: {d}");
+        }
+        Ok(())
     }
 
     /// The fused CPU transforms and the composite ones (what other devices run) give the
