@@ -284,6 +284,22 @@ fn forward_blocked<T: GemmScalar>(
     Ok(())
 }
 
+/// The output gradient of output rows `oh0..oh1` of one sample `gs` `[O, Ho·Wo]`: a
+/// `[O, (oh1 − oh0)·Wo]` view.
+fn grad_block<'a, T>(
+    g: &Geometry,
+    sz: &Sizes,
+    gs: &'a [T],
+    (oh0, oh1): (usize, usize),
+) -> MatRef<'a, T> {
+    let width = (oh1 - oh0) * g.wo;
+    MatRef::strided(
+        &gs[oh0 * g.wo..],
+        (sz.out_channels, width),
+        (sz.positions, 1),
+    )
+}
+
 /// One sample's weight gradient `[O, C·kh·kw]` block by block: one product per block into
 /// its own partial (blocks in parallel with several threads), partials summed in block
 /// order, so the result does not depend on the thread count.
@@ -302,11 +318,7 @@ fn weight_grad_blocked<T: GemmScalar>(
         let width = (oh1 - oh0) * g.wo;
         cols.set_len(sz.patch_rows * width);
         unfold_rows(g, xs, (oh0, oh1), cols);
-        let grad = MatRef::strided(
-            &gs[oh0 * g.wo..],
-            (sz.out_channels, width),
-            (sz.positions, 1),
-        );
+        let grad = grad_block(g, sz, gs, (oh0, oh1));
         gemm(
             MatMut::row_major(dst, sz.out_channels, sz.patch_rows),
             grad,
@@ -370,11 +382,7 @@ fn input_grad_blocked<T: GemmScalar>(
         for (oh0, oh1) in row_blocks::<T>(g) {
             let width = (oh1 - oh0) * g.wo;
             cols.set_len(sub.c * taps * width);
-            let grad = MatRef::strided(
-                &gs[oh0 * g.wo..],
-                (sz.out_channels, width),
-                (sz.positions, 1),
-            );
+            let grad = grad_block(g, sz, gs, (oh0, oh1));
             gemm(
                 MatMut::row_major(cols, sub.c * taps, width),
                 weight_t,

@@ -100,15 +100,7 @@ pub(crate) struct MatMut<'a, T> {
 impl<'a, T> MatMut<'a, T> {
     /// A row-major `rows × cols` matrix stored densely in `data`.
     pub(crate) fn row_major(data: &'a mut [T], rows: usize, cols: usize) -> Self {
-        Self {
-            ptr: data.as_mut_ptr(),
-            len: data.len(),
-            initialised: true,
-            rows,
-            cols,
-            row_stride: cols,
-            _borrow: std::marker::PhantomData,
-        }
+        Self::strided_rows(data, (rows, cols), cols)
     }
 
     /// A `rows × cols` block of a row-major matrix whose rows are `row_stride` apart
