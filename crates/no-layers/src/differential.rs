@@ -159,14 +159,12 @@ impl FiniteDifference {
         let delta = Tensor::from_vec(delta, (1, 1, kh, kw), w.device())?.to_dtype(w.dtype())?;
         w - total.broadcast_mul(&delta)?
     }
-}
 
-impl FiniteDifference {
     /// The stencil the layer convolves an input of width `n` (last axis) with: the
     /// zero-sum kernel times `1/(h/h₀) = n/N₀`, shaped `[out, in/groups, kh, kw]` (`kh = 1`
     /// for 1-D). The scale goes on this small kernel rather than on the output (one pass
-    /// less each way; equal up to rounding). [`crate::local_conv::conv2d_same_sum`] uses it
-    /// to merge this layer's convolution with another one of the same input.
+    /// less each way; equal up to rounding). LocalNO adds it to the DISCO stencil to run both
+    /// as one convolution ([`crate::local_conv::conv2d_same_sum`]).
     pub fn kernel_for_width(&self, n: usize) -> candle_core::Result<Tensor> {
         let inv_width = n as f64 / self.cfg.default_resolution as f64;
         self.zero_sum_kernel()? * inv_width

@@ -44,8 +44,7 @@ use no_layers::channel_ops::add_channel_bias;
 use no_layers::differential::{FiniteDifference, FiniteDifferenceConfig};
 use no_layers::disco::{BasisEvaluation, Disco, DiscoConfig};
 use no_layers::fno_block_tail::{fno_block_tail, fused_block_tail_applies, BlockTailWeights};
-use no_layers::local_conv::PaddingMode;
-use no_layers::local_conv::{conv2d_same, conv2d_same_sum};
+use no_layers::local_conv::{conv2d_same, conv2d_same_sum, PaddingMode};
 use no_layers::mlp::{ChannelMlp, ChannelMlpConfig};
 use no_layers::periodic_border_op::periodic_border_sum;
 use no_layers::skip::{Skip, SkipConfig, SkipKind};
@@ -352,7 +351,7 @@ impl LocalNo {
 }
 
 /// Whether a block's finite-difference and DISCO kernels can run as one convolution
-/// ([`merged_local_kernels`]): both mix all channels and the input is a 2-D grid.
+/// ([`merged_block_sum`]): both mix all channels and the input is a 2-D grid.
 fn mergeable(fd: &FiniteDifference, disco: &Disco, x: &Tensor) -> bool {
     fd.config().groups == 1 && fd.config().n_dim == 2 && disco.config().groups == 1 && x.rank() == 4
 }
