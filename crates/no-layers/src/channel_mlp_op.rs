@@ -15,6 +15,7 @@
 
 use crate::cpu_map::contiguous;
 use crate::gemm_view::{gemm, MatMut, MatRef};
+use crate::lane_sum::lane_sum;
 use crate::point_tiles::{
     add_or_set, as_uninit, fill_rows, sum_in_order, tile_view, tiles, PointScalar, SharedRows,
     TILE, TILES_PER_GROUP,
@@ -206,7 +207,7 @@ impl Mlp {
         let (d_b1, rest) = rest.split_at_mut(h);
         let (d_w2, d_b2) = rest.split_at_mut(co * h);
         for (ch, d) in d_b2.iter_mut().enumerate() {
-            let sum = g.row(ch).iter().fold(T::default(), |acc, &v| acc + v);
+            let sum = lane_sum(g.row(ch));
             add_or_set(d, sum, accumulate);
         }
         let hid = MatRef::row_major(&sc.hid[..h * len], h, len);
@@ -222,7 +223,7 @@ impl Mlp {
         let dhpre = &mut sc.dhpre[..h * len];
         T::gelu_grad(&sc.hpre[..h * len], dh, as_uninit(dhpre));
         for (ch, row) in dhpre.chunks_exact(len).enumerate() {
-            let sum = row.iter().fold(T::default(), |acc, &v| acc + v);
+            let sum = lane_sum(row);
             add_or_set(&mut d_b1[ch], sum, accumulate);
         }
         let dhpre = MatRef::row_major(&sc.dhpre[..h * len], h, len);

@@ -22,6 +22,7 @@
 
 use crate::cpu_map::{contiguous, CHUNK};
 use crate::gemm_view::{gemm, GemmScalar, MatMut, MatRef};
+use crate::lane_sum::lane_sum;
 use crate::tanh_op::tanh_f32_in_place;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
@@ -338,10 +339,7 @@ fn bias_grad<T: DenseScalar>(d: &[T], (n, o): (usize, usize), layout: DenseLayou
         return vec![T::default(); o];
     }
     if layout.by_columns() {
-        return d
-            .par_chunks(n)
-            .map(|row| row.iter().fold(T::default(), |a, &v| a + v))
-            .collect();
+        return d.par_chunks(n).map(lane_sum).collect();
     }
     let partials: Vec<Vec<T>> = d
         .par_chunks(o * ROWS_PER_BLOCK)

@@ -31,6 +31,7 @@ use crate::activation::Activation;
 use crate::channel_mlp_op::{Mlp, MlpScratch, MlpWeights};
 use crate::cpu_map::contiguous;
 use crate::gemm_view::{gemm, MatMut, MatRef};
+use crate::lane_sum::lane_dot;
 use crate::mlp::ChannelMlp;
 use crate::point_tiles::{
     add_or_set, as_uninit, copy_view, sum_in_order, tile_view, tiles, PointScalar, SharedRows,
@@ -399,10 +400,7 @@ impl<T: PointScalar> TileBackward<T> {
             } else {
                 row.copy_from_slice(g.row(ch));
             }
-            let sum = row
-                .iter()
-                .zip(x.row(ch))
-                .fold(T::default(), |acc, (&d, &xv)| acc + d * xv);
+            let sum = lane_dot(row, x.row(ch));
             add_or_set(&mut d_gate[ch], sum, accumulate);
         }
         // Through the channel MLP: ∂a lands in the MLP scratch's `dx`.

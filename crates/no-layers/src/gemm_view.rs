@@ -5,6 +5,7 @@
 //! Every view is checked against its slice before the (unsafe) kernel is called, so a
 //! wrong shape or stride is an error, never an out-of-bounds access.
 
+use crate::row_dot;
 use candle_core::Result;
 
 /// The element types the wrapper multiplies (f32 and f64).
@@ -13,15 +14,32 @@ pub(crate) trait GemmScalar:
 {
     /// The multiplicative identity, for `gemm`'s `alpha`/`beta` factors.
     const ONE: Self;
+
+    /// The [`crate::row_dot`] kernel for this type on this CPU, if there is one.
+    fn row_dot_kernel() -> Option<row_dot::Kernel<Self>> {
+        None
+    }
 }
 
 impl GemmScalar for f32 {
     const ONE: Self = 1.0;
+
+    fn row_dot_kernel() -> Option<row_dot::Kernel<Self>> {
+        row_dot::f32_kernel()
+    }
 }
 
 impl GemmScalar for f64 {
     const ONE: Self = 1.0;
 }
+
+/// Shortest common dimension for which products whose operands both run along it go to
+/// the [`crate::row_dot`] kernel (below it the `gemm` crate's packing is cheap).
+const ROW_DOT_MIN_K: usize = 64;
+
+/// Largest right operand (elements) of those products that goes to the kernel: it is read
+/// once per four rows of the left one, so it must stay in cache.
+const ROW_DOT_MAX_RHS: usize = 1 << 16;
 
 /// A read-only strided matrix view: element `(r, c)` is `data[r·row_stride + c·col_stride]`.
 #[derive(Debug, Clone, Copy)]
@@ -196,6 +214,37 @@ pub(crate) fn gemm<T: GemmScalar>(
         }
         return Ok(());
     }
+    // Chosen by shape alone (not by `threads`), so a product sums in the same order
+    // whatever the thread count.
+    let row_dot_case = lhs.col_stride == 1
+        && rhs.row_stride == 1
+        && k >= ROW_DOT_MIN_K
+        && n.saturating_mul(k) <= ROW_DOT_MAX_RHS;
+    if row_dot_case {
+        if let Some(kernel) = T::row_dot_kernel() {
+            let a = row_dot::Rows {
+                ptr: lhs.data.as_ptr(),
+                rows: m,
+                stride: lhs.row_stride,
+            };
+            let b = row_dot::Rows {
+                ptr: rhs.data.as_ptr(),
+                rows: n,
+                stride: rhs.col_stride,
+            };
+            let out = row_dot::Out {
+                ptr: dst.ptr,
+                stride: dst.row_stride,
+            };
+            // SAFETY: the views were checked above to address only elements of their
+            // slices (row `i` of `a` is row `i` of `lhs`, row `j` of `b` column `j` of
+            // `rhs`, each `k` long); `dst` is borrowed mutably, so it aliases neither, and
+            // is read only when `accumulate` (refused above for uninitialised memory). The
+            // kernel exists only where the CPU runs it.
+            unsafe { row_dot::run(kernel, (out, a, b), k, accumulate, threads) };
+            return Ok(());
+        }
+    }
     let parallelism = if threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {
@@ -273,6 +322,41 @@ mod tests {
         let bt = naive(&a, &b, m, k, n, true);
         for ((x, e), t) in c.iter().zip(&expected).zip(&bt) {
             assert!((x - (e + t)).abs() < 1e-12, "{x} vs {}", e + t);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn products_along_the_common_dimension_match_a_naive_loop_in_f32() -> Result<()> {
+        // k ≥ ROW_DOT_MIN_K, both operands contiguous along k, one thread: the row-dot
+        // kernel's case (where the CPU has one); into fresh memory, then accumulated.
+        let (m, k, n) = (6, ROW_DOT_MIN_K + 3, 5);
+        let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+        let b: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.91).cos()).collect();
+        let wide = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
+        let expected = naive(&wide(&a), &wide(&b), m, k, n, true);
+        let mut c = vec![std::mem::MaybeUninit::<f32>::uninit(); m * n];
+        gemm(
+            MatMut::uninit(&mut c, m, n),
+            MatRef::row_major(&a, m, k),
+            MatRef::row_major(&b, n, k).t(),
+            false,
+            1,
+        )?;
+        // SAFETY: `gemm` wrote every element.
+        let mut c: Vec<f32> = c.into_iter().map(|v| unsafe { v.assume_init() }).collect();
+        for (x, e) in c.iter().zip(&expected) {
+            assert!((*x as f64 - e).abs() < 1e-4, "{x} vs {e}");
+        }
+        gemm(
+            MatMut::row_major(&mut c, m, n),
+            MatRef::row_major(&a, m, k),
+            MatRef::row_major(&b, n, k).t(),
+            true,
+            1,
+        )?;
+        for (x, e) in c.iter().zip(&expected) {
+            assert!((*x as f64 - 2.0 * e).abs() < 2e-4, "{x} vs {}", 2.0 * e);
         }
         Ok(())
     }

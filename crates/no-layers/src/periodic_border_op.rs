@@ -30,6 +30,7 @@
 
 use crate::cpu_map::contiguous;
 use crate::gemm_view::{gemm, MatMut, MatRef};
+use crate::lane_sum::lane_sum;
 use crate::point_tiles::{as_uninit, PointScalar};
 use crate::scratch::PoolBuf;
 use candle_core::backend::BackendStorage;
@@ -341,7 +342,7 @@ impl Border {
                     if self.bias {
                         let bias_grad = &mut part[self.o * self.patch_rows()..];
                         for (b, row) in bias_grad.iter_mut().zip(dpre.chunks_exact(plane)) {
-                            *b = row.iter().fold(T::default(), |a, &v| a + v);
+                            *b = lane_sum(row);
                         }
                     }
                     // `∂pre` on the border, `[O, P]`, into `y` (no longer needed).
