@@ -17,8 +17,8 @@ use crate::cpu_map::contiguous;
 use crate::gemm_view::{gemm, MatMut, MatRef};
 use crate::lane_sum::lane_sum;
 use crate::point_tiles::{
-    add_or_set, as_uninit, fill_rows, sum_in_order, tile_view, tiles, PointScalar, SharedRows,
-    TILE, TILES_PER_GROUP,
+    add_or_set, as_uninit, fill_rows, mul_into, sum_in_order, tile_view, tiles, PointScalar,
+    SharedRows, TILE, TILES_PER_GROUP,
 };
 use crate::scratch::PoolBuf;
 use candle_core::backend::BackendStorage;
@@ -100,6 +100,8 @@ pub(crate) struct MlpScratch<T: PointScalar> {
     dh: PoolBuf<T>,
     dhpre: PoolBuf<T>,
     pub(crate) dx: PoolBuf<T>,
+    /// Whether `hpre` holds `gelu'(hpre)` (after [`Mlp::hidden`] for the backward).
+    hpre_is_derivative: bool,
 }
 
 impl<T: PointScalar> MlpScratch<T> {
@@ -111,6 +113,7 @@ impl<T: PointScalar> MlpScratch<T> {
             dh: v(op.h),
             dhpre: v(op.h),
             dx: v(op.ci),
+            hpre_is_derivative: false,
         }
     }
 }
@@ -145,13 +148,16 @@ impl Mlp {
         Ok((dims[0], dims[2..].iter().product()))
     }
 
-    /// The hidden layer of a tile into the scratch: `hpre = W1·x + b1`, `hid = gelu(hpre)`.
+    /// The hidden layer of a tile into the scratch: `hpre = W1·x + b1`, `hid = gelu(hpre)`;
+    /// `for_backward` then replaces `hpre` by `gelu'(hpre)`, which is all
+    /// [`Self::backward_tile`] needs of it (one `erf` for both).
     pub(crate) fn hidden<T: PointScalar>(
         &self,
         w: &MlpWeights<T>,
         x: MatRef<T>,
         len: usize,
         sc: &mut MlpScratch<T>,
+        for_backward: bool,
     ) -> Result<()> {
         let (hpre, hid) = (&mut sc.hpre[..self.h * len], &mut sc.hid[..self.h * len]);
         fill_rows(hpre, w.b1, len);
@@ -162,7 +168,12 @@ impl Mlp {
             true,
             1,
         )?;
-        T::gelu(hpre, as_uninit(hid));
+        if for_backward {
+            T::gelu_with_derivative(hpre, as_uninit(hid));
+        } else {
+            T::gelu(hpre, as_uninit(hid));
+        }
+        sc.hpre_is_derivative = for_backward;
         Ok(())
     }
 
@@ -221,7 +232,12 @@ impl Mlp {
             1,
         )?;
         let dhpre = &mut sc.dhpre[..h * len];
-        T::gelu_grad(&sc.hpre[..h * len], dh, as_uninit(dhpre));
+        if !sc.hpre_is_derivative {
+            candle_core::bail!(
+                "channel MLP: the tile's hidden layer was not computed for the backward"
+            );
+        }
+        mul_into(&sc.hpre[..h * len], dh, dhpre);
         for (ch, row) in dhpre.chunks_exact(len).enumerate() {
             let sum = lane_sum(row);
             add_or_set(&mut d_b1[ch], sum, accumulate);
@@ -248,7 +264,7 @@ fn forward<T: PointScalar>(op: &Mlp, x: &[T], p: &[T], (b, n): (usize, usize)) -
         || (MlpScratch::new(op), PoolBuf::new(op.co * TILE)),
         |(sc, y), group| {
             for &t in group {
-                op.hidden(&w, tile_view(x, t, op.ci, n), t.len, sc)?;
+                op.hidden(&w, tile_view(x, t, op.ci, n), t.len, sc, false)?;
                 let y = &mut y[..op.co * t.len];
                 y.fill(T::default());
                 op.add_output(&w, sc, t.len, y)?;
@@ -280,7 +296,7 @@ fn backward<T: PointScalar>(
                 let mut dw = vec![T::default(); op.n_params()];
                 for (i, &t) in group.iter().enumerate() {
                     let views = (tile_view(x, t, op.ci, n), tile_view(g, t, op.co, n));
-                    op.hidden(&w, views.0, t.len, sc)?;
+                    op.hidden(&w, views.0, t.len, sc, true)?;
                     op.backward_tile(&w, views, t.len, sc, (&mut dw, i > 0))?;
                     rows.write_tile(t, op.ci, n, &sc.dx[..op.ci * t.len]);
                 }

@@ -34,7 +34,8 @@ use crate::gemm_view::{gemm, MatMut, MatRef};
 use crate::lane_sum::lane_dot;
 use crate::mlp::ChannelMlp;
 use crate::point_tiles::{
-    add_or_set, as_uninit, copy_view, sum_in_order, tile_view, tiles, PointScalar, SharedRows,
+    add_or_set, as_uninit, copy_view, mul_into, sum_in_order, tile_view, tiles, PointScalar,
+    SharedRows,
 };
 pub use crate::point_tiles::{TILE, TILES_PER_GROUP};
 use crate::scratch::PoolBuf;
@@ -248,12 +249,15 @@ impl<T: PointScalar> TileForward<T> {
     }
 
     /// Runs the five lines of the module docs on a tile (`z` holds the pre-activation).
+    /// `for_backward` leaves the inner activation's and the MLP's derivatives in place of
+    /// their pre-activations (`u` holds `gelu'(u)` when the inner activation is on).
     fn run(
         &mut self,
         op: &BlockTail,
         w: &Weights<T>,
         (x, s): (MatRef<T>, MatRef<T>),
         len: usize,
+        for_backward: bool,
     ) -> Result<()> {
         let c = op.c;
         let (u, a) = (&mut self.u[..c * len], &mut self.a[..c * len]);
@@ -265,13 +269,14 @@ impl<T: PointScalar> TileForward<T> {
             true,
             1,
         )?;
-        if op.inner {
-            T::gelu(u, as_uninit(a));
-        } else {
-            a.copy_from_slice(u);
+        match (op.inner, for_backward) {
+            (true, true) => T::gelu_with_derivative(u, as_uninit(a)),
+            (true, false) => T::gelu(u, as_uninit(a)),
+            (false, _) => a.copy_from_slice(u),
         }
         let mlp = op.mlp();
-        mlp.hidden(&w.mlp, MatRef::row_major(a, c, len), len, &mut self.mlp)?;
+        let a = MatRef::row_major(a, c, len);
+        mlp.hidden(&w.mlp, a, len, &mut self.mlp, for_backward)?;
         let z = &mut self.z[..c * len];
         copy_view(x, z, len);
         for (row, &g) in z.chunks_exact_mut(len).zip(w.gate) {
@@ -301,7 +306,7 @@ fn forward<T: PointScalar>(
         |fw, group| {
             for &t in group {
                 let views = (tile_view(x, t, c, n), tile_view(s, t, c, n));
-                fw.run(op, &w, views, t.len)?;
+                fw.run(op, &w, views, t.len, false)?;
                 let z = &fw.z[..c * t.len];
                 if op.outer {
                     // The activation writes straight into the output rows.
@@ -341,7 +346,7 @@ fn backward<T: PointScalar>(
                 let mut dw = vec![T::default(); op.n_params()];
                 for (i, &t) in group.iter().enumerate() {
                     let views = (tile_view(x, t, c, n), tile_view(s, t, c, n));
-                    fw.run(op, &w, views, t.len)?;
+                    fw.run(op, &w, views, t.len, true)?;
                     let grad = tile_view(g, t, c, n);
                     bw.run(op, &w, fw, (views.0, grad), t.len, (&mut dw, i > 0))?;
                     dx_rows.write_tile(t, c, n, &bw.dx[..c * t.len]);
@@ -410,7 +415,8 @@ impl<T: PointScalar> TileBackward<T> {
         let du = &mut self.du[..c * len];
         let da = &fw.mlp.dx[..c * len];
         if op.inner {
-            T::gelu_grad(&fw.u[..c * len], da, as_uninit(du));
+            // `u` holds `gelu'(u)` (recomputed for the backward).
+            mul_into(&fw.u[..c * len], da, du);
         } else {
             du.copy_from_slice(da);
         }

@@ -160,6 +160,16 @@ fn gelu_grad_f32(x: f32) -> f32 {
     cdf + x * FRAC_1_SQRT_2PI * exp_nonpositive_f32(-0.5 * x * x)
 }
 
+/// Writes `GELU(x)` into `value` and replaces `x` by `GELU'(x)` (one `erf` for both).
+#[inline(always)]
+fn gelu_with_derivative_f32_kernel(x: &mut [f32], value: &mut [MaybeUninit<f32>]) {
+    for (v, x) in value.iter_mut().zip(x) {
+        let cdf = 0.5 * (1.0 + erf_f32(*x * FRAC_1_SQRT_2));
+        v.write(*x * cdf);
+        *x = cdf + *x * FRAC_1_SQRT_2PI * exp_nonpositive_f32(-0.5 * *x * *x);
+    }
+}
+
 #[inline(always)]
 fn gelu_f32_kernel(src: &[f32], dst: &mut [MaybeUninit<f32>]) {
     for (d, &x) in dst.iter_mut().zip(src) {
@@ -252,6 +262,28 @@ mod avx2 {
         super::gelu_f32_kernel(&src[main..n], &mut dst[main..n]);
     }
 
+    /// `GELU'(x)` on eight lanes, given `Φ(x)`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn derivative8(x: __m256, cdf: __m256) -> __m256 {
+        let half_sq = _mm256_mul_ps(_mm256_set1_ps(-0.5), _mm256_mul_ps(x, x));
+        let pdf = _mm256_mul_ps(_mm256_set1_ps(FRAC_1_SQRT_2PI), exp_nonpositive8(half_sq));
+        _mm256_fmadd_ps(x, pdf, cdf)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn gelu_with_derivative(x: &mut [f32], value: &mut [MaybeUninit<f32>]) {
+        let n = x.len().min(value.len());
+        let main = n - n % 8;
+        for i in (0..main).step_by(8) {
+            let xv = _mm256_loadu_ps(x.as_ptr().add(i));
+            let cdf = cdf8(xv);
+            _mm256_storeu_ps(value.as_mut_ptr().add(i).cast(), _mm256_mul_ps(xv, cdf));
+            _mm256_storeu_ps(x.as_mut_ptr().add(i), derivative8(xv, cdf));
+        }
+        super::gelu_with_derivative_f32_kernel(&mut x[main..n], &mut value[main..n]);
+    }
+
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn gelu_grad(x: &[f32], g: &[f32], dst: &mut [MaybeUninit<f32>]) {
         let n = x.len().min(g.len()).min(dst.len());
@@ -259,9 +291,7 @@ mod avx2 {
         for i in (0..main).step_by(8) {
             let xv = _mm256_loadu_ps(x.as_ptr().add(i));
             let gv = _mm256_loadu_ps(g.as_ptr().add(i));
-            let half_sq = _mm256_mul_ps(_mm256_set1_ps(-0.5), _mm256_mul_ps(xv, xv));
-            let pdf = _mm256_mul_ps(_mm256_set1_ps(FRAC_1_SQRT_2PI), exp_nonpositive8(half_sq));
-            let d = _mm256_fmadd_ps(xv, pdf, cdf8(xv));
+            let d = derivative8(xv, cdf8(xv));
             _mm256_storeu_ps(dst.as_mut_ptr().add(i).cast(), _mm256_mul_ps(gv, d));
         }
         super::gelu_grad_f32_kernel(&x[main..n], &g[main..n], &mut dst[main..n]);
@@ -278,6 +308,35 @@ unsafe fn gelu_f32_avx2(src: &[f32], dst: &mut [MaybeUninit<f32>]) {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn gelu_grad_f32_avx2(x: &[f32], g: &[f32], dst: &mut [MaybeUninit<f32>]) {
     avx2::gelu_grad(x, g, dst)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gelu_with_derivative_f32_avx2(x: &mut [f32], value: &mut [MaybeUninit<f32>]) {
+    avx2::gelu_with_derivative(x, value)
+}
+
+/// `GELU(x)` into `value`, and `x` replaced by `GELU'(x)`: for a backward pass that needs
+/// both (one `erf` and one `exp` instead of two `erf`s and one `exp`).
+pub(crate) fn gelu_with_derivative_f32_slice(x: &mut [f32], value: &mut [MaybeUninit<f32>]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+        unsafe { gelu_with_derivative_f32_avx2(x, value) };
+        return;
+    }
+    gelu_with_derivative_f32_kernel(x, value)
+}
+
+/// The `f64` form of [`gelu_with_derivative_f32_slice`] (exact `erf` and `exp`).
+pub(crate) fn gelu_with_derivative_f64_slice(x: &mut [f64], value: &mut [MaybeUninit<f64>]) {
+    let inv_sqrt_2pi = 1.0 / (2.0 * std::f64::consts::PI).sqrt();
+    for (v, x) in value.iter_mut().zip(x) {
+        let cdf =
+            0.5 * (1.0 + candle_core::cpu::erf::erf_f64(*x * std::f64::consts::FRAC_1_SQRT_2));
+        v.write(*x * cdf);
+        *x = cdf + *x * inv_sqrt_2pi * (-0.5 * *x * *x).exp();
+    }
 }
 
 pub(crate) fn gelu_f32_slice(src: &[f32], dst: &mut [MaybeUninit<f32>]) {
@@ -371,6 +430,51 @@ mod tests {
             assert!((g - r).abs() < 1e-14, "GELU({x}): {g} vs candle {r}");
         }
         Ok(())
+    }
+
+    #[test]
+    fn value_and_derivative_together_match_the_separate_kernels() {
+        // The backward's fused kernel against the forward and gradient kernels (which the
+        // test above holds to the exact formulas): f32 dispatch, portable f32, and f64.
+        let xs = sample_points();
+        let value = map1(&xs, gelu_f32_slice);
+        let slope = map2(&xs, &vec![1.0; xs.len()], gelu_grad_f32_slice);
+        type Kernel = fn(&mut [f32], &mut [MaybeUninit<f32>]);
+        let kernels: [Kernel; 2] = [gelu_with_derivative_f32_slice, |x, v| {
+            gelu_with_derivative_f32_kernel(x, v)
+        }];
+        for kernel in kernels {
+            let mut d = xs.clone();
+            let mut v = vec![MaybeUninit::uninit(); xs.len()];
+            kernel(&mut d, &mut v);
+            // SAFETY: the kernel wrote every element.
+            let v: Vec<f32> = v.into_iter().map(|e| unsafe { e.assume_init() }).collect();
+            for i in 0..xs.len() {
+                let (x, tol) = (xs[i], 1e-6 * value[i].abs().max(1.0));
+                assert!(
+                    (v[i] - value[i]).abs() <= tol,
+                    "GELU({x}): {} vs {}",
+                    v[i],
+                    value[i]
+                );
+                assert!(
+                    (d[i] - slope[i]).abs() <= 1e-6,
+                    "GELU'({x}): {} vs {}",
+                    d[i],
+                    slope[i]
+                );
+            }
+        }
+        let xd: Vec<f64> = xs.iter().map(|&x| x as f64).collect();
+        let mut d = xd.clone();
+        let mut v = vec![MaybeUninit::uninit(); xd.len()];
+        gelu_with_derivative_f64_slice(&mut d, &mut v);
+        // SAFETY: the kernel wrote every element.
+        let v: Vec<f64> = v.into_iter().map(|e| unsafe { e.assume_init() }).collect();
+        let value = map1(&xd, gelu_f64_slice);
+        let slope = map2(&xd, &vec![1.0; xd.len()], gelu_grad_f64_slice);
+        assert_eq!(v, value, "f64 values");
+        assert_eq!(d, slope, "f64 derivatives");
     }
 
     #[test]

@@ -4,7 +4,10 @@
 //! rows. Tile boundaries and the grouping of tiles for weight-gradient sums are fixed, so
 //! results do not depend on the thread count.
 
-use crate::gelu_op::{gelu_f32_slice, gelu_f64_slice, gelu_grad_f32_slice, gelu_grad_f64_slice};
+use crate::gelu_op::{
+    gelu_f32_slice, gelu_f64_slice, gelu_grad_f32_slice, gelu_grad_f64_slice,
+    gelu_with_derivative_f32_slice, gelu_with_derivative_f64_slice,
+};
 use crate::gemm_view::{GemmScalar, MatRef};
 use std::mem::MaybeUninit;
 use std::ops::{Add, Mul};
@@ -21,6 +24,8 @@ pub(crate) trait PointScalar: GemmScalar + Add<Output = Self> + Mul<Output = Sel
     fn gelu(src: &[Self], dst: &mut [MaybeUninit<Self>]);
     /// `g·GELU'(x)` into `dst`.
     fn gelu_grad(x: &[Self], g: &[Self], dst: &mut [MaybeUninit<Self>]);
+    /// `GELU(x)` into `value`, and `x` replaced by `GELU'(x)`.
+    fn gelu_with_derivative(x: &mut [Self], value: &mut [MaybeUninit<Self>]);
 }
 
 impl PointScalar for f32 {
@@ -30,6 +35,9 @@ impl PointScalar for f32 {
     fn gelu_grad(x: &[f32], g: &[f32], dst: &mut [MaybeUninit<f32>]) {
         gelu_grad_f32_slice(x, g, dst)
     }
+    fn gelu_with_derivative(x: &mut [f32], value: &mut [MaybeUninit<f32>]) {
+        gelu_with_derivative_f32_slice(x, value)
+    }
 }
 
 impl PointScalar for f64 {
@@ -38,6 +46,9 @@ impl PointScalar for f64 {
     }
     fn gelu_grad(x: &[f64], g: &[f64], dst: &mut [MaybeUninit<f64>]) {
         gelu_grad_f64_slice(x, g, dst)
+    }
+    fn gelu_with_derivative(x: &mut [f64], value: &mut [MaybeUninit<f64>]) {
+        gelu_with_derivative_f64_slice(x, value)
     }
 }
 
@@ -139,6 +150,13 @@ pub(crate) fn copy_view<T: Copy>(v: MatRef<T>, dst: &mut [T], len: usize) {
 pub(crate) fn fill_rows<T: Copy>(dst: &mut [T], values: &[T], len: usize) {
     for (row, &v) in dst.chunks_exact_mut(len).zip(values) {
         row.fill(v);
+    }
+}
+
+/// `dst[i] = a[i]·b[i]`.
+pub(crate) fn mul_into<T: PointScalar>(a: &[T], b: &[T], dst: &mut [T]) {
+    for ((d, &x), &y) in dst.iter_mut().zip(a).zip(b) {
+        *d = x * y;
     }
 }
 
