@@ -203,25 +203,32 @@ mod avx2 {
         let k8 = k - k % 8;
         let mut p = 0;
         while p < k8 {
-            let mut bv = [_mm256_setzero_ps(); N];
-            for (j, v) in bv.iter_mut().enumerate() {
-                *v = _mm256_loadu_ps(b.ptr.add(j * b.stride + p));
-            }
-            for (r, row) in sums.iter_mut().enumerate() {
-                let av = _mm256_loadu_ps(a.ptr.add(r * a.stride + p));
-                for (s, &bj) in row.iter_mut().zip(&bv) {
-                    *s = _mm256_fmadd_ps(av, bj, *s);
-                }
-            }
+            step::<M, N>(&mut sums, a, b, |ptr| _mm256_loadu_ps(ptr.add(p)));
             p += 8;
         }
+        if k8 < k {
+            // The last `k mod 8` columns through masked loads (lanes past `k` read as 0
+            // and are never touched in memory).
+            let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+            let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((k - k8) as i32), lane);
+            step::<M, N>(&mut sums, a, b, |ptr| _mm256_maskload_ps(ptr.add(k8), mask));
+        }
+        // All accumulators reduced together, sixteen at a time (zeros pad the last group).
+        let mut flat = [_mm256_setzero_ps(); 16];
         for (r, row) in sums.iter().enumerate() {
-            for (j, &s) in row.iter().enumerate() {
-                let mut total = hsum(s);
-                for q in k8..k {
-                    total += *a.ptr.add(r * a.stride + q) * *b.ptr.add(j * b.stride + q);
-                }
+            for (j, &v) in row.iter().enumerate() {
+                flat[r * N + j] = v;
+            }
+        }
+        let mut totals = [0f32; 16];
+        _mm256_storeu_ps(totals.as_mut_ptr(), reduce8(&flat[..8]));
+        if M * N > 8 {
+            _mm256_storeu_ps(totals.as_mut_ptr().add(8), reduce8(&flat[8..]));
+        }
+        for r in 0..M {
+            for j in 0..N {
                 let out = d.ptr.add(r * d.stride + j);
+                let total = totals[r * N + j];
                 if accumulate {
                     *out += total;
                 } else {
@@ -231,13 +238,40 @@ mod avx2 {
         }
     }
 
-    /// The eight lanes added in a fixed tree.
+    /// One step of eight columns: `load` gives the eight values of a row from its start.
     #[inline(always)]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let quad = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
-        let one = _mm_add_ss(pair, _mm_shuffle_ps::<0b01>(pair, pair));
-        _mm_cvtss_f32(one)
+    unsafe fn step<const M: usize, const N: usize>(
+        sums: &mut [[__m256; N]; M],
+        a: Rows<f32>,
+        b: Rows<f32>,
+        load: impl Fn(*const f32) -> __m256,
+    ) {
+        let mut bv = [_mm256_setzero_ps(); N];
+        for (j, v) in bv.iter_mut().enumerate() {
+            *v = load(b.ptr.add(j * b.stride));
+        }
+        for (r, row) in sums.iter_mut().enumerate() {
+            let av = load(a.ptr.add(r * a.stride));
+            for (s, &bj) in row.iter_mut().zip(&bv) {
+                *s = _mm256_fmadd_ps(av, bj, *s);
+            }
+        }
+    }
+
+    /// The lane sums of eight vectors, as one vector (`v[i]`'s sum in lane `i`), by a
+    /// fixed tree of horizontal adds.
+    #[inline(always)]
+    unsafe fn reduce8(v: &[__m256]) -> __m256 {
+        let t0 = _mm256_hadd_ps(v[0], v[1]);
+        let t1 = _mm256_hadd_ps(v[2], v[3]);
+        let t2 = _mm256_hadd_ps(v[4], v[5]);
+        let t3 = _mm256_hadd_ps(v[6], v[7]);
+        // Lanes 0–3: v0..v3 over their low halves, lanes 4–7 over their high halves.
+        let u0 = _mm256_hadd_ps(t0, t1);
+        let u1 = _mm256_hadd_ps(t2, t3);
+        let low = _mm256_permute2f128_ps::<0x20>(u0, u1);
+        let high = _mm256_permute2f128_ps::<0x31>(u0, u1);
+        _mm256_add_ps(low, high)
     }
 }
 

@@ -213,6 +213,14 @@ fn g2s_kernel<T: Scalar>(x: &[T], rx: &[T], dt: &[T], (xl, rxl, dtl): Layouts) -
     let (q, count) = (q2 / 2, c2 / 2);
     let modes = q * count;
     let planes = b * c;
+    // The last-axis product `plane · Rx` runs as dot products along that axis when `Rx`'s
+    // columns are contiguous (the backward's transposed bases are); the forward's
+    // row-major basis is transposed once here (`2q × N2` values).
+    let rx_columns = (!rx.has_contiguous_columns()).then(|| rx.transposed_copy());
+    let rx = match &rx_columns {
+        Some(t) => MatRef::row_major(t, q2, n2).t(),
+        None => rx,
+    };
     // Spectra plane by plane first ([plane][Re | Im][mode]), then regrouped by mode.
     let mut per_plane: Vec<T> = Vec::with_capacity(planes * 2 * modes);
     if modes > 0 {
