@@ -8,8 +8,15 @@
 //! arithmetic. Both operands are already laid out the way a dot product reads them, so
 //! here a block of `4 × 3` outputs keeps twelve vector accumulators running along `k`,
 //! reading four rows of `A` and three of `B` in step: no copy, two multiply-adds per load.
-//! Each output's sum has a fixed order (eight lanes, a fixed horizontal tree, then the
-//! `k mod 8` tail), so results do not depend on the thread count.
+//! The last `k mod 8` columns go through masked loads, and the block's accumulators are
+//! reduced eight at a time by one tree of horizontal adds. The grid-to-spectrum transform's
+//! last-axis product (`plane · Rx`, 100 × 18 over 100 points) is another such product.
+//! Each output's sum has a fixed order (eight lanes, then a fixed tree), so results do not
+//! depend on the thread count.
+//!
+//! Measured single-threaded (f32, this project's 2-core Zen 4 VM): `32 × 32` over 512 points
+//! 106 GFLOP/s (the `gemm` crate: 100 with its packing, which the tiles pay on every call),
+//! `100 × 18` over 100 points 77 GFLOP/s (the `gemm` crate: 56).
 //!
 //! Only `f32` with AVX2 and FMA has a kernel; [`crate::gemm_view::gemm`] uses it for
 //! products of this layout whose right operand stays in cache (chosen by shape alone, so
