@@ -15,7 +15,7 @@
 //! depend on the thread count.
 //!
 //! Measured single-threaded (f32, this project's 2-core Zen 4 VM): `32 × 32` over 512 points
-//! 106 GFLOP/s (the `gemm` crate: 100 with its packing, which the tiles pay on every call),
+//! 106 GFLOP/s (the `gemm` crate: 46, packing its left operand on every call),
 //! `100 × 18` over 100 points 77 GFLOP/s (the `gemm` crate: 56).
 //!
 //! Only `f32` with AVX2 and FMA has a kernel; [`crate::gemm_view::gemm`] uses it for
