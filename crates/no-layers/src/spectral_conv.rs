@@ -769,7 +769,8 @@ mod tests {
         for (seed, (modes, grid, out)) in cases.into_iter().enumerate() {
             let conv = layer(modes)?;
             let kept = conv.kept(grid);
-            let mut shape = vec![2, 3];
+            // 20 planes: two full groups of the fused ops' eight planes and a part group.
+            let mut shape = vec![4, 5];
             shape.extend_from_slice(grid);
             let x = Var::from_tensor(&random_like(
                 &Tensor::zeros(shape, DType::F64, &Device::Cpu)?,

@@ -37,6 +37,11 @@ use rayon::prelude::*;
 use std::mem::MaybeUninit;
 use std::ops::{Add, Neg, Sub};
 
+/// Planes one task transforms together: their middle products run as one product
+/// `PLANES_PER_TASK` times wider (`[2c, N1] · [N1, 8·2q]` instead of eight of `2q = 18`
+/// columns). Task boundaries depend on the sizes only, not on the thread count.
+const PLANES_PER_TASK: usize = 8;
+
 /// The element types the transforms run on.
 trait Scalar: GemmScalar + Add<Output = Self> + Sub<Output = Self> + Neg<Output = Self> {}
 
@@ -225,33 +230,47 @@ fn g2s_kernel<T: Scalar>(x: &[T], rx: &[T], dt: &[T], (xl, rxl, dtl): Layouts) -
     let mut per_plane: Vec<T> = Vec::with_capacity(planes * 2 * modes);
     if modes > 0 {
         per_plane.spare_capacity_mut()[..planes * 2 * modes]
-            .par_chunks_mut(2 * modes)
+            .par_chunks_mut(PLANES_PER_TASK * 2 * modes)
             .enumerate()
             .try_for_each_init(
-                || (PoolBuf::new(n1 * q2), PoolBuf::new(c2 * q2)),
-                |(a, p), (i, z)| {
-                    let plane = &x[i * n1 * n2..(i + 1) * n1 * n2];
+                || {
+                    let wide = PLANES_PER_TASK * q2;
+                    (PoolBuf::new(n1 * wide), PoolBuf::new(c2 * wide))
+                },
+                |(a, p), (task, z)| {
+                    let first = task * PLANES_PER_TASK;
+                    let group = z.len() / (2 * modes);
+                    // The group's `A`s side by side (`[N1, group·2q]`), so that `Dt`
+                    // multiplies them all at once: a product `group` times wider, which
+                    // the `gemm` crate runs twice as fast as one plane's 18 columns.
+                    let wide = group * q2;
+                    for g in 0..group {
+                        let plane = &x[(first + g) * n1 * n2..(first + g + 1) * n1 * n2];
+                        gemm(
+                            MatMut::strided_rows(&mut a[g * q2..], (n1, q2), wide),
+                            MatRef::row_major(plane, n1, n2),
+                            rx,
+                            false,
+                            1,
+                        )?;
+                    }
+                    let (a, p) = (&a[..n1 * wide], &mut p[..c2 * wide]);
                     gemm(
-                        MatMut::row_major(a, n1, q2),
-                        MatRef::row_major(plane, n1, n2),
-                        rx,
-                        false,
-                        1,
-                    )?;
-                    gemm(
-                        MatMut::row_major(p, c2, q2),
+                        MatMut::row_major(p, c2, wide),
                         dt,
-                        MatRef::row_major(a, n1, q2),
+                        MatRef::row_major(a, n1, wide),
                         false,
                         1,
                     )?;
-                    let (zr, zi) = z.split_at_mut(modes);
-                    for k in 0..count {
-                        let cos = &p[k * q2..(k + 1) * q2];
-                        let sin = &p[(count + k) * q2..(count + k + 1) * q2];
-                        for j in 0..q {
-                            zr[k * q + j].write(cos[j] + sin[q + j]);
-                            zi[k * q + j].write(cos[q + j] - sin[j]);
+                    for (g, z) in z.chunks_exact_mut(2 * modes).enumerate() {
+                        let (zr, zi) = z.split_at_mut(modes);
+                        for k in 0..count {
+                            let cos = &p[k * wide + g * q2..][..q2];
+                            let sin = &p[(count + k) * wide + g * q2..][..q2];
+                            for j in 0..q {
+                                zr[k * q + j].write(cos[j] + sin[q + j]);
+                                zi[k * q + j].write(cos[q + j] - sin[j]);
+                            }
                         }
                     }
                     Ok::<(), candle_core::Error>(())
@@ -305,36 +324,52 @@ fn s2g_kernel<T: Scalar>(y: &[T], et: &[T], rxi: &[T], (yl, etl, rxil): Layouts)
     let mut out: Vec<T> = Vec::with_capacity(planes * plane_len);
     if plane_len > 0 {
         out.spare_capacity_mut()[..planes * plane_len]
-            .par_chunks_mut(plane_len)
+            .par_chunks_mut(PLANES_PER_TASK * plane_len)
             .enumerate()
             .try_for_each_init(
-                || (PoolBuf::new(c2 * q2), PoolBuf::new(n1 * q2)),
-                |(block, u), (plane, dst): (usize, &mut [MaybeUninit<T>])| {
-                    let (bi, ci) = (plane / c, plane % c);
-                    for k in 0..count {
-                        for j in 0..q {
-                            let at = (k * q + j) * b * c2ch + bi * c2ch + ci;
-                            let (re, im) = (y[at], y[at + c]);
-                            block[k * q2 + j] = re;
-                            block[k * q2 + q + j] = im;
-                            block[(count + k) * q2 + j] = -im;
-                            block[(count + k) * q2 + q + j] = re;
+                || {
+                    let wide = PLANES_PER_TASK * q2;
+                    (PoolBuf::new(c2 * wide), PoolBuf::new(n1 * wide))
+                },
+                |(block, u), (task, dst): (usize, &mut [MaybeUninit<T>])| {
+                    let first = task * PLANES_PER_TASK;
+                    let group = dst.len() / plane_len;
+                    // The group's real blocks side by side (`[2c, group·2q]`), so that
+                    // `Et` multiplies them all at once (see `g2s_kernel`).
+                    let wide = group * q2;
+                    for g in 0..group {
+                        let (bi, ci) = ((first + g) / c, (first + g) % c);
+                        for k in 0..count {
+                            let (cos_row, sin_row) =
+                                (k * wide + g * q2, (count + k) * wide + g * q2);
+                            for j in 0..q {
+                                let at = (k * q + j) * b * c2ch + bi * c2ch + ci;
+                                let (re, im) = (y[at], y[at + c]);
+                                block[cos_row + j] = re;
+                                block[cos_row + q + j] = im;
+                                block[sin_row + j] = -im;
+                                block[sin_row + q + j] = re;
+                            }
                         }
                     }
+                    let (block, u) = (&block[..c2 * wide], &mut u[..n1 * wide]);
                     gemm(
-                        MatMut::row_major(u, n1, q2),
+                        MatMut::row_major(u, n1, wide),
                         et,
-                        MatRef::row_major(block, c2, q2),
+                        MatRef::row_major(block, c2, wide),
                         false,
                         1,
                     )?;
-                    gemm(
-                        MatMut::uninit(dst, n1, n2),
-                        MatRef::row_major(u, n1, q2),
-                        rxi,
-                        false,
-                        1,
-                    )
+                    for (g, dst) in dst.chunks_exact_mut(plane_len).enumerate() {
+                        gemm(
+                            MatMut::uninit(dst, n1, n2),
+                            MatRef::strided(&u[g * q2..], (n1, q2), (wide, 1)),
+                            rxi,
+                            false,
+                            1,
+                        )?;
+                    }
+                    Ok::<(), candle_core::Error>(())
                 },
             )?;
     }
