@@ -92,6 +92,13 @@ pub(crate) struct MlpWeights<'a, T> {
     b2: &'a [T],
 }
 
+impl<'a, T> MlpWeights<'a, T> {
+    /// The output bias `b2`.
+    pub(crate) fn b2(&self) -> &'a [T] {
+        self.b2
+    }
+}
+
 /// Per-thread tile buffers: the hidden layer and the backward's intermediates; after
 /// [`Mlp::backward_tile`], `dx` holds the tile's input gradient.
 pub(crate) struct MlpScratch<T: PointScalar> {
@@ -177,23 +184,17 @@ impl Mlp {
         Ok(())
     }
 
-    /// `y += W2·hid + b2` for a tile `y` `[C_out, len]` (after [`Self::hidden`]); the
-    /// caller fills `y` with what the output is added to (zeros for the plain MLP).
-    pub(crate) fn add_output<T: PointScalar>(
+    /// `y += W2·hid` for a `[C_out, len]` matrix `y` (for callers that fold `b2` into how
+    /// they fill `y`).
+    pub(crate) fn add_product<T: PointScalar>(
         &self,
         w: &MlpWeights<T>,
         sc: &MlpScratch<T>,
         len: usize,
-        y: &mut [T],
+        y: MatMut<'_, T>,
     ) -> Result<()> {
-        let y = &mut y[..self.co * len];
-        for (row, &b) in y.chunks_exact_mut(len).zip(w.b2) {
-            for v in row {
-                *v += b;
-            }
-        }
         gemm(
-            MatMut::row_major(y, self.co, len),
+            y,
             MatRef::row_major(w.w2, self.co, self.h),
             MatRef::row_major(&sc.hid[..self.h * len], self.h, len),
             true,
@@ -266,8 +267,8 @@ fn forward<T: PointScalar>(op: &Mlp, x: &[T], p: &[T], (b, n): (usize, usize)) -
             for &t in group {
                 op.hidden(&w, tile_view(x, t, op.ci, n), t.len, sc, false)?;
                 let y = &mut y[..op.co * t.len];
-                y.fill(T::default());
-                op.add_output(&w, sc, t.len, y)?;
+                fill_rows(y, w.b2, t.len);
+                op.add_product(&w, sc, t.len, MatMut::row_major(y, op.co, t.len))?;
                 rows.write_tile(t, op.co, n, y);
             }
             Ok::<(), candle_core::Error>(())

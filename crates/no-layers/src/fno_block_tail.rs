@@ -34,7 +34,7 @@ use crate::gemm_view::{gemm, MatMut, MatRef};
 use crate::lane_sum::lane_dot;
 use crate::mlp::ChannelMlp;
 use crate::point_tiles::{
-    add_or_set, as_uninit, copy_view, mul_into, sum_in_order, tile_view, tiles, PointScalar,
+    add_assign, add_or_set, as_uninit, mul_into, sum_in_order, tile_view, tiles, PointScalar,
     SharedRows,
 };
 pub use crate::point_tiles::{TILE, TILES_PER_GROUP};
@@ -261,30 +261,46 @@ impl<T: PointScalar> TileForward<T> {
     ) -> Result<()> {
         let c = op.c;
         let (u, a) = (&mut self.u[..c * len], &mut self.a[..c * len]);
-        copy_view(s, u, len);
         gemm(
             MatMut::row_major(u, c, len),
             MatRef::row_major(w.skip, c, c),
             x,
-            true,
+            false,
             1,
         )?;
-        match (op.inner, for_backward) {
-            (true, true) => T::gelu_with_derivative(u, as_uninit(a)),
-            (true, false) => T::gelu(u, as_uninit(a)),
-            (false, _) => a.copy_from_slice(u),
+        // `u = W_skip·x + s`: the spectral term is added where the activation reads `u`
+        // (no separate copy of `s` into the tile).
+        for ((ur, ar), ch) in u
+            .chunks_exact_mut(len)
+            .zip(a.chunks_exact_mut(len))
+            .zip(0..c)
+        {
+            let sr = s.row(ch);
+            match (op.inner, for_backward) {
+                (true, true) => T::gelu_with_derivative_of_sum(ur, sr, as_uninit(ar)),
+                (true, false) => T::gelu_of_sum(ur, sr, as_uninit(ar)),
+                (false, _) => {
+                    add_assign(ur, sr);
+                    ar.copy_from_slice(ur);
+                }
+            }
         }
         let mlp = op.mlp();
         let a = MatRef::row_major(a, c, len);
         mlp.hidden(&w.mlp, a, len, &mut self.mlp, for_backward)?;
+        // `z = g ⊙ x + b2` in one pass, then `+= W2·hid`.
         let z = &mut self.z[..c * len];
-        copy_view(x, z, len);
-        for (row, &g) in z.chunks_exact_mut(len).zip(w.gate) {
-            for v in row {
-                *v = *v * g;
+        for (((row, &g), &b2), ch) in z
+            .chunks_exact_mut(len)
+            .zip(w.gate)
+            .zip(w.mlp.b2())
+            .zip(0..c)
+        {
+            for (v, &xv) in row.iter_mut().zip(x.row(ch)) {
+                *v = g * xv + b2;
             }
         }
-        mlp.add_output(&w.mlp, &self.mlp, len, z)
+        mlp.add_product(&w.mlp, &self.mlp, len, MatMut::row_major(z, c, len))
     }
 }
 

@@ -170,6 +170,28 @@ fn gelu_with_derivative_f32_kernel(x: &mut [f32], value: &mut [MaybeUninit<f32>]
     }
 }
 
+/// `u += s`, then `GELU(u)` into `value`.
+#[inline(always)]
+fn gelu_of_sum_f32_kernel(u: &mut [f32], s: &[f32], value: &mut [MaybeUninit<f32>]) {
+    for ((v, u), &s) in value.iter_mut().zip(u).zip(s) {
+        *u += s;
+        v.write(gelu_f32(*u));
+    }
+}
+
+/// `u += s`, then [`gelu_with_derivative_f32_kernel`] on `u`.
+#[inline(always)]
+fn gelu_with_derivative_of_sum_f32_kernel(
+    u: &mut [f32],
+    s: &[f32],
+    value: &mut [MaybeUninit<f32>],
+) {
+    for (u, &s) in u.iter_mut().zip(s) {
+        *u += s;
+    }
+    gelu_with_derivative_f32_kernel(u, value)
+}
+
 #[inline(always)]
 fn gelu_f32_kernel(src: &[f32], dst: &mut [MaybeUninit<f32>]) {
     for (d, &x) in dst.iter_mut().zip(src) {
@@ -272,6 +294,48 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn gelu_of_sum(u: &mut [f32], s: &[f32], value: &mut [MaybeUninit<f32>]) {
+        let n = u.len().min(s.len()).min(value.len());
+        let main = n - n % 8;
+        for i in (0..main).step_by(8) {
+            let xv = _mm256_add_ps(
+                _mm256_loadu_ps(u.as_ptr().add(i)),
+                _mm256_loadu_ps(s.as_ptr().add(i)),
+            );
+            _mm256_storeu_ps(u.as_mut_ptr().add(i), xv);
+            _mm256_storeu_ps(
+                value.as_mut_ptr().add(i).cast(),
+                _mm256_mul_ps(xv, cdf8(xv)),
+            );
+        }
+        super::gelu_of_sum_f32_kernel(&mut u[main..n], &s[main..n], &mut value[main..n]);
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn gelu_with_derivative_of_sum(
+        u: &mut [f32],
+        s: &[f32],
+        value: &mut [MaybeUninit<f32>],
+    ) {
+        let n = u.len().min(s.len()).min(value.len());
+        let main = n - n % 8;
+        for i in (0..main).step_by(8) {
+            let xv = _mm256_add_ps(
+                _mm256_loadu_ps(u.as_ptr().add(i)),
+                _mm256_loadu_ps(s.as_ptr().add(i)),
+            );
+            let cdf = cdf8(xv);
+            _mm256_storeu_ps(value.as_mut_ptr().add(i).cast(), _mm256_mul_ps(xv, cdf));
+            _mm256_storeu_ps(u.as_mut_ptr().add(i), derivative8(xv, cdf));
+        }
+        super::gelu_with_derivative_of_sum_f32_kernel(
+            &mut u[main..n],
+            &s[main..n],
+            &mut value[main..n],
+        );
+    }
+
+    #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn gelu_with_derivative(x: &mut [f32], value: &mut [MaybeUninit<f32>]) {
         let n = x.len().min(value.len());
         let main = n - n % 8;
@@ -314,6 +378,49 @@ unsafe fn gelu_grad_f32_avx2(x: &[f32], g: &[f32], dst: &mut [MaybeUninit<f32>])
 #[target_feature(enable = "avx2,fma")]
 unsafe fn gelu_with_derivative_f32_avx2(x: &mut [f32], value: &mut [MaybeUninit<f32>]) {
     avx2::gelu_with_derivative(x, value)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gelu_of_sum_f32_avx2(u: &mut [f32], s: &[f32], value: &mut [MaybeUninit<f32>]) {
+    avx2::gelu_of_sum(u, s, value)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gelu_with_derivative_of_sum_f32_avx2(
+    u: &mut [f32],
+    s: &[f32],
+    value: &mut [MaybeUninit<f32>],
+) {
+    avx2::gelu_with_derivative_of_sum(u, s, value)
+}
+
+/// `u += s`, then `GELU(u)` into `value`: a pre-activation that is the sum of two terms,
+/// added where the activation reads it (one pass instead of a copy and a pass).
+pub(crate) fn gelu_of_sum_f32_slice(u: &mut [f32], s: &[f32], value: &mut [MaybeUninit<f32>]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+        unsafe { gelu_of_sum_f32_avx2(u, s, value) };
+        return;
+    }
+    gelu_of_sum_f32_kernel(u, s, value)
+}
+
+/// `u += s`, then `GELU(u)` into `value` and `u` replaced by `GELU'(u)`.
+pub(crate) fn gelu_with_derivative_of_sum_f32_slice(
+    u: &mut [f32],
+    s: &[f32],
+    value: &mut [MaybeUninit<f32>],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+        unsafe { gelu_with_derivative_of_sum_f32_avx2(u, s, value) };
+        return;
+    }
+    gelu_with_derivative_of_sum_f32_kernel(u, s, value)
 }
 
 /// `GELU(x)` into `value`, and `x` replaced by `GELU'(x)`: for a backward pass that needs
@@ -475,6 +582,60 @@ mod tests {
         let slope = map2(&xd, &vec![1.0; xd.len()], gelu_grad_f64_slice);
         assert_eq!(v, value, "f64 values");
         assert_eq!(d, slope, "f64 derivatives");
+    }
+
+    #[test]
+    fn sums_are_added_before_the_activation() {
+        // `u + s` through the fused kernels equals the plain kernels on the sum (to the
+        // SIMD and portable kernels' difference), and `u` ends up holding the sum.
+        let xs = sample_points();
+        let s: Vec<f32> = xs.iter().map(|x| 0.3 * x.sin()).collect();
+        let u: Vec<f32> = xs.iter().zip(&s).map(|(x, s)| x - s).collect();
+        let sum: Vec<f32> = u.iter().zip(&s).map(|(u, s)| u + s).collect();
+        let value = map1(&sum, gelu_f32_slice);
+        let mut slope = sum.clone();
+        let mut v = vec![MaybeUninit::uninit(); sum.len()];
+        gelu_with_derivative_f32_slice(&mut slope, &mut v);
+        type Kernel = fn(&mut [f32], &[f32], &mut [MaybeUninit<f32>]);
+        let plain: [Kernel; 2] = [gelu_of_sum_f32_slice, |u, s, v| {
+            gelu_of_sum_f32_kernel(u, s, v)
+        }];
+        let derived: [Kernel; 2] = [gelu_with_derivative_of_sum_f32_slice, |u, s, v| {
+            gelu_with_derivative_of_sum_f32_kernel(u, s, v)
+        }];
+        let assume = |v: Vec<MaybeUninit<f32>>| -> Vec<f32> {
+            // SAFETY: the kernels wrote every element.
+            v.into_iter().map(|e| unsafe { e.assume_init() }).collect()
+        };
+        for (i, kernel) in plain.into_iter().enumerate() {
+            let (mut uu, mut v) = (u.clone(), vec![MaybeUninit::uninit(); u.len()]);
+            kernel(&mut uu, &s, &mut v);
+            let v = assume(v);
+            assert_eq!(uu, sum, "kernel {i}: u holds the sum");
+            for (p, q) in v.iter().zip(&value) {
+                assert!(
+                    (p - q).abs() <= 1e-6 * q.abs().max(1.0),
+                    "kernel {i}: {p} vs {q}"
+                );
+            }
+        }
+        for (i, kernel) in derived.into_iter().enumerate() {
+            let (mut uu, mut v) = (u.clone(), vec![MaybeUninit::uninit(); u.len()]);
+            kernel(&mut uu, &s, &mut v);
+            let v = assume(v);
+            for j in 0..u.len() {
+                assert!(
+                    (v[j] - value[j]).abs() <= 1e-6 * value[j].abs().max(1.0),
+                    "kernel {i}"
+                );
+                assert!(
+                    (uu[j] - slope[j]).abs() <= 1e-6,
+                    "kernel {i}: {} vs {}",
+                    uu[j],
+                    slope[j]
+                );
+            }
+        }
     }
 
     #[test]

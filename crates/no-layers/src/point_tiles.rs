@@ -6,7 +6,8 @@
 
 use crate::gelu_op::{
     gelu_f32_slice, gelu_f64_slice, gelu_grad_f32_slice, gelu_grad_f64_slice,
-    gelu_with_derivative_f32_slice, gelu_with_derivative_f64_slice,
+    gelu_of_sum_f32_slice, gelu_with_derivative_f32_slice, gelu_with_derivative_f64_slice,
+    gelu_with_derivative_of_sum_f32_slice,
 };
 use crate::gemm_view::{GemmScalar, MatRef};
 use std::mem::MaybeUninit;
@@ -26,6 +27,10 @@ pub(crate) trait PointScalar: GemmScalar + Add<Output = Self> + Mul<Output = Sel
     fn gelu_grad(x: &[Self], g: &[Self], dst: &mut [MaybeUninit<Self>]);
     /// `GELU(x)` into `value`, and `x` replaced by `GELU'(x)`.
     fn gelu_with_derivative(x: &mut [Self], value: &mut [MaybeUninit<Self>]);
+    /// `u += s`, then `GELU(u)` into `value`.
+    fn gelu_of_sum(u: &mut [Self], s: &[Self], value: &mut [MaybeUninit<Self>]);
+    /// `u += s`, then `GELU(u)` into `value` and `u` replaced by `GELU'(u)`.
+    fn gelu_with_derivative_of_sum(u: &mut [Self], s: &[Self], value: &mut [MaybeUninit<Self>]);
 }
 
 impl PointScalar for f32 {
@@ -38,6 +43,12 @@ impl PointScalar for f32 {
     fn gelu_with_derivative(x: &mut [f32], value: &mut [MaybeUninit<f32>]) {
         gelu_with_derivative_f32_slice(x, value)
     }
+    fn gelu_of_sum(u: &mut [f32], s: &[f32], value: &mut [MaybeUninit<f32>]) {
+        gelu_of_sum_f32_slice(u, s, value)
+    }
+    fn gelu_with_derivative_of_sum(u: &mut [f32], s: &[f32], value: &mut [MaybeUninit<f32>]) {
+        gelu_with_derivative_of_sum_f32_slice(u, s, value)
+    }
 }
 
 impl PointScalar for f64 {
@@ -49,6 +60,14 @@ impl PointScalar for f64 {
     }
     fn gelu_with_derivative(x: &mut [f64], value: &mut [MaybeUninit<f64>]) {
         gelu_with_derivative_f64_slice(x, value)
+    }
+    fn gelu_of_sum(u: &mut [f64], s: &[f64], value: &mut [MaybeUninit<f64>]) {
+        add_assign(u, s);
+        gelu_f64_slice(u, value)
+    }
+    fn gelu_with_derivative_of_sum(u: &mut [f64], s: &[f64], value: &mut [MaybeUninit<f64>]) {
+        add_assign(u, s);
+        gelu_with_derivative_f64_slice(u, value)
     }
 }
 
@@ -139,17 +158,17 @@ impl<T: Copy> SharedRows<T> {
     }
 }
 
-/// Copies a `[rows, len]` view into a dense buffer.
-pub(crate) fn copy_view<T: Copy>(v: MatRef<T>, dst: &mut [T], len: usize) {
-    for (r, row) in dst.chunks_exact_mut(len).enumerate().take(v.rows()) {
-        row.copy_from_slice(v.row(r));
-    }
-}
-
 /// Fills row `r` of a `[rows, len]` buffer with `values[r]`.
 pub(crate) fn fill_rows<T: Copy>(dst: &mut [T], values: &[T], len: usize) {
     for (row, &v) in dst.chunks_exact_mut(len).zip(values) {
         row.fill(v);
+    }
+}
+
+/// `u[i] += s[i]`.
+pub(crate) fn add_assign<T: PointScalar>(u: &mut [T], s: &[T]) {
+    for (u, &s) in u.iter_mut().zip(s) {
+        *u += s;
     }
 }
 
