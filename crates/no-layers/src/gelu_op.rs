@@ -293,15 +293,22 @@ mod avx2 {
         _mm256_fmadd_ps(x, pdf, cdf)
     }
 
+    /// `u[i..i + 8] + s[i..i + 8]` (the caller keeps `i + 8` within both slices).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn sum8(u: &[f32], s: &[f32], i: usize) -> __m256 {
+        _mm256_add_ps(
+            _mm256_loadu_ps(u.as_ptr().add(i)),
+            _mm256_loadu_ps(s.as_ptr().add(i)),
+        )
+    }
+
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn gelu_of_sum(u: &mut [f32], s: &[f32], value: &mut [MaybeUninit<f32>]) {
         let n = u.len().min(s.len()).min(value.len());
         let main = n - n % 8;
         for i in (0..main).step_by(8) {
-            let xv = _mm256_add_ps(
-                _mm256_loadu_ps(u.as_ptr().add(i)),
-                _mm256_loadu_ps(s.as_ptr().add(i)),
-            );
+            let xv = sum8(u, s, i);
             _mm256_storeu_ps(u.as_mut_ptr().add(i), xv);
             _mm256_storeu_ps(
                 value.as_mut_ptr().add(i).cast(),
@@ -320,10 +327,7 @@ mod avx2 {
         let n = u.len().min(s.len()).min(value.len());
         let main = n - n % 8;
         for i in (0..main).step_by(8) {
-            let xv = _mm256_add_ps(
-                _mm256_loadu_ps(u.as_ptr().add(i)),
-                _mm256_loadu_ps(s.as_ptr().add(i)),
-            );
+            let xv = sum8(u, s, i);
             let cdf = cdf8(xv);
             _mm256_storeu_ps(value.as_mut_ptr().add(i).cast(), _mm256_mul_ps(xv, cdf));
             _mm256_storeu_ps(u.as_mut_ptr().add(i), derivative8(xv, cdf));
