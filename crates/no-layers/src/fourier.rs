@@ -72,6 +72,7 @@ fn sin_phase(k: i64, x: usize, n: usize) -> f64 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Kind {
     Rfft,
+    RfftTransposed,
     Irfft,
     Dft,
     Idft,
@@ -123,6 +124,24 @@ pub fn rfft_basis(n: usize, q: usize, dtype: DType, device: &Device) -> Result<T
             }
         }
         (v, (n, 2 * q))
+    })
+}
+
+/// [`rfft_basis`] stored transposed, `[2q, n]` (cached separately): its `.t()` is the same
+/// `[n, 2q]` matrix with contiguous columns, the layout in which
+/// [`crate::spectral_transform_op::grid_to_spectrum`] runs the product as dot products along
+/// the grid rows.
+pub fn rfft_basis_transposed(n: usize, q: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+    cached(Kind::RfftTransposed, n, 0, q, dtype, device, || {
+        let mut v = vec![0.0; 2 * q * n];
+        let scale = 1.0 / n as f64;
+        for k in 0..q {
+            for x in 0..n {
+                v[k * n + x] = phase(k as i64, x, n).cos() * scale;
+                v[(q + k) * n + x] = -sin_phase(k as i64, x, n) * scale;
+            }
+        }
+        (v, (2 * q, n))
     })
 }
 
@@ -336,6 +355,21 @@ mod tests {
                     assert!((row[5 + k] + th.sin() / 8.0).abs() < 1e-15);
                 }
             }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn the_transposed_rfft_basis_is_the_transpose_bit_for_bit() -> Result<()> {
+        for (n, q) in [(100, 9), (7, 4), (8, 5)] {
+            let b = rfft_basis(n, q, DType::F32, &Device::Cpu)?;
+            let t = rfft_basis_transposed(n, q, DType::F32, &Device::Cpu)?;
+            assert_eq!(t.dims(), &[2 * q, n]);
+            assert_eq!(
+                t.t()?.to_vec2::<f32>()?,
+                b.to_vec2::<f32>()?,
+                "n {n}, q {q}"
+            );
         }
         Ok(())
     }

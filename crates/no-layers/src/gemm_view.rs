@@ -93,27 +93,6 @@ impl<'a, T> MatRef<'a, T> {
         self.rows
     }
 
-    /// Whether a product reads this view as a right operand along contiguous columns (unit
-    /// row stride): the layout of the dot-product kernel ([`crate::row_dot`]).
-    pub(crate) fn has_contiguous_columns(&self) -> bool {
-        self.row_stride == 1 || self.rows <= 1
-    }
-
-    /// The transpose copied into a dense row-major buffer (`cols × rows`): with `.t()` it
-    /// is this matrix again, with contiguous columns.
-    pub(crate) fn transposed_copy(&self) -> Vec<T>
-    where
-        T: Copy,
-    {
-        let mut out = Vec::with_capacity(self.rows * self.cols);
-        for c in 0..self.cols {
-            for r in 0..self.rows {
-                out.push(self.data[r * self.row_stride + c * self.col_stride]);
-            }
-        }
-        out
-    }
-
     /// The transpose (a view: strides swapped, nothing copied).
     pub(crate) fn t(self) -> Self {
         Self {

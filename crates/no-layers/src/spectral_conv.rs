@@ -22,7 +22,7 @@ use crate::error::{LayerError, Result};
 use crate::fft_op;
 use crate::fourier::{
     centred_kept, dft_basis, idft_basis, irfft_basis, mul_basis_left, mul_basis_right, rfft_basis,
-    rfft_kept,
+    rfft_basis_transposed, rfft_kept,
 };
 use crate::spectral_transform_op::{grid_to_spectrum, spectrum_to_grid};
 use crate::tucker::{Complex, TuckerRank, TuckerWeight};
@@ -412,7 +412,9 @@ impl SpectralConv {
     fn forward_transform(&self, x: &Tensor, grid: &[usize], kept: &Kept) -> Result<Tensor> {
         if self.fused(x) {
             let n_last = grid[grid.len() - 1];
-            let rx = rfft_basis(n_last, kept.q, x.dtype(), x.device())?;
+            // The basis with contiguous columns: the op's product then runs as dot
+            // products along the grid rows.
+            let rx = rfft_basis_transposed(n_last, kept.q, x.dtype(), x.device())?.t()?;
             let dt = match kept.centred {
                 Some((lo, count, _)) => dft_basis(grid[0], lo, count, x.dtype(), x.device())?,
                 // One dimension: the identity on a trivial first axis.

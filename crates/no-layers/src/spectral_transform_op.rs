@@ -52,7 +52,9 @@ impl Scalar for f64 {}
 ///
 /// `rx` is `[N2, 2q]` (`x·rx = [Re | Im]` of the last axis's modes) and `dt` is
 /// `[2c, N1]` (cosine rows, then sine rows, of the centred axis; `[[1], [0]]` for a
-/// one-dimensional field). The bases get no gradient.
+/// one-dimensional field). The bases get no gradient. Any layout works; an `rx` with
+/// contiguous columns (the `.t()` of [`crate::fourier::rfft_basis_transposed`]) makes the
+/// last-axis product run as dot products along the grid rows, the fastest form.
 pub fn grid_to_spectrum(x: &Tensor, rx: &Tensor, dt: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op3(rx, dt, GridToSpectrum)
 }
@@ -218,14 +220,7 @@ fn g2s_kernel<T: Scalar>(x: &[T], rx: &[T], dt: &[T], (xl, rxl, dtl): Layouts) -
     let (q, count) = (q2 / 2, c2 / 2);
     let modes = q * count;
     let planes = b * c;
-    // The last-axis product `plane · Rx` runs as dot products along that axis when `Rx`'s
-    // columns are contiguous (the backward's transposed bases are); the forward's
-    // row-major basis is transposed once here (`2q × N2` values).
-    let rx_columns = (!rx.has_contiguous_columns()).then(|| rx.transposed_copy());
-    let rx = match &rx_columns {
-        Some(t) => MatRef::row_major(t, q2, n2).t(),
-        None => rx,
-    };
+
     // Spectra plane by plane first ([plane][Re | Im][mode]), then regrouped by mode.
     let mut per_plane: Vec<T> = Vec::with_capacity(planes * 2 * modes);
     if modes > 0 {
