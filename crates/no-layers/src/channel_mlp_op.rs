@@ -184,17 +184,17 @@ impl Mlp {
         Ok(())
     }
 
-    /// `y += W2·hid` for a `[C_out, len]` matrix `y` (for callers that fold `b2` into how
-    /// they fill `y`).
+    /// `y += W2·hid` for a tile `y` `[C_out, len]` (after [`Self::hidden`]); the caller
+    /// fills `y` with what the product is added to (`b2`, plus the gate term in a block).
     pub(crate) fn add_product<T: PointScalar>(
         &self,
         w: &MlpWeights<T>,
         sc: &MlpScratch<T>,
         len: usize,
-        y: MatMut<'_, T>,
+        y: &mut [T],
     ) -> Result<()> {
         gemm(
-            y,
+            MatMut::row_major(&mut y[..self.co * len], self.co, len),
             MatRef::row_major(w.w2, self.co, self.h),
             MatRef::row_major(&sc.hid[..self.h * len], self.h, len),
             true,
@@ -268,7 +268,7 @@ fn forward<T: PointScalar>(op: &Mlp, x: &[T], p: &[T], (b, n): (usize, usize)) -
                 op.hidden(&w, tile_view(x, t, op.ci, n), t.len, sc, false)?;
                 let y = &mut y[..op.co * t.len];
                 fill_rows(y, w.b2, t.len);
-                op.add_product(&w, sc, t.len, MatMut::row_major(y, op.co, t.len))?;
+                op.add_product(&w, sc, t.len, y)?;
                 rows.write_tile(t, op.co, n, y);
             }
             Ok::<(), candle_core::Error>(())

@@ -300,7 +300,7 @@ impl<T: PointScalar> TileForward<T> {
                 *v = g * xv + b2;
             }
         }
-        mlp.add_product(&w.mlp, &self.mlp, len, MatMut::row_major(z, c, len))
+        mlp.add_product(&w.mlp, &self.mlp, len, z)
     }
 }
 
