@@ -614,13 +614,12 @@ impl Module for SpectralConv {
     }
 }
 
-/// The real embedding `[[Re, Im], [−Im, Re]]` of a complex matrix (batched over leading
-/// axes): `[Xr | Xi] · block = [Re(XW) | Im(XW)]`.
-fn real_block(w: &Complex) -> Result<Tensor> {
-    let r = w.re.rank();
-    let top = Tensor::cat(&[&w.re, &w.im], r - 1)?;
-    let bottom = Tensor::cat(&[&w.im.neg()?, &w.re], r - 1)?;
-    Ok(Tensor::cat(&[top, bottom], r - 2)?)
+/// The real embedding `[[Re, Im], [−Im, Re]]` (`[2R, 2S]`) of a complex Tucker factor
+/// stored `[R, S, 2]`: `[Xr | Xi] · block = [Re(XF) | Im(XF)]`. One gather (the
+/// one-mode case of [`complex_block`]), not three concatenations.
+fn factor_block(f: &Tensor) -> Result<Tensor> {
+    let (r, s, _) = f.dims3()?;
+    Ok(complex_block(&f.unsqueeze(2)?)?.reshape((2 * r, 2 * s))?)
 }
 
 /// Dense mixing: `w [C, O, modes…, 2]` → per-mode blocks `[M, 2C, 2O]`, one batched GEMM.
@@ -641,32 +640,23 @@ fn dense_blocks(w: &Tensor) -> Result<Tensor> {
 /// (`[M, r_in, r_out]`) → `· F_outᵀ` (shared over modes).
 fn mix_tucker_factorized(z: &Tensor, t: &TuckerWeight, m: usize) -> Result<Tensor> {
     let (_, b, c2) = z.dims3()?;
-    let f_in = Complex::from_real_pair(&t.factors()[0])?;
-    let f_out = Complex::from_real_pair(&t.factors()[1])?;
     let (r_in, r_out) = (t.rank()[0], t.rank()[1]);
-    // Core × spatial factors: [r_in, r_out, modes…] → [M, r_in, r_out].
+    // Core × spatial factors: [r_in, r_out, modes…] → per-mode blocks [M, 2r_in, 2r_out]
+    // (the mode products leave both parts contiguous, so the stack is a plain copy and
+    // the blocks are one gather).
     let mut h = Complex::from_real_pair(t.core())?;
     for k in 2..t.factors().len() {
         h = h.mode_product(&Complex::from_real_pair(&t.factors()[k])?, k)?;
     }
-    let modes_first =
-        |x: &Tensor| -> Result<Tensor> { Ok(x.reshape((r_in, r_out, m))?.permute((2, 0, 1))?) };
-    let h = Complex {
-        re: modes_first(&h.re)?,
-        im: modes_first(&h.im)?,
-    };
+    let h_blocks = complex_block(&h.to_real_pair()?.reshape((r_in, r_out, m, 2))?)?;
+    let f_in = factor_block(&t.factors()[0])?;
+    let f_out_t = factor_block(&t.factors()[1].transpose(0, 1)?)?;
     let z1 = z
         .reshape((m * b, c2))?
-        .matmul(&real_block(&f_in)?)?
+        .matmul(&f_in)?
         .reshape((m, b, 2 * r_in))?;
-    let z2 = z1.matmul(&real_block(&h)?.contiguous()?)?;
-    let f_out_t = Complex {
-        re: f_out.re.t()?,
-        im: f_out.im.t()?,
-    };
-    let out = z2
-        .reshape((m * b, 2 * r_out))?
-        .matmul(&real_block(&f_out_t)?)?;
+    let z2 = z1.matmul(&h_blocks)?;
+    let out = z2.reshape((m * b, 2 * r_out))?.matmul(&f_out_t)?;
     let o2 = out.dim(1)?;
     Ok(out.reshape((m, b, o2))?)
 }
