@@ -27,6 +27,7 @@ use crate::cpu_map::contiguous;
 use crate::gemm_view::{gemm, GemmScalar, MatMut, MatRef};
 use crate::im2col::{fold_rows, fold_samples, unfold_rows, unfold_samples, Geometry};
 use crate::scratch::PoolBuf;
+use crate::winograd::{self, WinogradScalar};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -120,6 +121,38 @@ fn rows_per_block<T>(g: &Geometry) -> usize {
 /// ordered by block.)
 fn blocked(g: &Geometry, n: usize) -> bool {
     n == 1 && g.stride == 1
+}
+
+/// The geometry of the input gradient as a convolution of the output gradient, when that
+/// runs through [`winograd`]: a 3×3, stride-1 kernel with padding `p ≤ 2` has the adjoint
+/// `∂x = ∂y ⋆ flip(Wᵀ)` with padding `2 − p`, whose output is `H × W` again.
+fn winograd_adjoint(g: &Geometry, out_channels: usize) -> Option<Geometry> {
+    let adjoint = Geometry::new(
+        out_channels,
+        g.ho,
+        g.wo,
+        3,
+        3,
+        2usize.checked_sub(g.padding)?,
+        1,
+    );
+    let fits = winograd::applies(g, out_channels)
+        && winograd::applies(&adjoint, g.c)
+        && (adjoint.ho, adjoint.wo) == (g.h, g.w);
+    fits.then_some(adjoint)
+}
+
+/// `w [O, C, 3, 3]` → `[C, O, 3, 3]` with each filter turned by 180°.
+fn flip_transposed<T: Copy + Default>(w: &[T], (o, c): (usize, usize)) -> Vec<T> {
+    let mut flipped = vec![T::default(); w.len()];
+    for (oc, filter) in w.chunks_exact(9).enumerate() {
+        let (oi, ci) = (oc / c, oc % c);
+        let dst = &mut flipped[(ci * o + oi) * 9..][..9];
+        for (k, &v) in filter.iter().enumerate() {
+            dst[8 - k] = v;
+        }
+    }
+    flipped
 }
 
 /// The output-row blocks `(oh0, oh1)` of [`rows_per_block`] rows.
@@ -407,8 +440,22 @@ fn input_grad_blocked<T: GemmScalar>(
     }
 }
 
-fn forward<T: GemmScalar>(g: &Geometry, sz: &Sizes, x: &[T], w: &[T]) -> Result<Vec<T>> {
-    let mut out = vec![T::default(); sz.batch * sz.out_sample()];
+fn forward<T: WinogradScalar>(g: &Geometry, sz: &Sizes, x: &[T], w: &[T]) -> Result<Vec<T>> {
+    let total = sz.batch * sz.out_sample();
+    if winograd::applies(g, sz.out_channels) {
+        let mut out = Vec::with_capacity(total);
+        winograd::forward(
+            g,
+            x,
+            w,
+            sz.out_channels,
+            &mut out.spare_capacity_mut()[..total],
+        )?;
+        // SAFETY: `winograd::forward` wrote every element (or returned an error above).
+        unsafe { out.set_len(total) };
+        return Ok(out);
+    }
+    let mut out = vec![T::default(); total];
     let weight = MatRef::row_major(w, sz.out_channels, sz.patch_rows);
     run_groups(
         &mut out,
@@ -448,8 +495,25 @@ fn forward<T: GemmScalar>(g: &Geometry, sz: &Sizes, x: &[T], w: &[T]) -> Result<
     Ok(out)
 }
 
-fn input_grad<T: GemmScalar>(g: &Geometry, sz: &Sizes, w: &[T], grad: &[T]) -> Result<Vec<T>> {
-    let mut gx = vec![T::default(); sz.batch * g.sample()];
+fn input_grad<T: WinogradScalar>(g: &Geometry, sz: &Sizes, w: &[T], grad: &[T]) -> Result<Vec<T>> {
+    let total = sz.batch * g.sample();
+    if let Some(adjoint) = winograd_adjoint(g, sz.out_channels) {
+        // The input gradient of a stride-1 convolution is the convolution of the output
+        // gradient with the flipped, transposed filter and the complementary padding.
+        let flipped = flip_transposed(w, (sz.out_channels, g.c));
+        let mut gx = Vec::with_capacity(total);
+        winograd::forward(
+            &adjoint,
+            grad,
+            &flipped,
+            g.c,
+            &mut gx.spare_capacity_mut()[..total],
+        )?;
+        // SAFETY: `winograd::forward` wrote every element (or returned an error above).
+        unsafe { gx.set_len(total) };
+        return Ok(gx);
+    }
+    let mut gx = vec![T::default(); total];
     let weight_t = MatRef::row_major(w, sz.out_channels, sz.patch_rows).t();
     run_groups(&mut gx, sz.group * g.sample(), |i, gx, scratch, threads| {
         let n = gx.len() / g.sample();
@@ -805,6 +869,53 @@ mod tests {
             &GradCheckConfig::default(),
         )?;
         assert!(report.passed(), "{report:?}");
+        Ok(())
+    }
+
+    /// Convolutions with enough channels run forward and input gradient through
+    /// [`winograd`]: for paddings 0, 1 and 2, odd and even planes and batches that take
+    /// several tasks, the output equals candle's, the input gradient equals candle's
+    /// `conv_transpose2d` and finite differences, and neither depends on the thread count.
+    #[test]
+    fn winograd_paths_match_candle_and_finite_differences() -> Result<()> {
+        for (b, c, o, h, w, p) in [
+            (2, 32, 33, 32, 34, 1),
+            (1, 33, 32, 35, 33, 0),
+            (1, 32, 32, 33, 32, 2),
+        ] {
+            let g = Geometry::new(c, h, w, 3, 3, p, 1);
+            assert!(winograd::applies(&g, o) && winograd_adjoint(&g, o).is_some());
+            let x = Var::from_tensor(&random(&[b, c, h, w], 30)?)?;
+            let wt = random(&[o, c, 3, 3], 31)?;
+            let ours = conv2d(x.as_tensor(), &wt, p, 1)?;
+            let reference = x.as_tensor().conv2d(&wt, p, 1, 1, 1)?;
+            assert!(max_abs_diff(&ours, &reference)? < 1e-12, "forward p{p}");
+            let r = random(ours.dims(), 32)?;
+            let grad = || -> Result<Tensor> {
+                let gs = (conv2d(x.as_tensor(), &wt, p, 1)? * &r)?
+                    .sum_all()?
+                    .backward()?;
+                gs.get(x.as_tensor())
+                    .cloned()
+                    .ok_or_else(|| candle_core::Error::Msg("missing gradient".into()))
+            };
+            let gx = grad()?;
+            let gx_ref = r.conv_transpose2d(&wt, p, 0, 1, 1)?;
+            assert!(max_abs_diff(&gx, &gx_ref)? < 1e-12, "input gradient p{p}");
+            let one = crate::cpu_map::single_threaded(grad)?;
+            assert_eq!(
+                one.flatten_all()?.to_vec1::<f64>()?,
+                gx.flatten_all()?.to_vec1::<f64>()?,
+                "thread count changed the input gradient (p{p})"
+            );
+            let (xs, ws, rs) = (x.clone(), wt.clone(), r.clone());
+            let report = check_gradients(
+                move || (conv2d(xs.as_tensor(), &ws, p, 1)? * &rs)?.sum_all(),
+                &[x],
+                &GradCheckConfig::default(),
+            )?;
+            assert!(report.passed(), "p{p}: {report:?}");
+        }
         Ok(())
     }
 

@@ -59,5 +59,6 @@ pub mod spectral_conv;
 pub mod spectral_transform_op;
 pub mod tanh_op;
 pub mod tucker;
+mod winograd;
 
 pub use error::{LayerError, Result};
