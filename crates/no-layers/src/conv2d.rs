@@ -443,17 +443,7 @@ fn input_grad_blocked<T: GemmScalar>(
 fn forward<T: WinogradScalar>(g: &Geometry, sz: &Sizes, x: &[T], w: &[T]) -> Result<Vec<T>> {
     let total = sz.batch * sz.out_sample();
     if winograd::applies(g, sz.out_channels) {
-        let mut out = Vec::with_capacity(total);
-        winograd::forward(
-            g,
-            x,
-            w,
-            sz.out_channels,
-            &mut out.spare_capacity_mut()[..total],
-        )?;
-        // SAFETY: `winograd::forward` wrote every element (or returned an error above).
-        unsafe { out.set_len(total) };
-        return Ok(out);
+        return winograd::forward_to_vec(g, x, w, sz.out_channels);
     }
     let mut out = vec![T::default(); total];
     let weight = MatRef::row_major(w, sz.out_channels, sz.patch_rows);
@@ -501,17 +491,7 @@ fn input_grad<T: WinogradScalar>(g: &Geometry, sz: &Sizes, w: &[T], grad: &[T]) 
         // The input gradient of a stride-1 convolution is the convolution of the output
         // gradient with the flipped, transposed filter and the complementary padding.
         let flipped = flip_transposed(w, (sz.out_channels, g.c));
-        let mut gx = Vec::with_capacity(total);
-        winograd::forward(
-            &adjoint,
-            grad,
-            &flipped,
-            g.c,
-            &mut gx.spare_capacity_mut()[..total],
-        )?;
-        // SAFETY: `winograd::forward` wrote every element (or returned an error above).
-        unsafe { gx.set_len(total) };
-        return Ok(gx);
+        return winograd::forward_to_vec(&adjoint, grad, &flipped, g.c);
     }
     let mut gx = vec![T::default(); total];
     let weight_t = MatRef::row_major(w, sz.out_channels, sz.patch_rows).t();

@@ -130,6 +130,29 @@ pub(crate) fn forward<T: WinogradScalar>(
     )
 }
 
+/// [`forward`] into a new vector `[B, O, Ho, Wo]`.
+pub(crate) fn forward_to_vec<T: WinogradScalar>(
+    g: &Geometry,
+    x: &[T],
+    w: &[T],
+    out_channels: usize,
+) -> Result<Vec<T>> {
+    let sample_in = (g.c * g.h * g.w).max(1);
+    let total = x.len() / sample_in * out_channels * g.ho * g.wo;
+    let mut out = Vec::with_capacity(total);
+    forward(
+        g,
+        x,
+        w,
+        out_channels,
+        &mut out.spare_capacity_mut()[..total],
+    )?;
+    // SAFETY: `forward` wrote every element of the slice it was given (or returned the
+    // error above), and that slice is the first `total` elements of the capacity.
+    unsafe { out.set_len(total) };
+    Ok(out)
+}
+
 /// `U[ξ]` (`ξ = 4a + b`, each `[O, C]` row-major) `= (G·g·Gᵀ)[a][b]` for every filter `g`
 /// of `w` `[O, C, 3, 3]`, with `G = [[1, 0, 0], [½, ½, ½], [½, −½, ½], [0, 0, 1]]`.
 fn transform_weights<T: WinogradScalar>(w: &[T], o: usize, c: usize) -> Vec<T> {
