@@ -1,7 +1,10 @@
 //! 2-D convolution on the CPU as one fused op: patches gathered (im2col, `im2col.rs`)
 //! into a small per-thread buffer and multiplied by the weight with the `gemm` crate, a group
 //! of samples at a time; the backward computes the weight gradient and the input gradient
-//! (transposed product, then the exact adjoint of the gather) the same way.
+//! (transposed product, then the exact adjoint of the gather) the same way. 3×3, stride-1
+//! convolutions with 32 or more channels on planes of 32 × 32 outputs or more run their
+//! forward and input gradient through Winograd's F(2×2, 3×3) instead (`winograd.rs`:
+//! 2.25× fewer multiplications).
 //!
 //! candle 0.11's CPU `conv2d` runs at a few GFLOP/s and its backward goes through a
 //! direct-loop `conv_transpose2d`: measured on the 2-core dev machine, a 3×3 convolution
