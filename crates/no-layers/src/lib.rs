@@ -27,6 +27,7 @@ pub mod channel_ops;
 pub mod cno_activation;
 mod cno_activation_op;
 pub mod complex_block_op;
+pub mod complex_mode_product_op;
 pub mod conv2d;
 mod cpu_map;
 pub mod dense;

@@ -18,6 +18,7 @@
 //! grid.
 
 use crate::complex_block_op::complex_block;
+use crate::complex_mode_product_op::complex_mode_product;
 use crate::error::{LayerError, Result};
 use crate::fft_op;
 use crate::fourier::{
@@ -25,7 +26,7 @@ use crate::fourier::{
     rfft_basis_transposed, rfft_kept,
 };
 use crate::spectral_transform_op::{grid_to_spectrum, spectrum_to_grid};
-use crate::tucker::{Complex, TuckerRank, TuckerWeight};
+use crate::tucker::{TuckerRank, TuckerWeight};
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{init::Init, VarBuilder};
 use serde::{Deserialize, Serialize};
@@ -642,13 +643,12 @@ fn mix_tucker_factorized(z: &Tensor, t: &TuckerWeight, m: usize) -> Result<Tenso
     let (_, b, c2) = z.dims3()?;
     let (r_in, r_out) = (t.rank()[0], t.rank()[1]);
     // Core × spatial factors: [r_in, r_out, modes…] → per-mode blocks [M, 2r_in, 2r_out]
-    // (the mode products leave both parts contiguous, so the stack is a plain copy and
-    // the blocks are one gather).
-    let mut h = Complex::from_real_pair(t.core())?;
+    // (one node per mode product, then one gather).
+    let mut h = t.core().clone();
     for k in 2..t.factors().len() {
-        h = h.mode_product(&Complex::from_real_pair(&t.factors()[k])?, k)?;
+        h = complex_mode_product(&h, &t.factors()[k], k)?;
     }
-    let h_blocks = complex_block(&h.to_real_pair()?.reshape((r_in, r_out, m, 2))?)?;
+    let h_blocks = complex_block(&h.reshape((r_in, r_out, m, 2))?)?;
     let f_in = factor_block(&t.factors()[0])?;
     let f_out_t = factor_block(&t.factors()[1].transpose(0, 1)?)?;
     let z1 = z

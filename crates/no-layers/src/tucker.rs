@@ -15,8 +15,9 @@
 //! tensorly's `validate_tucker_rank` rule ([`tucker_rank_for_fraction`]). Conversion from
 //! a dense weight is a truncated higher-order SVD computed with faer ([`TuckerWeight::hosvd`]).
 
+use crate::complex_mode_product_op::complex_mode_product;
 use crate::error::{LayerError, Result};
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::{init::Init, VarBuilder};
 use faer::{c64, Mat};
 use serde::{Deserialize, Serialize};
@@ -93,44 +94,6 @@ pub fn tucker_rank_for_fraction(shape: &[usize], fraction: f64) -> Result<Vec<us
         .iter()
         .map(|&s| ((s as f64 * x).round_ties_even() as usize).max(1))
         .collect())
-}
-
-/// A complex tensor as a pair of real tensors of equal shape.
-#[derive(Debug, Clone)]
-pub(crate) struct Complex {
-    pub re: Tensor,
-    pub im: Tensor,
-}
-
-impl Complex {
-    /// Splits a `[…, 2]` real tensor.
-    pub fn from_real_pair(t: &Tensor) -> candle_core::Result<Self> {
-        Ok(Self {
-            re: t.narrow(D::Minus1, 0, 1)?.squeeze(D::Minus1)?,
-            im: t.narrow(D::Minus1, 1, 1)?.squeeze(D::Minus1)?,
-        })
-    }
-
-    /// Joins into a `[…, 2]` real tensor.
-    pub fn to_real_pair(&self) -> candle_core::Result<Tensor> {
-        Tensor::stack(&[&self.re, &self.im], self.re.rank())
-    }
-
-    /// Product along `axis` with a factor `f[s, r]` (the axis has size `r`, becomes `s`).
-    pub fn mode_product(&self, f: &Complex, axis: usize) -> candle_core::Result<Self> {
-        let last = self.re.rank() - 1;
-        let (xr, xi) = (
-            self.re.transpose(axis, last)?.contiguous()?,
-            self.im.transpose(axis, last)?.contiguous()?,
-        );
-        let (ftr, fti) = (f.re.t()?, f.im.t()?);
-        let re = (xr.broadcast_matmul(&ftr)? - xi.broadcast_matmul(&fti)?)?;
-        let im = (xr.broadcast_matmul(&fti)? + xi.broadcast_matmul(&ftr)?)?;
-        Ok(Self {
-            re: re.transpose(axis, last)?.contiguous()?,
-            im: im.transpose(axis, last)?.contiguous()?,
-        })
-    }
 }
 
 /// A Tucker-factorized complex tensor whose parts are candle variables.
@@ -230,18 +193,13 @@ impl TuckerWeight {
         self.core.elem_count() + self.factors.iter().map(|f| f.elem_count()).sum::<usize>()
     }
 
-    /// The complex core.
-    pub(crate) fn core_complex(&self) -> candle_core::Result<Complex> {
-        Complex::from_real_pair(&self.core)
-    }
-
     /// The full tensor `[shape…, 2]`, differentiable with respect to core and factors.
     pub fn to_dense(&self) -> Result<Tensor> {
-        let mut x = self.core_complex()?;
-        for k in 0..self.factors.len() {
-            x = x.mode_product(&Complex::from_real_pair(&self.factors[k])?, k)?;
+        let mut x = self.core.clone();
+        for (k, f) in self.factors.iter().enumerate() {
+            x = complex_mode_product(&x, f, k)?;
         }
-        Ok(x.to_real_pair()?)
+        Ok(x)
     }
 
     /// Truncated HOSVD of a dense complex tensor `[shape…, 2]` to `rank`, giving
