@@ -17,17 +17,10 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::Device;
 use clap::{Parser, ValueEnum};
+use fhn_neural_operators::cli::{open_device, DeviceArg};
 use no_eval::report::Variant;
 use no_eval::study::{run, StudyConfig};
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum DeviceArg {
-    Cpu,
-    Cuda,
-    Metal,
-}
 
 /// Which of the two remedies beside the paper's setting to run.
 #[derive(Debug, Clone, Copy, PartialEq, ValueEnum)]
@@ -69,16 +62,6 @@ struct Args {
     quiet: bool,
 }
 
-fn device(d: DeviceArg) -> Result<Device> {
-    Ok(match d {
-        DeviceArg::Cpu => Device::Cpu,
-        DeviceArg::Cuda => Device::new_cuda(0)
-            .context("--device cuda needs a build with `--features cuda` and a GPU")?,
-        DeviceArg::Metal => Device::new_metal(0)
-            .context("--device metal needs a build with `--features metal` on macOS")?,
-    })
-}
-
 fn main() -> Result<()> {
     // candle allocates per op; keep freed buffers instead of re-faulting them (see docs).
     fhn_neural_operators::allocator::keep_freed_memory();
@@ -106,7 +89,7 @@ fn main() -> Result<()> {
             }
         }
     }
-    let dev = device(args.device)?;
+    let dev = open_device(args.device)?;
     let name = std::path::Path::new(&args.protocol)
         .file_stem()
         .and_then(|s| s.to_str())

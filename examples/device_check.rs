@@ -21,26 +21,19 @@
 //! GPU feature, `--device cuda` fails with a message saying which feature to enable.
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Shape, Tensor, Var};
-use clap::{Parser, ValueEnum};
-use no_layers::init::{init_tensor, rng_for, SeededVarMap};
+use candle_core::{DType, Device, Tensor, Var};
+use clap::Parser;
+use fhn_neural_operators::cli::{open_device, seeded_randn, DeviceArg};
+use no_layers::init::SeededVarMap;
 use no_models::pod::{PodBasis, PodCriterion, PodDeepOnet};
 use no_models::train::{AdamW, AdamWParams};
 use no_models::{build, ModelConfig, NeuralOperator};
 use std::time::Instant;
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum DeviceArg {
-    Cuda,
-    Metal,
-    /// The CPU against itself (a dry run of this program; every difference is zero).
-    Cpu,
-}
-
 #[derive(Debug, Parser)]
 #[command(about = "Compare a GPU back end with the CPU for every model, then time it")]
 struct Args {
-    /// The back end to check.
+    /// The back end to check (`cpu` is a dry run: the CPU against itself).
     #[arg(long, value_enum, default_value = "cuda")]
     device: DeviceArg,
     /// Comma-separated architectures; all seven when absent.
@@ -50,7 +43,7 @@ struct Args {
         default_value = "cno,don,don_cnn,pod_don,fno,tfno,local_no"
     )]
     models: Vec<String>,
-    /// Grid size (nt = nx); the default configurations are built for 100.
+    /// Grid size (nt = nx); the DeepONet-family defaults are built for 100 only.
     #[arg(long, default_value_t = 100)]
     grid: usize,
     /// Batch of the comparisons.
@@ -67,25 +60,6 @@ struct Args {
     repeats: usize,
 }
 
-fn device(d: DeviceArg) -> Result<Device> {
-    Ok(match d {
-        DeviceArg::Cpu => Device::Cpu,
-        DeviceArg::Cuda => Device::new_cuda(0)
-            .context("--device cuda needs a build with `--features cuda` and a GPU")?,
-        DeviceArg::Metal => Device::new_metal(0)
-            .context("--device metal needs a build with `--features metal` on macOS")?,
-    })
-}
-
-fn random(shape: (usize, usize, usize, usize), name: &str) -> Result<Tensor> {
-    let mut rng = rng_for(1, name);
-    let init = candle_nn::init::Init::Randn {
-        mean: 0.0,
-        stdev: 1.0,
-    };
-    Ok(init_tensor(init, &Shape::from(shape), &mut rng)?.to_dtype(DType::F32)?)
-}
-
 /// One model and its variables on one device.
 struct Built {
     model: Box<dyn NeuralOperator>,
@@ -98,7 +72,7 @@ fn build_on(cfg: &ModelConfig, grid: usize, dev: &Device) -> Result<Built> {
     let model: Box<dyn NeuralOperator> = match cfg {
         // Fitted on the CPU from the same seeded outputs for both devices.
         ModelConfig::PodDon(pod) if pod.modes.is_empty() => {
-            let outputs = random((128, 2, grid, grid), "pod-outputs")?;
+            let outputs = seeded_randn((128, 2, grid, grid), "pod-outputs")?;
             let basis = PodBasis::fit(&outputs, PodCriterion::Count(64))?;
             Box::new(PodDeepOnet::from_basis(pod, &basis, vb)?)
         }
@@ -197,9 +171,9 @@ fn fastest(dev: &Device, repeats: usize, mut work: impl FnMut() -> Result<()>) -
 
 fn timings(cfg: &ModelConfig, grid: usize, dev: &Device, repeats: usize) -> Result<String> {
     let b = build_on(cfg, grid, dev)?;
-    let x1 = random((1, 1, grid, grid), "x1")?.to_device(dev)?;
-    let x32 = random((32, 1, grid, grid), "x32")?.to_device(dev)?;
-    let y32 = random((32, 2, grid, grid), "y32")?.to_device(dev)?;
+    let x1 = seeded_randn((1, 1, grid, grid), "x1")?.to_device(dev)?;
+    let x32 = seeded_randn((32, 1, grid, grid), "x32")?.to_device(dev)?;
+    let y32 = seeded_randn((32, 2, grid, grid), "y32")?.to_device(dev)?;
     let twin = no_models::inference_twin(b.model.as_ref(), b.vars.varmap())?;
     let fwd1 = fastest(dev, repeats, || {
         b.model.forward(&x1)?;
@@ -225,8 +199,8 @@ fn check(cfg: &ModelConfig, args: &Args, dev: &Device, dir: &std::path::Path) ->
     let name = cfg.name();
     let cpu = build_on(cfg, args.grid, &Device::Cpu)?;
     let gpu = build_on(cfg, args.grid, dev)?;
-    let x = random((args.batch, 1, args.grid, args.grid), "x")?;
-    let y = random((args.batch, 2, args.grid, args.grid), "y")?;
+    let x = seeded_randn((args.batch, 1, args.grid, args.grid), "x")?;
+    let y = seeded_randn((args.batch, 2, args.grid, args.grid), "y")?;
     let (xd, yd) = (x.to_device(dev)?, y.to_device(dev)?);
     let reference = cpu.model.forward(&x)?;
     let forward = rel_diff(&reference, &gpu.model.forward(&xd)?)?;
@@ -255,7 +229,7 @@ fn main() -> Result<()> {
     if args.batch == 0 || args.grid < 2 {
         bail!("--batch must be positive and --grid at least 2");
     }
-    let dev = device(args.device)?;
+    let dev = open_device(args.device)?;
     let configs: Vec<ModelConfig> = args
         .models
         .iter()

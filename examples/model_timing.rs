@@ -16,9 +16,10 @@
 //! output fitted on 128 seeded random output fields.
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Shape, Tensor};
+use candle_core::{DType, Device};
 use clap::{Parser, ValueEnum};
-use no_layers::init::{init_tensor, rng_for, SeededVarMap};
+use fhn_neural_operators::cli::seeded_randn;
+use no_layers::init::SeededVarMap;
 use no_models::pod::{PodBasis, PodCriterion, PodDeepOnet};
 use no_models::train::{AdamW, AdamWParams};
 use no_models::{build, ModelConfig, NeuralOperator};
@@ -79,15 +80,6 @@ fn config(args: &Args) -> Result<ModelConfig> {
     serde_json::from_str(&tagged).with_context(|| format!("unknown model `{}`", args.model))
 }
 
-fn random(shape: (usize, usize, usize, usize), name: &str) -> Result<Tensor> {
-    let mut rng = rng_for(1, name);
-    let init = candle_nn::init::Init::Randn {
-        mean: 0.0,
-        stdev: 1.0,
-    };
-    Ok(init_tensor(init, &Shape::from(shape), &mut rng)?.to_dtype(DType::F32)?)
-}
-
 fn main() -> Result<()> {
     fhn_neural_operators::allocator::keep_freed_memory();
     let args = Args::parse();
@@ -100,14 +92,14 @@ fn main() -> Result<()> {
     let (c_in, c_out) = (args.in_channels, args.out_channels);
     let model: Box<dyn NeuralOperator> = match &cfg {
         ModelConfig::PodDon(pod) if pod.modes.is_empty() => {
-            let outputs = random((128, c_out, args.grid, args.grid), "pod-outputs")?;
+            let outputs = seeded_randn((128, c_out, args.grid, args.grid), "pod-outputs")?;
             let basis = PodBasis::fit(&outputs, PodCriterion::Count(64))?;
             Box::new(PodDeepOnet::from_basis(pod, &basis, vb)?)
         }
         _ => build(&cfg, vb)?,
     };
-    let x = random((args.batch, c_in, args.grid, args.grid), "x")?;
-    let y = random((args.batch, c_out, args.grid, args.grid), "y")?;
+    let x = seeded_randn((args.batch, c_in, args.grid, args.grid), "x")?;
+    let y = seeded_randn((args.batch, c_out, args.grid, args.grid), "y")?;
     let twin = no_models::inference_twin(model.as_ref(), vars.varmap())?;
     let mut opt = AdamW::new(vars.varmap(), AdamWParams::default())?;
     let mut run = || -> Result<()> {

@@ -22,6 +22,7 @@
 //! ```
 
 pub mod allocator;
+pub mod cli;
 
 pub use fhn_solver as solver;
 pub use no_eval as eval;

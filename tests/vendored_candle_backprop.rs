@@ -56,7 +56,7 @@ fn rules_that_subtract_store_the_negated_first_gradient() -> Result<()> {
 #[test]
 fn a_gradient_of_the_wrong_shape_is_still_an_error() -> Result<()> {
     // candle's strided conv2d backward returns a kernel gradient of the wrong shape on this
-    // input (no_layers::candle_fixes); before the patch `zeros + grad` rejected it.
+    // input (no_layers::ops::candle_fixes); before the patch `zeros + grad` rejected it.
     let x = Var::new(&[[[[0.1f64; 6]; 7]; 2]], &Device::Cpu)?;
     let w = Var::new(&[[[[0.2f64; 3]; 3]; 2]; 2], &Device::Cpu)?;
     let y = x.as_tensor().conv2d(w.as_tensor(), 1, 2, 1, 1)?;

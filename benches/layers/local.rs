@@ -8,12 +8,12 @@
 
 use candle_core::{DType, Device, Module, Tensor, Var};
 use criterion::{criterion_group, Criterion};
-use no_layers::cno_activation::{CnoActivation, CnoActivationConfig};
-use no_layers::differential::{FiniteDifference, FiniteDifferenceConfig};
-use no_layers::disco::{Disco, DiscoConfig};
 use no_layers::init::SeededVarMap;
-use no_layers::local_conv::{conv2d_same, PaddingMode};
-use no_layers::mlp::{ChannelMlp, ChannelMlpConfig};
+use no_layers::layers::cno_activation::{CnoActivation, CnoActivationConfig};
+use no_layers::layers::local::conv::{conv2d_same, PaddingMode};
+use no_layers::layers::local::disco::{Disco, DiscoConfig};
+use no_layers::layers::local::finite_difference::{FiniteDifference, FiniteDifferenceConfig};
+use no_layers::layers::mlp::{ChannelMlp, ChannelMlpConfig};
 use std::hint::black_box;
 use std::time::Duration;
 

@@ -8,10 +8,10 @@
 use candle_core::{DType, Device, Module, Tensor, Var};
 use criterion::{criterion_group, Criterion};
 use no_layers::init::SeededVarMap;
-use no_layers::spectral_conv::{
+use no_layers::layers::spectral::conv::{
     Factorization, SpectralConv, SpectralConvConfig, SpectralTransform, TuckerImplementation,
 };
-use no_layers::tucker::TuckerRank;
+use no_layers::layers::spectral::tucker::TuckerRank;
 use std::hint::black_box;
 
 const B: usize = 32;

@@ -9,7 +9,7 @@
 //! the `sum` that seeds the backward, and subtract the forward).
 
 use candle_core::{Device, Result, Tensor, Var};
-use no_layers::conv2d::conv2d;
+use no_layers::ops::conv2d::conv2d;
 use std::time::Instant;
 
 /// The fastest of six runs of `f`, in milliseconds.

@@ -9,10 +9,10 @@
 
 use candle_core::{DType, Device, Module, Tensor, Var};
 use no_layers::init::SeededVarMap;
-use no_layers::spectral_conv::{
+use no_layers::layers::spectral::conv::{
     Factorization, SpectralConv, SpectralConvConfig, SpectralTransform, TuckerImplementation,
 };
-use no_layers::tucker::TuckerRank;
+use no_layers::layers::spectral::tucker::TuckerRank;
 use std::time::Instant;
 
 fn arg(i: usize, default: usize) -> usize {

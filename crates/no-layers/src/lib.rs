@@ -19,47 +19,12 @@
 //! # Ok::<(), candle_core::Error>(())
 //! ```
 
-pub mod activation;
-pub mod banded;
-pub mod candle_fixes;
-pub mod channel_mlp_op;
-pub mod channel_ops;
-pub mod cno_activation;
-mod cno_activation_op;
-pub mod complex_block_op;
-pub mod complex_mode_product_op;
-pub mod conv2d;
-mod cpu_map;
-pub mod dense;
-pub mod differential;
-pub mod disco;
-pub mod embedding;
 pub mod error;
-pub mod feature_bias;
-pub mod fft_op;
-pub mod fno_block_tail;
-pub mod fourier;
-pub mod gelu_op;
-mod gemm_view;
 pub mod gradcheck;
-mod im2col;
 pub mod init;
-mod lane_sum;
-pub mod leaky_relu_op;
-pub mod local_conv;
-pub mod mlp;
-pub mod padding;
-pub mod periodic_border_op;
-mod point_tiles;
-pub mod relu_op;
-pub mod resample;
-mod row_dot;
-mod scratch;
-pub mod skip;
-pub mod spectral_conv;
-pub mod spectral_transform_op;
-pub mod tanh_op;
-pub mod tucker;
-mod winograd;
+pub mod layers;
+pub mod ops;
+
+mod cpu;
 
 pub use error::{LayerError, Result};

@@ -7,17 +7,17 @@
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
-use no_layers::cno_activation::{CnoActivation, CnoActivationConfig};
-use no_layers::differential::{FiniteDifference, FiniteDifferenceConfig};
-use no_layers::disco::{
+use no_layers::init::SeededVarMap;
+use no_layers::layers::cno_activation::{CnoActivation, CnoActivationConfig};
+use no_layers::layers::embedding::{GridEmbedding, GridEmbeddingConfig};
+use no_layers::layers::local::conv::PaddingMode;
+use no_layers::layers::local::disco::{
     anchor_local_filter_f32, local_filter, BasisEvaluation, Disco, DiscoConfig,
 };
-use no_layers::embedding::{GridEmbedding, GridEmbeddingConfig};
-use no_layers::init::SeededVarMap;
-use no_layers::local_conv::PaddingMode;
-use no_layers::mlp::{ChannelMlp, ChannelMlpConfig};
-use no_layers::resample::{ResampleKind, Resampler};
-use no_layers::skip::{Skip, SkipConfig, SkipKind};
+use no_layers::layers::local::finite_difference::{FiniteDifference, FiniteDifferenceConfig};
+use no_layers::layers::mlp::{ChannelMlp, ChannelMlpConfig};
+use no_layers::layers::resample::{ResampleKind, Resampler};
+use no_layers::layers::skip::{Skip, SkipConfig, SkipKind};
 use std::collections::HashMap;
 use std::path::PathBuf;
 

@@ -4,11 +4,11 @@
 use candle_core::{DType, Device, Module, Result, Tensor, Var, D};
 use no_layers::gradcheck::{check_gradients, random_like, GradCheckConfig};
 use no_layers::init::SeededVarMap;
-use no_layers::spectral_conv::{
+use no_layers::layers::spectral::conv::{
     Factorization, SpectralConv, SpectralConvConfig, SpectralTransform, SpectralWeight,
     TuckerImplementation,
 };
-use no_layers::tucker::{TuckerRank, TuckerWeight};
+use no_layers::layers::spectral::tucker::{TuckerRank, TuckerWeight};
 use std::f64::consts::PI;
 
 fn cfg(in_c: usize, out_c: usize, n_modes: &[usize]) -> SpectralConvConfig {

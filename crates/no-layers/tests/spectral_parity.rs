@@ -7,8 +7,10 @@
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 use no_layers::init::SeededVarMap;
-use no_layers::spectral_conv::{Factorization, SpectralConv, SpectralConvConfig, SpectralWeight};
-use no_layers::tucker::TuckerRank;
+use no_layers::layers::spectral::conv::{
+    Factorization, SpectralConv, SpectralConvConfig, SpectralWeight,
+};
+use no_layers::layers::spectral::tucker::TuckerRank;
 use std::collections::HashMap;
 use std::path::PathBuf;
 

@@ -1,7 +1,7 @@
 //! CNO, the convolutional neural operator (simplified 2D version of the official code).
 //!
 //! An operator U-Net whose every nonlinearity is CNO's anti-aliased activation
-//! ([`no_layers::cno_activation`]: upsample ×2 → LeakyReLU → downsample, antialiased
+//! ([`no_layers::layers::cno_activation`]: upsample ×2 → LeakyReLU → downsample, antialiased
 //! bicubic), and whose every change of resolution happens inside that activation, so
 //! the network is (approximately) band-limited and translation equivariant away from its
 //! zero-padded boundaries. There is no positional embedding.
@@ -30,9 +30,9 @@ use crate::error::{ModelError, Result};
 use crate::operator::{NeuralOperator, ParamCount};
 use candle_core::{Module, ModuleT, Tensor};
 use candle_nn::{BatchNorm, VarBuilder};
-use no_layers::cno_activation::{CnoActivation, CnoActivationConfig};
 use no_layers::init::{torch_default_bias, torch_default_weight};
-use no_layers::resample::ResampleKind;
+use no_layers::layers::cno_activation::{CnoActivation, CnoActivationConfig};
+use no_layers::layers::resample::ResampleKind;
 use serde::{Deserialize, Serialize};
 
 /// Configuration of CNO.
@@ -159,8 +159,8 @@ impl Conv {
 
 impl Module for Conv {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = no_layers::conv2d::conv2d(x, &self.weight, self.padding, 1)?;
-        no_layers::channel_ops::add_channel_bias(&y, &self.bias)
+        let y = no_layers::ops::conv2d::conv2d(x, &self.weight, self.padding, 1)?;
+        no_layers::ops::channel_affine::add_channel_bias(&y, &self.bias)
     }
 }
 

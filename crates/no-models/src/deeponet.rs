@@ -27,9 +27,9 @@ use crate::operator::{NeuralOperator, ParamCount};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::init::Init;
 use candle_nn::{Linear, VarBuilder};
-use no_layers::channel_ops::add_channel_bias;
-use no_layers::dense::{DenseActivation, DenseLayout};
-use no_layers::feature_bias::add_feature_bias;
+use no_layers::ops::channel_affine::add_channel_bias;
+use no_layers::ops::dense::{DenseActivation, DenseLayout};
+use no_layers::ops::feature_bias::add_feature_bias;
 use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
 
@@ -56,9 +56,9 @@ impl Activation {
     /// Applies the nonlinearity.
     pub fn apply(self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
-            Activation::Tanh => no_layers::tanh_op::tanh(x),
-            Activation::Relu => no_layers::relu_op::relu(x),
-            Activation::Gelu => no_layers::gelu_op::gelu(x),
+            Activation::Tanh => no_layers::ops::tanh::tanh(x),
+            Activation::Relu => no_layers::ops::relu::relu(x),
+            Activation::Gelu => no_layers::ops::gelu::gelu(x),
             Activation::Silu => x.silu(),
             Activation::Sigmoid => candle_nn::ops::sigmoid(x),
             Activation::Linear => Ok(x.clone()),
@@ -159,7 +159,7 @@ impl Fnn {
         let h = self.hidden(x)?;
         if let (Some(b), Some(fused)) = (last.bias(), fused_activation(act)) {
             let blocks = DenseLayout::ColumnBlocks(k);
-            return no_layers::dense::dense(&h, last.weight(), b, fused, blocks);
+            return no_layers::ops::dense::dense(&h, last.weight(), b, fused, blocks);
         }
         let mut z = last.weight().matmul(&h.t()?)?;
         if let Some(b) = last.bias() {
@@ -192,7 +192,7 @@ impl Fnn {
     }
 }
 
-/// The activations the fused dense op ([`no_layers::dense`]) applies itself. ReLU is not
+/// The activations the fused dense op ([`no_layers::ops::dense`]) applies itself. ReLU is not
 /// among them: its derivative at 0 cannot be told from the output alone, and candle's
 /// (used here) passes the gradient at 0 (`x ≥ 0`), which matters on the trunk, whose
 /// first-layer pre-activations are exactly 0 at `(t, x) = (0, 0)` while biases are zero.
@@ -204,13 +204,13 @@ fn fused_activation(act: Activation) -> Option<DenseActivation> {
     }
 }
 
-/// `act(x·Wᵀ + b)` on rows `[N, F_in]`: one fused op ([`no_layers::dense::dense`]: one
+/// `act(x·Wᵀ + b)` on rows `[N, F_in]`: one fused op ([`no_layers::ops::dense::dense`]: one
 /// autograd node instead of three, each of which candle's backward would zero-fill and add
 /// into) when the layer has a bias and `act` is one the op applies; [`dense`] and the
 /// activation otherwise.
 fn dense_activated(layer: &Linear, x: &Tensor, act: Activation) -> candle_core::Result<Tensor> {
     if let (Some(b), Some(fused), 2) = (layer.bias(), fused_activation(act), x.rank()) {
-        return no_layers::dense::dense(x, layer.weight(), b, fused, DenseLayout::Rows);
+        return no_layers::ops::dense::dense(x, layer.weight(), b, fused, DenseLayout::Rows);
     }
     act.apply(&dense(layer, x)?)
 }
@@ -718,7 +718,7 @@ impl DeepOnetCnnConfig {
     }
 }
 
-/// One convolution of the CNN branch, run through [`no_layers::conv2d::conv2d`]:
+/// One convolution of the CNN branch, run through [`no_layers::ops::conv2d::conv2d`]:
 /// candle 0.11's own conv2d backward fails for strided convolutions on grids where
 /// `(H + 2p − k) mod s ≠ (W + 2p − k) mod s` (see `shared/notes/candle-and-friends.md` §2b).
 #[derive(Debug, Clone)]
@@ -791,8 +791,8 @@ impl CnnBranch {
     fn forward(&self, u: &Tensor) -> candle_core::Result<Tensor> {
         let mut x = u.clone();
         for c in &self.convs {
-            let y = no_layers::conv2d::conv2d(&x, &c.weight, c.padding, c.stride)?;
-            let y = no_layers::channel_ops::add_channel_bias(&y, &c.bias)?;
+            let y = no_layers::ops::conv2d::conv2d(&x, &c.weight, c.padding, c.stride)?;
+            let y = no_layers::ops::channel_affine::add_channel_bias(&y, &c.bias)?;
             x = self.conv_activation.apply(&y)?;
         }
         self.mlp.forward(&x.flatten_from(1)?)

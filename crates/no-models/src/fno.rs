@@ -25,16 +25,16 @@ use crate::error::{ModelError, Result};
 use crate::operator::{NeuralOperator, ParamCount};
 use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
-use no_layers::activation::gelu;
-use no_layers::embedding::{GridEmbedding, GridEmbeddingConfig};
-use no_layers::fno_block_tail::{fno_block_tail, fused_block_tail_applies, BlockTailWeights};
-use no_layers::mlp::{round_half_even, ChannelMlp, ChannelMlpConfig};
-use no_layers::padding::{DomainPadding, DomainPaddingConfig};
-use no_layers::skip::{Skip, SkipConfig, SkipKind};
-use no_layers::spectral_conv::{
+use no_layers::layers::activation::gelu;
+use no_layers::layers::embedding::{GridEmbedding, GridEmbeddingConfig};
+use no_layers::layers::mlp::{round_half_even, ChannelMlp, ChannelMlpConfig};
+use no_layers::layers::padding::{DomainPadding, DomainPaddingConfig};
+use no_layers::layers::skip::{Skip, SkipConfig, SkipKind};
+use no_layers::layers::spectral::conv::{
     Factorization, SpectralConv, SpectralConvConfig, SpectralTransform, TuckerImplementation,
 };
-use no_layers::tucker::TuckerRank;
+use no_layers::layers::spectral::tucker::TuckerRank;
+use no_layers::ops::fno_block_tail::{fno_block_tail, fused_block_tail_applies, BlockTailWeights};
 use serde::{Deserialize, Serialize};
 
 /// TFNO's default Tucker rank (neuraloperator's `TFNO` sets `rank=0.1`).
@@ -402,7 +402,7 @@ impl Fno {
         let b = &self.blocks[i];
         let last = i + 1 == self.blocks.len();
         if let (Some(tail), true) = (&b.fused_tail, fused_block_tail_applies(x)) {
-            // Everything after the spectral convolution in one op (no_layers::fno_block_tail).
+            // Everything after the spectral convolution in one op (no_layers::ops::fno_block_tail).
             return fno_block_tail(x, &b.conv.forward(x)?, tail, !last, !last);
         }
         let mut y = (b.conv.forward(x)? + b.skip.forward(x)?)?;

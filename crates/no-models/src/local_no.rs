@@ -27,7 +27,7 @@
 //! convolutions of `x` (3×3, 3×3 and 1×1 at the defaults), so when both kernels mix all
 //! channels their stencils are added and applied as **one** zero-padded convolution; one
 //! more pass adds the spectral output, the finite difference's periodic wrap-around on the
-//! border, DISCO's bias and the GELU ([`no_layers::periodic_border_op`]). The same function
+//! border, DISCO's bias and the GELU ([`no_layers::ops::periodic_border`]). The same function
 //! as three convolutions and four additions, at about a third of their cost; the
 //! neuraloperator parity fixture runs through it.
 
@@ -39,16 +39,16 @@ use crate::fno::{
 use crate::operator::{NeuralOperator, ParamCount};
 use candle_core::{DType, Module, Tensor};
 use candle_nn::VarBuilder;
-use no_layers::activation::gelu;
-use no_layers::channel_ops::add_channel_bias;
-use no_layers::differential::{FiniteDifference, FiniteDifferenceConfig};
-use no_layers::disco::{BasisEvaluation, Disco, DiscoConfig};
-use no_layers::fno_block_tail::{fno_block_tail, fused_block_tail_applies, BlockTailWeights};
-use no_layers::local_conv::{conv2d_same, conv2d_same_sum, PaddingMode};
-use no_layers::mlp::{ChannelMlp, ChannelMlpConfig};
-use no_layers::periodic_border_op::periodic_border_sum;
-use no_layers::skip::{Skip, SkipConfig, SkipKind};
-use no_layers::spectral_conv::{SpectralConv, SpectralTransform, TuckerImplementation};
+use no_layers::layers::activation::gelu;
+use no_layers::layers::local::conv::{conv2d_same, conv2d_same_sum, PaddingMode};
+use no_layers::layers::local::disco::{BasisEvaluation, Disco, DiscoConfig};
+use no_layers::layers::local::finite_difference::{FiniteDifference, FiniteDifferenceConfig};
+use no_layers::layers::mlp::{ChannelMlp, ChannelMlpConfig};
+use no_layers::layers::skip::{Skip, SkipConfig, SkipKind};
+use no_layers::layers::spectral::conv::{SpectralConv, SpectralTransform, TuckerImplementation};
+use no_layers::ops::channel_affine::add_channel_bias;
+use no_layers::ops::fno_block_tail::{fno_block_tail, fused_block_tail_applies, BlockTailWeights};
+use no_layers::ops::periodic_border::periodic_border_sum;
 use serde::{Deserialize, Serialize};
 
 /// Configuration of LocalNO, with neuraloperator's argument names and defaults.
@@ -330,7 +330,7 @@ impl LocalNo {
             }
         };
         if let Some(tail) = fused_tail {
-            // Skip, activations, channel MLP and gate in one op (no_layers::fno_block_tail);
+            // Skip, activations, channel MLP and gate in one op (no_layers::ops::fno_block_tail);
             // with a channel MLP the inner activation is on even in the last block.
             return fno_block_tail(x, &y, tail, true, !last);
         }
@@ -361,8 +361,8 @@ fn mergeable(fd: &FiniteDifference, disco: &Disco, x: &Tensor) -> bool {
 /// their stencils add. With the finite difference periodic and DISCO zero-padded (the
 /// defaults) on the CPU, the summed stencil runs zero-padded and one pass adds the
 /// spectral output, the finite difference's periodic wrap-around on the border, DISCO's
-/// bias and the GELU ([`no_layers::periodic_border_op::periodic_border_sum`]); otherwise
-/// [`no_layers::local_conv::conv2d_same_sum`] and separate additions. Half the
+/// bias and the GELU ([`no_layers::ops::periodic_border::periodic_border_sum`]); otherwise
+/// [`no_layers::layers::local::conv::conv2d_same_sum`] and separate additions. Half the
 /// convolution work of running the kernels one after the other, no separate skip product
 /// and three full-size passes less; the same function up to rounding.
 fn merged_block_sum(

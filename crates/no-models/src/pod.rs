@@ -422,7 +422,7 @@ impl NeuralOperator for PodDeepOnet {
             fields.push(ck.matmul(&basis.detach().t()?)?);
         }
         let y = Tensor::cat(&fields, 1)?;
-        no_layers::feature_bias::add_feature_bias(&y, &self.mean.detach())?.reshape((
+        no_layers::ops::feature_bias::add_feature_bias(&y, &self.mean.detach())?.reshape((
             b,
             c.out_channels,
             c.grid[0],

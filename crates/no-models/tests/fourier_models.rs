@@ -132,7 +132,7 @@ fn local_no_with_periodic_kernels_commutes_with_shifts() -> R<()> {
         n_layers: 2,
         default_in_shape: [16, 16],
         positional_embedding: false,
-        disco_padding: no_layers::local_conv::PaddingMode::Periodic,
+        disco_padding: no_layers::layers::local::conv::PaddingMode::Periodic,
         ..LocalNoConfig::default()
     };
     let (model, _vars) = built(&ModelConfig::LocalNo(cfg))?;

@@ -9,7 +9,7 @@ mod quick;
 
 use candle_core::{DType, Device};
 use no_layers::init::SeededVarMap;
-use no_layers::tucker::TuckerRank;
+use no_layers::layers::spectral::tucker::TuckerRank;
 use no_models::fno::FnoConfig;
 use no_models::local_no::LocalNoConfig;
 use no_models::{build, ModelConfig, NormalizerKind};

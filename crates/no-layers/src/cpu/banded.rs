@@ -1,0 +1,302 @@
+//! Banded matrices applied to the rows of a plane: the CPU kernel of the fused resampling
+//! ops (`cno_activation_op.rs`).
+//!
+//! A PyTorch-style antialiased bicubic resize touches at most `4·max(1, n_in/n_out)` inputs
+//! per output, so its `[n_out, n_in]` matrix is banded: applied densely by matmul (as
+//! [`crate::layers::resample::Resampler`] does, on every backend) it spends 25–50× more
+//! multiply-adds than it needs and moves the 4× larger upsampled activations through
+//! memory. [`BandedMatrix`] keeps, per output row, the first column and the contiguous
+//! run of weights up to the last non-zero, and [`BandedMatrix::apply_rows`] computes
+//! `dst = M · src` for a plane `src` of shape `[n_in, len]` (row-major) as a sum of
+//! scaled rows: contiguous, vectorisable, and in a fixed order (no dependence on threads).
+
+use std::fmt;
+
+/// The scalar types the banded kernels run on (`f32`, `f64`).
+pub trait BandScalar: Copy + Default + Send + Sync + PartialOrd + fmt::Debug + 'static {
+    /// Converts a matrix entry built in `f64`.
+    fn from_f64(v: f64) -> Self;
+    /// `self·x + acc` (the portable form: a multiply and an add, no libm call).
+    fn mul_add_plain(self, x: Self, acc: Self) -> Self;
+    /// `self·x + acc` as one fused multiply-add (used where the CPU has FMA).
+    fn mul_add_fused(self, x: Self, acc: Self) -> Self;
+    /// `self·x`.
+    fn mul(self, x: Self) -> Self;
+    /// `value` where `pre > 0`, else `slope·value` (a leaky ReLU and its derivative),
+    /// without a branch so that loops over it vectorise ([`crate::ops::leaky_relu`]).
+    fn leaky(pre: Self, value: Self, slope: Self) -> Self;
+}
+
+impl BandScalar for f32 {
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
+    #[inline(always)]
+    fn mul_add_plain(self, x: Self, acc: Self) -> Self {
+        acc + self * x
+    }
+    #[inline(always)]
+    fn mul_add_fused(self, x: Self, acc: Self) -> Self {
+        self.mul_add(x, acc)
+    }
+    #[inline(always)]
+    fn mul(self, x: Self) -> Self {
+        self * x
+    }
+    #[inline(always)]
+    fn leaky(pre: Self, value: Self, slope: Self) -> Self {
+        crate::cpu::map::select_f32(pre > 0.0, value, slope * value)
+    }
+}
+
+impl BandScalar for f64 {
+    fn from_f64(v: f64) -> Self {
+        v
+    }
+    #[inline(always)]
+    fn mul_add_plain(self, x: Self, acc: Self) -> Self {
+        acc + self * x
+    }
+    #[inline(always)]
+    fn mul_add_fused(self, x: Self, acc: Self) -> Self {
+        self.mul_add(x, acc)
+    }
+    #[inline(always)]
+    fn mul(self, x: Self) -> Self {
+        self * x
+    }
+    #[inline(always)]
+    fn leaky(pre: Self, value: Self, slope: Self) -> Self {
+        crate::cpu::map::select_f64(pre > 0.0, value, slope * value)
+    }
+}
+
+/// An `[n_out, n_in]` matrix stored as one contiguous run of columns per row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BandedMatrix<T> {
+    n_out: usize,
+    n_in: usize,
+    /// First column of each row's run.
+    starts: Vec<usize>,
+    /// Offsets of each row's weights in `weights` (`n_out + 1` entries).
+    offsets: Vec<usize>,
+    weights: Vec<T>,
+}
+
+impl<T: BandScalar> BandedMatrix<T> {
+    /// The band of a dense row-major `[n_out, n_in]` matrix: each row keeps the columns from
+    /// its first to its last non-zero entry (an all-zero row keeps none). Exact: applying it
+    /// gives the dense product up to the order of the additions.
+    pub fn from_dense(dense: &[f64], n_out: usize, n_in: usize) -> Self {
+        assert_eq!(
+            dense.len(),
+            n_out * n_in,
+            "BandedMatrix::from_dense: {} entries for a {n_out}×{n_in} matrix",
+            dense.len()
+        );
+        let mut starts = Vec::with_capacity(n_out);
+        let mut offsets = Vec::with_capacity(n_out + 1);
+        let mut weights = Vec::new();
+        offsets.push(0);
+        for row in dense.chunks(n_in.max(1)).take(n_out) {
+            let first = row.iter().position(|&v| v != 0.0);
+            let last = row.iter().rposition(|&v| v != 0.0);
+            match (first, last) {
+                (Some(a), Some(b)) => {
+                    starts.push(a);
+                    weights.extend(row[a..=b].iter().map(|&v| T::from_f64(v)));
+                }
+                _ => starts.push(0),
+            }
+            offsets.push(weights.len());
+        }
+        Self {
+            n_out,
+            n_in,
+            starts,
+            offsets,
+            weights,
+        }
+    }
+
+    /// The band of the transpose of a dense row-major `[n_out, n_in]` matrix (an
+    /// `[n_in, n_out]` banded matrix): what the backward pass applies.
+    pub fn transpose_of_dense(dense: &[f64], n_out: usize, n_in: usize) -> Self {
+        let mut t = vec![0.0; dense.len()];
+        for i in 0..n_out {
+            for j in 0..n_in {
+                t[j * n_out + i] = dense[i * n_in + j];
+            }
+        }
+        Self::from_dense(&t, n_in, n_out)
+    }
+
+    /// The widest row's run of columns.
+    #[cfg(test)]
+    pub fn max_width(&self) -> usize {
+        self.offsets
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// `dst = M · src` with `src` a row-major `[n_in, len]` plane and `dst` `[n_out, len]`.
+    /// Uses fused multiply-adds where the CPU has AVX2 and FMA (detected at run time).
+    ///
+    /// # Panics
+    /// If the slices are not `n_in·len` and `n_out·len` long (callers size them from the
+    /// same matrix; a mismatch is a bug, not a user error).
+    pub fn apply_rows(&self, src: &[T], len: usize, dst: &mut [T]) {
+        assert!(
+            src.len() == self.n_in * len && dst.len() == self.n_out * len,
+            "BandedMatrix::apply_rows: planes of {} and {} values for a {}×{} matrix and rows of {len}",
+            src.len(),
+            dst.len(),
+            self.n_out,
+            self.n_in
+        );
+        #[cfg(target_arch = "x86_64")]
+        if crate::cpu::map::has_avx2_fma() {
+            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+            unsafe { self.apply_rows_avx2(src, len, dst) };
+            return;
+        }
+        self.apply_rows_body::<false>(src, len, dst);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn apply_rows_avx2(&self, src: &[T], len: usize, dst: &mut [T]) {
+        self.apply_rows_body::<true>(src, len, dst);
+    }
+
+    /// The kernel, inlined into the portable and the AVX2 entry points so that the
+    /// compiler vectorises the inner loop for each.
+    #[inline(always)]
+    fn apply_rows_body<const FMA: bool>(&self, src: &[T], len: usize, dst: &mut [T]) {
+        for (i, out) in dst
+            .chunks_exact_mut(len.max(1))
+            .enumerate()
+            .take(self.n_out)
+        {
+            let w = &self.weights[self.offsets[i]..self.offsets[i + 1]];
+            let start = self.starts[i];
+            let Some((&w0, rest)) = w.split_first() else {
+                out.fill(T::default());
+                continue;
+            };
+            let first = &src[start * len..(start + 1) * len];
+            for (o, &s) in out.iter_mut().zip(first) {
+                *o = w0.mul(s);
+            }
+            for (k, &wk) in rest.iter().enumerate() {
+                let row = start + 1 + k;
+                let s = &src[row * len..(row + 1) * len];
+                for (o, &x) in out.iter_mut().zip(s) {
+                    *o = if FMA {
+                        wk.mul_add_fused(x, *o)
+                    } else {
+                        wk.mul_add_plain(x, *o)
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// `dst = srcᵀ` for a row-major `[rows, cols]` plane, in cache-sized tiles.
+pub fn transpose_plane<T: Copy>(src: &[T], rows: usize, cols: usize, dst: &mut [T]) {
+    const TILE: usize = 32;
+    debug_assert!(src.len() == rows * cols && dst.len() == rows * cols);
+    for r0 in (0..rows).step_by(TILE) {
+        for c0 in (0..cols).step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rows) {
+                for c in c0..(c0 + TILE).min(cols) {
+                    dst[c * rows + r] = src[r * cols + c];
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layers::resample::bicubic_antialias_matrix;
+
+    fn dense_apply(m: &[f64], n_out: usize, n_in: usize, src: &[f64], len: usize) -> Vec<f64> {
+        let mut out = vec![0.0; n_out * len];
+        for i in 0..n_out {
+            for j in 0..n_in {
+                for c in 0..len {
+                    out[i * len + c] += m[i * n_in + j] * src[j * len + c];
+                }
+            }
+        }
+        out
+    }
+
+    fn plane(n: usize) -> Vec<f64> {
+        (0..n)
+            .map(|i| ((i * 37 % 101) as f64 - 50.0) / 17.0)
+            .collect()
+    }
+
+    #[test]
+    fn banded_product_equals_the_dense_one_and_its_transpose() {
+        for (n_in, n_out, len) in [
+            (10usize, 20usize, 7usize),
+            (20, 10, 3),
+            (23, 9, 1),
+            (6, 6, 5),
+        ] {
+            let m = bicubic_antialias_matrix(n_in, n_out);
+            let b = BandedMatrix::<f64>::from_dense(&m, n_out, n_in);
+            // Keys' kernel spans 4 taps, widened by the down-scale factor.
+            let taps = (4.0 * (n_in as f64 / n_out as f64).max(1.0)).ceil() as usize + 1;
+            assert!(b.max_width() <= taps, "{} > {taps}", b.max_width());
+            let src = plane(n_in * len);
+            let mut got = vec![0.0; n_out * len];
+            b.apply_rows(&src, len, &mut got);
+            let want = dense_apply(&m, n_out, n_in, &src, len);
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - w).abs() < 1e-13, "{n_in}->{n_out}: {g} vs {w}");
+            }
+            // The transpose: ⟨M x, y⟩ = ⟨x, Mᵀ y⟩.
+            let bt = BandedMatrix::<f64>::transpose_of_dense(&m, n_out, n_in);
+            let y = plane(n_out * len);
+            let mut mty = vec![0.0; n_in * len];
+            bt.apply_rows(&y, len, &mut mty);
+            let lhs: f64 = got.iter().zip(&y).map(|(a, b)| a * b).sum();
+            let rhs: f64 = src.iter().zip(&mty).map(|(a, b)| a * b).sum();
+            assert!(
+                (lhs - rhs).abs() < 1e-11 * lhs.abs().max(1.0),
+                "{lhs} vs {rhs}"
+            );
+        }
+    }
+
+    #[test]
+    fn zero_rows_and_f32_agree_with_f64() {
+        let m = vec![0.0, 0.0, 0.5, 0.0, 0.0, 0.0, 2.0, 0.0, -1.0];
+        let b32 = BandedMatrix::<f32>::from_dense(&m, 3, 3);
+        assert_eq!(b32.max_width(), 3);
+        let mut out = vec![9.0f32; 6];
+        b32.apply_rows(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 2, &mut out);
+        assert_eq!(out, vec![2.5, 3.0, 0.0, 0.0, -3.0, -2.0]);
+    }
+
+    #[test]
+    fn transpose_plane_matches_indexing() {
+        let (r, c) = (37, 70);
+        let src: Vec<u32> = (0..(r * c) as u32).collect();
+        let mut dst = vec![0; r * c];
+        transpose_plane(&src, r, c, &mut dst);
+        for i in 0..r {
+            for j in 0..c {
+                assert_eq!(dst[j * r + i], src[i * c + j]);
+            }
+        }
+    }
+}

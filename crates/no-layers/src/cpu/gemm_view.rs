@@ -1,0 +1,415 @@
+//! A bounds-checked entry to the `gemm` crate (the kernels candle's CPU matmul runs on) for
+//! fused ops that multiply slices they own, such as [`crate::ops::conv2d`]: no candle tensor,
+//! allocation or zero fill per product, and a `dst += A·B` form for accumulating.
+//!
+//! Every view is checked against its slice before the (unsafe) kernel is called, so a
+//! wrong shape or stride is an error, never an out-of-bounds access.
+
+use crate::cpu::row_dot;
+use candle_core::Result;
+
+/// The element types the wrapper multiplies (f32 and f64).
+pub(crate) trait GemmScalar:
+    Copy + Default + std::ops::AddAssign + Send + Sync + crate::cpu::scratch::Pooled + 'static
+{
+    /// The multiplicative identity, for `gemm`'s `alpha`/`beta` factors.
+    const ONE: Self;
+
+    /// The [`crate::cpu::row_dot`] kernel for this type on this CPU, if there is one.
+    fn row_dot_kernel() -> Option<row_dot::Kernel<Self>> {
+        None
+    }
+}
+
+impl GemmScalar for f32 {
+    const ONE: Self = 1.0;
+
+    fn row_dot_kernel() -> Option<row_dot::Kernel<Self>> {
+        row_dot::f32_kernel()
+    }
+}
+
+impl GemmScalar for f64 {
+    const ONE: Self = 1.0;
+}
+
+/// Shortest common dimension for which products whose operands both run along it go to
+/// the [`crate::cpu::row_dot`] kernel (below it the `gemm` crate's packing is cheap).
+const ROW_DOT_MIN_K: usize = 64;
+
+/// Largest right operand (elements) of those products that goes to the kernel: it is read
+/// once per four rows of the left one, so it must stay in cache (1 MB of `f32`, a Zen 4
+/// core's L2). The blocked convolution's weight gradient (`32 × 288` over 455 positions,
+/// a 524 KB patch block) is inside: 65–69 → 53 ms for LocalNO's 3×3 convolution at batch
+/// 32 (`conv_timing`), where 64 K elements kept it in the `gemm` crate.
+const ROW_DOT_MAX_RHS: usize = 1 << 18;
+
+/// A read-only strided matrix view: element `(r, c)` is `data[r·row_stride + c·col_stride]`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MatRef<'a, T> {
+    data: &'a [T],
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl<'a, T> MatRef<'a, T> {
+    /// A row-major `rows × cols` matrix stored densely in `data`.
+    pub(crate) fn row_major(data: &'a [T], rows: usize, cols: usize) -> Self {
+        Self {
+            data,
+            rows,
+            cols,
+            row_stride: cols,
+            col_stride: 1,
+        }
+    }
+
+    /// A `rows × cols` view with explicit strides (checked against `data` when multiplied).
+    pub(crate) fn strided(
+        data: &'a [T],
+        (rows, cols): (usize, usize),
+        (row_stride, col_stride): (usize, usize),
+    ) -> Self {
+        Self {
+            data,
+            rows,
+            cols,
+            row_stride,
+            col_stride,
+        }
+    }
+
+    /// Row `r` as a slice (views with unit column stride; panics outside the slice).
+    pub(crate) fn row(&self, r: usize) -> &'a [T] {
+        debug_assert_eq!(self.col_stride, 1, "row() needs a unit column stride");
+        let start = r * self.row_stride;
+        &self.data[start..start + self.cols]
+    }
+
+    /// The number of rows.
+    pub(crate) fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// The transpose (a view: strides swapped, nothing copied).
+    pub(crate) fn t(self) -> Self {
+        Self {
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+            ..self
+        }
+    }
+}
+
+/// A mutable row-major `rows × cols` matrix stored densely in a slice, which may be
+/// uninitialised (then it can only be overwritten, not accumulated onto).
+#[derive(Debug)]
+pub(crate) struct MatMut<'a, T> {
+    ptr: *mut T,
+    len: usize,
+    initialised: bool,
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+    _borrow: std::marker::PhantomData<&'a mut [T]>,
+}
+
+impl<'a, T> MatMut<'a, T> {
+    /// A row-major `rows × cols` matrix stored densely in `data`.
+    pub(crate) fn row_major(data: &'a mut [T], rows: usize, cols: usize) -> Self {
+        Self::strided_rows(data, (rows, cols), cols)
+    }
+
+    /// A `rows × cols` block of a row-major matrix whose rows are `row_stride` apart
+    /// (a column range of a wider matrix), starting at `data[0]`.
+    pub(crate) fn strided_rows(
+        data: &'a mut [T],
+        (rows, cols): (usize, usize),
+        row_stride: usize,
+    ) -> Self {
+        Self {
+            ptr: data.as_mut_ptr(),
+            len: data.len(),
+            initialised: true,
+            rows,
+            cols,
+            row_stride,
+            _borrow: std::marker::PhantomData,
+        }
+    }
+
+    /// A row-major `rows × cols` matrix in uninitialised memory: [`gemm`] overwrites it
+    /// (every element, so the slice is initialised afterwards) and refuses to accumulate.
+    pub(crate) fn uninit(
+        data: &'a mut [std::mem::MaybeUninit<T>],
+        rows: usize,
+        cols: usize,
+    ) -> Self {
+        Self {
+            ptr: data.as_mut_ptr().cast(),
+            len: data.len(),
+            initialised: false,
+            rows,
+            cols,
+            row_stride: cols,
+            _borrow: std::marker::PhantomData,
+        }
+    }
+}
+
+/// Whether every element a view addresses lies inside a slice of `len` elements.
+fn fits(len: usize, rows: usize, cols: usize, row_stride: usize, col_stride: usize) -> bool {
+    if rows == 0 || cols == 0 {
+        return true;
+    }
+    let last = (rows - 1).checked_mul(row_stride).and_then(|r| {
+        (cols - 1)
+            .checked_mul(col_stride)
+            .and_then(|c| r.checked_add(c))
+    });
+    matches!(last, Some(i) if i < len)
+}
+
+/// `dst = lhs · rhs`, or `dst += lhs · rhs` when `accumulate`, on `threads` rayon threads
+/// (1: on the calling thread). Errors when the shapes disagree or a view overruns its slice.
+pub(crate) fn gemm<T: GemmScalar>(
+    dst: MatMut<'_, T>,
+    lhs: MatRef<'_, T>,
+    rhs: MatRef<'_, T>,
+    accumulate: bool,
+    threads: usize,
+) -> Result<()> {
+    let (m, n, k) = (dst.rows, dst.cols, lhs.cols);
+    if lhs.rows != m || rhs.rows != k || rhs.cols != n {
+        candle_core::bail!(
+            "gemm: [{m}, {n}] = [{}, {}] · [{}, {}] does not match",
+            lhs.rows,
+            lhs.cols,
+            rhs.rows,
+            rhs.cols
+        );
+    }
+    if accumulate && !dst.initialised {
+        candle_core::bail!("gemm: cannot accumulate onto an uninitialised matrix");
+    }
+    let views_fit = fits(dst.len, m, n, dst.row_stride, 1)
+        && fits(lhs.data.len(), m, k, lhs.row_stride, lhs.col_stride)
+        && fits(rhs.data.len(), k, n, rhs.row_stride, rhs.col_stride);
+    if !views_fit {
+        candle_core::bail!("gemm: a matrix view overruns its buffer");
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        if !accumulate {
+            // SAFETY: `dst` addresses only elements of the slice it borrows mutably
+            // (checked above); writing (not reading) is valid for uninitialised memory.
+            for r in 0..m {
+                for c in 0..n {
+                    unsafe { dst.ptr.add(r * dst.row_stride + c).write(T::default()) };
+                }
+            }
+        }
+        return Ok(());
+    }
+    // Chosen by shape alone (not by `threads`), so a product sums in the same order
+    // whatever the thread count.
+    let row_dot_case = lhs.col_stride == 1
+        && rhs.row_stride == 1
+        && k >= ROW_DOT_MIN_K
+        && n.saturating_mul(k) <= ROW_DOT_MAX_RHS;
+    if row_dot_case {
+        if let Some(kernel) = T::row_dot_kernel() {
+            let a = row_dot::Rows {
+                ptr: lhs.data.as_ptr(),
+                rows: m,
+                stride: lhs.row_stride,
+            };
+            let b = row_dot::Rows {
+                ptr: rhs.data.as_ptr(),
+                rows: n,
+                stride: rhs.col_stride,
+            };
+            let out = row_dot::Out {
+                ptr: dst.ptr,
+                stride: dst.row_stride,
+            };
+            // SAFETY: the views were checked above to address only elements of their
+            // slices (row `i` of `a` is row `i` of `lhs`, row `j` of `b` column `j` of
+            // `rhs`, each `k` long); `dst` is borrowed mutably, so it aliases neither, and
+            // is read only when `accumulate` (refused above for uninitialised memory). The
+            // kernel exists only where the CPU runs it.
+            unsafe { row_dot::run(kernel, (out, a, b), k, accumulate, threads) };
+            return Ok(());
+        }
+    }
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the three views were checked above to address only elements of their
+    // slices; `dst` is borrowed mutably, so it aliases neither operand. Strides are below
+    // the slice lengths, hence fit in `isize`. An uninitialised `dst` is only written
+    // (`read_dst` is `accumulate`, refused above for it), and `gemm` writes all of it.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.ptr,
+            1,
+            dst.row_stride as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.col_stride as isize,
+            lhs.row_stride as isize,
+            rhs.data.as_ptr(),
+            rhs.col_stride as isize,
+            rhs.row_stride as isize,
+            T::ONE,
+            T::ONE,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(a: &[f64], b: &[f64], m: usize, k: usize, n: usize, bt: bool) -> Vec<f64> {
+        let mut c = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                c[i * n + j] = (0..k)
+                    .map(|p| a[i * k + p] * if bt { b[j * k + p] } else { b[p * n + j] })
+                    .sum();
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn products_transposes_and_accumulation_match_a_naive_loop() -> Result<()> {
+        let (m, k, n) = (5, 7, 3);
+        let a: Vec<f64> = (0..m * k).map(|i| (i as f64 * 0.37).sin()).collect();
+        let b: Vec<f64> = (0..k * n).map(|i| (i as f64 * 0.91).cos()).collect();
+        let mut c = vec![0.0; m * n];
+        gemm(
+            MatMut::row_major(&mut c, m, n),
+            MatRef::row_major(&a, m, k),
+            MatRef::row_major(&b, k, n),
+            false,
+            1,
+        )?;
+        let expected = naive(&a, &b, m, k, n, false);
+        assert!(c.iter().zip(&expected).all(|(x, y)| (x - y).abs() < 1e-12));
+        // b read as the transpose of an [n, k] matrix; then accumulated onto c.
+        gemm(
+            MatMut::row_major(&mut c, m, n),
+            MatRef::row_major(&a, m, k),
+            MatRef::row_major(&b, n, k).t(),
+            true,
+            2,
+        )?;
+        let bt = naive(&a, &b, m, k, n, true);
+        for ((x, e), t) in c.iter().zip(&expected).zip(&bt) {
+            assert!((x - (e + t)).abs() < 1e-12, "{x} vs {}", e + t);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn products_along_the_common_dimension_match_a_naive_loop_in_f32() -> Result<()> {
+        // k ≥ ROW_DOT_MIN_K, both operands contiguous along k, one thread: the row-dot
+        // kernel's case (where the CPU has one); into fresh memory, then accumulated.
+        let (m, k, n) = (6, ROW_DOT_MIN_K + 3, 5);
+        let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+        let b: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.91).cos()).collect();
+        let wide = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
+        let expected = naive(&wide(&a), &wide(&b), m, k, n, true);
+        let mut c = vec![std::mem::MaybeUninit::<f32>::uninit(); m * n];
+        gemm(
+            MatMut::uninit(&mut c, m, n),
+            MatRef::row_major(&a, m, k),
+            MatRef::row_major(&b, n, k).t(),
+            false,
+            1,
+        )?;
+        // SAFETY: `gemm` wrote every element.
+        let mut c: Vec<f32> = c.into_iter().map(|v| unsafe { v.assume_init() }).collect();
+        for (x, e) in c.iter().zip(&expected) {
+            assert!((*x as f64 - e).abs() < 1e-4, "{x} vs {e}");
+        }
+        gemm(
+            MatMut::row_major(&mut c, m, n),
+            MatRef::row_major(&a, m, k),
+            MatRef::row_major(&b, n, k).t(),
+            true,
+            1,
+        )?;
+        for (x, e) in c.iter().zip(&expected) {
+            assert!((*x as f64 - 2.0 * e).abs() < 2e-4, "{x} vs {}", 2.0 * e);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn mismatched_shapes_and_overrunning_views_are_errors() {
+        let (a, b) = (vec![0f32; 6], vec![0f32; 6]);
+        let mut c = vec![0f32; 4];
+        let e = gemm(
+            MatMut::row_major(&mut c, 2, 2),
+            MatRef::row_major(&a, 2, 3),
+            MatRef::row_major(&b, 2, 3),
+            false,
+            1,
+        );
+        assert!(e.is_err());
+        let e = gemm(
+            MatMut::row_major(&mut c, 2, 2),
+            MatRef::row_major(&a, 2, 4),
+            MatRef::row_major(&b, 4, 2),
+            false,
+            1,
+        );
+        assert!(e.is_err(), "an [2, 4] view of 6 elements overruns");
+    }
+
+    #[test]
+    fn uninitialised_destinations_are_overwritten_and_never_accumulated() -> Result<()> {
+        let a = [1.0f64, 2.0, 3.0, 4.0];
+        let b = [0.5f64, -1.0];
+        let mut dst = [std::mem::MaybeUninit::<f64>::uninit(); 2];
+        gemm(
+            MatMut::uninit(&mut dst, 2, 1),
+            MatRef::row_major(&a, 2, 2),
+            MatRef::row_major(&b, 2, 1),
+            false,
+            1,
+        )?;
+        // SAFETY: `gemm` overwrote both elements.
+        let got = dst.map(|v| unsafe { v.assume_init() });
+        assert_eq!(got, [-1.5, -2.5]);
+        let mut dst = [std::mem::MaybeUninit::<f64>::uninit(); 2];
+        let accumulated = gemm(
+            MatMut::uninit(&mut dst, 2, 1),
+            MatRef::row_major(&a, 2, 2),
+            MatRef::row_major(&b, 2, 1),
+            true,
+            1,
+        );
+        assert!(accumulated.is_err());
+        Ok(())
+    }
+}

@@ -1,0 +1,437 @@
+//! Patch gather (im2col, "unfold") and its adjoint scatter (col2im, "fold") for 2-D
+//! convolutions, on plain slices: [`crate::ops::conv2d`] builds on them.
+//!
+//! A patch matrix holds, for a group of `n` samples, one row per `(channel, kernel row,
+//! kernel column)` and one column per `(sample, output position)`: `[C·kh·kw, n·Ho·Wo]`.
+//! Each run of a patch row is a zero fill of the columns that read the padding plus one
+//! contiguous copy of the in-range columns, so there is no per-element branch. Strided
+//! convolutions first rewrite each input plane phase by phase ([`split_phases`]: columns
+//! `ph, ph + s, ph + 2s, …` side by side), which turns their strided gathers (and the
+//! adjoint's strided adds) into contiguous runs.
+
+use rayon::prelude::*;
+
+/// Sizes of one convolution.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Geometry {
+    /// Input channels.
+    pub(crate) c: usize,
+    /// Input height.
+    pub(crate) h: usize,
+    /// Input width.
+    pub(crate) w: usize,
+    /// Kernel height.
+    pub(crate) kh: usize,
+    /// Kernel width.
+    pub(crate) kw: usize,
+    /// Zero padding on every side.
+    pub(crate) padding: usize,
+    /// Step on both axes.
+    pub(crate) stride: usize,
+    /// Output height.
+    pub(crate) ho: usize,
+    /// Output width.
+    pub(crate) wo: usize,
+}
+
+impl Geometry {
+    /// The geometry of a `kh × kw` kernel over `c × h × w` inputs; the caller has checked
+    /// that the padded input is at least the kernel and that `stride > 0`.
+    pub(crate) fn new(
+        c: usize,
+        h: usize,
+        w: usize,
+        kh: usize,
+        kw: usize,
+        padding: usize,
+        stride: usize,
+    ) -> Self {
+        Self {
+            c,
+            h,
+            w,
+            kh,
+            kw,
+            padding,
+            stride,
+            ho: (h + 2 * padding - kh) / stride + 1,
+            wo: (w + 2 * padding - kw) / stride + 1,
+        }
+    }
+
+    /// Elements of one input plane.
+    pub(crate) fn plane(&self) -> usize {
+        self.h * self.w
+    }
+
+    /// Elements of one input sample.
+    pub(crate) fn sample(&self) -> usize {
+        self.c * self.plane()
+    }
+
+    /// Output positions `Ho·Wo` (the columns one sample contributes to a patch matrix).
+    pub(crate) fn positions(&self) -> usize {
+        self.ho * self.wo
+    }
+
+    /// Rows of a patch matrix, `C·kh·kw`.
+    pub(crate) fn patch_rows(&self) -> usize {
+        self.c * self.kh * self.kw
+    }
+
+    /// The input index read by kernel offset `k` at output index `o` (or `None` in the
+    /// padding), along an axis of length `n`.
+    fn source(&self, o: usize, k: usize, n: usize) -> Option<usize> {
+        (o * self.stride + k)
+            .checked_sub(self.padding)
+            .filter(|&s| s < n)
+    }
+
+    /// The output indices `lo..hi` (of `n_out`) whose source for kernel offset `k` lies
+    /// inside an axis of length `n`: `0 ≤ o·stride + k − padding < n`.
+    fn inside(&self, k: usize, n: usize, n_out: usize) -> (usize, usize) {
+        let s = self.stride;
+        let lo = self.padding.saturating_sub(k).div_ceil(s).min(n_out);
+        let hi = if n + self.padding > k {
+            ((n + self.padding - k - 1) / s + 1).min(n_out)
+        } else {
+            0
+        };
+        (lo, hi.max(lo))
+    }
+}
+
+/// Where kernel column `j` reads: output column `ow` takes input column
+/// `ow·stride + j − padding`, which in the phase-split layout ([`split_phases`]) is entry
+/// `ow + offset` of phase `phase`. Returns `(phase, offset)`.
+fn tap_phase(g: &Geometry, j: usize) -> (usize, isize) {
+    let q = j as isize - g.padding as isize;
+    let s = g.stride as isize;
+    (q.rem_euclid(s) as usize, q.div_euclid(s))
+}
+
+/// Length of one row of a phase-split plane: `⌈W / stride⌉` (`W` for stride 1).
+fn phase_width(g: &Geometry) -> usize {
+    g.w.div_ceil(g.stride.max(1))
+}
+
+/// Elements of a phase-split plane: `stride × H × ⌈W / stride⌉`.
+fn split_len(g: &Geometry) -> usize {
+    g.stride * g.h * phase_width(g)
+}
+
+/// Rewrites one input plane `[H, W]` phase by phase, `[stride, H, ⌈W/stride⌉]` with entry
+/// `(ph, y, t)` = column `t·stride + ph` of row `y` (entries past the row end are zero and
+/// never read). A strided convolution then reads every patch row as one contiguous copy
+/// instead of a strided gather, and its adjoint adds contiguously.
+fn split_phases<T: Copy + Default>(g: &Geometry, plane: &[T], split: &mut Vec<T>) {
+    let (s, wp) = (g.stride, phase_width(g));
+    // No zero fill per plane: every entry that is ever read is written below; the padding
+    // entries keep whatever they held.
+    if split.len() != split_len(g) {
+        split.clear();
+        split.resize(split_len(g), T::default());
+    }
+    for (y, line) in plane.chunks_exact(g.w).enumerate() {
+        for ph in 0..s {
+            let dst = &mut split[(ph * g.h + y) * wp..][..wp];
+            if s == 2 {
+                // Pairs of a fixed size: vector shuffles instead of a scalar strided loop.
+                let pairs = line[ph..].chunks_exact(2);
+                let (n, rest) = (pairs.len(), pairs.remainder());
+                for (d, pair) in dst.iter_mut().zip(pairs) {
+                    *d = pair[0];
+                }
+                if let (Some(&v), Some(d)) = (rest.first(), dst.get_mut(n)) {
+                    *d = v;
+                }
+            } else {
+                for (d, &v) in dst.iter_mut().zip(line[ph..].iter().step_by(s)) {
+                    *d = v;
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`split_phases`]: writes each phase-split entry back to its column.
+fn merge_phases<T: Copy>(g: &Geometry, split: &[T], plane: &mut [T]) {
+    let (s, wp) = (g.stride, phase_width(g));
+    for (y, line) in plane.chunks_exact_mut(g.w).enumerate() {
+        for ph in 0..s {
+            let src = &split[(ph * g.h + y) * wp..][..wp];
+            if s == 2 {
+                let mut pairs = line[ph..].chunks_exact_mut(2);
+                let n = pairs.len();
+                for (pair, &v) in (&mut pairs).zip(src) {
+                    pair[0] = v;
+                }
+                if let (Some(d), Some(&v)) = (pairs.into_remainder().first_mut(), src.get(n)) {
+                    *d = v;
+                }
+            } else {
+                for (d, &v) in line[ph..].iter_mut().step_by(s).zip(src) {
+                    *d = v;
+                }
+            }
+        }
+    }
+}
+
+/// `dst.copy_from_slice(src)` for the short runs of a patch row (often 5–50 values):
+/// fixed-size 16-value blocks the compiler turns into vector moves, where a call to
+/// `memmove` per run cost more than the copy.
+#[inline(always)]
+fn copy_run<T: Copy>(dst: &mut [T], src: &[T]) {
+    let mut dst_blocks = dst.chunks_exact_mut(16);
+    let src_blocks = src.chunks_exact(16);
+    let src_tail = src_blocks.remainder();
+    for (d, s) in (&mut dst_blocks).zip(src_blocks) {
+        d.copy_from_slice(s);
+    }
+    for (d, &s) in dst_blocks.into_remainder().iter_mut().zip(src_tail) {
+        *d = s;
+    }
+}
+
+/// Fills the patch row of kernel offset `(i, j)` for output rows `oh0..oh1` (`row`:
+/// `(oh1 − oh0)·Wo` values) from one input plane, phase-split when the stride exceeds 1.
+fn unfold_tap<T: Copy + Default>(
+    g: &Geometry,
+    src: &[T],
+    (i, j): (usize, usize),
+    (oh0, oh1): (usize, usize),
+    row: &mut [T],
+) {
+    let (lo, hi) = g.inside(j, g.w, g.wo);
+    let (phase, offset) = tap_phase(g, j);
+    let wp = phase_width(g);
+    for oh in oh0..oh1 {
+        let out = &mut row[(oh - oh0) * g.wo..(oh - oh0 + 1) * g.wo];
+        let Some(y) = g.source(oh, i, g.h) else {
+            out.fill(T::default());
+            continue;
+        };
+        out[..lo].fill(T::default());
+        out[hi..].fill(T::default());
+        if lo < hi {
+            // `inside` guarantees the source columns of `lo..hi` are in range, hence
+            // `lo + offset ≥ 0` and the run ends inside the phase row.
+            let t0 = (lo as isize + offset) as usize;
+            let line = &src[(phase * g.h + y) * wp..][..wp];
+            copy_run(&mut out[lo..hi], &line[t0..t0 + (hi - lo)]);
+        }
+    }
+}
+
+/// Adds the patch row of kernel offset `(i, j)` for output rows `oh0..oh1` (`row`:
+/// `(oh1 − oh0)·Wo` values) back into the (phase-split when the stride exceeds 1) plane it
+/// was gathered from.
+fn fold_tap<T: Copy + std::ops::AddAssign>(
+    g: &Geometry,
+    row: &[T],
+    (i, j): (usize, usize),
+    (oh0, oh1): (usize, usize),
+    dst: &mut [T],
+) {
+    let (lo, hi) = g.inside(j, g.w, g.wo);
+    if lo >= hi {
+        return;
+    }
+    let (phase, offset) = tap_phase(g, j);
+    let wp = phase_width(g);
+    let t0 = (lo as isize + offset) as usize;
+    for oh in oh0..oh1 {
+        let Some(y) = g.source(oh, i, g.h) else {
+            continue;
+        };
+        let line = &mut dst[(phase * g.h + y) * wp..][..wp];
+        let at = (oh - oh0) * g.wo;
+        let inner = &row[at + lo..at + hi];
+        for (d, &v) in line[t0..t0 + inner.len()].iter_mut().zip(inner) {
+            *d += v;
+        }
+    }
+}
+
+/// Gathers the patch matrix `cols` `[C·kh·kw, n·Ho·Wo]` of the `n` samples in `x`
+/// `[n, C, H, W]` (column block `s` for sample `s`), channels on rayon's threads when
+/// `parallel` (the values do not depend on it).
+pub(crate) fn unfold_samples<T: Copy + Default + Send + Sync>(
+    g: &Geometry,
+    x: &[T],
+    cols: &mut [T],
+    parallel: bool,
+) {
+    let (l, plane, taps) = (g.positions(), g.plane(), g.kh * g.kw);
+    let width = x.len() / g.sample().max(1) * l;
+    let fill_channel = |split: &mut Vec<T>, (c, rows): (usize, &mut [T])| {
+        for (s, sample) in x.chunks_exact(g.sample().max(1)).enumerate() {
+            let mut src = &sample[c * plane..(c + 1) * plane];
+            if g.stride > 1 {
+                split_phases(g, src, split);
+                src = split;
+            }
+            for t in 0..taps {
+                let segment = &mut rows[t * width + s * l..][..l];
+                unfold_tap(g, src, (t / g.kw, t % g.kw), (0, g.ho), segment);
+            }
+        }
+    };
+    let rows_per_channel = (taps * width).max(1);
+    if parallel {
+        cols.par_chunks_exact_mut(rows_per_channel)
+            .enumerate()
+            .for_each_init(Vec::new, fill_channel);
+    } else {
+        let mut split = Vec::new();
+        cols.chunks_exact_mut(rows_per_channel)
+            .enumerate()
+            .for_each(|item| fill_channel(&mut split, item));
+    }
+}
+
+/// Writes into `x` `[n, C, H, W]` the adjoint of [`unfold_samples`] applied to `cols`
+/// `[C·kh·kw, n·Ho·Wo]`: every patch value added back where it was read from, the taps of
+/// each plane in a fixed order; planes on rayon's threads when `parallel`.
+pub(crate) fn fold_samples<T: Copy + Default + std::ops::AddAssign + Send + Sync>(
+    g: &Geometry,
+    cols: &[T],
+    x: &mut [T],
+    parallel: bool,
+) {
+    let (l, taps) = (g.positions(), g.kh * g.kw);
+    let width = x.len() / g.sample().max(1) * l;
+    let fold_plane = |split: &mut Vec<T>, (p, plane): (usize, &mut [T])| {
+        let (s, c) = (p / g.c, p % g.c);
+        let add_taps = |dst: &mut [T]| {
+            for t in 0..taps {
+                let row = &cols[(c * taps + t) * width..][..width];
+                fold_tap(
+                    g,
+                    &row[s * l..(s + 1) * l],
+                    (t / g.kw, t % g.kw),
+                    (0, g.ho),
+                    dst,
+                );
+            }
+        };
+        if g.stride == 1 {
+            plane.fill(T::default());
+            add_taps(plane);
+        } else {
+            split.clear();
+            split.resize(split_len(g), T::default());
+            add_taps(split);
+            merge_phases(g, split, plane);
+        }
+    };
+    if parallel {
+        x.par_chunks_exact_mut(g.plane().max(1))
+            .enumerate()
+            .for_each_init(Vec::new, fold_plane);
+    } else {
+        let mut split = Vec::new();
+        x.chunks_exact_mut(g.plane().max(1))
+            .enumerate()
+            .for_each(|item| fold_plane(&mut split, item));
+    }
+}
+
+/// The patch matrix `cols` `[C·kh·kw, (oh1 − oh0)·Wo]` of output rows `oh0..oh1` of one
+/// sample `x` `[C, H, W]` (a block of the columns [`unfold_samples`] gathers for it), for
+/// stride 1.
+pub(crate) fn unfold_rows<T: Copy + Default>(
+    g: &Geometry,
+    x: &[T],
+    (oh0, oh1): (usize, usize),
+    cols: &mut [T],
+) {
+    debug_assert_eq!(g.stride, 1, "unfold_rows reads unsplit planes");
+    let (plane, taps, width) = (g.plane(), g.kh * g.kw, (oh1 - oh0) * g.wo);
+    for c in 0..g.c {
+        let src = &x[c * plane..(c + 1) * plane];
+        for t in 0..taps {
+            let row = &mut cols[(c * taps + t) * width..][..width];
+            unfold_tap(g, src, (t / g.kw, t % g.kw), (oh0, oh1), row);
+        }
+    }
+}
+
+/// Adds into `x` `[C, H, W]` (stride 1) the adjoint of [`unfold_rows`] applied to `cols`
+/// `[C·kh·kw, (oh1 − oh0)·Wo]`.
+pub(crate) fn fold_rows<T: Copy + std::ops::AddAssign>(
+    g: &Geometry,
+    cols: &[T],
+    (oh0, oh1): (usize, usize),
+    x: &mut [T],
+) {
+    debug_assert_eq!(g.stride, 1, "fold_rows adds into unsplit planes");
+    let (plane, taps, width) = (g.plane(), g.kh * g.kw, (oh1 - oh0) * g.wo);
+    for c in 0..g.c {
+        let dst = &mut x[c * plane..(c + 1) * plane];
+        for t in 0..taps {
+            let row = &cols[(c * taps + t) * width..][..width];
+            fold_tap(g, row, (t / g.kw, t % g.kw), (oh0, oh1), dst);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: f64) -> Vec<f64> {
+        (0..n).map(|i| ((i as f64 + 1.0) * seed).sin()).collect()
+    }
+
+    #[test]
+    fn fold_is_the_adjoint_of_unfold() {
+        // <unfold(x), y> = <x, fold(y)> for random x, y; paddings wider than some kernel
+        // offsets reach (empty rows) and strides that skip the last column included.
+        for (c, h, w, k, p, s) in [
+            (2, 6, 5, 3, 1, 2),
+            (1, 4, 2, 5, 3, 3),
+            (2, 7, 9, 3, 0, 1),
+            (1, 5, 6, 5, 4, 2),
+            (3, 3, 4, 1, 0, 1),
+        ] {
+            let g = Geometry::new(c, h, w, k, k, p, s);
+            let n = 2;
+            let x = values(n * g.sample(), 0.7);
+            let y = values(g.patch_rows() * n * g.positions(), 1.3);
+            let mut ux = vec![0.0; y.len()];
+            unfold_samples(&g, &x, &mut ux, false);
+            let mut fy = vec![0.0; x.len()];
+            fold_samples(&g, &y, &mut fy, true);
+            let lhs: f64 = ux.iter().zip(&y).map(|(a, b)| a * b).sum();
+            let rhs: f64 = x.iter().zip(&fy).map(|(a, b)| a * b).sum();
+            assert!(
+                (lhs - rhs).abs() < 1e-12 * lhs.abs().max(1.0),
+                "{g:?}: {lhs} vs {rhs}"
+            );
+        }
+    }
+
+    #[test]
+    fn unfold_reads_the_right_input_or_zero() {
+        // One channel 3×3, kernel 2×2, padding 1, stride 2: output 2×2; check every entry
+        // against the definition.
+        let g = Geometry::new(1, 3, 3, 2, 2, 1, 2);
+        let x: Vec<f64> = (1..=9).map(f64::from).collect();
+        let mut cols = vec![f64::NAN; g.patch_rows() * g.positions()];
+        unfold_samples(&g, &x, &mut cols, true);
+        for (r, row) in cols.chunks(g.positions()).enumerate() {
+            let (i, j) = (r / 2, r % 2);
+            for (p, &v) in row.iter().enumerate() {
+                let (y, xx) = ((p / 2 * 2 + i) as isize - 1, (p % 2 * 2 + j) as isize - 1);
+                let expected = if (0..3).contains(&y) && (0..3).contains(&xx) {
+                    x[(y * 3 + xx) as usize]
+                } else {
+                    0.0
+                };
+                assert_eq!(v, expected, "row {r} position {p}");
+            }
+        }
+    }
+}

@@ -1,0 +1,975 @@
+//! 2-D convolution on the CPU as one fused op: patches gathered (im2col, `im2col.rs`)
+//! into a small per-thread buffer and multiplied by the weight with the `gemm` crate, a group
+//! of samples at a time; the backward computes the weight gradient and the input gradient
+//! (transposed product, then the exact adjoint of the gather) the same way. 3×3, stride-1
+//! convolutions with 32 or more channels on planes of 32 × 32 outputs or more run their
+//! forward and input gradient through Winograd's F(2×2, 3×3) instead (`winograd.rs`:
+//! 2.25× fewer multiplications).
+//!
+//! candle 0.11's CPU `conv2d` runs at a few GFLOP/s and its backward goes through a
+//! direct-loop `conv_transpose2d`: measured on the 2-core dev machine, a 3×3 convolution
+//! of `[8, 16, 100, 100]` took 49 ms forward and 200 ms more backward. An earlier version
+//! here gathered the patches of the whole batch into a `[B, C·kh·kw, Ho·Wo]` tensor and used
+//! candle's batched matmul; the fused op allocates no patch tensor (the patch matrix of a
+//! group of samples stays in cache), never stores patches for the backward (it gathers them
+//! again, which costs far less than the products), multiplies small output planes of
+//! several samples in one product, and skips the input gradient when nothing upstream
+//! needs it. On the DeepONet-CNN branch (batch 32) that halved the convolutions' training
+//! time (docs/layers-local.md).
+//!
+//! Samples are grouped by a size fixed by the geometry alone, groups run in parallel (each
+//! product on one thread) or, when there are too few groups, one after the other with
+//! multi-threaded products, and the weight gradient sums one partial per group in group
+//! order: results do not depend on the thread count.
+//!
+//! Semantics are PyTorch's `F.conv2d` (cross-correlation, zero padding, weight
+//! `[O, C, kh, kw]`), groups = dilation = 1. Other devices and dtypes use candle's
+//! `conv2d`.
+
+use crate::cpu::gemm_view::{gemm, GemmScalar, MatMut, MatRef};
+use crate::cpu::im2col::{fold_rows, fold_samples, unfold_rows, unfold_samples, Geometry};
+use crate::cpu::map::contiguous;
+use crate::cpu::scratch::PoolBuf;
+use crate::cpu::winograd::{self, WinogradScalar};
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Cross-correlation of `x` `[B, C, H, W]` with `weight` `[O, C, kh, kw]`, zero padding
+/// `padding` on every side and step `stride` on both axes: `[B, O, Ho, Wo]` with
+/// `Ho = (H + 2·padding − kh)/stride + 1` (likewise `Wo`). Differentiable in both.
+pub fn conv2d(x: &Tensor, weight: &Tensor, padding: usize, stride: usize) -> Result<Tensor> {
+    let (_, c, h, w) = x.dims4()?;
+    let (o, wc, kh, kw) = weight.dims4()?;
+    if wc != c {
+        candle_core::bail!(
+            "conv2d: weight {:?} expects {wc} input channels, input {:?} has {c}",
+            weight.dims(),
+            x.dims()
+        );
+    }
+    if stride == 0 {
+        candle_core::bail!("conv2d: stride must be at least 1");
+    }
+    if h + 2 * padding < kh || w + 2 * padding < kw {
+        candle_core::bail!(
+            "conv2d: kernel {kh}×{kw} larger than the padded input {}×{}",
+            h + 2 * padding,
+            w + 2 * padding
+        );
+    }
+    if x.dtype() != weight.dtype() {
+        candle_core::bail!(
+            "conv2d: input is {:?} but the weight is {:?}",
+            x.dtype(),
+            weight.dtype()
+        );
+    }
+    if !(x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)) {
+        return x.conv2d(weight, padding, stride, 1, 1);
+    }
+    let op = Conv2dOp {
+        geometry: Geometry::new(c, h, w, kh, kw, padding, stride),
+        out_channels: o,
+    };
+    x.contiguous()?.apply_op2(&weight.contiguous()?, op)
+}
+
+/// Aim for about this many patch-matrix columns per group of samples: output planes
+/// smaller than this (strided encoders, coarse U-Net levels) are multiplied several
+/// samples at a time, larger ones one sample at a time.
+const TARGET_COLUMNS: usize = 1024;
+
+/// The forward convolution (input, weight) → output.
+#[derive(Debug, Clone, Copy)]
+struct Conv2dOp {
+    geometry: Geometry,
+    out_channels: usize,
+}
+
+/// Input gradient: (weight, output gradient) → `[B, C, H, W]`.
+#[derive(Debug, Clone, Copy)]
+struct InputGrad {
+    geometry: Geometry,
+    out_channels: usize,
+}
+
+/// Weight gradient: (input, output gradient) → `[O, C, kh, kw]`.
+#[derive(Debug, Clone, Copy)]
+struct WeightGrad {
+    geometry: Geometry,
+    out_channels: usize,
+}
+
+/// Per-thread buffers reused across the groups a thread handles.
+#[derive(Default)]
+struct Scratch<T: GemmScalar> {
+    /// The patch matrix `[C·kh·kw, n·Ho·Wo]` of a group.
+    cols: PoolBuf<T>,
+    /// A group's outputs (or output gradients) channel-major, `[O, n·Ho·Wo]`.
+    channel_major: PoolBuf<T>,
+}
+
+/// Output rows whose patch matrix `[C·kh·kw, rows·Wo]` a one-sample product gathers at a
+/// time: the block stays in the core's cache between the gather and the product instead
+/// of a whole sample's patch matrix (11.5 MB for 32 channels, 3×3, 100 × 100) going
+/// through memory twice.
+fn rows_per_block<T>(g: &Geometry) -> usize {
+    let row_bytes = std::mem::size_of::<T>() * g.patch_rows() * g.wo;
+    (BLOCK_BYTES / row_bytes.max(1)).clamp(1, g.ho.max(1))
+}
+
+/// Whether a group runs block by block ([`rows_per_block`]): one sample of a stride-1
+/// convolution. (Not a function of the thread count: the weight gradient's sums are
+/// ordered by block.)
+fn blocked(g: &Geometry, n: usize) -> bool {
+    n == 1 && g.stride == 1
+}
+
+/// The geometry of the input gradient as a convolution of the output gradient, when that
+/// runs through [`winograd`]: a 3×3, stride-1 kernel with padding `p ≤ 2` has the adjoint
+/// `∂x = ∂y ⋆ flip(Wᵀ)` with padding `2 − p`, whose output is `H × W` again.
+fn winograd_adjoint(g: &Geometry, out_channels: usize) -> Option<Geometry> {
+    let adjoint = Geometry::new(
+        out_channels,
+        g.ho,
+        g.wo,
+        3,
+        3,
+        2usize.checked_sub(g.padding)?,
+        1,
+    );
+    let fits = winograd::applies(g, out_channels)
+        && winograd::applies(&adjoint, g.c)
+        && (adjoint.ho, adjoint.wo) == (g.h, g.w);
+    fits.then_some(adjoint)
+}
+
+/// `w [O, C, 3, 3]` → `[C, O, 3, 3]` with each filter turned by 180°.
+fn flip_transposed<T: Copy + Default>(w: &[T], (o, c): (usize, usize)) -> Vec<T> {
+    let mut flipped = vec![T::default(); w.len()];
+    for (oc, filter) in w.chunks_exact(9).enumerate() {
+        let (oi, ci) = (oc / c, oc % c);
+        let dst = &mut flipped[(ci * o + oi) * 9..][..9];
+        for (k, &v) in filter.iter().enumerate() {
+            dst[8 - k] = v;
+        }
+    }
+    flipped
+}
+
+/// The output-row blocks `(oh0, oh1)` of [`rows_per_block`] rows.
+fn row_blocks<T>(g: &Geometry) -> impl Iterator<Item = (usize, usize)> {
+    let (rows, ho) = (rows_per_block::<T>(g), g.ho);
+    (0..ho)
+        .step_by(rows)
+        .map(move |oh0| (oh0, (oh0 + rows).min(ho)))
+}
+
+/// Target size of a block's patch matrix (a share of a 1 MB L2 cache).
+const BLOCK_BYTES: usize = 512 * 1024;
+
+/// The sizes shared by the three kernels.
+#[derive(Debug, Clone, Copy)]
+struct Sizes {
+    batch: usize,
+    /// Samples per group.
+    group: usize,
+    out_channels: usize,
+    positions: usize,
+    patch_rows: usize,
+}
+
+impl Sizes {
+    fn new(g: &Geometry, batch: usize, out_channels: usize) -> Self {
+        let positions = g.positions();
+        Self {
+            batch,
+            group: TARGET_COLUMNS
+                .div_ceil(positions.max(1))
+                .clamp(1, batch.max(1)),
+            out_channels,
+            positions,
+            patch_rows: g.patch_rows(),
+        }
+    }
+
+    /// Output (or output-gradient) elements of one sample.
+    fn out_sample(&self) -> usize {
+        self.out_channels * self.positions
+    }
+}
+
+/// Runs `work(group index, its slice of dst, scratch, threads for its products)` over
+/// `dst` cut into `chunk_len` pieces: in parallel with one-thread products when there are
+/// enough pieces to keep every thread busy, else in turn with multi-threaded products.
+fn run_groups<T, W>(dst: &mut [T], chunk_len: usize, work: W) -> Result<()>
+where
+    T: GemmScalar,
+    W: Fn(usize, &mut [T], &mut Scratch<T>, usize) -> Result<()> + Sync,
+{
+    let chunk_len = chunk_len.max(1);
+    let threads = rayon::current_num_threads();
+    if threads == 1 || dst.len().div_ceil(chunk_len) >= 2 * threads {
+        dst.par_chunks_mut(chunk_len)
+            .enumerate()
+            .try_for_each_init(Scratch::default, |scratch, (i, d)| work(i, d, scratch, 1))
+    } else {
+        let mut scratch = Scratch::default();
+        dst.chunks_mut(chunk_len)
+            .enumerate()
+            .try_for_each(|(i, d)| work(i, d, &mut scratch, threads))
+    }
+}
+
+/// `[n, O, L]` (sample-major) → `[O, n·L]` (channel-major).
+fn to_channel_major<T: Copy>(src: &[T], sz: &Sizes, dst: &mut [T]) {
+    let (o, l) = (sz.out_channels, sz.positions);
+    let n = src.len() / sz.out_sample().max(1);
+    for (s, sample) in src.chunks_exact(sz.out_sample().max(1)).enumerate() {
+        for (c, plane) in sample.chunks_exact(l.max(1)).enumerate() {
+            dst[c * n * l + s * l..][..l].copy_from_slice(plane);
+        }
+    }
+    debug_assert_eq!(dst.len(), o * n * l);
+}
+
+/// `[O, n·L]` (channel-major) → `[n, O, L]` (sample-major).
+fn to_sample_major<T: Copy>(src: &[T], sz: &Sizes, dst: &mut [T]) {
+    let l = sz.positions;
+    let n = dst.len() / sz.out_sample().max(1);
+    for (s, sample) in dst.chunks_exact_mut(sz.out_sample().max(1)).enumerate() {
+        for (c, plane) in sample.chunks_exact_mut(l.max(1)).enumerate() {
+            plane.copy_from_slice(&src[c * n * l + s * l..][..l]);
+        }
+    }
+}
+
+/// The output gradient of the `n` samples of group `index` as a channel-major `[O, n·L]`
+/// matrix: the input slice itself for one sample, else rearranged into `buffer`.
+fn group_grad<'a, T: GemmScalar>(
+    grad: &'a [T],
+    sz: &Sizes,
+    index: usize,
+    n: usize,
+    buffer: &'a mut PoolBuf<T>,
+) -> &'a [T] {
+    let slice = &grad[index * sz.group * sz.out_sample()..][..n * sz.out_sample()];
+    if n == 1 {
+        return slice;
+    }
+    buffer.set_len(slice.len());
+    to_channel_major(slice, sz, buffer);
+    buffer
+}
+
+/// One sample's output `out_s` `[O, Ho·Wo]` block by block ([`rows_per_block`]): each
+/// block's patch matrix gathered and multiplied while in cache. With several threads
+/// (batch 1) the blocks run in parallel into a staging buffer, then are copied into the
+/// rows; the products are the same one-thread products either way.
+fn forward_blocked<T: GemmScalar>(
+    g: &Geometry,
+    sz: &Sizes,
+    xs: &[T],
+    weight: MatRef<T>,
+    out_s: &mut [T],
+    threads: usize,
+) -> Result<()> {
+    let product = |cols: &mut PoolBuf<T>, (oh0, oh1): (usize, usize), dst: MatMut<T>| {
+        let width = (oh1 - oh0) * g.wo;
+        cols.set_len(sz.patch_rows * width);
+        unfold_rows(g, xs, (oh0, oh1), cols);
+        gemm(
+            dst,
+            weight,
+            MatRef::row_major(cols, sz.patch_rows, width),
+            false,
+            1,
+        )
+    };
+    let o = sz.out_channels;
+    if threads == 1 {
+        let mut cols = PoolBuf::new(0);
+        for (oh0, oh1) in row_blocks::<T>(g) {
+            let width = (oh1 - oh0) * g.wo;
+            let dst = MatMut::strided_rows(&mut out_s[oh0 * g.wo..], (o, width), sz.positions);
+            product(&mut cols, (oh0, oh1), dst)?;
+        }
+        return Ok(());
+    }
+    let blocks: Vec<(usize, usize)> = row_blocks::<T>(g).collect();
+    let stride = o * rows_per_block::<T>(g) * g.wo;
+    let mut staged = PoolBuf::new(blocks.len() * stride);
+    staged
+        .par_chunks_mut(stride)
+        .zip(blocks.par_iter())
+        .try_for_each_init(
+            || PoolBuf::new(0),
+            |cols, (dst, &(oh0, oh1))| {
+                let width = (oh1 - oh0) * g.wo;
+                let dst = MatMut::row_major(&mut dst[..o * width], o, width);
+                product(cols, (oh0, oh1), dst)
+            },
+        )?;
+    for (block, &(oh0, oh1)) in staged.chunks(stride).zip(&blocks) {
+        let width = (oh1 - oh0) * g.wo;
+        for (c, row) in block.chunks_exact(width).take(o).enumerate() {
+            out_s[c * sz.positions + oh0 * g.wo..][..width].copy_from_slice(row);
+        }
+    }
+    Ok(())
+}
+
+/// The output gradient of output rows `oh0..oh1` of one sample `gs` `[O, Ho·Wo]`: a
+/// `[O, (oh1 − oh0)·Wo]` view.
+fn grad_block<'a, T>(
+    g: &Geometry,
+    sz: &Sizes,
+    gs: &'a [T],
+    (oh0, oh1): (usize, usize),
+) -> MatRef<'a, T> {
+    let width = (oh1 - oh0) * g.wo;
+    MatRef::strided(
+        &gs[oh0 * g.wo..],
+        (sz.out_channels, width),
+        (sz.positions, 1),
+    )
+}
+
+/// One sample's weight gradient `[O, C·kh·kw]` block by block: one product per block into
+/// its own partial (blocks in parallel with several threads), partials summed in block
+/// order, so the result does not depend on the thread count.
+fn weight_grad_blocked<T: GemmScalar>(
+    g: &Geometry,
+    sz: &Sizes,
+    xs: &[T],
+    gs: &[T],
+    partial: &mut [T],
+    threads: usize,
+) -> Result<()> {
+    let blocks: Vec<(usize, usize)> = row_blocks::<T>(g).collect();
+    let per = sz.out_channels * sz.patch_rows;
+    let mut parts = PoolBuf::new(blocks.len() * per);
+    let product = |cols: &mut PoolBuf<T>, (dst, &(oh0, oh1)): (&mut [T], &(usize, usize))| {
+        let width = (oh1 - oh0) * g.wo;
+        cols.set_len(sz.patch_rows * width);
+        unfold_rows(g, xs, (oh0, oh1), cols);
+        let grad = grad_block(g, sz, gs, (oh0, oh1));
+        gemm(
+            MatMut::row_major(dst, sz.out_channels, sz.patch_rows),
+            grad,
+            MatRef::row_major(cols, sz.patch_rows, width).t(),
+            false,
+            1,
+        )
+    };
+    if threads == 1 {
+        let mut cols = PoolBuf::new(0);
+        for item in parts.chunks_mut(per).zip(&blocks) {
+            product(&mut cols, item)?;
+        }
+    } else {
+        parts
+            .par_chunks_mut(per)
+            .zip(blocks.par_iter())
+            .try_for_each_init(|| PoolBuf::new(0), product)?;
+    }
+    let mut chunks = parts.chunks_exact(per);
+    if let Some(first) = chunks.next() {
+        partial.copy_from_slice(first);
+    }
+    for part in chunks {
+        for (d, &v) in partial.iter_mut().zip(part) {
+            *d += v;
+        }
+    }
+    Ok(())
+}
+
+/// Input channels whose gradient planes one task of [`input_grad_blocked`] owns.
+const FOLD_CHANNELS: usize = 4;
+
+/// One sample's input gradient `gx_s` `[C, H, W]` block by block: per fixed chunk of
+/// [`FOLD_CHANNELS`] channels, each block's rows of `Wᵀ·G` multiplied and folded back in
+/// block order (chunks in parallel with several threads: they own disjoint planes).
+fn input_grad_blocked<T: GemmScalar>(
+    g: &Geometry,
+    sz: &Sizes,
+    w: &[T],
+    gs: &[T],
+    gx_s: &mut [T],
+    threads: usize,
+) -> Result<()> {
+    let taps = g.kh * g.kw;
+    let fold = |cols: &mut PoolBuf<T>, (chunk, planes): (usize, &mut [T])| {
+        let c0 = chunk * FOLD_CHANNELS;
+        let sub = Geometry {
+            c: planes.len() / g.plane().max(1),
+            ..*g
+        };
+        // Rows `c0·taps ..` of `Wᵀ`: columns of `W` `[O, C·taps]`.
+        let weight_t = MatRef::strided(
+            &w[c0 * taps..],
+            (sz.out_channels, sub.c * taps),
+            (sz.patch_rows, 1),
+        )
+        .t();
+        planes.fill(T::default());
+        for (oh0, oh1) in row_blocks::<T>(g) {
+            let width = (oh1 - oh0) * g.wo;
+            cols.set_len(sub.c * taps * width);
+            let grad = grad_block(g, sz, gs, (oh0, oh1));
+            gemm(
+                MatMut::row_major(cols, sub.c * taps, width),
+                weight_t,
+                grad,
+                false,
+                1,
+            )?;
+            fold_rows(&sub, cols, (oh0, oh1), planes);
+        }
+        Ok(())
+    };
+    let chunk_len = FOLD_CHANNELS * g.plane();
+    if threads == 1 {
+        let mut cols = PoolBuf::new(0);
+        gx_s.chunks_mut(chunk_len)
+            .enumerate()
+            .try_for_each(|item| fold(&mut cols, item))
+    } else {
+        gx_s.par_chunks_mut(chunk_len)
+            .enumerate()
+            .try_for_each_init(|| PoolBuf::new(0), fold)
+    }
+}
+
+fn forward<T: WinogradScalar>(g: &Geometry, sz: &Sizes, x: &[T], w: &[T]) -> Result<Vec<T>> {
+    let total = sz.batch * sz.out_sample();
+    if winograd::applies(g, sz.out_channels) {
+        return winograd::forward_to_vec(g, x, w, sz.out_channels);
+    }
+    let mut out = vec![T::default(); total];
+    let weight = MatRef::row_major(w, sz.out_channels, sz.patch_rows);
+    run_groups(
+        &mut out,
+        sz.group * sz.out_sample(),
+        |i, out, scratch, threads| {
+            let n = out.len() / sz.out_sample();
+            let xs = &x[i * sz.group * g.sample()..][..n * g.sample()];
+            let columns = n * sz.positions;
+            if blocked(g, n) {
+                return forward_blocked(g, sz, xs, weight, out, threads);
+            }
+            scratch.cols.set_len(sz.patch_rows * columns);
+            unfold_samples(g, xs, &mut scratch.cols, threads > 1);
+            let cols = MatRef::row_major(&scratch.cols, sz.patch_rows, columns);
+            if n == 1 {
+                return gemm(
+                    MatMut::row_major(out, sz.out_channels, columns),
+                    weight,
+                    cols,
+                    false,
+                    threads,
+                );
+            }
+            let buffer = &mut scratch.channel_major;
+            buffer.set_len(out.len());
+            gemm(
+                MatMut::row_major(buffer, sz.out_channels, columns),
+                weight,
+                cols,
+                false,
+                threads,
+            )?;
+            to_sample_major(buffer, sz, out);
+            Ok(())
+        },
+    )?;
+    Ok(out)
+}
+
+fn input_grad<T: WinogradScalar>(g: &Geometry, sz: &Sizes, w: &[T], grad: &[T]) -> Result<Vec<T>> {
+    let total = sz.batch * g.sample();
+    if let Some(adjoint) = winograd_adjoint(g, sz.out_channels) {
+        // The input gradient of a stride-1 convolution is the convolution of the output
+        // gradient with the flipped, transposed filter and the complementary padding.
+        let flipped = flip_transposed(w, (sz.out_channels, g.c));
+        return winograd::forward_to_vec(&adjoint, grad, &flipped, g.c);
+    }
+    let mut gx = vec![T::default(); total];
+    let weight_t = MatRef::row_major(w, sz.out_channels, sz.patch_rows).t();
+    run_groups(&mut gx, sz.group * g.sample(), |i, gx, scratch, threads| {
+        let n = gx.len() / g.sample();
+        let columns = n * sz.positions;
+        if blocked(g, n) {
+            let gs = &grad[i * sz.group * sz.out_sample()..][..sz.out_sample()];
+            return input_grad_blocked(g, sz, w, gs, gx, threads);
+        }
+        let gmat = group_grad(grad, sz, i, n, &mut scratch.channel_major);
+        scratch.cols.set_len(sz.patch_rows * columns);
+        gemm(
+            MatMut::row_major(&mut scratch.cols, sz.patch_rows, columns),
+            weight_t,
+            MatRef::row_major(gmat, sz.out_channels, columns),
+            false,
+            threads,
+        )?;
+        fold_samples(g, &scratch.cols, gx, threads > 1);
+        Ok(())
+    })?;
+    Ok(gx)
+}
+
+fn weight_grad<T: GemmScalar>(g: &Geometry, sz: &Sizes, x: &[T], grad: &[T]) -> Result<Vec<T>> {
+    let per_group = sz.out_channels * sz.patch_rows;
+    let groups = sz.batch.div_ceil(sz.group);
+    let mut partials = vec![T::default(); groups * per_group];
+    run_groups(&mut partials, per_group, |i, partial, scratch, threads| {
+        let n = sz.group.min(sz.batch - i * sz.group);
+        let columns = n * sz.positions;
+        let xs = &x[i * sz.group * g.sample()..][..n * g.sample()];
+        if blocked(g, n) {
+            let gs = &grad[i * sz.group * sz.out_sample()..][..sz.out_sample()];
+            return weight_grad_blocked(g, sz, xs, gs, partial, threads);
+        }
+        scratch.cols.set_len(sz.patch_rows * columns);
+        unfold_samples(g, xs, &mut scratch.cols, threads > 1);
+        let gmat = group_grad(grad, sz, i, n, &mut scratch.channel_major);
+        gemm(
+            MatMut::row_major(partial, sz.out_channels, sz.patch_rows),
+            MatRef::row_major(gmat, sz.out_channels, columns),
+            MatRef::row_major(&scratch.cols, sz.patch_rows, columns).t(),
+            false,
+            threads,
+        )
+    })?;
+    if groups <= 1 {
+        // One group, or an empty batch (whose weight gradient is zero).
+        partials.resize(per_group, T::default());
+        return Ok(partials);
+    }
+    // Sum the partials in group order, element chunks in parallel.
+    let mut total = partials[..per_group].to_vec();
+    total
+        .par_chunks_mut(crate::cpu::map::CHUNK)
+        .enumerate()
+        .for_each(|(c, out)| {
+            let start = c * crate::cpu::map::CHUNK;
+            for partial in partials.chunks_exact(per_group).skip(1) {
+                for (o, &p) in out.iter_mut().zip(&partial[start..]) {
+                    *o += p;
+                }
+            }
+        });
+    Ok(total)
+}
+
+/// The two contiguous f32 or f64 operands of a conv2d kernel, dispatched on dtype.
+fn dispatch2(
+    op: &str,
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+    f32_kernel: impl FnOnce(&[f32], &[f32]) -> Result<Vec<f32>>,
+    f64_kernel: impl FnOnce(&[f64], &[f64]) -> Result<Vec<f64>>,
+) -> Result<CpuStorage> {
+    Ok(match (s1, s2) {
+        (CpuStorage::F32(a), CpuStorage::F32(b)) => {
+            CpuStorage::F32(f32_kernel(contiguous(op, a, l1)?, contiguous(op, b, l2)?)?)
+        }
+        (CpuStorage::F64(a), CpuStorage::F64(b)) => {
+            CpuStorage::F64(f64_kernel(contiguous(op, a, l1)?, contiguous(op, b, l2)?)?)
+        }
+        (a, b) => candle_core::bail!(
+            "{op}: dtypes {:?} and {:?} not handled (both f32 or both f64)",
+            a.dtype(),
+            b.dtype()
+        ),
+    })
+}
+
+/// Checks an input-shaped layout and a `[O, C, kh, kw]`/`[B, O, Ho, Wo]` one against the
+/// geometry; returns the batch size.
+fn check_input(op: &str, g: &Geometry, l: &Layout) -> Result<usize> {
+    let (b, c, h, w) = l.shape().dims4()?;
+    if (c, h, w) != (g.c, g.h, g.w) {
+        candle_core::bail!("{op}: input {:?} does not match {g:?}", l.dims());
+    }
+    Ok(b)
+}
+
+fn check_weight(op: &str, g: &Geometry, o: usize, l: &Layout) -> Result<()> {
+    if l.dims() != [o, g.c, g.kh, g.kw] {
+        candle_core::bail!("{op}: weight {:?} does not match {o} × {g:?}", l.dims());
+    }
+    Ok(())
+}
+
+fn check_grad(op: &str, g: &Geometry, o: usize, l: &Layout) -> Result<usize> {
+    let (b, go, ho, wo) = l.shape().dims4()?;
+    if (go, ho, wo) != (o, g.ho, g.wo) {
+        candle_core::bail!(
+            "{op}: output gradient {:?} does not match {o} × {g:?}",
+            l.dims()
+        );
+    }
+    Ok(b)
+}
+
+impl CustomOp2 for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (g, o) = (&self.geometry, self.out_channels);
+        let b = check_input(self.name(), g, l1)?;
+        check_weight(self.name(), g, o, l2)?;
+        let sz = Sizes::new(g, b, o);
+        let out = dispatch2(
+            self.name(),
+            (s1, l1),
+            (s2, l2),
+            |x, w| forward(g, &sz, x, w),
+            |x, w| forward(g, &sz, x, w),
+        )?;
+        Ok((out, Shape::from((b, o, g.ho, g.wo))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let (geometry, out_channels) = (self.geometry, self.out_channels);
+        // An input that is neither a variable nor computed from anything (the model's
+        // input) needs no gradient: skipping it saves a product and a scatter.
+        let gx = if x.track_op() {
+            let op = InputGrad {
+                geometry,
+                out_channels,
+            };
+            Some(weight.apply_op2_no_bwd(&grad, &op)?)
+        } else {
+            None
+        };
+        let gw = if weight.track_op() {
+            let op = WeightGrad {
+                geometry,
+                out_channels,
+            };
+            Some(x.apply_op2_no_bwd(&grad, &op)?)
+        } else {
+            None
+        };
+        Ok((gx, gw))
+    }
+}
+
+impl CustomOp2 for InputGrad {
+    fn name(&self) -> &'static str {
+        "conv2d-input-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (g, o) = (&self.geometry, self.out_channels);
+        check_weight(self.name(), g, o, l1)?;
+        let b = check_grad(self.name(), g, o, l2)?;
+        let sz = Sizes::new(g, b, o);
+        let out = dispatch2(
+            self.name(),
+            (s1, l1),
+            (s2, l2),
+            |w, gr| input_grad(g, &sz, w, gr),
+            |w, gr| input_grad(g, &sz, w, gr),
+        )?;
+        Ok((out, Shape::from((b, g.c, g.h, g.w))))
+    }
+}
+
+impl CustomOp2 for WeightGrad {
+    fn name(&self) -> &'static str {
+        "conv2d-weight-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (g, o) = (&self.geometry, self.out_channels);
+        let b = check_input(self.name(), g, l1)?;
+        if check_grad(self.name(), g, o, l2)? != b {
+            candle_core::bail!(
+                "{}: input {:?} and output gradient {:?} differ in batch size",
+                self.name(),
+                l1.dims(),
+                l2.dims()
+            );
+        }
+        let sz = Sizes::new(g, b, o);
+        let out = dispatch2(
+            self.name(),
+            (s1, l1),
+            (s2, l2),
+            |x, gr| weight_grad(g, &sz, x, gr),
+            |x, gr| weight_grad(g, &sz, x, gr),
+        )?;
+        Ok((out, Shape::from((o, g.c, g.kh, g.kw))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gradcheck::{check_gradients, random_like, GradCheckConfig};
+    use candle_core::{Device, Var};
+
+    fn random(shape: &[usize], seed: u64) -> Result<Tensor> {
+        random_like(&Tensor::zeros(shape, DType::F64, &Device::Cpu)?, seed)
+    }
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
+        (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()
+    }
+
+    #[test]
+    fn matches_candle_conv2d_for_paddings_strides_and_kernels() -> Result<()> {
+        for (k, p, s, h, w) in [
+            (3, 1, 1, 7, 6),
+            (3, 0, 1, 5, 5),
+            (3, 1, 2, 8, 7),
+            (1, 0, 1, 4, 3),
+            (5, 2, 2, 9, 6),
+            (5, 4, 3, 4, 2),
+            (3, 2, 1, 3, 5),
+        ] {
+            let x = random(&[2, 3, h, w], 1)?;
+            let wt = random(&[4, 3, k, k], 2)?;
+            let reference = x.conv2d(&wt, p, s, 1, 1)?;
+            // Untracked operands take the batched no-gradient path, a `Var` the per-sample
+            // graph path: both must match candle.
+            let tracked = Var::from_tensor(&x)?;
+            for (path, ours) in [
+                ("no-grad", conv2d(&x, &wt, p, s)?),
+                ("graph", conv2d(tracked.as_tensor(), &wt, p, s)?),
+            ] {
+                assert_eq!(ours.dims(), reference.dims(), "{path} k{k} p{p} s{s}");
+                let d = max_abs_diff(&ours, &reference)?;
+                assert!(d < 1e-12, "{path} k{k} p{p} s{s}: differs by {d}");
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn bad_shapes_are_errors() -> Result<()> {
+        let x = random(&[1, 3, 4, 4], 1)?;
+        let e = conv2d(&x, &random(&[2, 2, 3, 3], 2)?, 1, 1).expect_err("channel mismatch");
+        assert!(e.to_string().contains("expects 2 input channels"), "{e}");
+        assert!(conv2d(&x, &random(&[2, 3, 7, 7], 2)?, 1, 1).is_err());
+        assert!(conv2d(&x, &random(&[2, 3, 3, 3], 2)?, 1, 0).is_err());
+        Ok(())
+    }
+
+    /// Large planes run block by block (several output-row blocks per sample here, with a
+    /// last block shorter than the others): forward equal to candle's, gradients equal to
+    /// the whole-sample path's through candle (`conv2d` with a graph on stride-1 inputs)
+    /// and to finite differences, on one thread and on several.
+    #[test]
+    fn blocked_path_matches_candle_and_finite_differences() -> Result<()> {
+        let (b, c, h, w) = (2, 8, 40, 64);
+        let g = Geometry::new(c, h, w, 3, 3, 1, 1);
+        assert!(
+            blocked(&g, 1) && rows_per_block::<f64>(&g) < h && h % rows_per_block::<f64>(&g) != 0,
+            "the case must have several blocks and a short last one"
+        );
+        let x = Var::from_tensor(&random(&[b, c, h, w], 20)?)?;
+        let wt = Var::from_tensor(&random(&[5, c, 3, 3], 21)?)?;
+        let ours = conv2d(x.as_tensor(), wt.as_tensor(), 1, 1)?;
+        let reference = x.as_tensor().conv2d(wt.as_tensor(), 1, 1, 1, 1)?;
+        assert!(max_abs_diff(&ours, &reference)? < 1e-12);
+        let r = random(&[b, 5, h, w], 22)?;
+        let grads = |run_on_one_thread: bool| -> Result<Vec<Vec<f64>>> {
+            let run = || -> Result<Vec<Vec<f64>>> {
+                let y = conv2d(x.as_tensor(), wt.as_tensor(), 1, 1)?;
+                let gs = (y * &r)?.sum_all()?.backward()?;
+                let missing = || candle_core::Error::Msg("missing gradient".into());
+                let gx = gs.get(x.as_tensor()).ok_or_else(missing)?;
+                let gw = gs.get(wt.as_tensor()).ok_or_else(missing)?;
+                Ok(vec![
+                    gx.flatten_all()?.to_vec1()?,
+                    gw.flatten_all()?.to_vec1()?,
+                ])
+            };
+            if run_on_one_thread {
+                crate::cpu::map::single_threaded(run)
+            } else {
+                run()
+            }
+        };
+        let (one, many) = (grads(true)?, grads(false)?);
+        assert_eq!(one, many, "thread count changed the gradients");
+        // The exact gradients of Σ r·conv(x, w): ∂x = conv_transpose(r, w), ∂w = corr(x, r).
+        let gx_ref = r.conv_transpose2d(wt.as_tensor(), 1, 0, 1, 1)?;
+        let gw_ref = x
+            .as_tensor()
+            .transpose(0, 1)?
+            .conv2d(&r.transpose(0, 1)?, 1, 1, 1, 1)?
+            .transpose(0, 1)?;
+        let to_vec = |t: &Tensor| -> Result<Vec<f64>> { t.flatten_all()?.to_vec1() };
+        for (got, want) in one.iter().zip([to_vec(&gx_ref)?, to_vec(&gw_ref)?]) {
+            let d = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max);
+            assert!(
+                d < 1e-10,
+                "blocked gradient differs from the reference by {d}"
+            );
+        }
+        let (xs, ws) = (x.clone(), wt.clone());
+        let report = check_gradients(
+            move || (conv2d(xs.as_tensor(), ws.as_tensor(), 1, 1)? * &r)?.sum_all(),
+            &[x, wt],
+            &GradCheckConfig::default(),
+        )?;
+        assert!(report.passed(), "{report:?}");
+        Ok(())
+    }
+
+    /// Convolutions with enough channels run forward and input gradient through
+    /// [`winograd`]: for paddings 0, 1 and 2, odd and even planes and batches that take
+    /// several tasks, the output equals candle's, the input gradient equals candle's
+    /// `conv_transpose2d` and finite differences, and neither depends on the thread count.
+    #[test]
+    fn winograd_paths_match_candle_and_finite_differences() -> Result<()> {
+        for (b, c, o, h, w, p) in [
+            (2, 32, 33, 32, 34, 1),
+            (1, 33, 32, 35, 33, 0),
+            (1, 32, 32, 33, 32, 2),
+        ] {
+            let g = Geometry::new(c, h, w, 3, 3, p, 1);
+            assert!(winograd::applies(&g, o) && winograd_adjoint(&g, o).is_some());
+            let x = Var::from_tensor(&random(&[b, c, h, w], 30)?)?;
+            let wt = random(&[o, c, 3, 3], 31)?;
+            let ours = conv2d(x.as_tensor(), &wt, p, 1)?;
+            let reference = x.as_tensor().conv2d(&wt, p, 1, 1, 1)?;
+            assert!(max_abs_diff(&ours, &reference)? < 1e-12, "forward p{p}");
+            let r = random(ours.dims(), 32)?;
+            let grad = || -> Result<Tensor> {
+                let gs = (conv2d(x.as_tensor(), &wt, p, 1)? * &r)?
+                    .sum_all()?
+                    .backward()?;
+                gs.get(x.as_tensor())
+                    .cloned()
+                    .ok_or_else(|| candle_core::Error::Msg("missing gradient".into()))
+            };
+            let gx = grad()?;
+            let gx_ref = r.conv_transpose2d(&wt, p, 0, 1, 1)?;
+            assert!(max_abs_diff(&gx, &gx_ref)? < 1e-12, "input gradient p{p}");
+            let one = crate::cpu::map::single_threaded(grad)?;
+            assert_eq!(
+                one.flatten_all()?.to_vec1::<f64>()?,
+                gx.flatten_all()?.to_vec1::<f64>()?,
+                "thread count changed the input gradient (p{p})"
+            );
+            let (xs, ws, rs) = (x.clone(), wt.clone(), r.clone());
+            let report = check_gradients(
+                move || (conv2d(xs.as_tensor(), &ws, p, 1)? * &rs)?.sum_all(),
+                &[x],
+                &GradCheckConfig::default(),
+            )?;
+            assert!(report.passed(), "p{p}: {report:?}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn result_does_not_depend_on_the_thread_count() -> Result<()> {
+        // Batch 6 of small planes (groups of samples, run in parallel), and batch 1 of a
+        // larger plane (one group, multi-threaded products).
+        for (b, c, n, stride) in [(6, 4, 20, 2), (1, 8, 64, 1)] {
+            let x = random(&[b, c, n, n], 8)?.to_dtype(DType::F32)?;
+            let w = Var::from_tensor(&random(&[5, c, 3, 3], 9)?.to_dtype(DType::F32)?)?;
+            let run = || -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+                let xv = Var::from_tensor(&x)?;
+                let y = conv2d(xv.as_tensor(), w.as_tensor(), 1, stride)?;
+                let grads = y.sqr()?.sum_all()?.backward()?;
+                let missing = || candle_core::Error::Msg("missing gradient".into());
+                let gx = grads.get(xv.as_tensor()).ok_or_else(missing)?;
+                let gw = grads.get(w.as_tensor()).ok_or_else(missing)?;
+                Ok((
+                    y.flatten_all()?.to_vec1()?,
+                    gx.flatten_all()?.to_vec1()?,
+                    gw.flatten_all()?.to_vec1()?,
+                ))
+            };
+            assert_eq!(crate::cpu::map::single_threaded(run)?, run()?, "batch {b}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() -> Result<()> {
+        // Stride 2, padding 1, 3×3 kernel, non-square inputs (where candle's own backward
+        // is wrong). 5×4 and 6×5 inputs give 3×2 and 3×3 outputs: one group holds the whole
+        // batch. 36×34 inputs give 18×17 outputs (306 columns): groups of 4, so batch 5 is
+        // a full and a partial group run in turn, and batch 13 is four groups run in parallel.
+        for (b, h, w) in [(2, 5, 4), (5, 6, 5), (5, 36, 34), (13, 36, 34)] {
+            let x = Var::from_tensor(&random(&[b, 2, h, w], 10)?)?;
+            let wt = Var::from_tensor(&random(&[3, 2, 3, 3], 11)?)?;
+            let r = random(&[b, 3, (h - 1) / 2 + 1, (w - 1) / 2 + 1], 12)?;
+            let (xs, ws) = (x.clone(), wt.clone());
+            let report = check_gradients(
+                move || (conv2d(xs.as_tensor(), ws.as_tensor(), 1, 2)? * &r)?.sum_all(),
+                &[x.clone(), wt.clone()],
+                &GradCheckConfig::default(),
+            )?;
+            assert!(report.passed(), "batch {b}, {h}×{w}: {report:?}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn an_empty_batch_has_an_empty_output_and_a_zero_weight_gradient() -> Result<()> {
+        let x = Var::from_tensor(&random(&[0, 2, 5, 5], 15)?)?;
+        let w = Var::from_tensor(&random(&[3, 2, 3, 3], 16)?)?;
+        let y = conv2d(x.as_tensor(), w.as_tensor(), 1, 1)?;
+        assert_eq!(y.dims(), &[0, 3, 5, 5]);
+        let grads = y.sum_all()?.backward()?;
+        let gw = grads
+            .get(w.as_tensor())
+            .ok_or_else(|| candle_core::Error::Msg("no weight gradient".into()))?;
+        assert_eq!(gw.dims(), &[3, 2, 3, 3]);
+        assert_eq!(gw.abs()?.sum_all()?.to_scalar::<f64>()?, 0.0);
+        Ok(())
+    }
+
+    #[test]
+    fn an_input_that_needs_no_gradient_gets_none() -> Result<()> {
+        let x = random(&[2, 2, 5, 5], 13)?;
+        let w = Var::from_tensor(&random(&[3, 2, 3, 3], 14)?)?;
+        let grads = conv2d(&x, w.as_tensor(), 1, 1)?.sum_all()?.backward()?;
+        assert!(grads.get(&x).is_none());
+        assert!(grads.get(w.as_tensor()).is_some());
+        Ok(())
+    }
+}
