@@ -34,7 +34,7 @@ fn main() -> Result<()> {
     let p = loaded.model.param_count();
     println!(
         "{}: {} parameters ({} real numbers) written to {}",
-        loaded.model.config().name(),
+        loaded.model.architecture(),
         p.numel,
         p.real,
         args.out.display()

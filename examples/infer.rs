@@ -59,7 +59,7 @@ fn main() -> Result<()> {
         .with_context(|| format!("writing {}", args.out.display()))?;
     eprintln!(
         "{}: {:?} -> {:?} in {:.3} s, written to {}",
-        loaded.model.config().name(),
+        loaded.model.architecture(),
         x.dims(),
         y.dims(),
         t0.elapsed().as_secs_f64(),

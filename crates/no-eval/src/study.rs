@@ -740,7 +740,7 @@ fn train_and_evaluate(
         label: spec.label.clone(),
         architecture: spec.config.name().to_string(),
         variant: spec.variant,
-        config: serde_json::to_value(model.config())?,
+        config: model.config_json(),
         params: model.param_count(),
         train: train_sum,
         validation: val_sum,

@@ -106,7 +106,7 @@ impl Checkpoint {
     /// Captures a model's current weights.
     pub fn from_model(model: &dyn NeuralOperator, vars: &VarMap) -> Result<Self> {
         Ok(Self {
-            config: model.config(),
+            config: ModelConfig::from_model(model)?,
             weights: snapshot(vars)?,
             normalizers: None,
             training: None,

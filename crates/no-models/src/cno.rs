@@ -413,6 +413,12 @@ fn run_res(
         .try_fold(x, |h, b| b.forward_t(&h, cfg, train))
 }
 
+impl Cno {
+    fn model_config(&self) -> ModelConfig {
+        ModelConfig::Cno(self.cfg.clone())
+    }
+}
+
 impl NeuralOperator for Cno {
     fn forward_t(&self, input: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         let (nt, nx) = self.check_input(input)?;
@@ -446,8 +452,16 @@ impl NeuralOperator for Cno {
         self.project.forward_t(&x, cfg, train)
     }
 
-    fn config(&self) -> ModelConfig {
-        ModelConfig::Cno(self.cfg.clone())
+    fn architecture(&self) -> &str {
+        "cno"
+    }
+
+    fn config_json(&self) -> serde_json::Value {
+        self.model_config().to_json()
+    }
+
+    fn rebuild(&self, vb: VarBuilder) -> Result<Box<dyn NeuralOperator>> {
+        crate::config::build(&self.model_config(), vb)
     }
 
     fn param_count(&self) -> ParamCount {

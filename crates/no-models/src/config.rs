@@ -1,6 +1,6 @@
 //! The tagged configuration of all seven architectures and the one `build` entry point.
 
-use crate::error::Result;
+use crate::error::{ModelError, Result};
 use crate::operator::NeuralOperator;
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
@@ -38,6 +38,27 @@ impl ModelConfig {
             ModelConfig::Tfno(_) => "tfno",
             ModelConfig::LocalNo(_) => "local_no",
         }
+    }
+}
+
+impl ModelConfig {
+    /// The tagged JSON form (`{"model": "fno", ...}`), as [`NeuralOperator::config_json`]
+    /// returns it.
+    pub fn to_json(&self) -> serde_json::Value {
+        // A derived `Serialize` of plain fields cannot fail.
+        serde_json::to_value(self).expect("a ModelConfig always serialises")
+    }
+
+    /// The built-in configuration of `model`; an error for an architecture that is not one
+    /// of the seven (a user model: use its [`NeuralOperator::config_json`]).
+    pub fn from_model(model: &dyn NeuralOperator) -> Result<Self> {
+        serde_json::from_value(model.config_json()).map_err(|e| ModelError::InvalidConfig {
+            model: "built-in model",
+            reason: format!(
+                "`{}` is not one of the built-in architectures or its configuration does not parse: {e}",
+                model.architecture()
+            ),
+        })
     }
 }
 

@@ -598,8 +598,16 @@ impl NeuralOperator for DeepOnet {
             .detach())
     }
 
-    fn config(&self) -> ModelConfig {
-        self.config.clone()
+    fn architecture(&self) -> &str {
+        self.config.name()
+    }
+
+    fn config_json(&self) -> serde_json::Value {
+        self.config.to_json()
+    }
+
+    fn rebuild(&self, vb: VarBuilder) -> Result<Box<dyn NeuralOperator>> {
+        crate::config::build(&self.config, vb)
     }
 
     fn param_count(&self) -> ParamCount {

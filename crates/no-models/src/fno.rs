@@ -419,6 +419,16 @@ impl Fno {
     }
 }
 
+impl Fno {
+    fn model_config(&self) -> ModelConfig {
+        if self.tucker {
+            ModelConfig::Tfno(self.cfg.clone())
+        } else {
+            ModelConfig::Fno(self.cfg.clone())
+        }
+    }
+}
+
 impl NeuralOperator for Fno {
     fn forward_t(&self, input: &Tensor, _train: bool) -> candle_core::Result<Tensor> {
         let (mut x, grid) = self.frame.enter(input).map_err(to_candle)?;
@@ -428,12 +438,20 @@ impl NeuralOperator for Fno {
         self.frame.exit(&x, &grid).map_err(to_candle)
     }
 
-    fn config(&self) -> ModelConfig {
+    fn architecture(&self) -> &str {
         if self.tucker {
-            ModelConfig::Tfno(self.cfg.clone())
+            "tfno"
         } else {
-            ModelConfig::Fno(self.cfg.clone())
+            "fno"
         }
+    }
+
+    fn config_json(&self) -> serde_json::Value {
+        self.model_config().to_json()
+    }
+
+    fn rebuild(&self, vb: VarBuilder) -> Result<Box<dyn NeuralOperator>> {
+        crate::config::build(&self.model_config(), vb)
     }
 
     fn param_count(&self) -> ParamCount {

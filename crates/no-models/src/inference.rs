@@ -30,7 +30,6 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use crate::config::build;
 use crate::error::{ModelError, Result};
 use crate::operator::NeuralOperator;
 use candle_core::Tensor;
@@ -64,16 +63,13 @@ pub fn inference_twin(
         });
     };
     let (dtype, device) = (first.dtype(), first.device().clone());
-    build(
-        &model.config(),
-        VarBuilder::from_tensors(weights, dtype, &device),
-    )
+    model.rebuild(VarBuilder::from_tensors(weights, dtype, &device))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ModelConfig;
+    use crate::{build, ModelConfig};
     use candle_core::{DType, Device};
     use no_layers::init::SeededVarMap;
 

@@ -408,6 +408,12 @@ fn merged_block_sum(
     Ok(y)
 }
 
+impl LocalNo {
+    fn model_config(&self) -> ModelConfig {
+        ModelConfig::LocalNo(self.cfg.clone())
+    }
+}
+
 impl NeuralOperator for LocalNo {
     fn forward_t(&self, input: &Tensor, _train: bool) -> candle_core::Result<Tensor> {
         let (mut x, grid) = self.frame.enter(input).map_err(to_candle)?;
@@ -417,8 +423,16 @@ impl NeuralOperator for LocalNo {
         self.frame.exit(&x, &grid).map_err(to_candle)
     }
 
-    fn config(&self) -> ModelConfig {
-        ModelConfig::LocalNo(self.cfg.clone())
+    fn architecture(&self) -> &str {
+        "local_no"
+    }
+
+    fn config_json(&self) -> serde_json::Value {
+        self.model_config().to_json()
+    }
+
+    fn rebuild(&self, vb: VarBuilder) -> Result<Box<dyn NeuralOperator>> {
+        crate::config::build(&self.model_config(), vb)
     }
 
     fn param_count(&self) -> ParamCount {

@@ -1,7 +1,7 @@
 //! The one interface every architecture implements.
 
-use crate::config::ModelConfig;
 use candle_core::{Result, Tensor};
+use candle_nn::VarBuilder;
 
 /// How many parameters a model has, counted the two ways the literature does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -16,6 +16,12 @@ pub struct ParamCount {
 ///
 /// Inputs and outputs are channels-first space–time fields `[B, C, nt, nx]`; in the study
 /// `C_in = 1` (the current I) and `C_out = 2` (v and w).
+///
+/// The trait is open: a model defined in another crate implements it (its name, its
+/// configuration as JSON, and how to rebuild itself over other variables) and then trains
+/// with [`crate::Trainer`], saves and loads through [`crate::Checkpoint`] with a
+/// [`crate::Registry`] that knows its name, and is evaluated by `no-eval` like the seven
+/// built-in architectures (`examples/custom_model.rs` does it end to end).
 pub trait NeuralOperator: Send + Sync {
     /// Runs the operator; `train` switches batch-norm statistics and dropout.
     fn forward_t(&self, input: &Tensor, train: bool) -> Result<Tensor>;
@@ -34,8 +40,18 @@ pub trait NeuralOperator: Send + Sync {
         Ok(self.forward_t(input, false)?.detach())
     }
 
-    /// The configuration the model was built from (enough to rebuild it).
-    fn config(&self) -> ModelConfig;
+    /// The architecture's registered name (`"fno"`, `"cno"`, … or a user model's own); the
+    /// `"model"` tag of [`Self::config_json`].
+    fn architecture(&self) -> &str;
+
+    /// The configuration the model was built from, as JSON tagged with
+    /// `"model": architecture()`: what a checkpoint stores and a [`crate::Registry`] builder
+    /// reads back. For the built-in architectures it is the [`crate::ModelConfig`] JSON.
+    fn config_json(&self) -> serde_json::Value;
+
+    /// The same architecture and configuration built over the variables of `vb` (the
+    /// inference twin over detached weights, a copy on another device).
+    fn rebuild(&self, vb: VarBuilder) -> crate::Result<Box<dyn NeuralOperator>>;
 
     /// The parameter count.
     fn param_count(&self) -> ParamCount;

@@ -402,6 +402,12 @@ impl PodDeepOnet {
     }
 }
 
+impl PodDeepOnet {
+    fn model_config(&self) -> ModelConfig {
+        ModelConfig::PodDon(self.config.clone())
+    }
+}
+
 impl NeuralOperator for PodDeepOnet {
     fn forward_t(&self, input: &Tensor, _train: bool) -> candle_core::Result<Tensor> {
         let c = &self.config;
@@ -430,8 +436,16 @@ impl NeuralOperator for PodDeepOnet {
         ))
     }
 
-    fn config(&self) -> ModelConfig {
-        ModelConfig::PodDon(self.config.clone())
+    fn architecture(&self) -> &str {
+        "pod_don"
+    }
+
+    fn config_json(&self) -> serde_json::Value {
+        self.model_config().to_json()
+    }
+
+    fn rebuild(&self, vb: VarBuilder) -> Result<Box<dyn NeuralOperator>> {
+        crate::config::build(&self.model_config(), vb)
     }
 
     /// Trainable parameters only (the branch); the basis and mean are fixed buffers.

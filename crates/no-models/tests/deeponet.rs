@@ -225,7 +225,7 @@ fn default_don_cnn_has_the_tuned_parameter_count() -> TestResult {
     let cfg = ModelConfig::DonCnn(DeepOnetCnnConfig::default());
     let model = build(&cfg, vars.var_builder(DType::F32, &Device::Cpu))?;
     assert_eq!(model.param_count().numel, 605_342);
-    assert_eq!(model.config(), cfg);
+    assert_eq!(no_models::ModelConfig::from_model(model.as_ref())?, cfg);
     let out = model.forward(&Tensor::zeros((2, 1, 100, 100), DType::F32, &Device::Cpu)?)?;
     assert_eq!(out.dims(), &[2, 2, 100, 100]);
     Ok(())

@@ -194,7 +194,7 @@ fn rebuilds_from_stored_tensors_and_refuses_a_missing_basis() -> TestResult {
         &basis,
         vars.var_builder(DType::F64, &Device::Cpu),
     )?;
-    let cfg = model.config();
+    let cfg = no_models::ModelConfig::from_model(&model)?;
     let ModelConfig::PodDon(pc) = &cfg else {
         panic!("{cfg:?}")
     };

@@ -224,7 +224,7 @@ impl Trainer {
         let mut meta = self.meta.clone();
         meta.train_config = Some(serde_json::to_value(&self.cfg)?);
         Ok(Checkpoint {
-            config: self.model.config(),
+            config: crate::ModelConfig::from_model(self.model.as_ref())?,
             weights: snapshot(self.vars.varmap())?,
             normalizers: self.normalizers.clone(),
             training: Some(meta),

@@ -104,7 +104,7 @@ pub fn overfit(
     normalizer: NormalizerKind,
 ) -> R<Outcome> {
     let t0 = std::time::Instant::now();
-    let name = model.config().name();
+    let name = model.architecture().to_string();
     let steps: usize = std::env::var("OVERFIT_STEPS")
         .ok()
         .and_then(|s| s.parse().ok())
