@@ -25,7 +25,7 @@ Usage (run the Rust benches first so that their estimates exist):
 
     cargo bench --bench models -- models_others
     MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736 MALLOC_TOP_PAD_=536870912 \
-        DDE_BACKEND=pytorch /work/venv/bin/python benches/python/compare_cno_deeponet.py --threads 2
+        DDE_BACKEND=pytorch python benches/python/compare_cno_deeponet.py --threads 2
 
 The malloc settings keep glibc from returning (and re-faulting) PyTorch's large buffers,
 which otherwise costs the large models up to half their time and flatters any competitor.

@@ -18,7 +18,7 @@ Usage (run the Rust benches first so that their estimates exist; same thread cou
 
     cargo bench --bench models -- models_fourier
     MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736 MALLOC_TOP_PAD_=536870912 \
-        /work/venv/bin/python benches/python/compare_neuralop.py --threads 2
+        python benches/python/compare_neuralop.py --threads 2
 
 The malloc settings keep glibc from returning (and re-faulting) PyTorch's large buffers,
 which otherwise costs these models up to half their time and flatters any competitor.

@@ -1,6 +1,6 @@
 """Side by side: the Rust SBDF2 solver against the NumPy/SciPy one, same stimulus and grid.
 
-    /work/venv/bin/python benches/python/compare_solver.py [--x0 0.5 --t0 1 --amplitude 1]
+    python benches/python/compare_solver.py [--x0 0.5 --t0 1 --amplitude 1]
 
 Builds (if needed) and runs `target/release/examples/fhn_solve --repeat N`, runs
 sbdf2_numpy.simulate the same way, checks the two solutions agree, and prints the fastest

@@ -12,7 +12,7 @@ The Rust side is the example `crates/no-layers/examples/spectral_timing.rs`, bui
 run with `cargo run --release -p no-layers --example spectral_timing`.
 
 Usage (from the repository root):
-    /work/venv/bin/python benches/python/compare_spectral.py [--reps 20] [--skip-build]
+    python benches/python/compare_spectral.py [--reps 20] [--skip-build]
 
 glibc malloc is told to keep its memory (MALLOC_MMAP_MAX_=0 ...), as in
 shared/notes/anchor-semantics.md: otherwise torch spends much of its time re-faulting

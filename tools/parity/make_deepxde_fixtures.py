@@ -3,7 +3,7 @@
 
 Run with the project's anchor environment:
 
-    DDE_BACKEND=pytorch /work/venv/bin/python tools/parity/make_deepxde_fixtures.py
+    DDE_BACKEND=pytorch python tools/parity/make_deepxde_fixtures.py
 
 It writes, under crates/no-models/tests/fixtures/ (a few kilobytes each, float64):
 

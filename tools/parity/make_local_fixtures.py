@@ -16,7 +16,7 @@ Writes crates/no-layers/tests/fixtures/local_<case>.safetensors (kilobytes each)
 Every file has the input `x`, the output `y`, the layer's tensors under their
 neuraloperator names, and a JSON `config` metadata entry.
 
-Run with the anchors' venv:  /work/venv/bin/python tools/parity/make_local_fixtures.py
+Run with the anchors' venv:  python tools/parity/make_local_fixtures.py
 The Rust test (crates/no-layers/tests/local_parity.rs) needs no Python.
 """
 import json

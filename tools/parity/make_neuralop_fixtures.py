@@ -10,7 +10,7 @@ crates/no-models/tests/fixtures/neuralop/:
   <name>.io.safetensors          a random input [2, 1, nt, nx] and the model's output.
 
 Run with the anchor environment (neuraloperator 2.0, torch-harmonics 0.8.0):
-  /work/venv/bin/python tools/parity/make_neuralop_fixtures.py [OUT_DIR]
+  python tools/parity/make_neuralop_fixtures.py [OUT_DIR]
 The Rust test `import_parity` reads these files; it needs no Python.
 """
 import json

@@ -14,7 +14,7 @@ under crates/no-layers/tests/fixtures/spectral_<case>.safetensors with:
 * metadata: in/out channels, n_modes, factorization, rank, output_shape.
 
 Run with the anchors' venv (neuraloperator 2.0, torch):
-    /work/venv/bin/python tools/parity/make_spectral_fixtures.py
+    python tools/parity/make_spectral_fixtures.py
 The Rust test (crates/no-layers/tests/spectral_parity.rs) needs no Python.
 """
 import json

@@ -612,7 +612,6 @@ struct Trained {
     map_predictions: Vec<Array2<f32>>,
 }
 
-#[allow(clippy::too_many_arguments)]
 fn train_and_evaluate(
     cfg: &StudyConfig,
     spec: &ModelSpec,
@@ -621,27 +620,14 @@ fn train_and_evaluate(
     out: &Path,
     progress: bool,
 ) -> Result<Trained> {
-    let p = &cfg.protocol;
-    let (train_in, train_out) = if spec.variant == Variant::Augmented {
-        let max = (cfg.augment_max_delay / p.output.dt()).round().max(0.0) as usize;
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed ^ 0xA11C);
-        let delays: Vec<usize> = (0..data.train_in.shape()[0])
-            .map(|_| rng.random_range(0..=max))
-            .collect();
-        (
-            crate::translation::delay_each(data.train_in.view(), &delays)?,
-            crate::translation::delay_each(data.train_out.view(), &delays)?,
-        )
-    } else {
-        (data.train_in.clone(), data.train_out.clone())
-    };
+    let (train_in, train_out) = training_arrays(cfg, spec, data)?;
     let train_ds = to_no_dataset(&train_in, &train_out)?;
     let vars = SeededVarMap::new(cfg.seed);
     let model = build_model(spec, &vars, device, &train_ds)?;
     let mut train_cfg = spec.train.clone();
     train_cfg.progress = progress;
     let mut trainer = Trainer::new(model, vars, train_cfg, device)?;
-    let dir = out.join("models").join(&spec.label);
+    let dir = model_dir(out, &spec.label);
     let start = Instant::now();
     let summary = trainer.fit(&train_ds, &data.val_ds, Some(&dir))?;
     let train_wall_s = start.elapsed().as_secs_f64();
@@ -659,11 +645,95 @@ fn train_and_evaluate(
         device,
         batch: cfg.eval.eval_batch,
     };
+    let evaluated = evaluate(cfg, spec, data, &pred, progress)?;
+
+    say(progress, &format!("  {}: latency", spec.label));
+    let p = &cfg.protocol;
+    let c_in = data.train_in.shape()[1];
+    let latency = latency::measure(
+        model,
+        device,
+        c_in,
+        p.output.nt,
+        p.output.nx,
+        &cfg.eval.latency,
+    )?;
+    let map_predictions = data
+        .map_indices
+        .iter()
+        .map(|&i| evaluated.test_pred.slice(s![i, 0, .., ..]).to_owned())
+        .collect();
+    let result = ModelResult {
+        label: spec.label.clone(),
+        architecture: spec.config.name().to_string(),
+        variant: spec.variant,
+        config: model.config_json(),
+        params: model.param_count(),
+        train: evaluated.train,
+        validation: evaluated.validation,
+        test: evaluated.test,
+        test_by_onset: evaluated.test_by_onset,
+        fine_grid: evaluated.fine_grid,
+        time_curve: evaluated.time_curve,
+        space_curve: evaluated.space_curve,
+        train_wall_s,
+        epochs: epoch_records(&summary.history),
+        latency,
+    };
+    Ok(Trained {
+        result,
+        map_predictions,
+    })
+}
+
+/// The training inputs and targets of `spec`: the training split, or for the augmented
+/// variant each sample delayed by its own seeded random whole number of output steps.
+fn training_arrays(
+    cfg: &StudyConfig,
+    spec: &ModelSpec,
+    data: &Data,
+) -> Result<(Array4<f32>, Array4<f32>)> {
+    if spec.variant != Variant::Augmented {
+        return Ok((data.train_in.clone(), data.train_out.clone()));
+    }
+    let max = (cfg.augment_max_delay / cfg.protocol.output.dt())
+        .round()
+        .max(0.0) as usize;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed ^ 0xA11C);
+    let delays: Vec<usize> = (0..data.train_in.shape()[0])
+        .map(|_| rng.random_range(0..=max))
+        .collect();
+    Ok((
+        crate::translation::delay_each(data.train_in.view(), &delays)?,
+        crate::translation::delay_each(data.train_out.view(), &delays)?,
+    ))
+}
+
+/// What one trained model scores: per-split summaries, the test errors by onset, the
+/// equivariance curves and the finer-grid error.
+struct Evaluation {
+    train: Vec<FieldSummary>,
+    validation: Vec<FieldSummary>,
+    test: Vec<FieldSummary>,
+    test_pred: Array4<f32>,
+    test_by_onset: Vec<OnsetError>,
+    time_curve: EquivarianceCurve,
+    space_curve: EquivarianceCurve,
+    fine_grid: Option<Vec<FieldSummary>>,
+}
+
+fn evaluate(
+    cfg: &StudyConfig,
+    spec: &ModelSpec,
+    data: &Data,
+    pred: &Predictor,
+    progress: bool,
+) -> Result<Evaluation> {
+    let p = &cfg.protocol;
     let spacing = Spacing {
         dt: p.output.dt(),
         dx: p.output.dx(),
     };
-
     let summarise = |inputs: &Array4<f32>, truth: &Array4<f32>| -> Result<Evaluated> {
         let y = pred.predict(inputs.view())?;
         let errs = batch_errors(y.view(), truth.view(), spacing)?;
@@ -672,20 +742,9 @@ fn train_and_evaluate(
             .collect::<Result<Vec<_>>>()?;
         Ok((sums, errs, y))
     };
-    let (train_sum, _, _) = summarise(&data.train_in, &data.train_out)?;
-    let (val_sum, _, _) = summarise(&data.val_in, &data.val_out)?;
-    let (test_sum, test_errs, test_pred) = summarise(&data.test_in, &data.test_out)?;
-    let test_by_onset = test_errs
-        .iter()
-        .enumerate()
-        .map(|(i, e)| OnsetError {
-            t0: f64::from(data.test_meta.t0[i]),
-            x0: f64::from(data.test_meta.x0[i]),
-            amplitude: f64::from(data.test_meta.amplitude[i]),
-            rel_l2_v: e[0].rel_l2,
-            rel_l2_w: e.get(1).map_or(f64::NAN, |f| f.rel_l2),
-        })
-        .collect();
+    let (train, _, _) = summarise(&data.train_in, &data.train_out)?;
+    let (validation, _, _) = summarise(&data.val_in, &data.val_out)?;
+    let (test, test_errs, test_pred) = summarise(&data.test_in, &data.test_out)?;
 
     say(progress, &format!("  {}: equivariance curves", spec.label));
     let apply = |x: ArrayView4<f32>| pred.predict(x);
@@ -703,29 +762,42 @@ fn train_and_evaluate(
         &data.space_steps,
         p.output.dx(),
     )?;
-
-    let fine_grid = match (&data.fine, model.accepts_other_resolutions()) {
+    let fine_grid = match (&data.fine, pred.model.accepts_other_resolutions()) {
         (Some(set), true) => Some(crate::resolution::evaluate(|x| pred.predict(x), set)?),
         _ => None,
     };
+    Ok(Evaluation {
+        train,
+        validation,
+        test,
+        test_pred,
+        test_by_onset: errors_by_onset(&test_errs, &data.test_meta),
+        time_curve,
+        space_curve,
+        fine_grid,
+    })
+}
 
-    say(progress, &format!("  {}: latency", spec.label));
-    let c_in = data.train_in.shape()[1];
-    let lat = latency::measure(
-        model,
-        device,
-        c_in,
-        p.output.nt,
-        p.output.nx,
-        &cfg.eval.latency,
-    )?;
-    let map_predictions = data
-        .map_indices
-        .iter()
-        .map(|&i| test_pred.slice(s![i, 0, .., ..]).to_owned())
-        .collect();
-    let epochs = summary
-        .history
+/// Each test sample's v and w errors beside its stimulus (onset, place, amplitude).
+fn errors_by_onset(
+    errs: &[crate::metrics::SampleErrors],
+    meta: &fhn_solver::dataset::Dataset,
+) -> Vec<OnsetError> {
+    errs.iter()
+        .enumerate()
+        .map(|(i, e)| OnsetError {
+            t0: f64::from(meta.t0[i]),
+            x0: f64::from(meta.x0[i]),
+            amplitude: f64::from(meta.amplitude[i]),
+            rel_l2_v: e[0].rel_l2,
+            rel_l2_w: e.get(1).map_or(f64::NAN, |f| f.rel_l2),
+        })
+        .collect()
+}
+
+/// The trainer's history as the report's epoch records.
+fn epoch_records(history: &[no_models::train::EpochRecord]) -> Vec<EpochRecord> {
+    history
         .iter()
         .map(|e| EpochRecord {
             epoch: e.epoch,
@@ -735,28 +807,7 @@ fn train_and_evaluate(
             wall_s: e.wall_s,
             samples_per_s: e.samples_per_s,
         })
-        .collect();
-    let result = ModelResult {
-        label: spec.label.clone(),
-        architecture: spec.config.name().to_string(),
-        variant: spec.variant,
-        config: model.config_json(),
-        params: model.param_count(),
-        train: train_sum,
-        validation: val_sum,
-        test: test_sum,
-        test_by_onset,
-        fine_grid,
-        time_curve,
-        space_curve,
-        train_wall_s,
-        epochs,
-        latency: lat,
-    };
-    Ok(Trained {
-        result,
-        map_predictions,
-    })
+        .collect()
 }
 
 /// The data of a run, in the shapes the evaluation needs.
@@ -875,7 +926,6 @@ pub fn run(
     std::fs::write(out.join("study.json"), serde_json::to_string_pretty(cfg)?)
         .map_err(|e| EvalError::io(out.join("study.json"), e))?;
     let mut phases = Vec::new();
-    let p = &cfg.protocol;
 
     say(
         progress,
@@ -890,26 +940,91 @@ pub fn run(
         "phase 2/4: ground-truth equivariance curves from the solver",
     );
     let t = Instant::now();
+    let (solver_time_curve, solver_space_curve) = solver_curves(cfg, &data)?;
+    phases.push((
+        "solver equivariance curves".to_string(),
+        t.elapsed().as_secs_f64(),
+    ));
+
+    let t = Instant::now();
+    let trained = train_all(cfg, &data, device, out, progress)?;
+    phases.push((
+        "training and evaluation".to_string(),
+        t.elapsed().as_secs_f64(),
+    ));
+
+    say(progress, "phase 4/4: writing the report and figures");
+    let t = Instant::now();
+    let p = &cfg.protocol;
+    let mut results = StudyResults {
+        protocol_name: protocol_name.to_string(),
+        study_config: serde_json::to_value(cfg)?,
+        device: format!("{device:?}"),
+        grid: (p.output.nt, p.output.nx),
+        samples: (
+            data.train_in.shape()[0],
+            data.val_in.shape()[0],
+            data.test_in.shape()[0],
+        ),
+        fixed_shifts: fixed_shifts(cfg),
+        solver_time_curve,
+        solver_space_curve,
+        models: trained.models,
+        skipped: trained.skipped,
+        phases,
+    };
+    let figures = FigureData {
+        maps: sample_maps(&data, trained.map_predictions),
+        t_end: p.output.t_end,
+        length: p.output.length,
+    };
+    // The report lists the phases, so the writing phase is timed up to the figures.
+    results
+        .phases
+        .push(("report".to_string(), t.elapsed().as_secs_f64()));
+    results.write_all(out, &figures)?;
+    Ok(results)
+}
+
+/// The solver's own E(delay) and E(space) curves on the equivariance samples: the ground
+/// truth the models' curves are read against.
+fn solver_curves(cfg: &StudyConfig, data: &Data) -> Result<(EquivarianceCurve, EquivarianceCurve)> {
+    let p = &cfg.protocol;
     let eq_idx = &data.eq_idx;
     let eq_base = data.val_out.select(Axis(0), eq_idx);
-    let solver_time_curve =
-        solver_curve(p, eq_idx, eq_base.view(), ShiftAxis::Time, &data.time_steps)?;
-    let solver_space_curve = solver_curve(
+    let time = solver_curve(p, eq_idx, eq_base.view(), ShiftAxis::Time, &data.time_steps)?;
+    let space = solver_curve(
         p,
         eq_idx,
         eq_base.view(),
         ShiftAxis::Space,
         &data.space_steps,
     )?;
-    phases.push((
-        "solver equivariance curves".to_string(),
-        t.elapsed().as_secs_f64(),
-    ));
+    Ok((time, space))
+}
 
-    let mut models = Vec::new();
-    let mut skipped = Vec::new();
-    let mut maps_pred: Vec<Vec<(String, Array2<f32>)>> = vec![Vec::new(); data.map_indices.len()];
-    let t = Instant::now();
+/// The results of every model of a study, and the predicted v of the drawn samples.
+struct AllTrained {
+    models: Vec<ModelResult>,
+    /// Models not built in this build, with the reason.
+    skipped: Vec<(String, String)>,
+    /// Per drawn sample, each model's predicted v (label, field).
+    map_predictions: Vec<Vec<(String, Array2<f32>)>>,
+}
+
+/// Phase 3: trains and evaluates every model of `cfg` in turn.
+fn train_all(
+    cfg: &StudyConfig,
+    data: &Data,
+    device: &Device,
+    out: &Path,
+    progress: bool,
+) -> Result<AllTrained> {
+    let mut all = AllTrained {
+        models: Vec::new(),
+        skipped: Vec::new(),
+        map_predictions: vec![Vec::new(); data.map_indices.len()],
+    };
     for (k, spec) in cfg.models.iter().enumerate() {
         say(
             progress,
@@ -923,7 +1038,7 @@ pub fn run(
             ),
         );
         let tm = Instant::now();
-        let trained = match train_and_evaluate(cfg, spec, &data, device, out, progress) {
+        let trained = match train_and_evaluate(cfg, spec, data, device, out, progress) {
             Err(EvalError::Model(no_models::ModelError::NotImplemented(what))) => {
                 say(
                     progress,
@@ -932,47 +1047,53 @@ pub fn run(
                         spec.label
                     ),
                 );
-                skipped.push((spec.label.clone(), format!("{what} is not implemented")));
+                all.skipped
+                    .push((spec.label.clone(), format!("{what} is not implemented")));
                 continue;
             }
             other => other?,
         };
-        for (slot, v) in maps_pred.iter_mut().zip(trained.map_predictions) {
+        for (slot, v) in all.map_predictions.iter_mut().zip(trained.map_predictions) {
             slot.push((spec.label.clone(), v));
         }
-        let r = &trained.result;
         say(
             progress,
-            &format!(
-                "  {}: {} params, val rel L2 {:.4}, test v {:.4}, trained in {:.1} s ({:.1} s with evaluation)",
-                r.label,
-                r.params.numel,
-                r.validation.iter().map(|s| s.rel_l2.mean).sum::<f64>() / r.validation.len().max(1) as f64,
-                r.test.first().map_or(f64::NAN, |s| s.rel_l2.mean),
-                r.train_wall_s,
-                tm.elapsed().as_secs_f64()
-            ),
+            &one_line_summary(&trained.result, tm.elapsed().as_secs_f64()),
         );
-        models.push(trained.result);
+        all.models.push(trained.result);
     }
-    phases.push((
-        "training and evaluation".to_string(),
-        t.elapsed().as_secs_f64(),
-    ));
+    Ok(all)
+}
 
-    say(progress, "phase 4/4: writing the report and figures");
-    let t = Instant::now();
-    let (dt, dx) = (p.output.dt(), p.output.dx());
-    let fixed_shifts = FixedShifts {
+/// The progress line printed after a model: size, mean errors and times.
+fn one_line_summary(r: &ModelResult, with_evaluation_s: f64) -> String {
+    format!(
+        "  {}: {} params, val rel L2 {:.4}, test v {:.4}, trained in {:.1} s ({:.1} s with evaluation)",
+        r.label,
+        r.params.numel,
+        r.validation.iter().map(|s| s.rel_l2.mean).sum::<f64>() / r.validation.len().max(1) as f64,
+        r.test.first().map_or(f64::NAN, |s| s.rel_l2.mean),
+        r.train_wall_s,
+        with_evaluation_s
+    )
+}
+
+/// The fixed shifts of the translated-test columns, rounded to whole grid steps.
+fn fixed_shifts(cfg: &StudyConfig) -> FixedShifts {
+    let (dt, dx) = (cfg.protocol.output.dt(), cfg.protocol.output.dx());
+    FixedShifts {
         time_steps: (cfg.eval.fixed_time_shift / dt).round() as isize,
         time: (cfg.eval.fixed_time_shift / dt).round() * dt,
         space_steps: (cfg.eval.fixed_space_shift / dx).round() as isize,
         space: (cfg.eval.fixed_space_shift / dx).round() * dx,
-    };
-    let maps = data
-        .map_indices
+    }
+}
+
+/// The drawn test samples with their current, true v and every model's predicted v.
+fn sample_maps(data: &Data, predictions: Vec<Vec<(String, Array2<f32>)>>) -> Vec<SampleMaps> {
+    data.map_indices
         .iter()
-        .zip(maps_pred)
+        .zip(predictions)
         .map(|(&i, predictions)| SampleMaps {
             index: i,
             t0: f64::from(data.test_meta.t0[i]),
@@ -982,35 +1103,7 @@ pub fn run(
             truth_v: data.test_out.slice(s![i, 0, .., ..]).to_owned(),
             predictions,
         })
-        .collect();
-    let mut results = StudyResults {
-        protocol_name: protocol_name.to_string(),
-        study_config: serde_json::to_value(cfg)?,
-        device: format!("{device:?}"),
-        grid: (p.output.nt, p.output.nx),
-        samples: (
-            data.train_in.shape()[0],
-            data.val_in.shape()[0],
-            data.test_in.shape()[0],
-        ),
-        fixed_shifts,
-        solver_time_curve,
-        solver_space_curve,
-        models,
-        skipped,
-        phases,
-    };
-    let figures = FigureData {
-        maps,
-        t_end: p.output.t_end,
-        length: p.output.length,
-    };
-    // The report lists the phases, so the writing phase is timed up to the figures.
-    results
-        .phases
-        .push(("report".to_string(), t.elapsed().as_secs_f64()));
-    results.write_all(out, &figures)?;
-    Ok(results)
+        .collect()
 }
 
 /// Where [`run`] puts a model's checkpoints and log.
