@@ -315,7 +315,10 @@ mod tests {
             };
             let skip = Skip::new(&cfg, vars.var_builder(DType::F32, &Device::Cpu))?;
             let n = crate::layers::params::var_map_entries(vars.varmap());
-            assert_eq!(skip.param_count(), crate::layers::params::ParamCount::real(n));
+            assert_eq!(
+                skip.param_count(),
+                crate::layers::params::ParamCount::real(n)
+            );
         }
         Ok(())
     }

@@ -637,9 +637,13 @@ mod tests {
                         let _g = composite_only();
                         fno_block_tail(x.as_tensor(), s.as_tensor(), &tw, inner, outer)?
                     };
-                    let explicit = fno_block_tail_composite(x.as_tensor(), s.as_tensor(), &tw, inner, outer)?;
+                    let explicit =
+                        fno_block_tail_composite(x.as_tensor(), s.as_tensor(), &tw, inner, outer)?;
                     let scale = 1.0 + max_diff(&y_ref, &y_ref.zeros_like()?)?;
-                    assert!(max_diff(&y, &y_ref)? < tol_y * scale, "{dtype:?} {shape:?} {inner} {outer}");
+                    assert!(
+                        max_diff(&y, &y_ref)? < tol_y * scale,
+                        "{dtype:?} {shape:?} {inner} {outer}"
+                    );
                     assert!(max_diff(&explicit, &y_ref)? < tol_y * scale);
                     let r = random_like(&y, 77)?.to_dtype(dtype)?;
                     let g = (y * &r)?.sum_all()?.backward()?;

@@ -608,25 +608,37 @@ mod tests {
         for dtype in [DType::F64, DType::F32] {
             let tol = if dtype == DType::F64 { 1e-12 } else { 2e-5 };
             for (seed, (xs, ks)) in cases.into_iter().enumerate() {
-                for (with_bias, gelu) in [(false, false), (true, false), (false, true), (true, true)] {
+                for (with_bias, gelu) in
+                    [(false, false), (true, false), (false, true), (true, true)]
+                {
                     let seed = 100 + 10 * seed as u64;
                     let var = |shape: &[usize], k: u64| -> Result<Var> {
                         Var::from_tensor(&randn(shape, seed + k)?.to_dtype(dtype)?)
                     };
                     let out = [xs[0], ks[0], xs[2], xs[3]];
-                    let (x, k, m, b) = (var(&xs, 0)?, var(&ks, 1)?, var(&out, 2)?, var(&[ks[0]], 3)?);
+                    let (x, k, m, b) =
+                        (var(&xs, 0)?, var(&ks, 1)?, var(&out, 2)?, var(&[ks[0]], 3)?);
                     let r = randn(&out, seed + 4)?.to_dtype(dtype)?;
                     let bias = with_bias.then(|| b.as_tensor());
-                    let run = || periodic_border_sum(m.as_tensor(), x.as_tensor(), k.as_tensor(), bias, gelu);
+                    let run = || {
+                        periodic_border_sum(m.as_tensor(), x.as_tensor(), k.as_tensor(), bias, gelu)
+                    };
                     let fused = run()?;
                     let _g = crate::ops::composite_only();
                     let composite = run()?;
                     let abs_max = |t: &Tensor| -> Result<f64> {
-                        t.abs()?.flatten_all()?.max(0)?.to_dtype(DType::F64)?.to_scalar::<f64>()
+                        t.abs()?
+                            .flatten_all()?
+                            .max(0)?
+                            .to_dtype(DType::F64)?
+                            .to_scalar::<f64>()
                     };
                     let diff = |a: &Tensor, b: &Tensor| abs_max(&(a - b)?);
                     let what = format!("{dtype:?} {xs:?} {ks:?} bias {with_bias} gelu {gelu}");
-                    assert!(diff(&fused, &composite)? < tol * abs_max(&composite)?.max(1.0), "{what}");
+                    assert!(
+                        diff(&fused, &composite)? < tol * abs_max(&composite)?.max(1.0),
+                        "{what}"
+                    );
                     let g_c = (composite * &r)?.sum_all()?.backward()?;
                     drop(_g);
                     let g_f = (fused * &r)?.sum_all()?.backward()?;
@@ -638,7 +650,10 @@ mod tests {
                         let (Some(a), Some(e)) = (g_f.get(v), g_c.get(v)) else {
                             candle_core::bail!("{what}: gradient {i} is missing");
                         };
-                        assert!(diff(a, e)? < tol * abs_max(e)?.max(1.0), "{what}: gradient {i}");
+                        assert!(
+                            diff(a, e)? < tol * abs_max(e)?.max(1.0),
+                            "{what}: gradient {i}"
+                        );
                     }
                 }
             }

@@ -180,7 +180,11 @@ pub struct Fno {
 impl Fno {
     /// Builds FNO, or TFNO when `cfg.factorization` is set, with its variables under `vb`.
     pub fn new(cfg: &FnoConfig, vb: VarBuilder) -> Result<Self> {
-        cfg.validate(if cfg.factorization.is_some() { "tfno" } else { "fno" })?;
+        cfg.validate(if cfg.factorization.is_some() {
+            "tfno"
+        } else {
+            "fno"
+        })?;
         let frame = Frame::new(
             &FrameSpec {
                 in_channels: cfg.in_channels,

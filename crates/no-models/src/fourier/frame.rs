@@ -110,7 +110,11 @@ impl Frame {
     }
 
     /// The whole model: `enter`, `blocks` in order, `exit`.
-    pub(crate) fn run<B: Module>(&self, input: &Tensor, blocks: &[B]) -> candle_core::Result<Tensor> {
+    pub(crate) fn run<B: Module>(
+        &self,
+        input: &Tensor,
+        blocks: &[B],
+    ) -> candle_core::Result<Tensor> {
         use crate::error::to_candle;
         let (mut x, grid) = self.enter(input).map_err(to_candle)?;
         for b in blocks {

@@ -157,7 +157,11 @@ impl LocalNoConfig {
             differential: self.diff_layers.then(|| FiniteDifferenceConfig {
                 kernel_size: self.fin_diff_kernel_size,
                 padding: self.conv_padding_mode,
-                ..FiniteDifferenceConfig::local_no(h, self.default_in_shape[0], self.mix_derivatives)
+                ..FiniteDifferenceConfig::local_no(
+                    h,
+                    self.default_in_shape[0],
+                    self.mix_derivatives,
+                )
             }),
             disco: self.disco_layers.then(|| DiscoConfig {
                 in_channels: h,

@@ -208,7 +208,11 @@ mod tests {
 
     #[test]
     fn param_count_is_the_variables_it_created() -> Result<()> {
-        for (f, mlp) in [(None, true), (None, false), (Some(Factorization::Tucker), true)] {
+        for (f, mlp) in [
+            (None, true),
+            (None, false),
+            (Some(Factorization::Tucker), true),
+        ] {
             let vars = SeededVarMap::new(1);
             let c = cfg(f, mlp);
             let block = FnoBlock::new(&c, vars.var_builder(DType::F32, &Device::Cpu), 1)?;
@@ -247,8 +251,18 @@ mod tests {
                 .to_scalar::<f64>()?;
             assert!(diff < 1e-12, "block {index}: {diff}");
         }
-        let names: Vec<String> = vars.varmap().data().lock().unwrap().keys().cloned().collect();
-        assert!(names.contains(&"fno_blocks.convs.0.weight.tensor".to_string()), "{names:?}");
+        let names: Vec<String> = vars
+            .varmap()
+            .data()
+            .lock()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        assert!(
+            names.contains(&"fno_blocks.convs.0.weight.tensor".to_string()),
+            "{names:?}"
+        );
         assert!(names.contains(&"fno_blocks.channel_mlp_skips.1.weight".to_string()));
         Ok(())
     }

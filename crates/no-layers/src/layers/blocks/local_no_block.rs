@@ -96,8 +96,14 @@ impl LocalNoBlock {
     /// Its parameters: spectral convolution, local kernels, skip, channel MLP and its skip.
     pub fn param_count(&self) -> ParamCount {
         self.conv.param_count()
-            + self.diff.as_ref().map_or(ParamCount::ZERO, |d| d.param_count())
-            + self.disco.as_ref().map_or(ParamCount::ZERO, |d| d.param_count())
+            + self
+                .diff
+                .as_ref()
+                .map_or(ParamCount::ZERO, |d| d.param_count())
+            + self
+                .disco
+                .as_ref()
+                .map_or(ParamCount::ZERO, |d| d.param_count())
             + self.skip.param_count()
             + self
                 .mlp
@@ -241,7 +247,11 @@ mod tests {
 
     #[test]
     fn param_count_is_the_variables_it_created() -> Result<()> {
-        for (mlp, diff, disco) in [(false, true, true), (true, true, true), (false, false, true)] {
+        for (mlp, diff, disco) in [
+            (false, true, true),
+            (true, true, true),
+            (false, false, true),
+        ] {
             let vars = SeededVarMap::new(1);
             let block = LocalNoBlock::new(
                 &cfg(mlp, diff, disco),
@@ -268,7 +278,8 @@ mod tests {
             let vars = SeededVarMap::new(5);
             let vb = vars.var_builder(DType::F64, &Device::Cpu);
             for index in [0, 1] {
-                let block = LocalNoBlock::new(&cfg(mlp, true, true), vb.pp("local_no_blocks"), index)?;
+                let block =
+                    LocalNoBlock::new(&cfg(mlp, true, true), vb.pp("local_no_blocks"), index)?;
                 let fused = block.forward(&x)?;
                 let _g = crate::ops::composite_only();
                 let composite = block.forward(&x)?;

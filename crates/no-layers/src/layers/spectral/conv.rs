@@ -842,7 +842,10 @@ mod tests {
                 rank: TuckerRank::Fraction(0.5),
                 ..Default::default()
             };
-            let conv = SpectralConv::new(&cfg, vars.var_builder(DType::F32, &candle_core::Device::Cpu))?;
+            let conv = SpectralConv::new(
+                &cfg,
+                vars.var_builder(DType::F32, &candle_core::Device::Cpu),
+            )?;
             let n = crate::layers::params::var_map_entries(vars.varmap());
             let count = conv.param_count();
             assert_eq!(count.real, n);
@@ -851,7 +854,11 @@ mod tests {
                 SpectralWeight::Dense(_) => cfg.weight_shape().iter().product::<usize>(),
                 SpectralWeight::Tucker(t) => {
                     t.rank().iter().product::<usize>()
-                        + t.shape().iter().zip(t.rank()).map(|(s, r)| s * r).sum::<usize>()
+                        + t.shape()
+                            .iter()
+                            .zip(t.rank())
+                            .map(|(s, r)| s * r)
+                            .sum::<usize>()
                 }
             };
             assert_eq!(count.numel, complex + bias);
