@@ -163,7 +163,7 @@ impl LocalNoConfig {
                     self.mix_derivatives,
                 )
             }),
-            disco: self.disco_layers.then(|| DiscoConfig {
+            disco: self.disco_layers.then_some(DiscoConfig {
                 in_channels: h,
                 out_channels: h,
                 kernel_shape: self.disco_kernel_shape,
