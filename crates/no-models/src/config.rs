@@ -20,7 +20,8 @@ pub enum ModelConfig {
     PodDon(crate::pod::PodDeepOnetConfig),
     /// Fourier neural operator.
     Fno(crate::fno::FnoConfig),
-    /// Tucker-factorized FNO.
+    /// Tucker-factorized FNO: an [`crate::fno::FnoConfig`] whose `factorization` defaults
+    /// to Tucker (and whose `rank` to [`crate::fno::TFNO_DEFAULT_RANK`]).
     Tfno(crate::fno::FnoConfig),
     /// Localized neural operator (FNO blocks with differential and DISCO kernels).
     LocalNo(crate::local_no::LocalNoConfig),
@@ -69,8 +70,9 @@ pub fn build(config: &ModelConfig, vb: VarBuilder) -> Result<Box<dyn NeuralOpera
         ModelConfig::Don(c) => crate::deeponet::build_don(c, vb),
         ModelConfig::DonCnn(c) => crate::deeponet::build_don_cnn(c, vb),
         ModelConfig::PodDon(c) => crate::pod::build(c, vb),
-        ModelConfig::Fno(c) => crate::fno::build(c, false, vb),
-        ModelConfig::Tfno(c) => crate::fno::build(c, true, vb),
+        ModelConfig::Fno(c) => crate::fno::build(c, vb),
+        // TFNO is FNO with a factorization, Tucker unless the config names one.
+        ModelConfig::Tfno(c) => crate::fno::build(&c.tfno(), vb),
         ModelConfig::LocalNo(c) => crate::local_no::build(c, vb),
     }
 }

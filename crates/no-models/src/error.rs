@@ -68,3 +68,13 @@ pub enum ModelError {
 
 /// Result alias of the crate.
 pub type Result<T> = std::result::Result<T, ModelError>;
+
+/// Turns a model error met inside a forward into candle's error type (the
+/// [`crate::NeuralOperator`] trait's): a candle error as it was, anything else as its
+/// message.
+pub(crate) fn to_candle(e: ModelError) -> candle_core::Error {
+    match e {
+        ModelError::Candle(c) => c,
+        other => candle_core::Error::Msg(other.to_string()),
+    }
+}

@@ -3,14 +3,8 @@
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
-/// How many parameters a model has, counted the two ways the literature does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ParamCount {
-    /// PyTorch's `sum(p.numel() for p in model.parameters())`: each complex weight counts once.
-    pub numel: usize,
-    /// Real numbers stored: each complex weight counts twice.
-    pub real: usize,
-}
+/// How many parameters a model has (defined with the layers, which each report theirs).
+pub use no_layers::layers::params::ParamCount;
 
 /// A neural operator mapping the applied current to the fields it drives.
 ///

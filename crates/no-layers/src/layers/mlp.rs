@@ -14,6 +14,8 @@
 use crate::error::{LayerError, Result};
 use crate::init::{torch_default_bias, torch_default_weight};
 use crate::layers::activation::Activation;
+use crate::layers::params::ParamCount;
+use crate::layers::rounding::round_half_even;
 use crate::ops::channel_mlp::{fused_mlp_applies, two_layer_gelu_mlp};
 use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
@@ -79,17 +81,6 @@ impl ChannelMlpConfig {
             })
             .collect()
     }
-}
-
-/// Python's `round` (half to even), which neuraloperator uses for channel and padding sizes.
-pub fn round_half_even(v: f64) -> usize {
-    let r = v.round();
-    let r = if (v - v.trunc()).abs() == 0.5 && r % 2.0 != 0.0 {
-        r - v.signum()
-    } else {
-        r
-    };
-    r.max(0.0) as usize
 }
 
 /// A per-point linear map: `x` `[B, C, ...]`, `weight` `[O, C]` or `[O, C, 1]`, optional
@@ -176,6 +167,11 @@ impl ChannelMlp {
     /// The activation between layers.
     pub fn activation(&self) -> Activation {
         self.activation
+    }
+
+    /// Its parameters: every layer's weight and bias.
+    pub fn param_count(&self) -> ParamCount {
+        ParamCount::of_reals(self.weights.iter().chain(&self.biases).map(Some))
     }
 }
 
@@ -273,10 +269,24 @@ mod tests {
             ChannelMlpConfig::with_expansion(32, 0.5).hidden_channels,
             Some(16)
         );
-        assert_eq!(round_half_even(2.5), 2);
-        assert_eq!(round_half_even(3.5), 4);
-        assert_eq!(round_half_even(2.4), 2);
-        assert_eq!(round_half_even(2.6), 3);
+    }
+
+    #[test]
+    fn param_count_is_the_variables_it_created() -> Result<()> {
+        for (n_layers, hidden) in [(1, None), (2, Some(5)), (3, Some(4))] {
+            let vars = SeededVarMap::new(3);
+            let cfg = ChannelMlpConfig {
+                in_channels: 3,
+                out_channels: Some(2),
+                hidden_channels: hidden,
+                n_layers,
+                ..Default::default()
+            };
+            let mlp = ChannelMlp::new(&cfg, vars.var_builder(DType::F32, &Device::Cpu))?;
+            let n = crate::layers::params::var_map_entries(vars.varmap());
+            assert_eq!(mlp.param_count(), ParamCount::real(n));
+        }
+        Ok(())
     }
 
     #[test]

@@ -6,11 +6,14 @@
 #![forbid(unsafe_code)]
 
 pub mod activation;
+pub mod blocks;
 pub mod cno_activation;
 pub mod embedding;
 pub mod local;
 pub mod mlp;
 pub mod padding;
+pub mod params;
 pub mod resample;
+pub mod rounding;
 pub mod skip;
 pub mod spectral;

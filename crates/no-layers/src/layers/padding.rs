@@ -8,7 +8,7 @@
 //! with the signal), which is why it is off by default in the models.
 
 use crate::error::{LayerError, Result};
-use crate::layers::mlp::round_half_even;
+use crate::layers::rounding::round_half_even;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 

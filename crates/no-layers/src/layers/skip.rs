@@ -134,6 +134,11 @@ impl Skip {
     pub fn bias(&self) -> Option<&Tensor> {
         self.bias.as_ref()
     }
+
+    /// Its parameters: the weight and bias, if any.
+    pub fn param_count(&self) -> crate::layers::params::ParamCount {
+        crate::layers::params::ParamCount::of_reals([self.weight.as_ref(), self.bias.as_ref()])
+    }
 }
 
 impl Module for Skip {
@@ -288,6 +293,32 @@ mod tests {
                 &GradCheckConfig::default(),
             )?;
             assert!(r.passed(), "{kind:?}: {r:?}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn param_count_is_the_variables_it_created() -> Result<()> {
+        for (kind, bias, (ci, co)) in [
+            (SkipKind::Identity, false, (3, 3)),
+            (SkipKind::Linear, false, (3, 5)),
+            (SkipKind::SoftGating, false, (4, 4)),
+            (SkipKind::SoftGating, true, (4, 4)),
+        ] {
+            let vars = SeededVarMap::new(2);
+            let cfg = SkipConfig {
+                in_channels: ci,
+                out_channels: co,
+                n_dim: 2,
+                kind,
+                bias,
+            };
+            let skip = Skip::new(&cfg, vars.var_builder(DType::F32, &Device::Cpu))?;
+            let n = crate::layers::params::var_map_entries(vars.varmap());
+            assert_eq!(
+                skip.param_count(),
+                crate::layers::params::ParamCount::real(n)
+            );
         }
         Ok(())
     }

@@ -24,8 +24,9 @@
 //! [`BlockTailWeights::flat`]; candle's concatenation splits its gradient back). Weight
 //! gradients are summed per group of [`TILES_PER_GROUP`] tiles in a fixed order and the
 //! groups' partial sums are added in order, so results do not depend on the thread count.
-//! `f32` and `f64` on the CPU ([`fused_block_tail_applies`]); callers use the composite
-//! form elsewhere, which computes the same function.
+//! `f32` and `f64` on the CPU: [`fno_block_tail`] decides with [`crate::ops::fused_cpu`]
+//! and runs [`fno_block_tail_composite`] (the same function from candle ops, the op's
+//! specification) everywhere else.
 
 use crate::cpu::gemm_view::{gemm, MatMut, MatRef};
 use crate::cpu::lane_sum::lane_dot;
@@ -36,12 +37,11 @@ use crate::cpu::point_tiles::{
 };
 pub use crate::cpu::point_tiles::{TILE, TILES_PER_GROUP};
 use crate::cpu::scratch::PoolBuf;
-use crate::layers::activation::Activation;
-use crate::layers::mlp::ChannelMlp;
-use crate::layers::skip::{Skip, SkipKind};
+use crate::layers::mlp::pointwise_linear;
+use crate::ops::channel_affine::scale_channels;
 use crate::ops::channel_mlp::{Mlp, MlpScratch, MlpWeights};
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
 /// The weights of the point-wise part of an FNO block.
@@ -63,7 +63,7 @@ pub struct BlockTailWeights {
 
 impl BlockTailWeights {
     /// `(C, H)`, checking that the shapes agree.
-    fn sizes(&self) -> Result<(usize, usize)> {
+    pub fn sizes(&self) -> Result<(usize, usize)> {
         let h = self.w1.dim(0)?;
         let c = self.skip.dim(0)?;
         let fits = self.skip.elem_count() == c * c
@@ -87,29 +87,6 @@ impl BlockTailWeights {
         Ok((c, h))
     }
 
-    /// The weights of a block whose layers have the fused form: a `Linear` skip, a
-    /// two-layer GELU channel MLP and a `SoftGating` skip without bias, of one width.
-    /// `None` for any other configuration (which then runs as separate layers).
-    pub fn from_layers(skip: &Skip, mlp: &ChannelMlp, gate: &Skip) -> Option<Self> {
-        let fused_form = skip.kind() == SkipKind::Linear
-            && gate.kind() == SkipKind::SoftGating
-            && gate.bias().is_none()
-            && mlp.weights().len() == 2
-            && mlp.activation() == Activation::Gelu;
-        if !fused_form {
-            return None;
-        }
-        let w = Self {
-            skip: skip.weight()?.clone(),
-            w1: mlp.weights()[0].clone(),
-            b1: mlp.biases()[0].clone(),
-            w2: mlp.weights()[1].clone(),
-            b2: mlp.biases()[1].clone(),
-            gate: gate.weight()?.clone(),
-        };
-        w.sizes().is_ok().then_some(w)
-    }
-
     /// The flat vector `[W_skip | W1 | b1 | W2 | b2 | g]` the op reads.
     pub fn flat(&self) -> Result<Tensor> {
         let parts = [
@@ -122,13 +99,9 @@ impl BlockTailWeights {
     }
 }
 
-/// Whether [`fno_block_tail`] runs fused for `x` (CPU, `f32` or `f64`).
-pub fn fused_block_tail_applies(x: &Tensor) -> bool {
-    x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
-}
-
 /// The point-wise part of an FNO block (module docs) for the block input `x` `[B, C, …]`
-/// and the spectral output `s` (same shape), as one fused op on the CPU.
+/// and the spectral output `s` (same shape): one fused op where [`crate::ops::fused_cpu`]
+/// allows it, [`fno_block_tail_composite`] elsewhere.
 pub fn fno_block_tail(
     x: &Tensor,
     s: &Tensor,
@@ -144,12 +117,9 @@ pub fn fno_block_tail(
             s.dims()
         );
     }
-    if !fused_block_tail_applies(x) {
-        candle_core::bail!(
-            "fno block tail: the fused op runs on the CPU in f32 or f64, got {:?} on {:?}",
-            x.dtype(),
-            x.device()
-        );
+    let w = weights;
+    if !crate::ops::fused_cpu(&[x, s, &w.skip, &w.w1, &w.b1, &w.w2, &w.b2, &w.gate]) {
+        return fno_block_tail_composite(x, s, weights, inner_activation, outer_activation);
     }
     let op = BlockTail {
         c,
@@ -159,6 +129,32 @@ pub fn fno_block_tail(
     };
     x.contiguous()?
         .apply_op3(&s.contiguous()?, &weights.flat()?, op)
+}
+
+/// The same function as [`fno_block_tail`] from separate candle ops: the fused op's
+/// specification and what every other device runs. The operations are those of the
+/// block's separate layers (linear skip, GELU, two-layer channel MLP, soft gate), in
+/// their order, so the result is theirs to the bit.
+pub fn fno_block_tail_composite(
+    x: &Tensor,
+    s: &Tensor,
+    w: &BlockTailWeights,
+    inner_activation: bool,
+    outer_activation: bool,
+) -> Result<Tensor> {
+    let u = (s + pointwise_linear(x, &w.skip, None)?)?;
+    let a = if inner_activation {
+        crate::ops::gelu::gelu(&u)?
+    } else {
+        u
+    };
+    let hid = crate::ops::gelu::gelu(&pointwise_linear(&a, &w.w1, Some(&w.b1))?)?;
+    let z = (pointwise_linear(&hid, &w.w2, Some(&w.b2))? + scale_channels(x, &w.gate)?)?;
+    if outer_activation {
+        crate::ops::gelu::gelu(&z)
+    } else {
+        Ok(z)
+    }
 }
 
 /// The op: sizes and which activations are on.
@@ -572,10 +568,8 @@ mod tests {
     use crate::cpu::map::single_threaded;
     use crate::cpu::point_tiles::output_and_gradients;
     use crate::gradcheck::{check_gradients, random_like, GradCheckConfig};
-    use crate::layers::mlp::pointwise_linear;
-    use crate::ops::channel_affine::scale_channels;
-    use crate::ops::gelu::gelu;
-    use candle_core::{Device, Var};
+    use crate::ops::composite_only;
+    use candle_core::{DType, Device, Var};
 
     /// `x`, `s` and the six weights as variables of `dtype`.
     fn setup(shape: &[usize], h: usize, dtype: DType, seed: u64) -> Result<(Var, Var, Vec<Var>)> {
@@ -606,26 +600,6 @@ mod tests {
         }
     }
 
-    /// The same function from separate candle ops (what other devices run).
-    fn composite(
-        x: &Tensor,
-        s: &Tensor,
-        w: &BlockTailWeights,
-        inner: bool,
-        outer: bool,
-    ) -> Result<Tensor> {
-        let u = (s + pointwise_linear(x, &w.skip, None)?)?;
-        let a = if inner { gelu(&u)? } else { u };
-        let hid = gelu(&pointwise_linear(&a, &w.w1, Some(&w.b1))?)?;
-        let gate = w.gate.flatten_all()?;
-        let z = (pointwise_linear(&hid, &w.w2, Some(&w.b2))? + scale_channels(x, &gate)?)?;
-        if outer {
-            gelu(&z)
-        } else {
-            Ok(z)
-        }
-    }
-
     fn max_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
         (a - b)?
             .abs()?
@@ -635,32 +609,59 @@ mod tests {
             .to_scalar::<f64>()
     }
 
-    /// Values and every gradient equal the composite form's, for all four activation
-    /// settings, on a grid inside one tile and on one spread over several tiles and
-    /// groups (with a partial last tile and group).
+    /// Values and every gradient of the fused op equal the composite form's (forced with
+    /// [`composite_only`]), for all four activation settings, in f32 and f64, on odd and
+    /// non-square grids inside one tile and on ones spread over several tiles and groups
+    /// (with a partial last tile and group), 1-D and 2-D.
     #[test]
     fn equals_the_composite_form_with_all_gradients() -> Result<()> {
-        let shapes: [&[usize]; 2] = [&[2, 3, 5, 7], &[3, 4, 2 * TILE + 37]];
-        for (k, shape) in shapes.into_iter().enumerate() {
-            for (inner, outer) in [(true, true), (true, false), (false, true), (false, false)] {
-                let (x, s, w) = setup(shape, 2, DType::F64, k as u64)?;
-                let tw = tail_weights(&w);
-                let y = fno_block_tail(x.as_tensor(), s.as_tensor(), &tw, inner, outer)?;
-                let y_ref = composite(x.as_tensor(), s.as_tensor(), &tw, inner, outer)?;
-                assert!(max_diff(&y, &y_ref)? < 1e-13, "{shape:?} {inner} {outer}");
-                let r = random_like(&y, 77)?;
-                let g = (y * &r)?.sum_all()?.backward()?;
-                let g_ref = (y_ref * &r)?.sum_all()?.backward()?;
-                for (i, v) in [&x, &s].into_iter().chain(&w).enumerate() {
-                    let (a, b) = match (g.get(v), g_ref.get(v)) {
-                        (Some(a), Some(b)) => (a, b),
-                        _ => panic!("variable {i} has no gradient"),
+        let shapes: [(&[usize], usize); 4] = [
+            (&[2, 3, 5, 7], 2),
+            (&[3, 4, 2 * TILE + 37], 2),
+            (&[1, 5, 9, 4], 3),
+            (&[2, 2, 3, TILE + 1], 5),
+        ];
+        for dtype in [DType::F64, DType::F32] {
+            let (tol_y, tol_g) = if dtype == DType::F64 {
+                (1e-13, 1e-12)
+            } else {
+                (1e-5, 1e-4)
+            };
+            for (k, (shape, h)) in shapes.into_iter().enumerate() {
+                for (inner, outer) in [(true, true), (true, false), (false, true), (false, false)] {
+                    let (x, s, w) = setup(shape, h, dtype, k as u64)?;
+                    let tw = tail_weights(&w);
+                    assert!(crate::ops::fused_cpu(&[x.as_tensor()]));
+                    let y = fno_block_tail(x.as_tensor(), s.as_tensor(), &tw, inner, outer)?;
+                    let y_ref = {
+                        let _g = composite_only();
+                        fno_block_tail(x.as_tensor(), s.as_tensor(), &tw, inner, outer)?
                     };
-                    let scale = 1.0 + b.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?;
+                    let explicit =
+                        fno_block_tail_composite(x.as_tensor(), s.as_tensor(), &tw, inner, outer)?;
+                    let scale = 1.0 + max_diff(&y_ref, &y_ref.zeros_like()?)?;
                     assert!(
-                        max_diff(a, b)? < 1e-12 * scale,
-                        "{shape:?} {inner} {outer}: variable {i}"
+                        max_diff(&y, &y_ref)? < tol_y * scale,
+                        "{dtype:?} {shape:?} {inner} {outer}"
                     );
+                    assert!(max_diff(&explicit, &y_ref)? < tol_y * scale);
+                    let r = random_like(&y, 77)?.to_dtype(dtype)?;
+                    let g = (y * &r)?.sum_all()?.backward()?;
+                    let g_ref = {
+                        let _g = composite_only();
+                        (y_ref * &r)?.sum_all()?.backward()?
+                    };
+                    for (i, v) in [&x, &s].into_iter().chain(&w).enumerate() {
+                        let (a, b) = match (g.get(v), g_ref.get(v)) {
+                            (Some(a), Some(b)) => (a, b),
+                            _ => panic!("variable {i} has no gradient"),
+                        };
+                        let scale = 1.0 + max_diff(b, &b.zeros_like()?)?;
+                        assert!(
+                            max_diff(a, b)? < tol_g * scale,
+                            "{dtype:?} {shape:?} {inner} {outer}: variable {i}"
+                        );
+                    }
                 }
             }
         }

@@ -25,8 +25,10 @@
 //! pre-activation from `main` (one pass), passes `g ⊙ act'` on as `main`'s gradient, and
 //! gives `∂K = Σ G_border · Dᵀ`, `∂b` (per-channel sums) and `∂x = Dᵀ`-scatter of
 //! `Kᵀ · G_border` (zero away from the border), per-sample partials summed in sample
-//! order so results do not depend on the thread count. `f32` and `f64` on the CPU;
-//! groups = 1, stride 1, odd kernels.
+//! order so results do not depend on the thread count. `f32` and `f64` on the CPU (the
+//! decision is [`crate::ops::fused_cpu`]'s); groups = 1, stride 1, odd kernels. Elsewhere
+//! [`periodic_border_composite`] computes the same function with candle ops: it is the
+//! op's specification.
 
 use crate::cpu::gemm_view::{gemm, MatMut, MatRef};
 use crate::cpu::lane_sum::lane_sum;
@@ -34,7 +36,7 @@ use crate::cpu::map::contiguous;
 use crate::cpu::point_tiles::{as_uninit, PointScalar};
 use crate::cpu::scratch::PoolBuf;
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
@@ -47,7 +49,9 @@ pub fn add_periodic_border(main: &Tensor, x: &Tensor, kernel: &Tensor) -> Result
 
 /// `act(main + R(x, kernel) + bias)` with `act` = exact GELU when `gelu`, else the
 /// identity, and `bias` `[O]` added per output channel (module docs; shapes as
-/// [`add_periodic_border`]). Differentiable in `main`, `x`, `kernel` and `bias`.
+/// [`add_periodic_border`]). Differentiable in `main`, `x`, `kernel` and `bias`. The fused
+/// CPU op where [`crate::ops::fused_cpu`] allows it, [`periodic_border_composite`]
+/// elsewhere.
 pub fn periodic_border_sum(
     main: &Tensor,
     x: &Tensor,
@@ -78,18 +82,10 @@ pub fn periodic_border_sum(
             "periodic border: kernel {kh}×{kw} must have odd sizes whose half-widths fit the grid {h}×{w}"
         );
     }
-    let tensors = [Some(main), Some(x), Some(kernel), bias];
-    let on_cpu = tensors
-        .iter()
-        .flatten()
-        .all(|t| t.device().is_cpu() && t.dtype() == x.dtype());
-    if !on_cpu || !matches!(x.dtype(), DType::F32 | DType::F64) {
-        candle_core::bail!(
-            "periodic border: runs on the CPU with f32 or f64 tensors of one dtype, got {:?}, {:?}, {:?}",
-            main.dtype(),
-            x.dtype(),
-            kernel.dtype()
-        );
+    let mut tensors = vec![main, x, kernel];
+    tensors.extend(bias);
+    if !crate::ops::fused_cpu(&tensors) {
+        return periodic_border_composite(main, x, kernel, bias, gelu);
     }
     let params = match bias {
         Some(bias) => Tensor::cat(&[kernel.flatten_all()?, bias.flatten_all()?], 0)?,
@@ -98,6 +94,35 @@ pub fn periodic_border_sum(
     let border = Border::new((c, h, w), (o, kh, kw), (bias.is_some(), gelu));
     main.contiguous()?
         .apply_op3(&x.contiguous()?, &params.contiguous()?, border)
+}
+
+/// [`periodic_border_sum`] from candle ops: `act(main + conv(P(x) − Z(x), K) + bias)`
+/// where `P` and `Z` pad `x` by the kernel's half-widths periodically and with zeros, so
+/// `P(x) − Z(x)` is zero except on the wrap-around halo and the valid convolution of it
+/// is `conv_periodic(x, K) − conv_zeros(x, K)`. The fused op's specification, and what
+/// every other device runs; shapes are not checked here (see [`periodic_border_sum`]).
+pub fn periodic_border_composite(
+    main: &Tensor,
+    x: &Tensor,
+    kernel: &Tensor,
+    bias: Option<&Tensor>,
+    gelu: bool,
+) -> Result<Tensor> {
+    use crate::layers::local::conv::{pad_axis, PaddingMode};
+    let (_, _, kh, kw) = kernel.dims4()?;
+    let padded = |mode| -> Result<Tensor> {
+        let p = pad_axis(&x.contiguous()?, 2, kh / 2, kh / 2, mode)?;
+        Ok(pad_axis(&p, 3, kw / 2, kw / 2, mode)?)
+    };
+    let halo = (padded(PaddingMode::Periodic)? - padded(PaddingMode::Zeros)?)?;
+    let mut y = (main + halo.conv2d(kernel, 0, 1, 1, 1)?)?;
+    if let Some(bias) = bias {
+        y = crate::ops::channel_affine::add_channel_bias(&y, bias)?;
+    }
+    if gelu {
+        y = crate::ops::gelu::gelu(&y)?;
+    }
+    Ok(y)
 }
 
 /// Sizes, options, and where the border positions read outside the grid.
@@ -509,7 +534,7 @@ mod tests {
     use crate::gradcheck::{check_gradients, GradCheckConfig};
     use crate::init::{init_tensor, rng_for};
     use crate::layers::local::conv::{conv2d_same, PaddingMode};
-    use candle_core::{Device, Var};
+    use candle_core::{DType, Device, Var};
 
     fn randn(shape: &[usize], seed: u64) -> Result<Tensor> {
         init_tensor(
@@ -564,6 +589,73 @@ mod tests {
                     max_diff(a, b)? < 1e-12 * scale.max(1.0),
                     "case {xs:?} {ks:?}"
                 );
+            }
+        }
+        Ok(())
+    }
+
+    /// The fused op equals its composite form (forced with [`crate::ops::composite_only`]):
+    /// values and the gradients of `main`, `x`, the kernel and the bias, with and without
+    /// bias and GELU, in f64 and f32, on odd, non-square grids and oblong kernels.
+    #[test]
+    fn fused_equals_the_composite_form_with_all_gradients() -> Result<()> {
+        let cases = [
+            ([2, 3, 7, 5], [4, 3, 3, 3]),
+            ([1, 2, 5, 9], [3, 2, 5, 3]),
+            ([3, 1, 2, 3], [2, 1, 5, 7]),
+            ([2, 4, 11, 6], [4, 4, 3, 5]),
+        ];
+        for dtype in [DType::F64, DType::F32] {
+            let tol = if dtype == DType::F64 { 1e-12 } else { 2e-5 };
+            for (seed, (xs, ks)) in cases.into_iter().enumerate() {
+                for (with_bias, gelu) in
+                    [(false, false), (true, false), (false, true), (true, true)]
+                {
+                    let seed = 100 + 10 * seed as u64;
+                    let var = |shape: &[usize], k: u64| -> Result<Var> {
+                        Var::from_tensor(&randn(shape, seed + k)?.to_dtype(dtype)?)
+                    };
+                    let out = [xs[0], ks[0], xs[2], xs[3]];
+                    let (x, k, m, b) =
+                        (var(&xs, 0)?, var(&ks, 1)?, var(&out, 2)?, var(&[ks[0]], 3)?);
+                    let r = randn(&out, seed + 4)?.to_dtype(dtype)?;
+                    let bias = with_bias.then(|| b.as_tensor());
+                    let run = || {
+                        periodic_border_sum(m.as_tensor(), x.as_tensor(), k.as_tensor(), bias, gelu)
+                    };
+                    let fused = run()?;
+                    let _g = crate::ops::composite_only();
+                    let composite = run()?;
+                    let abs_max = |t: &Tensor| -> Result<f64> {
+                        t.abs()?
+                            .flatten_all()?
+                            .max(0)?
+                            .to_dtype(DType::F64)?
+                            .to_scalar::<f64>()
+                    };
+                    let diff = |a: &Tensor, b: &Tensor| abs_max(&(a - b)?);
+                    let what = format!("{dtype:?} {xs:?} {ks:?} bias {with_bias} gelu {gelu}");
+                    assert!(
+                        diff(&fused, &composite)? < tol * abs_max(&composite)?.max(1.0),
+                        "{what}"
+                    );
+                    let g_c = (composite * &r)?.sum_all()?.backward()?;
+                    drop(_g);
+                    let g_f = (fused * &r)?.sum_all()?.backward()?;
+                    let mut vars = vec![&x, &k, &m];
+                    if with_bias {
+                        vars.push(&b);
+                    }
+                    for (i, v) in vars.into_iter().enumerate() {
+                        let (Some(a), Some(e)) = (g_f.get(v), g_c.get(v)) else {
+                            candle_core::bail!("{what}: gradient {i} is missing");
+                        };
+                        assert!(
+                            diff(a, e)? < tol * abs_max(e)?.max(1.0),
+                            "{what}: gradient {i}"
+                        );
+                    }
+                }
             }
         }
         Ok(())

@@ -215,6 +215,8 @@ fn fno_config(args: &mut Map<String, Value>, is_tfno: bool) -> Result<(FnoConfig
         channel_mlp_skip: take_skip(args, "channel_mlp_skip")?.unwrap_or(d.channel_mlp_skip),
         fno_skip: take_skip(args, "fno_skip")?.unwrap_or(d.fno_skip),
         domain_padding: take_padding(args)?,
+        // `ModelConfig::Tfno` (chosen below when `tucker`) implies the Tucker factorization.
+        factorization: None,
         // neuraloperator's FNO default rank is 1.0; TFNO sets 0.1.
         rank: tucker.then(|| TuckerRank::Fraction(rank.unwrap_or(if is_tfno { 0.1 } else { 1.0 }))),
         implementation: implementation.unwrap_or(TuckerImplementation::Factorized),

@@ -453,6 +453,11 @@ impl Disco {
         self.bias.as_ref()
     }
 
+    /// Its parameters: the basis weights (every slot) and the bias.
+    pub fn param_count(&self) -> crate::layers::params::ParamCount {
+        crate::layers::params::ParamCount::of_reals([Some(&self.weight), self.bias.as_ref()])
+    }
+
     /// The stencil `[O, C/g, P_H, P_W]` applied on an `[n_h, n_w]` grid (quadrature included).
     pub fn stencil(&self, n_h: usize, n_w: usize) -> candle_core::Result<Tensor> {
         let anchor = self.cfg.evaluation == BasisEvaluation::AnchorF32
@@ -771,6 +776,24 @@ mod tests {
         assert!(d
             .forward(&Tensor::zeros((1, 2, 8), DType::F64, &Device::Cpu)?)
             .is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn param_count_is_the_variables_it_created() -> Result<()> {
+        for (groups, bias, kernel_shape) in [(1, true, [2, 4]), (2, false, [3, 3])] {
+            let cfg = DiscoConfig {
+                in_channels: 4,
+                out_channels: 6,
+                groups,
+                bias,
+                kernel_shape,
+                ..Default::default()
+            };
+            let (d, vars) = layer(&cfg, 1)?;
+            let n = crate::layers::params::var_map_entries(vars.varmap());
+            assert_eq!(d.param_count(), crate::layers::params::ParamCount::real(n));
+        }
         Ok(())
     }
 }

@@ -144,6 +144,11 @@ impl FiniteDifference {
         &self.weight
     }
 
+    /// Its parameters: the stencil weight.
+    pub fn param_count(&self) -> crate::layers::params::ParamCount {
+        crate::layers::params::ParamCount::of_real(&self.weight)
+    }
+
     /// The zero-sum stencil actually applied, `[O, C/g, kh, kw]` (1-D: `kh = 1`).
     pub fn zero_sum_kernel(&self) -> candle_core::Result<Tensor> {
         let k = self.cfg.kernel_size;
@@ -421,6 +426,24 @@ mod tests {
                 &GradCheckConfig::default(),
             )?;
             assert!(r.passed(), "{n_dim}D {padding:?} groups {groups}: {r:?}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn param_count_is_the_variables_it_created() -> Result<()> {
+        for (n_dim, kernel_size, groups) in [(2, 3, 1), (2, 5, 4), (1, 3, 2)] {
+            let cfg = FiniteDifferenceConfig {
+                in_channels: 4,
+                out_channels: 4,
+                n_dim,
+                kernel_size,
+                groups,
+                ..Default::default()
+            };
+            let (fd, vars) = layer(&cfg, 1)?;
+            let n = crate::layers::params::var_map_entries(vars.varmap());
+            assert_eq!(fd.param_count(), crate::layers::params::ParamCount::real(n));
         }
         Ok(())
     }

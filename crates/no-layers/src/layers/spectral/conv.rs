@@ -275,6 +275,20 @@ impl SpectralConv {
         &self.cfg
     }
 
+    /// Its parameters: the complex weight (dense, or Tucker core and factors) counts once
+    /// per complex entry in `numel` and twice in `real`; the bias is real.
+    pub fn param_count(&self) -> crate::layers::params::ParamCount {
+        use crate::layers::params::ParamCount;
+        let weight = match &self.weight {
+            SpectralWeight::Dense(w) => ParamCount::of_complex(w),
+            SpectralWeight::Tucker(t) => std::iter::once(t.core())
+                .chain(t.factors())
+                .map(ParamCount::of_complex)
+                .sum(),
+        };
+        weight + ParamCount::of_reals([self.bias.as_ref()])
+    }
+
     /// The spectral weight.
     pub fn weight(&self) -> &SpectralWeight {
         &self.weight
@@ -805,6 +819,51 @@ mod tests {
             Ok((z.flatten_all()?.to_vec1()?, y.flatten_all()?.to_vec1()?))
         };
         assert_eq!(single_threaded(run)?, run()?);
+        Ok(())
+    }
+
+    /// The count is the variables the layer created: all of them in `real`, and in
+    /// `numel` the complex ones once (dense `O·C·Πmodes`, Tucker core and factors).
+    #[test]
+    fn param_count_is_the_variables_it_created() -> Result<()> {
+        for (n_modes, tucker, bias) in [
+            (vec![6, 5], false, true),
+            (vec![7], false, false),
+            (vec![6, 4], true, true),
+            (vec![8, 8], true, false),
+        ] {
+            let vars = SeededVarMap::new(4);
+            let cfg = SpectralConvConfig {
+                in_channels: 3,
+                out_channels: 5,
+                n_modes,
+                bias,
+                factorization: tucker.then_some(Factorization::Tucker),
+                rank: TuckerRank::Fraction(0.5),
+                ..Default::default()
+            };
+            let conv = SpectralConv::new(
+                &cfg,
+                vars.var_builder(DType::F32, &candle_core::Device::Cpu),
+            )?;
+            let n = crate::layers::params::var_map_entries(vars.varmap());
+            let count = conv.param_count();
+            assert_eq!(count.real, n);
+            let bias = if bias { 5 } else { 0 };
+            let complex = match conv.weight() {
+                SpectralWeight::Dense(_) => cfg.weight_shape().iter().product::<usize>(),
+                SpectralWeight::Tucker(t) => {
+                    t.rank().iter().product::<usize>()
+                        + t.shape()
+                            .iter()
+                            .zip(t.rank())
+                            .map(|(s, r)| s * r)
+                            .sum::<usize>()
+                }
+            };
+            assert_eq!(count.numel, complex + bias);
+            assert_eq!(count.real, 2 * complex + bias);
+        }
         Ok(())
     }
 }
