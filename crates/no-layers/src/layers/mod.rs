@@ -7,6 +7,7 @@
 
 pub mod activation;
 pub mod cno_activation;
+pub mod dense;
 pub mod embedding;
 pub mod local;
 pub mod mlp;
