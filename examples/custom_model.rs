@@ -182,7 +182,7 @@ fn main() -> anyhow::Result<()> {
         ..TrainConfig::default()
     };
     let mut trainer = Trainer::new(model, vars, cfg, &device)?;
-    let summary = trainer.fit(&train, &val, Some(&dir))?;
+    let summary = trainer.fit(&train, &val, Some(dir.as_path()))?;
     let first = summary.history.first().context("no epoch ran")?;
     let last = summary.history.last().context("no epoch ran")?;
     println!(
