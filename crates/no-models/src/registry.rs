@@ -211,8 +211,7 @@ mod tests {
         let mut r = Registry::builtin();
         let err = r
             .register("fno", |_, _| Err(ModelError::NotImplemented("x")))
-            .err()
-            .expect("duplicate must fail");
+            .expect_err("duplicate must fail");
         assert!(err.to_string().contains("`fno`"), "{err}");
         r.register("mine", |_, _| Err(ModelError::NotImplemented("mine")))
             .expect("a new name registers");
