@@ -52,7 +52,7 @@ fn main() -> Result<()> {
     let twin = loaded.inference()?;
     for start in (0..n).step_by(args.batch_size.max(1)) {
         let len = args.batch_size.max(1).min(n - start);
-        parts.push(loaded.predict_with(twin.as_ref(), &x.narrow(0, start, len)?)?);
+        parts.push(loaded.predict_physical_with(twin.as_ref(), &x.narrow(0, start, len)?)?);
     }
     let y = Tensor::cat(&parts, 0)?;
     y.write_npy(&args.out)

@@ -5,19 +5,22 @@
 //!   `optimizer/m/<name>` and `optimizer/v/<name>` (AdamW moments), so that a resumed run
 //!   continues exactly where it stopped;
 //! - metadata (string → string): `format` = [`FORMAT_NAME`], `format_version`, `config`
-//!   (the [`ModelConfig`] JSON), `normalizers` (JSON, optional), `training` (JSON,
+//!   (the model's tagged JSON, [`NeuralOperator::config_json`]: `{"model": name, ...}`; for
+//!   the built-in architectures the [`ModelConfig`] JSON), `normalizers` (JSON, optional), `training` (JSON,
 //!   optional), `optimizer` (JSON of the step count and hyper-parameters, optional).
 //!
-//! Loading builds the model from the config, then fills every variable from the file,
+//! Loading builds the model from the config through a [`Registry`] (the built-in one unless
+//! given another, so a user architecture loads once registered), then fills every variable from the file,
 //! failing clearly on a missing tensor, a shape mismatch, an unexpected tensor, a
 //! truncated file or a file that is not a checkpoint. Values are stored in their own
 //! dtype, so a save/load round trip is bit-exact. Files are written to a temporary
 //! sibling and renamed, so an interrupted save never destroys the previous checkpoint.
 
-use crate::config::{build, ModelConfig};
+use crate::config::ModelConfig;
 use crate::data::Normalizers;
 use crate::error::{ModelError, Result};
 use crate::operator::NeuralOperator;
+use crate::registry::Registry;
 use crate::train::optim::AdamWState;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
@@ -55,8 +58,9 @@ pub struct TrainingMeta {
 /// Everything a checkpoint file holds, in memory.
 #[derive(Debug, Clone)]
 pub struct Checkpoint {
-    /// The architecture and its settings.
-    pub config: ModelConfig,
+    /// The architecture and its settings: the tagged JSON `{"model": name, ...}` of
+    /// [`NeuralOperator::config_json`] ([`Self::model_config`] parses a built-in one).
+    pub config: serde_json::Value,
     /// The model variables by name.
     pub weights: BTreeMap<String, Tensor>,
     /// Input/output normalisers, if the model was trained with them.
@@ -82,10 +86,12 @@ pub struct LoadedModel {
 }
 
 impl LoadedModel {
-    /// Prediction in physical units: encode the input, run the model, decode the output.
-    /// For repeated calls build an [`crate::inference_twin`] once (see [`Self::inference`]).
-    pub fn predict(&self, input: &Tensor) -> Result<Tensor> {
-        self.predict_with(self.model.as_ref(), input)
+    /// Prediction in physical units: encode the input with the input normaliser, run the
+    /// model ([`NeuralOperator::predict`], which works in normalised space), decode the
+    /// output. For repeated calls build an [`crate::inference_twin`] once (see
+    /// [`Self::inference`]) and use [`Self::predict_physical_with`].
+    pub fn predict_physical(&self, input: &Tensor) -> Result<Tensor> {
+        self.predict_physical_with(self.model.as_ref(), input)
     }
 
     /// The model rebuilt over detached views of its variables ([`crate::inference`]): the
@@ -94,8 +100,13 @@ impl LoadedModel {
         crate::inference_twin(self.model.as_ref(), self.vars.varmap())
     }
 
-    /// [`Self::predict`] through another model of the same weights (e.g. [`Self::inference`]).
-    pub fn predict_with(&self, model: &dyn NeuralOperator, input: &Tensor) -> Result<Tensor> {
+    /// [`Self::predict_physical`] through another model of the same weights (e.g.
+    /// [`Self::inference`]).
+    pub fn predict_physical_with(
+        &self,
+        model: &dyn NeuralOperator,
+        input: &Tensor,
+    ) -> Result<Tensor> {
         let x = self.normalizers.input.encode(input)?;
         let y = model.predict(&x)?;
         self.normalizers.output.decode(&y)
@@ -103,10 +114,28 @@ impl LoadedModel {
 }
 
 impl Checkpoint {
-    /// Captures a model's current weights.
+    /// Reads `path` and rebuilds its built-in model on `device` (same as [`load`]).
+    pub fn load_model(path: impl AsRef<Path>, device: &Device) -> Result<LoadedModel> {
+        load(path, device)
+    }
+
+    /// Reads `path` and rebuilds its model through `registry` on `device` (same as
+    /// [`load_with`]): how a checkpoint of a user architecture loads.
+    pub fn load_model_with(
+        path: impl AsRef<Path>,
+        registry: &Registry,
+        device: &Device,
+    ) -> Result<LoadedModel> {
+        load_with(path, registry, device)
+    }
+
+    /// Captures a model's current weights and its [`NeuralOperator::config_json`]; works
+    /// for any architecture, built-in or not.
     pub fn from_model(model: &dyn NeuralOperator, vars: &VarMap) -> Result<Self> {
+        let config = model.config_json();
+        crate::registry::architecture_of(&config)?;
         Ok(Self {
-            config: ModelConfig::from_model(model)?,
+            config,
             weights: snapshot(vars)?,
             normalizers: None,
             training: None,
@@ -201,9 +230,12 @@ impl Checkpoint {
                 })
                 .transpose()
         };
-        let config: ModelConfig = match json_field("config")? {
-            Some(v) => serde_json::from_value(v)
-                .map_err(|e| file_err(path, format!("bad `config`: {e}")))?,
+        let config = match json_field("config")? {
+            Some(v) => {
+                crate::registry::architecture_of(&v)
+                    .map_err(|e| file_err(path, format!("bad `config`: {e}")))?;
+                v
+            }
             None => return Err(file_err(path, "missing `config` metadata")),
         };
         let parse = |key: &str| -> Result<Option<serde_json::Value>> { json_field(key) };
@@ -246,9 +278,31 @@ impl Checkpoint {
         })
     }
 
-    /// Rebuilds the model on `device` and fills its variables from the checkpoint.
-    /// `path` only labels errors.
+    /// The architecture's name (the config's `"model"` tag).
+    pub fn architecture(&self) -> Result<&str> {
+        crate::registry::architecture_of(&self.config)
+    }
+
+    /// The configuration as a built-in [`ModelConfig`]; an error naming the architecture
+    /// if it is a user model (read [`Self::config`] instead) or does not parse.
+    pub fn model_config(&self) -> Result<ModelConfig> {
+        ModelConfig::from_json(&self.config)
+    }
+
+    /// Rebuilds a built-in model on `device` and fills its variables from the checkpoint
+    /// ([`Self::into_model_with`] with [`Registry::builtin`]). `path` only labels errors.
     pub fn into_model(self, device: &Device, path: &Path) -> Result<LoadedModel> {
+        self.into_model_with(&Registry::builtin(), device, path)
+    }
+
+    /// Rebuilds the model through `registry` on `device` and fills its variables from the
+    /// checkpoint. `path` only labels errors.
+    pub fn into_model_with(
+        self,
+        registry: &Registry,
+        device: &Device,
+        path: &Path,
+    ) -> Result<LoadedModel> {
         let dtype = self
             .weights
             .values()
@@ -256,7 +310,7 @@ impl Checkpoint {
             .map(Tensor::dtype)
             .unwrap_or(DType::F32);
         let vars = SeededVarMap::new(0);
-        let model = build(&self.config, vars.var_builder(dtype, device))?;
+        let model = registry.build(&self.config, vars.var_builder(dtype, device))?;
         fill_vars(vars.varmap(), &self.weights, path)?;
         // Identity normalisers short-circuit, so their channel count does not matter.
         let normalizers = self
@@ -272,10 +326,20 @@ impl Checkpoint {
     }
 }
 
-/// Reads `path` and rebuilds its model on `device`.
+/// Reads `path` and rebuilds its (built-in) model on `device`; [`load_with`] for a user
+/// architecture.
 pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<LoadedModel> {
+    load_with(path, &Registry::builtin(), device)
+}
+
+/// Reads `path` and rebuilds its model through `registry` on `device`.
+pub fn load_with(
+    path: impl AsRef<Path>,
+    registry: &Registry,
+    device: &Device,
+) -> Result<LoadedModel> {
     let path = path.as_ref();
-    Checkpoint::read(path, device)?.into_model(device, path)
+    Checkpoint::read(path, device)?.into_model_with(registry, device, path)
 }
 
 /// Saves a bare model (no normalisers, no training state).

@@ -17,7 +17,7 @@ pub enum ModelConfig {
     /// DeepONet with a CNN branch.
     DonCnn(crate::deeponet::DeepOnetCnnConfig),
     /// POD-DeepONet: the trunk is a POD basis of the training outputs.
-    PodDon(crate::pod::PodDeepOnetConfig),
+    PodDon(crate::deeponet::pod::PodDeepOnetConfig),
     /// Fourier neural operator.
     Fno(crate::fno::FnoConfig),
     /// Tucker-factorized FNO: an [`crate::fno::FnoConfig`] whose `factorization` defaults
@@ -50,16 +50,26 @@ impl ModelConfig {
         serde_json::to_value(self).expect("a ModelConfig always serialises")
     }
 
+    /// The built-in configuration a tagged JSON describes; an error naming the tag if it
+    /// is not one of the seven built-in architectures or the settings do not parse.
+    pub fn from_json(json: &serde_json::Value) -> Result<Self> {
+        let name = crate::registry::architecture_of(json)?;
+        if !crate::registry::BUILTIN_ARCHITECTURES.contains(&name) {
+            return Err(ModelError::UnknownArchitecture {
+                name: name.to_string(),
+                known: crate::registry::BUILTIN_ARCHITECTURES.join(", "),
+            });
+        }
+        serde_json::from_value(json.clone()).map_err(|e| ModelError::InvalidConfig {
+            model: "built-in model",
+            reason: format!("the `{name}` configuration does not parse: {e}"),
+        })
+    }
+
     /// The built-in configuration of `model`; an error for an architecture that is not one
     /// of the seven (a user model: use its [`NeuralOperator::config_json`]).
     pub fn from_model(model: &dyn NeuralOperator) -> Result<Self> {
-        serde_json::from_value(model.config_json()).map_err(|e| ModelError::InvalidConfig {
-            model: "built-in model",
-            reason: format!(
-                "`{}` is not one of the built-in architectures or its configuration does not parse: {e}",
-                model.architecture()
-            ),
-        })
+        Self::from_json(&model.config_json())
     }
 }
 
@@ -69,7 +79,7 @@ pub fn build(config: &ModelConfig, vb: VarBuilder) -> Result<Box<dyn NeuralOpera
         ModelConfig::Cno(c) => crate::cno::build(c, vb),
         ModelConfig::Don(c) => crate::deeponet::build_don(c, vb),
         ModelConfig::DonCnn(c) => crate::deeponet::build_don_cnn(c, vb),
-        ModelConfig::PodDon(c) => crate::pod::build(c, vb),
+        ModelConfig::PodDon(c) => crate::deeponet::pod::build(c, vb),
         ModelConfig::Fno(c) => crate::fno::build(c, vb),
         // TFNO is FNO with a factorization, Tucker unless the config names one.
         ModelConfig::Tfno(c) => crate::fno::build(&c.tfno(), vb),

@@ -17,6 +17,26 @@ pub enum ModelError {
     /// The architecture exists in the config enum but is not built yet.
     #[error("the {0} architecture is not implemented yet")]
     NotImplemented(&'static str),
+    /// A configuration names an architecture the registry does not know.
+    #[error("unknown architecture `{name}`: the registry knows {known}; register a builder for it with `Registry::register`")]
+    UnknownArchitecture {
+        /// The name in the configuration's `"model"` tag.
+        name: String,
+        /// The registered names, comma-separated.
+        known: String,
+    },
+    /// An architecture name was registered twice.
+    #[error("architecture `{name}` is already registered; pick another name")]
+    DuplicateArchitecture {
+        /// The name.
+        name: String,
+    },
+    /// A model configuration is not a JSON object with a string `"model"` tag.
+    #[error("a model configuration must be a JSON object with a string `\"model\"` tag naming the architecture, got {found}")]
+    UntaggedConfig {
+        /// The configuration found (possibly shortened).
+        found: String,
+    },
     /// A tensor or array has the wrong shape.
     #[error("shape mismatch in {context}: got {got:?}, expected {expected}")]
     Shape {

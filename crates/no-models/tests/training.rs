@@ -165,7 +165,7 @@ fn logs_best_checkpoint_and_csv_header() -> R<()> {
     assert!(best.optimizer.is_none() && best.normalizers.is_some());
     // The best checkpoint reproduces the best validation error.
     let loaded = checkpoint::load(dir.path().join("best.safetensors"), &Device::Cpu)?;
-    let pred = loaded.predict(val.inputs())?;
+    let pred = loaded.predict_physical(val.inputs())?;
     let err = no_models::train::relative_l2_per_channel(&pred, val.outputs())?
         .mean(1)?
         .mean_all()?

@@ -11,8 +11,12 @@ use candle_core::{Module, Tensor};
 use serde::{Deserialize, Serialize};
 
 /// A point-wise non-linearity.
+///
+/// Serialised tagged, `{"kind": "gelu"}`, `{"kind": "leaky_relu", "negative_slope": 0.01}`;
+/// a parameterless one also reads from its bare name (`"tanh"`, as DeepXDE-style configs
+/// write it), and the identity also as `"linear"`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case", tag = "kind")]
+#[serde(rename_all = "snake_case", tag = "kind", from = "ActivationRepr")]
 pub enum Activation {
     /// `x·Φ(x)` with the exact normal CDF (`erf`); PyTorch's `F.gelu` default.
     #[default]
@@ -26,8 +30,76 @@ pub enum Activation {
     Relu,
     /// `tanh(x)`.
     Tanh,
-    /// The identity.
+    /// `x·σ(x)` (SiLU, swish).
+    Silu,
+    /// The logistic sigmoid `σ(x) = 1/(1 + e^{−x})`.
+    Sigmoid,
+    /// The identity (also read as `"linear"`).
+    #[serde(alias = "linear")]
     Identity,
+}
+
+/// What an [`Activation`] is read from: the tagged form or a bare name.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ActivationRepr {
+    Name(ActivationName),
+    Tagged(TaggedActivation),
+}
+
+/// The bare names of the parameterless activations.
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum ActivationName {
+    Gelu,
+    Relu,
+    Tanh,
+    Silu,
+    Sigmoid,
+    #[serde(alias = "linear")]
+    Identity,
+}
+
+/// The tagged form, as [`Activation`] serialises.
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+enum TaggedActivation {
+    Gelu,
+    LeakyRelu {
+        negative_slope: f64,
+    },
+    Relu,
+    Tanh,
+    Silu,
+    Sigmoid,
+    #[serde(alias = "linear")]
+    Identity,
+}
+
+impl From<ActivationRepr> for Activation {
+    fn from(r: ActivationRepr) -> Self {
+        match r {
+            ActivationRepr::Name(n) => match n {
+                ActivationName::Gelu => Self::Gelu,
+                ActivationName::Relu => Self::Relu,
+                ActivationName::Tanh => Self::Tanh,
+                ActivationName::Silu => Self::Silu,
+                ActivationName::Sigmoid => Self::Sigmoid,
+                ActivationName::Identity => Self::Identity,
+            },
+            ActivationRepr::Tagged(t) => match t {
+                TaggedActivation::Gelu => Self::Gelu,
+                TaggedActivation::LeakyRelu { negative_slope } => {
+                    Self::LeakyRelu { negative_slope }
+                }
+                TaggedActivation::Relu => Self::Relu,
+                TaggedActivation::Tanh => Self::Tanh,
+                TaggedActivation::Silu => Self::Silu,
+                TaggedActivation::Sigmoid => Self::Sigmoid,
+                TaggedActivation::Identity => Self::Identity,
+            },
+        }
+    }
 }
 
 impl Activation {
@@ -67,8 +139,11 @@ impl Module for Activation {
         match self {
             Self::Gelu => gelu(x),
             Self::LeakyRelu { negative_slope } => leaky_relu(x, *negative_slope),
-            Self::Relu => x.relu(),
+            // The fused kernel: candle's `relu` values and gradient (passed where x ≥ 0).
+            Self::Relu => crate::ops::relu::relu(x),
             Self::Tanh => crate::ops::tanh::tanh(x),
+            Self::Silu => x.silu(),
+            Self::Sigmoid => candle_nn::ops::sigmoid(x),
             Self::Identity => Ok(x.clone()),
         }
     }
@@ -121,13 +196,58 @@ mod tests {
     }
 
     #[test]
+    fn silu_and_sigmoid_values() -> candle_core::Result<()> {
+        let x = Tensor::new(&[-2.0f64, 0.0, 1.5], &Device::Cpu)?;
+        let sig = |v: f64| 1.0 / (1.0 + (-v).exp());
+        let got = Activation::Sigmoid.forward(&x)?.to_vec1::<f64>()?;
+        let silu = Activation::Silu.forward(&x)?.to_vec1::<f64>()?;
+        for (i, v) in [-2.0f64, 0.0, 1.5].into_iter().enumerate() {
+            assert!((got[i] - sig(v)).abs() < 1e-12, "{got:?}");
+            assert!((silu[i] - v * sig(v)).abs() < 1e-12, "{silu:?}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn reads_tagged_forms_bare_names_and_linear() -> candle_core::Result<()> {
+        let read = |s: &str| -> candle_core::Result<Activation> {
+            serde_json::from_str(s).map_err(candle_core::Error::wrap)
+        };
+        for (text, want) in [
+            (r#"{"kind": "gelu"}"#, Activation::Gelu),
+            (r#"{"kind": "silu"}"#, Activation::Silu),
+            (r#"{"kind": "linear"}"#, Activation::Identity),
+            (r#""tanh""#, Activation::Tanh),
+            (r#""relu""#, Activation::Relu),
+            (r#""sigmoid""#, Activation::Sigmoid),
+            (r#""silu""#, Activation::Silu),
+            (r#""gelu""#, Activation::Gelu),
+            (r#""linear""#, Activation::Identity),
+            (r#""identity""#, Activation::Identity),
+        ] {
+            assert_eq!(read(text)?, want, "{text}");
+        }
+        assert!(read(r#""swish2""#).is_err());
+        // Serialisation stays tagged.
+        let json = serde_json::to_string(&Activation::Silu).map_err(candle_core::Error::wrap)?;
+        assert_eq!(json, r#"{"kind":"silu"}"#);
+        Ok(())
+    }
+
+    #[test]
     fn gradients_match_finite_differences() -> candle_core::Result<()> {
         // Points away from 0, where leaky ReLU is not differentiable.
         let x = Var::from_tensor(&Tensor::new(
             &[-2.1f64, -0.7, -0.1, 0.2, 0.9, 3.3],
             &Device::Cpu,
         )?)?;
-        for act in [Activation::Gelu, Activation::leaky_relu(), Activation::Tanh] {
+        for act in [
+            Activation::Gelu,
+            Activation::leaky_relu(),
+            Activation::Tanh,
+            Activation::Silu,
+            Activation::Sigmoid,
+        ] {
             let xs = x.clone();
             let r = check_gradients(
                 move || act.forward(xs.as_tensor()),

@@ -8,6 +8,7 @@
 pub mod activation;
 pub mod blocks;
 pub mod cno_activation;
+pub mod dense;
 pub mod embedding;
 pub mod local;
 pub mod mlp;

@@ -155,10 +155,21 @@ impl Trainer {
         device: &Device,
         cfg: Option<TrainConfig>,
     ) -> Result<Self> {
+        Self::resume_with(path, &crate::Registry::builtin(), device, cfg)
+    }
+
+    /// [`Trainer::resume`] for a model of any architecture `registry` knows (a user
+    /// model's checkpoint).
+    pub fn resume_with(
+        path: impl AsRef<Path>,
+        registry: &crate::Registry,
+        device: &Device,
+        cfg: Option<TrainConfig>,
+    ) -> Result<Self> {
         let path = path.as_ref();
         let ckpt = Checkpoint::read(path, device)?;
         let had_norm = ckpt.normalizers.is_some();
-        let loaded = ckpt.into_model(device, path)?;
+        let loaded = ckpt.into_model_with(registry, device, path)?;
         let meta = loaded
             .training
             .clone()
@@ -224,7 +235,7 @@ impl Trainer {
         let mut meta = self.meta.clone();
         meta.train_config = Some(serde_json::to_value(&self.cfg)?);
         Ok(Checkpoint {
-            config: crate::ModelConfig::from_model(self.model.as_ref())?,
+            config: self.model.config_json(),
             weights: snapshot(self.vars.varmap())?,
             normalizers: self.normalizers.clone(),
             training: Some(meta),

@@ -21,7 +21,7 @@
 //! changes them (candle's AdamW skips variables without a gradient, weight decay included).
 
 use crate::config::ModelConfig;
-use crate::deeponet::{Activation, Fnn};
+use crate::deeponet::{bare_activation, Activation, Fnn};
 use crate::error::{ModelError, Result};
 use crate::operator::{NeuralOperator, ParamCount};
 use candle_core::{DType, Module, Tensor};
@@ -254,6 +254,7 @@ pub struct PodDeepOnetConfig {
     /// Hidden widths of the branch MLP (its output has one coefficient per mode).
     pub branch_hidden: Vec<usize>,
     /// Activation of the branch's hidden layers (its last layer is linear).
+    #[serde(with = "bare_activation")]
     pub branch_activation: Activation,
     /// How many modes to keep when the basis is computed.
     pub criterion: PodCriterion,
