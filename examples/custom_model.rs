@@ -19,7 +19,7 @@ use fhn_solver::{OutputGrid, Protocol, Split};
 use ndarray::Array4;
 use no_layers::init::SeededVarMap;
 use no_models::train::{Schedule, TrainConfig, Trainer};
-use no_models::{Checkpoint, Dataset, NeuralOperator, ParamCount, Registry};
+use no_models::{Checkpoint, NeuralOperator, ParamCount, Registry, TensorDataset};
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
@@ -117,12 +117,16 @@ impl NeuralOperator for PointwiseConv {
     }
 }
 
-/// One split of a small protocol on a 32 × 32 output grid, as a `no_models::Dataset`.
-fn split(protocol: &Protocol, which: Split, dir: &std::path::Path) -> anyhow::Result<Dataset> {
+/// One split of a small protocol on a 32 × 32 output grid, as a `no_models::TensorDataset`.
+fn split(
+    protocol: &Protocol,
+    which: Split,
+    dir: &std::path::Path,
+) -> anyhow::Result<TensorDataset> {
     let data = fhn_solver::generate(protocol, which, None, false)?;
     let path = dir.join(format!("{}.safetensors", which.name()));
     data.save(&path)?;
-    Ok(Dataset::from_fhn_file(&path)?)
+    Ok(TensorDataset::from_fhn_file(&path)?)
 }
 
 /// A tensor `[N, C, nt, nx]` as an ndarray, for `no_eval`.

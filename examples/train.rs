@@ -17,7 +17,7 @@ use clap::Parser;
 use no_layers::init::SeededVarMap;
 use no_models::pod::{PodBasis, PodDeepOnet};
 use no_models::train::{TrainConfig, Trainer};
-use no_models::{build, Dataset, ModelConfig, NeuralOperator, Normalizers};
+use no_models::{build, ModelConfig, NeuralOperator, Normalizers, TensorDataset};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
@@ -58,7 +58,7 @@ struct Args {
     quiet: bool,
 }
 
-fn model_config(args: &Args, train: &Dataset) -> Result<ModelConfig> {
+fn model_config(args: &Args, train: &TensorDataset) -> Result<ModelConfig> {
     let mut json = match &args.config {
         Some(p) => serde_json::from_str(
             &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
@@ -100,7 +100,7 @@ fn main() -> Result<()> {
     fhn_neural_operators::allocator::keep_freed_memory();
     let args = Args::parse();
     let device = Device::Cpu;
-    let splits = Dataset::load_splits(&args.data)?;
+    let splits = TensorDataset::load_splits(&args.data)?;
     let mut tcfg: TrainConfig = match &args.train_config {
         Some(p) => serde_json::from_str(&std::fs::read_to_string(p)?)?,
         None => TrainConfig::default(),

@@ -15,7 +15,7 @@ use fhn_solver::{simulate_1d, Protocol, Split};
 use ndarray::{s, Array2, Array4, ArrayView4, Axis};
 use no_layers::init::SeededVarMap;
 use no_models::cno::CnoConfig;
-use no_models::data::{Dataset as NoDataset, Normalizers};
+use no_models::data::{Normalizers, TensorDataset};
 use no_models::deeponet::{DeepOnetCnnConfig, DeepOnetConfig};
 use no_models::fno::FnoConfig;
 use no_models::local_no::LocalNoConfig;
@@ -493,8 +493,8 @@ fn from_tensor(t: &Tensor) -> Result<Array4<f32>> {
         .map_err(|e| EvalError::invalid("model output", e, "a contiguous tensor"))
 }
 
-fn to_no_dataset(inputs: &Array4<f32>, outputs: &Array4<f32>) -> Result<NoDataset> {
-    Ok(NoDataset::new(
+fn to_no_dataset(inputs: &Array4<f32>, outputs: &Array4<f32>) -> Result<TensorDataset> {
+    Ok(TensorDataset::new(
         to_tensor(inputs.view(), &Device::Cpu)?,
         to_tensor(outputs.view(), &Device::Cpu)?,
     )?)
@@ -585,7 +585,7 @@ fn build_model(
     spec: &ModelSpec,
     vars: &SeededVarMap,
     device: &Device,
-    train: &NoDataset,
+    train: &TensorDataset,
 ) -> Result<Box<dyn NeuralOperator>> {
     let vb = vars.var_builder(DType::F32, device);
     Ok(match &spec.config {
@@ -816,7 +816,7 @@ struct Data {
     train_out: Array4<f32>,
     val_in: Array4<f32>,
     val_out: Array4<f32>,
-    val_ds: NoDataset,
+    val_ds: TensorDataset,
     test_in: Array4<f32>,
     test_out: Array4<f32>,
     test_meta: fhn_solver::dataset::Dataset,

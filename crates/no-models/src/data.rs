@@ -16,14 +16,15 @@ use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-/// Inputs and targets of a supervised operator-learning dataset, on the CPU in f32.
+/// Inputs and targets of a supervised operator-learning dataset, on the CPU in f32 (as
+/// PyTorch's `TensorDataset`; the solver's on-disk samples are `fhn_solver::Dataset`).
 #[derive(Debug, Clone)]
-pub struct Dataset {
+pub struct TensorDataset {
     inputs: Tensor,
     outputs: Tensor,
 }
 
-impl Dataset {
+impl TensorDataset {
     /// Wraps inputs `[N, C_in, nt, nx]` and outputs `[N, C_out, nt, nx]` (same N, nt, nx).
     pub fn new(inputs: Tensor, outputs: Tensor) -> Result<Self> {
         let (i, o) = (inputs.dims(), outputs.dims());
@@ -180,11 +181,11 @@ impl Dataset {
 #[derive(Debug, Clone)]
 pub struct Splits {
     /// Training samples (normalisers are fitted on these only).
-    pub train: Dataset,
+    pub train: TensorDataset,
     /// Validation samples (model selection, early stopping).
-    pub val: Dataset,
+    pub val: TensorDataset,
     /// Held-out test samples, if the directory has them.
-    pub test: Option<Dataset>,
+    pub test: Option<TensorDataset>,
 }
 
 /// Which normalisation law to fit.
@@ -319,7 +320,7 @@ pub struct Normalizers {
 
 impl Normalizers {
     /// Fits both on a training set.
-    pub fn fit(kind: NormalizerKind, train: &Dataset) -> Result<Self> {
+    pub fn fit(kind: NormalizerKind, train: &TensorDataset) -> Result<Self> {
         Ok(Self {
             input: Normalizer::fit(kind, train.inputs())?,
             output: Normalizer::fit(kind, train.outputs())?,
@@ -371,11 +372,11 @@ fn file_err(path: &Path, reason: impl std::fmt::Display) -> ModelError {
 mod tests {
     use super::*;
 
-    fn toy(n: usize) -> Result<Dataset> {
+    fn toy(n: usize) -> Result<TensorDataset> {
         let x =
             Tensor::arange(0f32, (n * 2 * 3 * 4) as f32, &Device::Cpu)?.reshape((n, 2, 3, 4))?;
         let y = (x.narrow(1, 0, 1)? * 3.0)?;
-        Dataset::new(x, y)
+        TensorDataset::new(x, y)
     }
 
     #[test]
@@ -432,7 +433,10 @@ mod tests {
     fn mismatched_shapes_are_rejected() -> Result<()> {
         let x = Tensor::zeros((2, 1, 3, 4), DType::F32, &Device::Cpu)?;
         let y = Tensor::zeros((2, 2, 3, 5), DType::F32, &Device::Cpu)?;
-        assert!(matches!(Dataset::new(x, y), Err(ModelError::Shape { .. })));
+        assert!(matches!(
+            TensorDataset::new(x, y),
+            Err(ModelError::Shape { .. })
+        ));
         Ok(())
     }
 
@@ -452,7 +456,7 @@ mod tests {
             .collect(),
             &path,
         )?;
-        let ds = Dataset::from_fhn_file(&path)?;
+        let ds = TensorDataset::from_fhn_file(&path)?;
         assert_eq!(ds.inputs().dims(), &[3, 1, 4, 5]);
         assert_eq!(ds.outputs().dims(), &[3, 2, 4, 5]);
         assert_eq!(
@@ -464,7 +468,7 @@ mod tests {
         );
         let bad = dir.path().join("bad.safetensors");
         candle_core::safetensors::save(&[("w".to_string(), w)].into_iter().collect(), &bad)?;
-        let err = Dataset::from_fhn_file(&bad).unwrap_err().to_string();
+        let err = TensorDataset::from_fhn_file(&bad).unwrap_err().to_string();
         assert!(err.contains("input"), "{err}");
         Ok(())
     }

@@ -64,7 +64,7 @@ pub mod train;
 
 pub use checkpoint::{Checkpoint, LoadedModel};
 pub use config::{build, ModelConfig};
-pub use data::{Dataset, NormalizerKind, Normalizers};
+pub use data::{NormalizerKind, Normalizers, TensorDataset};
 pub use error::{ModelError, Result};
 pub use fourier::{fno, local_no};
 pub use inference::inference_twin;

@@ -6,19 +6,19 @@ use no_layers::init::SeededVarMap;
 use no_models::checkpoint::{self, Checkpoint};
 use no_models::fno::FnoConfig;
 use no_models::train::{LogFormat, Schedule, TrainConfig, Trainer};
-use no_models::{build, Dataset, ModelConfig, ModelError};
+use no_models::{build, ModelConfig, ModelError, TensorDataset};
 use std::path::Path;
 
 type R<T> = no_models::Result<T>;
 
 /// A smooth synthetic operator: the output channels are the input and a shifted,
 /// squared copy of it.
-fn synthetic(n: usize, seed: u64) -> R<Dataset> {
+fn synthetic(n: usize, seed: u64) -> R<TensorDataset> {
     let z = Tensor::zeros((n, 1, 12, 12), DType::F32, &Device::Cpu)?;
     let x = no_layers::gradcheck::random_like(&z, seed)?;
     let y1 = x.sqr()?;
     let y = Tensor::cat(&[(&x * 0.5)?, y1], 1)?;
-    Dataset::new(x, y)
+    TensorDataset::new(x, y)
 }
 
 fn model_cfg() -> ModelConfig {
@@ -112,7 +112,7 @@ fn non_finite_loss_names_epoch_and_batch_and_keeps_last_checkpoint() -> R<()> {
     let mut x = train.inputs().clone();
     let nan = Tensor::full(f32::NAN, (1, 1, 12, 12), &Device::Cpu)?;
     x = Tensor::cat(&[x.narrow(0, 0, 4)?, nan, x.narrow(0, 5, 2)?], 0)?;
-    let poisoned = Dataset::new(x, train.outputs().clone())?;
+    let poisoned = TensorDataset::new(x, train.outputs().clone())?;
     let expected_batch = poisoned
         .epoch_batches(3, true, 11, 1)
         .iter()

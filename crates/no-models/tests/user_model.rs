@@ -7,7 +7,7 @@ use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
 use no_layers::init::SeededVarMap;
 use no_models::checkpoint::{self, Checkpoint};
 use no_models::train::{TrainConfig, Trainer};
-use no_models::{Dataset, ModelError, NeuralOperator, ParamCount, Registry};
+use no_models::{ModelError, NeuralOperator, ParamCount, Registry, TensorDataset};
 
 type R<T> = no_models::Result<T>;
 
@@ -70,11 +70,11 @@ fn registry() -> R<Registry> {
     Ok(r)
 }
 
-fn synthetic(n: usize, seed: u64) -> R<Dataset> {
+fn synthetic(n: usize, seed: u64) -> R<TensorDataset> {
     let z = Tensor::zeros((n, 1, 6, 6), DType::F32, &Device::Cpu)?;
     let x = no_layers::gradcheck::random_like(&z, seed)?;
     let y = Tensor::cat(&[(&x * 0.5)?, x.sqr()?], 1)?;
-    Dataset::new(x, y)
+    TensorDataset::new(x, y)
 }
 
 fn bits(t: &Tensor) -> R<Vec<u32>> {

@@ -12,7 +12,7 @@ use super::loss::{relative_l2_per_channel, LossKind};
 use super::optim::{AdamW, AdamWParams};
 use super::schedule::Schedule;
 use crate::checkpoint::{snapshot, Checkpoint, TrainingMeta};
-use crate::data::{Dataset, NormalizerKind, Normalizers};
+use crate::data::{NormalizerKind, Normalizers, TensorDataset};
 use crate::error::{ModelError, Result};
 use crate::operator::NeuralOperator;
 use candle_core::Device;
@@ -247,8 +247,8 @@ impl Trainer {
     /// writes `last.safetensors` every epoch, `best.safetensors` on improvement and the log.
     pub fn fit(
         &mut self,
-        train: &Dataset,
-        val: &Dataset,
+        train: &TensorDataset,
+        val: &TensorDataset,
         out_dir: Option<&Path>,
     ) -> Result<TrainSummary> {
         if train.is_empty() || val.is_empty() {
@@ -296,8 +296,8 @@ impl Trainer {
     fn run_epoch(
         &mut self,
         epoch: usize,
-        train: &Dataset,
-        val: &Dataset,
+        train: &TensorDataset,
+        val: &TensorDataset,
         bar: &ProgressBar,
     ) -> Result<EpochRecord> {
         let t0 = Instant::now();
@@ -372,7 +372,7 @@ impl Trainer {
     }
 
     /// Mean relative L2 (over samples and output channels) in physical units, no update.
-    pub fn evaluate(&self, data: &Dataset) -> Result<f64> {
+    pub fn evaluate(&self, data: &TensorDataset) -> Result<f64> {
         let norm = self
             .normalizers
             .clone()

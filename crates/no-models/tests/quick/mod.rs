@@ -2,7 +2,7 @@
 //! bounded training run with the library's `Trainer`.
 //!
 //! The samples come from `fhn_solver` (a dev-dependency only: the library itself reads
-//! files), written to a safetensors file and read back through `Dataset::from_fhn_file`,
+//! files), written to a safetensors file and read back through `TensorDataset::from_fhn_file`,
 //! then subsampled 4× in t and x (100 × 100 → 25 × 25) to keep the tests fast on two cores.
 //!
 //! The error is the Trainer's own validation metric (evaluation mode, physical units):
@@ -19,7 +19,7 @@
 use candle_core::{Device, Tensor};
 use no_layers::init::SeededVarMap;
 use no_models::train::{Schedule, TrainConfig, Trainer};
-use no_models::{Dataset, NeuralOperator, NormalizerKind};
+use no_models::{NeuralOperator, NormalizerKind, TensorDataset};
 
 /// The result type of the tests.
 pub type R<T> = no_models::Result<T>;
@@ -40,7 +40,7 @@ const STAGE: usize = 25;
 const MIN_FIELD_NORM: f64 = 1e-2;
 
 /// The first [`N_SAMPLES`] training samples of the quick protocol, subsampled to [`GRID`].
-pub fn samples() -> R<Dataset> {
+pub fn samples() -> R<TensorDataset> {
     let mut protocol = fhn_solver::Protocol::quick();
     protocol.train.n_samples = N_SAMPLES;
     let data = fhn_solver::generate(&protocol, fhn_solver::Split::Train, None, false)
@@ -48,7 +48,7 @@ pub fn samples() -> R<Dataset> {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("train.safetensors");
     data.save(&path).expect("save quick samples");
-    let full = Dataset::from_fhn_file(&path)?;
+    let full = TensorDataset::from_fhn_file(&path)?;
     let every = |n: usize| {
         Tensor::from_vec(
             (0..n as u32).step_by(STRIDE).collect::<Vec<_>>(),
@@ -61,7 +61,7 @@ pub fn samples() -> R<Dataset> {
         Ok(t.index_select(&every(nt)?, 2)?
             .index_select(&every(nx)?, 3)?)
     };
-    let data = Dataset::new(sub(full.inputs())?, sub(full.outputs())?)?;
+    let data = TensorDataset::new(sub(full.inputs())?, sub(full.outputs())?)?;
     assert_eq!(data.len(), N_SAMPLES);
     assert_eq!(&data.outputs().dims()[2..], &GRID[..]);
     let norms = data
@@ -98,7 +98,7 @@ pub struct Outcome {
 pub fn overfit(
     model: Box<dyn NeuralOperator>,
     vars: SeededVarMap,
-    data: &Dataset,
+    data: &TensorDataset,
     lr: f64,
     max_steps: usize,
     normalizer: NormalizerKind,
