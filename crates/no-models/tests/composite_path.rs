@@ -147,7 +147,11 @@ fn every_model_agrees_with_its_composite_path() -> R<()> {
                 _ => panic!("{name}: {label} exists on one path only"),
             };
             assert_eq!(a.dims(), b.dims(), "{name}: {label} shapes");
-            let scale = a.abs()?.max_all()?.to_scalar::<f64>()?.max(f64::MIN_POSITIVE);
+            let scale = a
+                .abs()?
+                .max_all()?
+                .to_scalar::<f64>()?
+                .max(f64::MIN_POSITIVE);
             let diff = (a - b)?.abs()?.max_all()?.to_scalar::<f64>()?;
             assert!(
                 diff <= TOL * scale,
@@ -155,7 +159,10 @@ fn every_model_agrees_with_its_composite_path() -> R<()> {
             );
             compared += 1;
         }
-        assert!(compared > named.len() / 2, "{name}: too few gradients compared");
+        assert!(
+            compared > named.len() / 2,
+            "{name}: too few gradients compared"
+        );
     }
     Ok(())
 }

@@ -102,7 +102,13 @@ pub fn truncated_rfft(x: &Tensor, q: usize) -> Result<Tensor> {
     }
     let last = y.rank() - 1;
     let pad = |t: Tensor| t.pad_with_zeros(last, 0, q - kept);
-    Tensor::cat(&[pad(y.narrow(last, 0, kept)?)?, pad(y.narrow(last, kept, kept)?)?], last)
+    Tensor::cat(
+        &[
+            pad(y.narrow(last, 0, kept)?)?,
+            pad(y.narrow(last, kept, kept)?)?,
+        ],
+        last,
+    )
 }
 
 /// `[rows, 2q] → [rows, n_out]`, the inverse of [`truncated_rfft`], through `TruncIrfft`.

@@ -97,7 +97,12 @@ pub fn spectrum_to_grid(y: &Tensor, et: &Tensor, rxi: &Tensor, two_d: bool) -> R
 
 /// [`spectrum_to_grid`] from candle ops: the specification of the fused op and the path
 /// on every other device. The bases are treated as constants.
-fn spectrum_to_grid_composite(y: &Tensor, et: &Tensor, rxi: &Tensor, two_d: bool) -> Result<Tensor> {
+fn spectrum_to_grid_composite(
+    y: &Tensor,
+    et: &Tensor,
+    rxi: &Tensor,
+    two_d: bool,
+) -> Result<Tensor> {
     let (m, b, two_ch) = y.dims3()?;
     let (_, two_c) = et.dims2()?;
     let (two_q, n2) = rxi.dims2()?;
