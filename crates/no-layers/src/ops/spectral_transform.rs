@@ -56,7 +56,7 @@ impl Scalar for f64 {}
 /// contiguous columns (the `.t()` of [`crate::layers::spectral::fourier::rfft_basis_transposed`]) makes the
 /// last-axis product run as dot products along the grid rows, the fastest form.
 ///
-/// Fused where [`crate::ops::fused_cpu`] says so, else [`grid_to_spectrum_composite`].
+/// Fused where [`crate::ops::fused_cpu`] says so, else its composite form (candle matmuls).
 pub fn grid_to_spectrum(x: &Tensor, rx: &Tensor, dt: &Tensor) -> Result<Tensor> {
     if crate::ops::fused_cpu(&[x, rx, dt]) {
         return x.contiguous()?.apply_op3(rx, dt, GridToSpectrum);
@@ -87,7 +87,7 @@ fn grid_to_spectrum_composite(x: &Tensor, rx: &Tensor, dt: &Tensor) -> Result<Te
 /// dimension) and `rxi` is `[2q, N2']` (the last axis's inverse real basis). The bases
 /// get no gradient.
 ///
-/// Fused where [`crate::ops::fused_cpu`] says so, else [`spectrum_to_grid_composite`].
+/// Fused where [`crate::ops::fused_cpu`] says so, else its composite form (candle matmuls).
 pub fn spectrum_to_grid(y: &Tensor, et: &Tensor, rxi: &Tensor, two_d: bool) -> Result<Tensor> {
     if crate::ops::fused_cpu(&[y, et, rxi]) {
         return y.contiguous()?.apply_op3(et, rxi, SpectrumToGrid { two_d });
