@@ -19,6 +19,18 @@
 //! forward at batch 1 and 32, the inference twin at batch 1 and a training step at batch
 //! 32 (fastest of `--repeats`, each ending with `Device::synchronize`). Built without a
 //! GPU feature, `--device cuda` fails with a message saying which feature to enable.
+//!
+//! The comparisons run on the square `--grid` and again on the non-square `--grid2`
+//! (default 100 × 51: sides of different parity, where candle's own strided `conv2d`
+//! backward fails, which DeepONet-CNN's stride-2 convolutions would hit); the
+//! DeepONet-family models are built for each grid. With `--composite` the CPU reference
+//! runs on the composite path (`no_layers::ops::composite_only`: what a GPU runs), so
+//! `--device cpu --composite` compares the fused CPU kernels with the composite forms for
+//! all seven models on a machine without a GPU:
+//!
+//! ```text
+//! cargo run --release --example device_check -- --device cpu --composite --repeats 1
+//! ```
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
@@ -58,6 +70,34 @@ struct Args {
     /// Timed repeats (fastest reported); 0 skips the timings.
     #[arg(long, default_value_t = 20)]
     repeats: usize,
+    /// A second, non-square grid `NT,NX` compared too (sides of different parity by
+    /// default); `0,0` skips it.
+    #[arg(long, value_delimiter = ',', default_values_t = [100, 51])]
+    grid2: Vec<usize>,
+    /// Run the CPU reference on the composite path (what a GPU runs) instead of the
+    /// fused CPU kernels.
+    #[arg(long)]
+    composite: bool,
+}
+
+/// The composite-path guard when `--composite` asks for it (the CPU reference runs
+/// while it lives).
+fn reference_path(composite: bool) -> Option<no_layers::ops::CompositeOnly> {
+    composite.then(no_layers::ops::composite_only)
+}
+
+/// `cfg` with its grid set to `grid` (the DeepONet family is tied to its grid; LocalNO's
+/// default input shape follows it).
+fn on_grid(cfg: &ModelConfig, grid: [usize; 2]) -> ModelConfig {
+    let mut cfg = cfg.clone();
+    match &mut cfg {
+        ModelConfig::Don(c) => c.grid = grid,
+        ModelConfig::DonCnn(c) => c.grid = grid,
+        ModelConfig::PodDon(c) => c.grid = grid,
+        ModelConfig::LocalNo(c) => c.default_in_shape = grid,
+        ModelConfig::Cno(_) | ModelConfig::Fno(_) | ModelConfig::Tfno(_) => {}
+    }
+    cfg
 }
 
 /// One model and its variables on one device.
@@ -66,13 +106,14 @@ struct Built {
     vars: SeededVarMap,
 }
 
-fn build_on(cfg: &ModelConfig, grid: usize, dev: &Device) -> Result<Built> {
+fn build_on(cfg: &ModelConfig, grid: [usize; 2], dev: &Device) -> Result<Built> {
+    let cfg = &on_grid(cfg, grid);
     let vars = SeededVarMap::new(0);
     let vb = vars.var_builder(DType::F32, dev);
     let model: Box<dyn NeuralOperator> = match cfg {
         // Fitted on the CPU from the same seeded outputs for both devices.
         ModelConfig::PodDon(pod) if pod.modes.is_empty() => {
-            let outputs = seeded_randn((128, 2, grid, grid), "pod-outputs")?;
+            let outputs = seeded_randn((128, 2, grid[0], grid[1]), "pod-outputs")?;
             let basis = PodBasis::fit(&outputs, PodCriterion::Count(64))?;
             Box::new(PodDeepOnet::from_basis(pod, &basis, vb)?)
         }
@@ -107,11 +148,15 @@ fn worst_gradient(
     dev: &Built,
     x: (&Tensor, &Tensor),
     y: (&Tensor, &Tensor),
+    composite: bool,
 ) -> Result<(f64, String)> {
     let loss = |b: &Built, x: &Tensor, y: &Tensor| -> Result<Tensor> {
         Ok((b.model.forward_t(x, true)? - y)?.sqr()?.mean_all()?)
     };
-    let g_cpu = loss(cpu, x.0, y.0)?.backward()?;
+    let g_cpu = {
+        let _path = reference_path(composite);
+        loss(cpu, x.0, y.0)?.backward()?
+    };
     let g_dev = loss(dev, x.1, y.1)?.backward()?;
     let mut worst = (0.0, String::new());
     for ((name, v_cpu), (_, v_dev)) in sorted_vars(&cpu.vars)?
@@ -139,8 +184,10 @@ fn worst_update(
     dev: &Built,
     x: (&Tensor, &Tensor),
     y: (&Tensor, &Tensor),
+    composite: bool,
 ) -> Result<f64> {
-    for (b, x, y) in [(cpu, x.0, y.0), (dev, x.1, y.1)] {
+    for (b, x, y, reference) in [(cpu, x.0, y.0, true), (dev, x.1, y.1, false)] {
+        let _path = reference_path(composite && reference);
         let mut opt = AdamW::new(b.vars.varmap(), AdamWParams::default())?;
         let loss = (b.model.forward_t(x, true)? - y)?.sqr()?.mean_all()?;
         opt.backward_step(&loss)?;
@@ -170,7 +217,7 @@ fn fastest(dev: &Device, repeats: usize, mut work: impl FnMut() -> Result<()>) -
 }
 
 fn timings(cfg: &ModelConfig, grid: usize, dev: &Device, repeats: usize) -> Result<String> {
-    let b = build_on(cfg, grid, dev)?;
+    let b = build_on(cfg, [grid, grid], dev)?;
     let x1 = seeded_randn((1, 1, grid, grid), "x1")?.to_device(dev)?;
     let x32 = seeded_randn((32, 1, grid, grid), "x32")?.to_device(dev)?;
     let y32 = seeded_randn((32, 2, grid, grid), "y32")?.to_device(dev)?;
@@ -195,14 +242,23 @@ fn timings(cfg: &ModelConfig, grid: usize, dev: &Device, repeats: usize) -> Resu
     Ok(format!("{fwd1:9.2} {inf1:9.2} {fwd32:9.2} {train32:9.2}"))
 }
 
-fn check(cfg: &ModelConfig, args: &Args, dev: &Device, dir: &std::path::Path) -> Result<bool> {
+fn check(
+    cfg: &ModelConfig,
+    grid: [usize; 2],
+    args: &Args,
+    dev: &Device,
+    dir: &std::path::Path,
+) -> Result<bool> {
     let name = cfg.name();
-    let cpu = build_on(cfg, args.grid, &Device::Cpu)?;
-    let gpu = build_on(cfg, args.grid, dev)?;
-    let x = seeded_randn((args.batch, 1, args.grid, args.grid), "x")?;
-    let y = seeded_randn((args.batch, 2, args.grid, args.grid), "y")?;
+    let cpu = build_on(cfg, grid, &Device::Cpu)?;
+    let gpu = build_on(cfg, grid, dev)?;
+    let x = seeded_randn((args.batch, 1, grid[0], grid[1]), "x")?;
+    let y = seeded_randn((args.batch, 2, grid[0], grid[1]), "y")?;
     let (xd, yd) = (x.to_device(dev)?, y.to_device(dev)?);
-    let reference = cpu.model.forward(&x)?;
+    let reference = {
+        let _path = reference_path(args.composite);
+        cpu.model.forward(&x)?
+    };
     let forward = rel_diff(&reference, &gpu.model.forward(&xd)?)?;
     let twin = no_models::inference_twin(gpu.model.as_ref(), gpu.vars.varmap())?;
     let inference = rel_diff(&reference, &twin.forward(&xd)?)?;
@@ -211,8 +267,8 @@ fn check(cfg: &ModelConfig, args: &Args, dev: &Device, dir: &std::path::Path) ->
     let loaded = no_models::checkpoint::load(&path, dev)
         .with_context(|| format!("loading the {name} checkpoint onto {dev:?}"))?;
     let checkpoint = rel_diff(&reference, &loaded.model.forward(&xd)?)?;
-    let (grad, grad_var) = worst_gradient(&cpu, &gpu, (&x, &xd), (&y, &yd))?;
-    let update = worst_update(&cpu, &gpu, (&x, &xd), (&y, &yd))?;
+    let (grad, grad_var) = worst_gradient(&cpu, &gpu, (&x, &xd), (&y, &yd), args.composite)?;
+    let update = worst_update(&cpu, &gpu, (&x, &xd), (&y, &yd), args.composite)?;
     let ok = forward.max(inference).max(checkpoint) <= args.tol_forward
         && grad.max(update) <= args.tol_grad;
     println!(
@@ -229,6 +285,12 @@ fn main() -> Result<()> {
     if args.batch == 0 || args.grid < 2 {
         bail!("--batch must be positive and --grid at least 2");
     }
+    let mut grids = vec![[args.grid, args.grid]];
+    match args.grid2[..] {
+        [0, 0] => {}
+        [nt, nx] if nt >= 2 && nx >= 2 => grids.push([nt, nx]),
+        _ => bail!("--grid2 takes NT,NX (each at least 2), or 0,0 to skip it"),
+    }
     let dev = open_device(args.device)?;
     let configs: Vec<ModelConfig> = args
         .models
@@ -240,14 +302,21 @@ fn main() -> Result<()> {
         .collect::<Result<_>>()?;
     let dir = std::env::temp_dir().join(format!("device-check-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    println!(
-        "{:?} against the CPU, batch {} on {}×{} (relative to the largest CPU value):",
-        dev, args.batch, args.grid, args.grid
-    );
+    let reference = if args.composite {
+        "the CPU's composite path"
+    } else {
+        "the CPU"
+    };
     let mut failed = Vec::new();
-    for cfg in &configs {
-        if !check(cfg, &args, &dev, &dir)? {
-            failed.push(cfg.name().to_string());
+    for grid in grids {
+        println!(
+            "{:?} against {reference}, batch {} on {}×{} (relative to the largest reference value):",
+            dev, args.batch, grid[0], grid[1]
+        );
+        for cfg in &configs {
+            if !check(cfg, grid, &args, &dev, &dir)? {
+                failed.push(format!("{} ({}×{})", cfg.name(), grid[0], grid[1]));
+            }
         }
     }
     let _ = std::fs::remove_dir_all(&dir);

@@ -23,7 +23,7 @@ use crate::error::{LayerError, Result};
 use crate::layers::activation::leaky_relu;
 use crate::layers::resample::{ResampleKind, Resampler};
 use crate::ops::cno_activation::{ActivationPlan, CnoActivationOp};
-use candle_core::{DType, Module, Tensor};
+use candle_core::{Module, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -99,9 +99,7 @@ impl CnoActivation {
 
     /// Whether `x` takes the fused CPU op.
     fn fused(&self, x: &Tensor) -> bool {
-        x.device().is_cpu()
-            && matches!(x.dtype(), DType::F32 | DType::F64)
-            && self.cfg.kind == ResampleKind::BicubicAntialias
+        self.cfg.kind == ResampleKind::BicubicAntialias && crate::ops::fused_cpu(&[x])
     }
 
     /// The fused op's plan for these plane sizes (cached).

@@ -16,7 +16,7 @@ use crate::init::{torch_default_bias, torch_default_weight};
 use crate::layers::activation::Activation;
 use crate::layers::params::ParamCount;
 use crate::layers::rounding::round_half_even;
-use crate::ops::channel_mlp::{fused_mlp_applies, two_layer_gelu_mlp};
+use crate::ops::channel_mlp::two_layer_gelu_mlp;
 use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
@@ -185,11 +185,10 @@ impl Module for ChannelMlp {
             }
             .into());
         }
-        if let ([w1, w2], [b1, b2], Activation::Gelu, true) = (
+        if let ([w1, w2], [b1, b2], Activation::Gelu) = (
             self.weights.as_slice(),
             self.biases.as_slice(),
             self.activation,
-            fused_mlp_applies(x),
         ) {
             // FNO's lifting and projection: the hidden layer stays in cache.
             return two_layer_gelu_mlp(x, w1, b1, w2, b2);

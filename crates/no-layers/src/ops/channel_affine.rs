@@ -11,7 +11,7 @@
 
 use crate::cpu::map::contiguous;
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// `x + b[c]` over `x` `[B, C, ...]` with `b` holding `C` values (any shape, e.g. `[C]` or
@@ -54,9 +54,9 @@ fn check_channels(op: &str, x: &Tensor, per_channel: &Tensor) -> Result<usize> {
     Ok(c)
 }
 
-/// Whether the fused CPU kernels apply.
+/// Whether the fused CPU kernels apply ([`crate::ops::fused_cpu`]).
 fn fused(x: &Tensor, p: &Tensor) -> bool {
-    x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) && x.dtype() == p.dtype()
+    crate::ops::fused_cpu(&[x, p])
 }
 
 /// `[1, C, 1, ...]` matching the rank of `x`.
@@ -319,7 +319,7 @@ impl CustomOp2 for ChannelDot {
 mod tests {
     use super::*;
     use crate::gradcheck::{check_gradients, random_like, GradCheckConfig};
-    use candle_core::{Device, Var};
+    use candle_core::{DType, Device, Var};
 
     fn input(shape: &[usize], seed: u64) -> Result<Tensor> {
         random_like(&Tensor::zeros(shape, DType::F64, &Device::Cpu)?, seed)

@@ -22,16 +22,15 @@ use crate::cpu::point_tiles::{
 };
 use crate::cpu::scratch::PoolBuf;
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
-
-/// Whether [`two_layer_gelu_mlp`] runs fused for `x` (CPU, `f32` or `f64`).
-pub fn fused_mlp_applies(x: &Tensor) -> bool {
-    x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
-}
 
 /// `W2·gelu(W1·x + b1) + b2` per point of `x` `[B, C_in, …]` with `w1` `[H, C_in]` (or
 /// `[H, C_in, 1]`), `b1` `[H]`, `w2` `[C_out, H]` (or `[C_out, H, 1]`), `b2` `[C_out]`.
+///
+/// One fused CPU op (the hidden layer stays in cache) where [`crate::ops::fused_cpu`]
+/// says so; elsewhere the composite form of candle matmuls and `gelu_erf`, with candle's
+/// gradients. Differentiable in all five arguments.
 pub fn two_layer_gelu_mlp(
     x: &Tensor,
     w1: &Tensor,
@@ -56,12 +55,8 @@ pub fn two_layer_gelu_mlp(
             b2.dims()
         );
     }
-    if !fused_mlp_applies(x) {
-        candle_core::bail!(
-            "channel MLP: the fused op runs on the CPU in f32 or f64, got {:?} on {:?}",
-            x.dtype(),
-            x.device()
-        );
+    if !crate::ops::fused_cpu(&[x, w1, b1, w2, b2]) {
+        return composite(x, w1, b1, w2, b2);
     }
     let flat = Tensor::cat(
         &[
@@ -73,6 +68,28 @@ pub fn two_layer_gelu_mlp(
         0,
     )?;
     x.contiguous()?.apply_op2(&flat, Mlp { ci, h, co })
+}
+
+/// [`two_layer_gelu_mlp`] from candle ops (every device; the specification of the fused
+/// op): `[B, C_in, P]` points, two batched matmuls with the bias added between.
+fn composite(x: &Tensor, w1: &Tensor, b1: &Tensor, w2: &Tensor, b2: &Tensor) -> Result<Tensor> {
+    let dims = x.dims();
+    let (b, ci) = (dims[0], dims[1]);
+    let (h, co) = (w1.dim(0)?, w2.dim(0)?);
+    let points: usize = dims[2..].iter().product();
+    let xs = x.contiguous()?.reshape((b, ci, points))?;
+    let hidden = w1
+        .reshape((h, ci))?
+        .broadcast_matmul(&xs)?
+        .broadcast_add(&b1.reshape((h, 1))?)?
+        .gelu_erf()?;
+    let y = w2
+        .reshape((co, h))?
+        .broadcast_matmul(&hidden)?
+        .broadcast_add(&b2.reshape((co, 1))?)?;
+    let mut out = dims.to_vec();
+    out[1] = co;
+    y.reshape(out)
 }
 
 /// The op: input, hidden and output widths (also the MLP inside
@@ -404,7 +421,7 @@ mod tests {
     use crate::gradcheck::{check_gradients, random_like, GradCheckConfig};
     use crate::layers::mlp::pointwise_linear;
     use crate::ops::gelu::gelu;
-    use candle_core::{Device, Var};
+    use candle_core::{DType, Device, Var};
 
     fn vars(shape: &[usize], h: usize, co: usize, dtype: DType, seed: u64) -> Result<Vec<Var>> {
         let ci = shape[1];

@@ -12,7 +12,7 @@
 
 use crate::cpu::map::contiguous;
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// `w [C, O, M, 2]` (re, im) → `[M, 2C, 2O]` = `[[Re, Im], [−Im, Re]]` per mode.
@@ -24,7 +24,7 @@ pub fn complex_block(w: &Tensor) -> Result<Tensor> {
             w.dims()
         );
     }
-    if w.device().is_cpu() && matches!(w.dtype(), DType::F32 | DType::F64) {
+    if crate::ops::fused_cpu(&[w]) {
         return w.contiguous()?.apply_op1(ComplexBlock { c, o, m });
     }
     let part = |k: usize| -> Result<Tensor> { w.narrow(3, k, 1)?.squeeze(3)?.permute((2, 0, 1)) };
@@ -164,7 +164,7 @@ impl CustomOp1 for ComplexBlockGrad {
 mod tests {
     use super::*;
     use crate::gradcheck::{check_gradients, random_like, GradCheckConfig};
-    use candle_core::{Device, Var};
+    use candle_core::{DType, Device, Var};
 
     fn weight(c: usize, o: usize, m: usize, seed: u64) -> Result<Tensor> {
         random_like(

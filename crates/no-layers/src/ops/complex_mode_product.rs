@@ -26,14 +26,14 @@
 use crate::cpu::gemm_view::{gemm, GemmScalar, MatMut, MatRef};
 use crate::cpu::map::contiguous;
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
 /// `x ×_axis f`: `x [d_0, …, d_{n−1}, 2]` (complex, `d_axis = r`), `f [s, r, 2]` (complex)
 /// → `[d_0, …, s, …, d_{n−1}, 2]`. Errors when the shapes do not fit.
 pub fn complex_mode_product(x: &Tensor, f: &Tensor, axis: usize) -> Result<Tensor> {
     let sizes = ModeSizes::of(x, f, axis)?;
-    if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
+    if crate::ops::fused_cpu(&[x, f]) {
         let op = ModeProduct {
             sizes,
             axis,
@@ -350,7 +350,7 @@ mod tests {
     use super::*;
     use crate::cpu::map::single_threaded;
     use crate::gradcheck::{check_gradients, random_like, GradCheckConfig};
-    use candle_core::{Device, Var};
+    use candle_core::{DType, Device, Var};
 
     fn random(shape: &[usize], seed: u64) -> Result<Tensor> {
         random_like(&Tensor::zeros(shape, DType::F64, &Device::Cpu)?, seed)

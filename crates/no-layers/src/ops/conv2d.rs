@@ -23,8 +23,11 @@
 //! order: results do not depend on the thread count.
 //!
 //! Semantics are PyTorch's `F.conv2d` (cross-correlation, zero padding, weight
-//! `[O, C, kh, kw]`), groups = dilation = 1. Other devices and dtypes use candle's
-//! `conv2d`.
+//! `[O, C, kh, kw]`), groups = dilation = 1. Where [`crate::ops::fused_cpu`] says no (other
+//! devices and dtypes, or the composite path forced), [`conv2d`] runs candle's `conv2d` on an
+//! input padded and cropped so that its backward is right for every stride and shape
+//! (`candle_fixes::conv2d`: candle's own strided backward fails when
+//! `(H + 2p − k) mod s ≠ (W + 2p − k) mod s`).
 
 use crate::cpu::gemm_view::{gemm, GemmScalar, MatMut, MatRef};
 use crate::cpu::im2col::{fold_rows, fold_samples, unfold_rows, unfold_samples, Geometry};
@@ -32,12 +35,16 @@ use crate::cpu::map::contiguous;
 use crate::cpu::scratch::PoolBuf;
 use crate::cpu::winograd::{self, WinogradScalar};
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Cross-correlation of `x` `[B, C, H, W]` with `weight` `[O, C, kh, kw]`, zero padding
 /// `padding` on every side and step `stride` on both axes: `[B, O, Ho, Wo]` with
 /// `Ho = (H + 2·padding − kh)/stride + 1` (likewise `Wo`). Differentiable in both.
+///
+/// The fused CPU op where [`crate::ops::fused_cpu`] says so; elsewhere candle's `conv2d`
+/// behind the crate's workaround for its strided backward, with gradients right for every
+/// stride, padding and (non-square) shape.
 pub fn conv2d(x: &Tensor, weight: &Tensor, padding: usize, stride: usize) -> Result<Tensor> {
     let (_, c, h, w) = x.dims4()?;
     let (o, wc, kh, kw) = weight.dims4()?;
@@ -65,8 +72,12 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, padding: usize, stride: usize) -> Res
             weight.dtype()
         );
     }
-    if !(x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)) {
-        return x.conv2d(weight, padding, stride, 1, 1);
+    if !crate::ops::fused_cpu(&[x, weight]) {
+        // candle's own `conv2d` backward fails for strided convolutions of some
+        // non-square inputs; this form's gradients are right for every geometry.
+        return Ok(crate::ops::candle_fixes::conv2d(
+            x, weight, padding, stride, 1,
+        )?);
     }
     let op = Conv2dOp {
         geometry: Geometry::new(c, h, w, kh, kw, padding, stride),
@@ -739,7 +750,7 @@ impl CustomOp2 for WeightGrad {
 mod tests {
     use super::*;
     use crate::gradcheck::{check_gradients, random_like, GradCheckConfig};
-    use candle_core::{Device, Var};
+    use candle_core::{DType, Device, Var};
 
     fn random(shape: &[usize], seed: u64) -> Result<Tensor> {
         random_like(&Tensor::zeros(shape, DType::F64, &Device::Cpu)?, seed)

@@ -25,7 +25,7 @@ use crate::cpu::lane_sum::lane_sum;
 use crate::cpu::map::{contiguous, CHUNK};
 use crate::ops::tanh::tanh_f32_in_place;
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
@@ -80,11 +80,7 @@ pub fn dense(
             candle_core::bail!("dense: {o} output features do not split into {k} blocks");
         }
     }
-    let fused = [x, w, b].iter().all(|t| t.device().is_cpu())
-        && matches!(x.dtype(), DType::F32 | DType::F64)
-        && w.dtype() == x.dtype()
-        && b.dtype() == x.dtype();
-    if !fused {
+    if !crate::ops::fused_cpu(&[x, w, b]) {
         return dense_with_candle_ops(x, w, b, act, layout);
     }
     x.contiguous()?.apply_op3(
@@ -487,7 +483,7 @@ mod tests {
     use super::*;
     use crate::cpu::map::single_threaded;
     use crate::gradcheck::{check_gradients, random_like, GradCheckConfig};
-    use candle_core::{Device, Var};
+    use candle_core::{DType, Device, Var};
 
     const ACTS: [DenseActivation; 2] = [DenseActivation::Identity, DenseActivation::Tanh];
     const LAYOUTS: [DenseLayout; 3] = [

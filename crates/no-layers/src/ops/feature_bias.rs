@@ -10,7 +10,7 @@
 
 use crate::cpu::map::contiguous;
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
 /// Rows per rayon task in the forward.
@@ -29,8 +29,7 @@ pub fn add_feature_bias(x: &Tensor, b: &Tensor) -> Result<Tensor> {
         );
     }
     let b = b.flatten_all()?;
-    if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) && x.dtype() == b.dtype()
-    {
+    if crate::ops::fused_cpu(&[x, &b]) {
         x.contiguous()?.apply_op2(&b.contiguous()?, FeatureBias)
     } else {
         x.broadcast_add(&b)
@@ -112,7 +111,7 @@ impl CustomOp2 for FeatureBias {
 mod tests {
     use super::*;
     use crate::gradcheck::{check_gradients, random_like, GradCheckConfig};
-    use candle_core::{Device, Var};
+    use candle_core::{DType, Device, Var};
 
     #[test]
     fn adds_the_bias_to_every_row() -> Result<()> {

@@ -3,15 +3,17 @@
 //!
 //! Two linear maps on rows of a `[rows, n]` / `[rows, 2q]` tensor (spectra are laid out
 //! `[Re(0..q) | Im(0..q)]`, the layout of [`crate::layers::spectral::fourier::rfft_basis`]):
-//! * [`TruncRfft`]: `Y_k = s_k·Σ_x x_x e^{-2πikx/n}` for `k < q` (zero for `k > n/2`);
-//! * [`TruncIrfft`]: `x_x = Σ_{k<q, k≤n/2} w_k·Re(Y_k e^{2πikx/n})`.
+//! * `TruncRfft`: `Y_k = s_k·Σ_x x_x e^{-2πikx/n}` for `k < q` (zero for `k > n/2`);
+//! * `TruncIrfft`: `x_x = Σ_{k<q, k≤n/2} w_k·Re(Y_k e^{2πikx/n})`.
 //!
 //! The adjoint of `TruncRfft{s}` is `TruncIrfft{w = s}` and vice versa (the sine of DC
 //! and Nyquist is 0, so their imaginary parts play no part either way). With
 //! `s_k = 1/n` and `w_k = c_k` (1 at DC/Nyquist, 2 elsewhere) they are the forward and
 //! inverse transforms of the spectral convolution. Rows are processed in parallel with
-//! rayon. These ops have no GPU kernels: on other devices use the matmul path.
+//! rayon. The public functions ([`truncated_rfft`], [`truncated_irfft`]) run these ops where
+//! [`crate::ops::fused_cpu`] says so and the same maps as basis products elsewhere.
 
+use crate::layers::spectral::fourier;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use realfft::num_complex::Complex;
@@ -20,7 +22,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 /// Forward truncated real DFT of the last axis: `[rows, n] → [rows, 2q]`.
 #[derive(Debug, Clone)]
-pub struct TruncRfft {
+pub(crate) struct TruncRfft {
     n: usize,
     q: usize,
     scale: Arc<Vec<f64>>,
@@ -28,7 +30,7 @@ pub struct TruncRfft {
 
 /// Weighted inverse real DFT of the last axis: `[rows, 2q] → [rows, n]`.
 #[derive(Debug, Clone)]
-pub struct TruncIrfft {
+pub(crate) struct TruncIrfft {
     n: usize,
     q: usize,
     weight: Arc<Vec<f64>>,
@@ -36,7 +38,7 @@ pub struct TruncIrfft {
 
 impl TruncRfft {
     /// `q` bins of a length-`n` axis with per-bin scale `scale` (length `q`).
-    pub fn new(n: usize, q: usize, scale: Vec<f64>) -> Result<Self> {
+    pub(crate) fn new(n: usize, q: usize, scale: Vec<f64>) -> Result<Self> {
         if n == 0 || q == 0 || scale.len() != q {
             candle_core::bail!(
                 "TruncRfft: need n > 0, q > 0 and q scales, got n={n}, q={q}, {} scales",
@@ -51,14 +53,14 @@ impl TruncRfft {
     }
 
     /// The forward-normalised transform (`s_k = 1/n`), as neuraloperator's `rfft`.
-    pub fn forward_normalised(n: usize, q: usize) -> Result<Self> {
+    pub(crate) fn forward_normalised(n: usize, q: usize) -> Result<Self> {
         Self::new(n, q, vec![1.0 / n as f64; q])
     }
 }
 
 impl TruncIrfft {
     /// `q` bins onto a length-`n` axis with per-bin weight `weight` (length `q`).
-    pub fn new(n: usize, q: usize, weight: Vec<f64>) -> Result<Self> {
+    pub(crate) fn new(n: usize, q: usize, weight: Vec<f64>) -> Result<Self> {
         if n == 0 || q == 0 || weight.len() != q {
             candle_core::bail!(
                 "TruncIrfft: need n > 0, q > 0 and q weights, got n={n}, q={q}, {} weights",
@@ -73,7 +75,7 @@ impl TruncIrfft {
     }
 
     /// The unnormalised inverse (`irfft` of the spectrum zero-padded to `n/2+1` bins).
-    pub fn irfft(n: usize, q: usize) -> Result<Self> {
+    pub(crate) fn irfft(n: usize, q: usize) -> Result<Self> {
         let w = (0..q)
             .map(|k| if k == 0 || 2 * k == n { 1.0 } else { 2.0 })
             .collect();
@@ -81,17 +83,45 @@ impl TruncIrfft {
     }
 }
 
-/// `[rows, n] → [rows, 2q]`, forward-normalised, through [`TruncRfft`].
+/// `[rows, n] → [rows, 2q]`, forward-normalised, through `TruncRfft`.
+///
+/// Fused where [`crate::ops::fused_cpu`] says so; elsewhere the product with the real DFT
+/// basis ([`crate::layers::spectral::fourier::rfft_basis`], bins above `n/2` zero), which
+/// computes the same values.
 pub fn truncated_rfft(x: &Tensor, q: usize) -> Result<Tensor> {
     let n = x.dim(candle_core::D::Minus1)?;
-    x.contiguous()?
-        .apply_op1(TruncRfft::forward_normalised(n, q)?)
+    let op = TruncRfft::forward_normalised(n, q)?;
+    if crate::ops::fused_cpu(&[x]) {
+        return x.contiguous()?.apply_op1(op);
+    }
+    let kept = q.min(n / 2 + 1);
+    let basis = fourier::rfft_basis(n, kept, x.dtype(), x.device())?;
+    let y = fourier::mul_basis_right(x, &basis)?;
+    if kept == q {
+        return Ok(y);
+    }
+    let last = y.rank() - 1;
+    let pad = |t: Tensor| t.pad_with_zeros(last, 0, q - kept);
+    Tensor::cat(
+        &[
+            pad(y.narrow(last, 0, kept)?)?,
+            pad(y.narrow(last, kept, kept)?)?,
+        ],
+        last,
+    )
 }
 
-/// `[rows, 2q] → [rows, n_out]`, the inverse of [`truncated_rfft`], through [`TruncIrfft`].
+/// `[rows, 2q] → [rows, n_out]`, the inverse of [`truncated_rfft`], through `TruncIrfft`.
+///
+/// Fused where [`crate::ops::fused_cpu`] says so; elsewhere the product with
+/// [`crate::layers::spectral::fourier::irfft_basis`], which computes the same values.
 pub fn truncated_irfft(y: &Tensor, n_out: usize) -> Result<Tensor> {
     let q = y.dim(candle_core::D::Minus1)? / 2;
-    y.contiguous()?.apply_op1(TruncIrfft::irfft(n_out, q)?)
+    let op = TruncIrfft::irfft(n_out, q)?;
+    if crate::ops::fused_cpu(&[y]) {
+        return y.contiguous()?.apply_op1(op);
+    }
+    fourier::mul_basis_right(y, &fourier::irfft_basis(n_out, q, y.dtype(), y.device())?)
 }
 
 fn planner<T: FftNum>(

@@ -20,7 +20,7 @@
 #[cfg(target_arch = "x86_64")]
 use crate::cpu::map::has_avx2_fma;
 use crate::cpu::map::{binary_storage, unary_storage};
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use std::mem::MaybeUninit;
 
 /// `1/√2`.
@@ -28,10 +28,11 @@ const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
 /// `1/√(2π)`.
 const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
 
-/// Exact GELU, `x·(1 + erf(x/√2))/2`, fused on the CPU for `f32` and `f64`; candle's
-/// `gelu_erf` elsewhere. Differentiable through candle's autograd.
+/// Exact GELU, `x·(1 + erf(x/√2))/2`, fused on the CPU for `f32` and `f64` (where
+/// [`crate::ops::fused_cpu`] says so); candle's `gelu_erf` elsewhere. Differentiable through
+/// candle's autograd.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
+    if crate::ops::fused_cpu(&[x]) {
         x.contiguous()?.apply_op1(GeluOp)
     } else {
         x.gelu_erf()
@@ -491,7 +492,7 @@ mod tests {
     use super::*;
     use crate::cpu::map::elementwise_checks;
     use crate::cpu::map::{map1, map2};
-    use candle_core::Device;
+    use candle_core::{DType, Device};
 
     /// Points covering the bulk, the tails and the clamp of the erf fit.
     fn sample_points() -> Vec<f32> {

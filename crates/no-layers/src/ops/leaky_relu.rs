@@ -9,7 +9,7 @@
 //! the candle formula.
 
 use crate::cpu::map::{binary_storage, select_f32, select_f64, unary_storage};
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
 /// `x` where `x > 0`, `slope·x` elsewhere; differentiable through candle's autograd.
 pub fn leaky_relu(x: &Tensor, negative_slope: f64) -> Result<Tensor> {
@@ -28,7 +28,7 @@ pub(crate) enum AtZero {
 /// `x` where `x > 0`, `slope·x` elsewhere (exactly 0 there when `slope` is 0), with the
 /// derivative at 0 given by `at_zero`.
 pub(crate) fn rectifier(x: &Tensor, slope: f64, at_zero: AtZero) -> Result<Tensor> {
-    if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
+    if crate::ops::fused_cpu(&[x]) {
         x.contiguous()?.apply_op1(LeakyRelu { slope, at_zero })
     } else if slope == 0.0 && at_zero == AtZero::One {
         x.relu()
@@ -131,7 +131,7 @@ impl CustomOp2 for LeakyReluGrad {
 mod tests {
     use super::*;
     use crate::gradcheck::{check_gradients, GradCheckConfig};
-    use candle_core::{Device, Var};
+    use candle_core::{DType, Device, Var};
 
     #[test]
     fn values_match_the_definition_in_both_dtypes() -> Result<()> {

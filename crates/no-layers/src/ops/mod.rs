@@ -30,7 +30,7 @@ use std::cell::Cell;
 use std::marker::PhantomData;
 use std::sync::OnceLock;
 
-pub mod candle_fixes;
+pub(crate) mod candle_fixes;
 pub mod channel_affine;
 pub mod channel_mlp;
 pub(crate) mod cno_activation;

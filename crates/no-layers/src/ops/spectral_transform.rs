@@ -55,8 +55,29 @@ impl Scalar for f64 {}
 /// one-dimensional field). The bases get no gradient. Any layout works; an `rx` with
 /// contiguous columns (the `.t()` of [`crate::layers::spectral::fourier::rfft_basis_transposed`]) makes the
 /// last-axis product run as dot products along the grid rows, the fastest form.
+///
+/// Fused where [`crate::ops::fused_cpu`] says so, else its composite form (candle matmuls).
 pub fn grid_to_spectrum(x: &Tensor, rx: &Tensor, dt: &Tensor) -> Result<Tensor> {
-    x.contiguous()?.apply_op3(rx, dt, GridToSpectrum)
+    if crate::ops::fused_cpu(&[x, rx, dt]) {
+        return x.contiguous()?.apply_op3(rx, dt, GridToSpectrum);
+    }
+    grid_to_spectrum_composite(x, rx, dt)
+}
+
+/// [`grid_to_spectrum`] from candle ops: the specification of the fused op and the path
+/// on every other device. The bases are treated as constants (no gradient is computed
+/// for them).
+fn grid_to_spectrum_composite(x: &Tensor, rx: &Tensor, dt: &Tensor) -> Result<Tensor> {
+    let (b, c, n1, n2) = field_dims("grid_to_spectrum", x.dims())?;
+    let (two_q, two_c) = (rx.dim(1)?, dt.dim(0)?);
+    let (q, cc) = (two_q / 2, two_c / 2);
+    let x = x.contiguous()?.reshape((b, c, n1, n2))?;
+    let a = x.broadcast_matmul(&rx.detach().contiguous()?)?; // [B, C, N1, 2q]
+    let p = dt.detach().contiguous()?.broadcast_matmul(&a)?; // [B, C, 2c, 2q]
+    let block = |r: usize, col: usize| p.narrow(2, r * cc, cc)?.narrow(3, col * q, q);
+    let zr = (block(0, 0)? + block(1, 1)?)?.reshape((b, c, cc * q))?;
+    let zi = (block(0, 1)? - block(1, 0)?)?.reshape((b, c, cc * q))?;
+    Tensor::cat(&[zr, zi], 1)?.permute((2, 0, 1))?.contiguous()
 }
 
 /// Kept modes `[c·q, B, 2C]` → a field `[B, C, N1', N2']` (or `[B, C, N2']` when
@@ -65,8 +86,48 @@ pub fn grid_to_spectrum(x: &Tensor, rx: &Tensor, dt: &Tensor) -> Result<Tensor> 
 /// `et` is `[N1', 2c]` (`[cos | sin]` of the centred axis; `[[1, 0]]` for one
 /// dimension) and `rxi` is `[2q, N2']` (the last axis's inverse real basis). The bases
 /// get no gradient.
+///
+/// Fused where [`crate::ops::fused_cpu`] says so, else its composite form (candle matmuls).
 pub fn spectrum_to_grid(y: &Tensor, et: &Tensor, rxi: &Tensor, two_d: bool) -> Result<Tensor> {
-    y.contiguous()?.apply_op3(et, rxi, SpectrumToGrid { two_d })
+    if crate::ops::fused_cpu(&[y, et, rxi]) {
+        return y.contiguous()?.apply_op3(et, rxi, SpectrumToGrid { two_d });
+    }
+    spectrum_to_grid_composite(y, et, rxi, two_d)
+}
+
+/// [`spectrum_to_grid`] from candle ops: the specification of the fused op and the path
+/// on every other device. The bases are treated as constants.
+fn spectrum_to_grid_composite(
+    y: &Tensor,
+    et: &Tensor,
+    rxi: &Tensor,
+    two_d: bool,
+) -> Result<Tensor> {
+    let (m, b, two_ch) = y.dims3()?;
+    let (_, two_c) = et.dims2()?;
+    let (two_q, n2) = rxi.dims2()?;
+    let (ch, cc, q) = (two_ch / 2, two_c / 2, two_q / 2);
+    if cc * q != m || 2 * ch != two_ch {
+        candle_core::bail!(
+            "spectrum_to_grid: spectrum {:?} does not fit bases {:?} and {:?}",
+            y.dims(),
+            et.dims(),
+            rxi.dims()
+        );
+    }
+    let y = y.permute((1, 2, 0))?; // [B, 2C, M]
+    let yr = y.narrow(1, 0, ch)?.contiguous()?.reshape((b, ch, cc, q))?;
+    let yi = y.narrow(1, ch, ch)?.contiguous()?.reshape((b, ch, cc, q))?;
+    let top = Tensor::cat(&[&yr, &yi], 3)?;
+    let bottom = Tensor::cat(&[&yi.neg()?, &yr], 3)?;
+    let block = Tensor::cat(&[top, bottom], 2)?; // [B, C, 2c, 2q]
+    let u = et.detach().contiguous()?.broadcast_matmul(&block)?; // [B, C, N1', 2q]
+    let out = u.broadcast_matmul(&rxi.detach().contiguous()?)?; // [B, C, N1', N2']
+    if two_d {
+        Ok(out)
+    } else {
+        out.reshape((b, ch, n2))
+    }
 }
 
 /// The op behind [`grid_to_spectrum`].

@@ -17,13 +17,14 @@
 #[cfg(target_arch = "x86_64")]
 use crate::cpu::map::has_avx2_fma;
 use crate::cpu::map::{binary_storage, unary_storage};
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use std::mem::MaybeUninit;
 
-/// `tanh(x)`, fused on the CPU for `f32` and `f64`; candle's `tanh` elsewhere.
+/// `tanh(x)`, fused on the CPU for `f32` and `f64` (where [`crate::ops::fused_cpu`] says
+/// so); candle's `tanh` elsewhere.
 /// Differentiable through candle's autograd.
 pub fn tanh(x: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
+    if crate::ops::fused_cpu(&[x]) {
         x.contiguous()?.apply_op1(TanhOp)
     } else {
         x.tanh()
@@ -177,7 +178,7 @@ mod tests {
     use super::*;
     use crate::cpu::map::elementwise_checks;
     use crate::cpu::map::map1;
-    use candle_core::Device;
+    use candle_core::{DType, Device};
 
     /// The bulk, tiny arguments (relative accuracy), the clamp and beyond, both signs.
     fn sample_points() -> Vec<f32> {

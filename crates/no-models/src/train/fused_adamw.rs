@@ -21,7 +21,7 @@
 //! `f32` and `f64` on the CPU; [`fused`] says when this applies.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, DType, InplaceOp1, InplaceOp2, Layout, Result, Tensor};
+use candle_core::{CpuStorage, InplaceOp1, InplaceOp2, Layout, Result, Tensor};
 use rayon::prelude::*;
 use std::cell::RefCell;
 use std::ops::Range;
@@ -29,15 +29,11 @@ use std::ops::Range;
 /// Elements per rayon task.
 const CHUNK: usize = 1 << 14;
 
-/// Whether the fused kernel handles these tensors (all contiguous on the CPU, one float
-/// dtype).
+/// Whether the fused kernel handles these tensors: the one dispatch decision
+/// ([`no_layers::ops::fused_cpu`]: all on the CPU, one float dtype, composite not forced)
+/// and all contiguous.
 pub(crate) fn fused(tensors: &[&Tensor]) -> bool {
-    tensors
-        .iter()
-        .all(|t| t.device().is_cpu() && t.is_contiguous())
-        && tensors.iter().all(|t| {
-            matches!(t.dtype(), DType::F32 | DType::F64) && t.dtype() == tensors[0].dtype()
-        })
+    no_layers::ops::fused_cpu(tensors) && tensors.iter().all(|t| t.is_contiguous())
 }
 
 /// The constants of one AdamW step (see the module docs).

@@ -13,7 +13,7 @@
 //! ([`crate::layers::local::disco`]) run through [`conv2d_same`].
 
 use crate::error::{LayerError, Result};
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 /// How a local kernel sees the outside of the grid.
@@ -87,7 +87,7 @@ pub fn conv2d_same(x: &Tensor, w: &Tensor, mode: PaddingMode, groups: usize) -> 
             ),
         });
     }
-    let fast = groups == 1 && x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64);
+    let fast = groups == 1 && crate::ops::fused_cpu(&[x, w]);
     if fast && mode == PaddingMode::Zeros && kh == kw {
         // The unfold reads zeros outside the grid itself: no padded copy either way.
         return Ok(crate::ops::conv2d::conv2d(x, w, kh / 2, 1)?);
@@ -135,7 +135,7 @@ pub fn conv2d_same_sum(
     (a, mode_a): (&Tensor, PaddingMode),
     (b, mode_b): (&Tensor, PaddingMode),
 ) -> Result<Tensor> {
-    let fused_border = x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64);
+    let fused_border = crate::ops::fused_cpu(&[x, a, b]);
     if a.dims() != b.dims() || (mode_a != mode_b && !fused_border) {
         return Ok((conv2d_same(x, a, mode_a, 1)? + conv2d_same(x, b, mode_b, 1)?)?);
     }

@@ -27,7 +27,7 @@ use crate::ops::complex_block::complex_block;
 use crate::ops::complex_mode_product::complex_mode_product;
 use crate::ops::fft;
 use crate::ops::spectral_transform::{grid_to_spectrum, spectrum_to_grid};
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{Device, Module, Tensor, D};
 use candle_nn::{init::Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -418,9 +418,7 @@ impl SpectralConv {
     /// (the basis-product transform on the CPU in f32 or f64; the composite form
     /// otherwise, which computes the same values).
     fn fused(&self, x: &Tensor) -> bool {
-        self.cfg.transform == SpectralTransform::Matmul
-            && x.device().is_cpu()
-            && matches!(x.dtype(), DType::F32 | DType::F64)
+        self.cfg.transform == SpectralTransform::Matmul && crate::ops::fused_cpu(&[x])
     }
 
     /// `x [B, C, grid…]` → spectrum laid out `[M, B, 2C]` = `[Re | Im]` per mode.
