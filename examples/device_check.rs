@@ -29,7 +29,7 @@
 //! all seven models on a machine without a GPU:
 //!
 //! ```text
-//! cargo run --release --example device_check -- --device cpu --composite --repeats 1
+//! cargo run --release --example device_check -- --device cpu --composite --dtype f64 --repeats 1
 //! ```
 
 use anyhow::{bail, Context, Result};
@@ -78,6 +78,28 @@ struct Args {
     /// fused CPU kernels.
     #[arg(long)]
     composite: bool,
+    /// Precision of the comparisons. With `--composite` on the CPU, `f64` separates a wrong
+    /// composite form from f32 rounding: one AdamW step moves each weight by about ±lr
+    /// whatever the size of its gradient, so in f32 a near-zero gradient whose rounding
+    /// differs between two summation orders can flip an update.
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: Precision,
+}
+
+/// The floating-point type the models are built in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Precision {
+    F32,
+    F64,
+}
+
+impl Precision {
+    fn dtype(self) -> DType {
+        match self {
+            Precision::F32 => DType::F32,
+            Precision::F64 => DType::F64,
+        }
+    }
 }
 
 /// The composite-path guard when `--composite` asks for it (the CPU reference runs
@@ -106,14 +128,15 @@ struct Built {
     vars: SeededVarMap,
 }
 
-fn build_on(cfg: &ModelConfig, grid: [usize; 2], dev: &Device) -> Result<Built> {
+fn build_on(cfg: &ModelConfig, grid: [usize; 2], dev: &Device, dtype: DType) -> Result<Built> {
     let cfg = &on_grid(cfg, grid);
     let vars = SeededVarMap::new(0);
-    let vb = vars.var_builder(DType::F32, dev);
+    let vb = vars.var_builder(dtype, dev);
     let model: Box<dyn NeuralOperator> = match cfg {
         // Fitted on the CPU from the same seeded outputs for both devices.
         ModelConfig::PodDon(pod) if pod.modes.is_empty() => {
-            let outputs = seeded_randn((128, 2, grid[0], grid[1]), "pod-outputs")?;
+            let outputs =
+                seeded_randn((128, 2, grid[0], grid[1]), "pod-outputs")?.to_dtype(dtype)?;
             let basis = PodBasis::fit(&outputs, PodCriterion::Count(64))?;
             Box::new(PodDeepOnet::from_basis(pod, &basis, vb)?)
         }
@@ -125,8 +148,14 @@ fn build_on(cfg: &ModelConfig, grid: [usize; 2], dev: &Device) -> Result<Built> 
 /// max |a − b| / max |a|, with `a` the CPU reference.
 fn rel_diff(reference: &Tensor, other: &Tensor) -> Result<f64> {
     let other = other.to_device(&Device::Cpu)?;
-    let scale = reference.abs()?.max_all()?.to_scalar::<f32>()? as f64;
-    let diff = (reference - other)?.abs()?.max_all()?.to_scalar::<f32>()? as f64;
+    let largest = |t: &Tensor| -> Result<f64> {
+        Ok(t.abs()?
+            .max_all()?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?)
+    };
+    let scale = largest(reference)?;
+    let diff = largest(&(reference - other)?)?;
     Ok(diff / scale.max(f64::MIN_POSITIVE))
 }
 
@@ -217,7 +246,7 @@ fn fastest(dev: &Device, repeats: usize, mut work: impl FnMut() -> Result<()>) -
 }
 
 fn timings(cfg: &ModelConfig, grid: usize, dev: &Device, repeats: usize) -> Result<String> {
-    let b = build_on(cfg, [grid, grid], dev)?;
+    let b = build_on(cfg, [grid, grid], dev, DType::F32)?;
     let x1 = seeded_randn((1, 1, grid, grid), "x1")?.to_device(dev)?;
     let x32 = seeded_randn((32, 1, grid, grid), "x32")?.to_device(dev)?;
     let y32 = seeded_randn((32, 2, grid, grid), "y32")?.to_device(dev)?;
@@ -250,10 +279,11 @@ fn check(
     dir: &std::path::Path,
 ) -> Result<bool> {
     let name = cfg.name();
-    let cpu = build_on(cfg, grid, &Device::Cpu)?;
-    let gpu = build_on(cfg, grid, dev)?;
-    let x = seeded_randn((args.batch, 1, grid[0], grid[1]), "x")?;
-    let y = seeded_randn((args.batch, 2, grid[0], grid[1]), "y")?;
+    let dtype = args.dtype.dtype();
+    let cpu = build_on(cfg, grid, &Device::Cpu, dtype)?;
+    let gpu = build_on(cfg, grid, dev, dtype)?;
+    let x = seeded_randn((args.batch, 1, grid[0], grid[1]), "x")?.to_dtype(dtype)?;
+    let y = seeded_randn((args.batch, 2, grid[0], grid[1]), "y")?.to_dtype(dtype)?;
     let (xd, yd) = (x.to_device(dev)?, y.to_device(dev)?);
     let reference = {
         let _path = reference_path(args.composite);

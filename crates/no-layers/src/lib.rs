@@ -46,13 +46,16 @@ mod cpu;
 
 pub use error::{LayerError, Result};
 pub use layers::activation::Activation;
+pub use layers::blocks::{FnoBlock, FnoBlockConfig, LocalNoBlock, LocalNoBlockConfig};
 pub use layers::cno_activation::{CnoActivation, CnoActivationConfig};
+pub use layers::dense::{Dense, DenseConfig};
 pub use layers::embedding::{GridEmbedding, GridEmbeddingConfig};
 pub use layers::local::conv::PaddingMode;
 pub use layers::local::disco::{Disco, DiscoConfig};
 pub use layers::local::finite_difference::{FiniteDifference, FiniteDifferenceConfig};
 pub use layers::mlp::{ChannelMlp, ChannelMlpConfig};
 pub use layers::padding::{DomainPadding, DomainPaddingConfig};
+pub use layers::params::ParamCount;
 pub use layers::resample::{ResampleKind, Resampler};
 pub use layers::skip::{Skip, SkipConfig, SkipKind};
 pub use layers::spectral::conv::{SpectralConv, SpectralConvConfig};

@@ -81,8 +81,8 @@ fn composite(x: &Tensor, w1: &Tensor, b1: &Tensor, w2: &Tensor, b2: &Tensor) -> 
     let hidden = w1
         .reshape((h, ci))?
         .broadcast_matmul(&xs)?
-        .broadcast_add(&b1.reshape((h, 1))?)?
-        .gelu_erf()?;
+        .broadcast_add(&b1.reshape((h, 1))?)?;
+    let hidden = crate::ops::gelu::gelu_composite(&hidden)?;
     let y = w2
         .reshape((co, h))?
         .broadcast_matmul(&hidden)?

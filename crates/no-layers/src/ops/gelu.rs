@@ -29,11 +29,26 @@ const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
 const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
 
 /// Exact GELU, `x·(1 + erf(x/√2))/2`, fused on the CPU for `f32` and `f64` (where
-/// [`crate::ops::fused_cpu`] says so); candle's `gelu_erf` elsewhere. Differentiable through
+/// [`crate::ops::fused_cpu`] says so); [`gelu_composite`] elsewhere. Differentiable through
 /// candle's autograd.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
     if crate::ops::fused_cpu(&[x]) {
         x.contiguous()?.apply_op1(GeluOp)
+    } else {
+        gelu_composite(x)
+    }
+}
+
+/// The composite form of [`gelu`]: candle's `gelu_erf`, except in `f64`, where it is
+/// written out as `0.5·x·(1 + erf(x/√2))`. candle 0.11's `gelu_erf` backward uses the
+/// constant 0.398942 for `1/√(2π)` (a relative error of 7e-7, several f32 rounding steps
+/// but far above f64's), while its `erf` backward is exact; an f64 gradient check of the
+/// composite path needs the exact derivative. In f32 one op is cheaper and the difference
+/// is below the rounding of the sums around it.
+pub fn gelu_composite(x: &Tensor) -> Result<Tensor> {
+    if x.dtype() == candle_core::DType::F64 {
+        let cdf = ((x * std::f64::consts::FRAC_1_SQRT_2)?.erf()? + 1.0)?;
+        (x * 0.5)? * cdf
     } else {
         x.gelu_erf()
     }

@@ -27,7 +27,7 @@ use crate::ops::complex_block::complex_block;
 use crate::ops::complex_mode_product::complex_mode_product;
 use crate::ops::fft;
 use crate::ops::spectral_transform::{grid_to_spectrum, spectrum_to_grid};
-use candle_core::{Device, Module, Tensor, D};
+use candle_core::{Module, Tensor, D};
 use candle_nn::{init::Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -60,7 +60,8 @@ pub enum SpectralTransform {
     /// Products with cached DFT bases: every backend, candle autograd.
     #[default]
     Matmul,
-    /// `realfft` in a CPU custom op with its adjoint as backward (see [`crate::ops::fft`]).
+    /// `realfft` in a CPU custom op with its adjoint as backward (see [`crate::ops::fft`]);
+    /// on other devices the op's composite form, a product with the same DFT basis.
     Fft,
 }
 
@@ -319,12 +320,6 @@ impl SpectralConv {
                     self.cfg.in_channels,
                     if d == 1 { "d1" } else { "d1, d2" }
                 ),
-            });
-        }
-        if self.cfg.transform == SpectralTransform::Fft && !matches!(x.device(), Device::Cpu) {
-            return Err(LayerError::InvalidConfig {
-                layer: LAYER,
-                reason: "the FFT transform runs on the CPU only; use SpectralTransform::Matmul on other devices".into(),
             });
         }
         Ok(())
