@@ -96,6 +96,18 @@ pub fn periodic_border_sum(
         .apply_op3(&x.contiguous()?, &params.contiguous()?, border)
 }
 
+/// `x` padded by `half` entries on each side of axis `dim` with the entries of its other
+/// end (periodic padding; `half` at most the axis length, which the callers check).
+fn wrap_axis(x: &Tensor, dim: usize, half: usize) -> Result<Tensor> {
+    if half == 0 {
+        return Ok(x.clone());
+    }
+    let n = x.dim(dim)?;
+    let lo = x.narrow(dim, n - half, half)?.contiguous()?;
+    let hi = x.narrow(dim, 0, half)?.contiguous()?;
+    Tensor::cat(&[&lo, x, &hi], dim)
+}
+
 /// [`periodic_border_sum`] from candle ops: `act(main + conv(P(x) − Z(x), K) + bias)`
 /// where `P` and `Z` pad `x` by the kernel's half-widths periodically and with zeros, so
 /// `P(x) − Z(x)` is zero except on the wrap-around halo and the valid convolution of it
@@ -108,13 +120,13 @@ pub fn periodic_border_composite(
     bias: Option<&Tensor>,
     gelu: bool,
 ) -> Result<Tensor> {
-    use crate::layers::local::conv::{pad_axis, PaddingMode};
     let (_, _, kh, kw) = kernel.dims4()?;
-    let padded = |mode| -> Result<Tensor> {
-        let p = pad_axis(&x.contiguous()?, 2, kh / 2, kh / 2, mode)?;
-        Ok(pad_axis(&p, 3, kw / 2, kw / 2, mode)?)
-    };
-    let halo = (padded(PaddingMode::Periodic)? - padded(PaddingMode::Zeros)?)?;
+    let x = x.contiguous()?;
+    let periodic = wrap_axis(&wrap_axis(&x, 2, kh / 2)?, 3, kw / 2)?;
+    let zeros = x
+        .pad_with_zeros(2, kh / 2, kh / 2)?
+        .pad_with_zeros(3, kw / 2, kw / 2)?;
+    let halo = (periodic - zeros)?;
     let mut y = (main + halo.conv2d(kernel, 0, 1, 1, 1)?)?;
     if let Some(bias) = bias {
         y = crate::ops::channel_affine::add_channel_bias(&y, bias)?;

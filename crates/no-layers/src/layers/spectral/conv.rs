@@ -674,6 +674,7 @@ mod tests {
     use crate::cpu::map::single_threaded;
     use crate::gradcheck::random_like;
     use crate::init::SeededVarMap;
+    use candle_core::Device;
     use candle_core::{DType, Var};
 
     fn layer(n_modes: &[usize]) -> Result<SpectralConv> {
