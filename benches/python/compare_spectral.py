@@ -14,8 +14,8 @@ run with `cargo run --release -p no-layers --example spectral_timing`.
 Usage (from the repository root):
     python benches/python/compare_spectral.py [--reps 20] [--skip-build]
 
-glibc malloc is told to keep its memory (MALLOC_MMAP_MAX_=0 ...), as in
-shared/notes/anchor-semantics.md: otherwise torch spends much of its time re-faulting
+glibc malloc is told to keep its memory (MALLOC_MMAP_MAX_=0 ..., see docs/performance.md):
+otherwise torch spends much of its time re-faulting
 buffers. The script re-executes itself with those variables if they are missing.
 """
 import argparse

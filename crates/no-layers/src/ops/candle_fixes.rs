@@ -1,7 +1,6 @@
 //! Every workaround for a candle 0.11 bug that a composite path still needs, in one place.
 //!
-//! Each function here replaces a candle op whose gradient is wrong or missing (measured
-//! in `shared/notes/candle-and-friends.md` §2). Each has two tests: one that shows the
+//! Each function here replaces a candle op whose gradient is wrong or missing. Each has two tests: one that shows the
 //! candle bug is still there (it fails once candle fixes or changes the op, which is the
 //! signal to remove the workaround) and one that checks the workaround against finite
 //! differences and against candle's forward.

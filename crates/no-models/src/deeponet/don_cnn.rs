@@ -116,7 +116,8 @@ impl DeepOnetCnnConfig {
 
 /// One convolution of the CNN branch, run through [`no_layers::ops::conv2d::conv2d`]:
 /// candle 0.11's own conv2d backward fails for strided convolutions on grids where
-/// `(H + 2p − k) mod s ≠ (W + 2p − k) mod s` (see `shared/notes/candle-and-friends.md` §2b).
+/// `(H + 2p − k) mod s ≠ (W + 2p − k) mod s` (the regression
+/// test `candle_strided_conv2d_backward_on_non_square_input_still_fails` shows it).
 #[derive(Debug, Clone)]
 struct ConvStage {
     weight: Tensor,

@@ -4,8 +4,8 @@
 //! checkpoint could not continue exactly. This one stores the first and second moments
 //! per variable name ([`AdamWState`]), which checkpoints save and restore. Variables are
 //! visited in name order, so updates do not depend on hash-map order. Complex weights
-//! stored as separate real numbers get PyTorch's per-component behaviour (see the notes
-//! on neuraloperator's own AdamW).
+//! stored as separate real numbers get PyTorch's per-component behaviour (neuraloperator
+//! ships its own AdamW for this reason; PyTorch's treats a complex number as one).
 
 use super::fused_adamw::{fused, AdamWUpdate};
 use candle_core::backprop::GradStore;

@@ -2,8 +2,8 @@
 //! zero padding.
 //!
 //! Why not `Tensor::conv2d`? Its forward is fine, but its backward goes through
-//! candle's direct-loop `conv_transpose2d`, about 6× slower than the forward (see
-//! `shared/notes/candle-and-friends.md` §2g), and it has no circular padding. Here
+//! candle's direct-loop `conv_transpose2d`, about 6× slower than the forward, and it has
+//! no circular padding. Here
 //! the input is padded (circularly by `cat` of `narrow`s, or with zeros), the `kh·kw`
 //! shifted windows are stacked, and the channel/tap contraction is one batched
 //! `matmul` (per batch entry and group). Every step is a plain candle op, so autograd is exact and the
