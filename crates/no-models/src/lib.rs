@@ -48,6 +48,7 @@
 //! ```
 
 pub mod checkpoint;
+pub mod checksum;
 pub mod cno;
 pub mod config;
 pub mod data;
