@@ -59,10 +59,17 @@ fn case_table_is_large_unique_and_covers_every_class() {
     let cases = all_cases();
     let mut names = BTreeSet::new();
     for c in &cases {
-        assert!(names.insert(c.name.clone()), "duplicate case name {}", c.name);
+        assert!(
+            names.insert(c.name.clone()),
+            "duplicate case name {}",
+            c.name
+        );
     }
     let classes: BTreeSet<&str> = cases.iter().map(|c| c.class).collect();
-    for class in ["size", "work", "nan", "resume", "shards", "typo", "atomic", "corrupt", "small", "user", "numbers", "valid"] {
+    for class in [
+        "size", "work", "nan", "resume", "shards", "typo", "atomic", "corrupt", "small", "user",
+        "numbers", "valid",
+    ] {
         assert!(classes.contains(class), "no case of class {class}");
     }
     if std::env::var_os("BAD_INPUT_LIST").is_some() {
@@ -71,24 +78,48 @@ fn case_table_is_large_unique_and_covers_every_class() {
         }
     }
     println!("{} cases", cases.len());
-    assert!(cases.len() >= MIN_CASES, "{} cases, at least {MIN_CASES} wanted", cases.len());
+    assert!(
+        cases.len() >= MIN_CASES,
+        "{} cases, at least {MIN_CASES} wanted",
+        cases.len()
+    );
 }
 
 #[test]
 fn bad_input_suite() {
     let filter = std::env::var("BAD_INPUT_FILTER").unwrap_or_default();
-    let cases: Vec<Case> = all_cases().into_iter().filter(|c| c.name.contains(&filter)).collect();
-    let workers = std::env::var("BAD_INPUT_THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
-    let root = tempfile::Builder::new().prefix("bad-inputs-").tempdir().expect("scratch dir");
+    let cases: Vec<Case> = all_cases()
+        .into_iter()
+        .filter(|c| c.name.contains(&filter))
+        .collect();
+    let workers = std::env::var("BAD_INPUT_THREADS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let root = tempfile::Builder::new()
+        .prefix("bad-inputs-")
+        .tempdir()
+        .expect("scratch dir");
     let start = std::time::Instant::now();
     // Shared by every case for the rest of the run.
-    let fixtures: &'static fixtures::Fixtures = Box::leak(Box::new(fixtures::Fixtures::make(root.path())));
-    eprintln!("fixtures ready in {:.1} s; running {} cases on {workers} threads", start.elapsed().as_secs_f64(), cases.len());
+    let fixtures: &'static fixtures::Fixtures =
+        Box::leak(Box::new(fixtures::Fixtures::make(root.path())));
+    eprintln!(
+        "fixtures ready in {:.1} s; running {} cases on {workers} threads",
+        start.elapsed().as_secs_f64(),
+        cases.len()
+    );
     let failures = harness::run_all(&cases, fixtures, root.path(), workers);
     let mut by_kind: BTreeMap<&str, usize> = BTreeMap::new();
     for f in &failures {
         *by_kind.entry(f.kind).or_default() += 1;
-        println!("FAILED {:16} [{}] {}: {}", f.kind, f.class, f.name, f.detail.replace('\n', " "));
+        println!(
+            "FAILED {:16} [{}] {}: {}",
+            f.kind,
+            f.class,
+            f.name,
+            f.detail.replace('\n', " ")
+        );
     }
     println!("by kind: {by_kind:?}");
     println!(
@@ -98,5 +129,10 @@ fn bad_input_suite() {
         cases.len(),
         start.elapsed().as_secs_f64()
     );
-    assert!(failures.is_empty(), "{} of {} bad-input cases failed (list above)", failures.len(), cases.len());
+    assert!(
+        failures.is_empty(),
+        "{} of {} bad-input cases failed (list above)",
+        failures.len(),
+        cases.len()
+    );
 }

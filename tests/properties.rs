@@ -4,8 +4,10 @@
 //! replaced by extreme numbers, NaN strings or wrong types; keys added or removed) and fed to
 //! the loaders. The property: an error or a valid result, never a panic, an abort or a hang.
 //!
-//! Seeded (ChaCha, fixed seed) and bounded (`CASES` per property), so CI is fast and a
-//! failure reproduces. Loaders that cannot allocate beyond the file's size run in-process
+//! Seeded (a ChaCha8 stream per property) and bounded (`CASES` per property), so CI is fast
+//! and a failure reproduces: its message names the case and the mutation. (A hand-rolled
+//! generator rather than `proptest`: proptest's `rand` 0.10 changes the features of shared
+//! dependencies, which rebuilds candle for every test build.) Loaders that cannot allocate beyond the file's size run in-process
 //! under `catch_unwind`; those that build models or read `.npy` headers run as the `infer`
 //! example (an abort there must not take the test binary down).
 
@@ -27,8 +29,8 @@ use std::time::Duration;
 use candle_core::{DType, Device};
 use no_layers::init::SeededVarMap;
 use no_models::{build, ModelConfig};
-use proptest::prelude::*;
-use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
 
 /// Cases per in-process property.
@@ -42,43 +44,60 @@ struct Valid {
     checkpoint: PathBuf,
     dataset: PathBuf,
     npy: Vec<u8>,
-    dir: PathBuf,
 }
 
 fn valid() -> &'static Valid {
     static VALID: OnceLock<Valid> = OnceLock::new();
     VALID.get_or_init(|| {
-        let dir = tempfile::Builder::new().prefix("properties-").tempdir().expect("temp dir");
+        let dir = tempfile::Builder::new()
+            .prefix("properties-")
+            .tempdir()
+            .expect("temp dir");
         let cfg = ModelConfig::from_json(&fixtures::tiny_fno()).expect("tiny fno");
         let vars = SeededVarMap::new(0);
-        let model = build(&cfg, vars.var_builder(DType::F32, &Device::Cpu)).expect("tiny fno builds");
+        let model =
+            build(&cfg, vars.var_builder(DType::F32, &Device::Cpu)).expect("tiny fno builds");
         let checkpoint = dir.path().join("model.safetensors");
-        no_models::checkpoint::save_model(&checkpoint, model.as_ref(), vars.varmap()).expect("saving");
-        let protocol: fhn_solver::Protocol = serde_json::from_value(fixtures::tiny_protocol()).expect("protocol");
-        let data = fhn_solver::generate(&protocol, fhn_solver::Split::Validation, None, false).expect("tiny dataset");
+        no_models::checkpoint::save_model(&checkpoint, model.as_ref(), vars.varmap())
+            .expect("saving");
+        let protocol: fhn_solver::Protocol =
+            serde_json::from_value(fixtures::tiny_protocol()).expect("protocol");
+        let data = fhn_solver::generate(&protocol, fhn_solver::Split::Validation, None, false)
+            .expect("tiny dataset");
         let dataset = dir.path().join("val.safetensors");
         data.save(&dataset).expect("saving the dataset");
         let g = fixtures::GRID;
         let values: Vec<f32> = (0..2 * g * g).map(files::smooth).collect();
-        let npy = files::npy_bytes("<f4", &files::shape_tuple(&[2, 1, g, g]), &files::f32_le(&values));
-        let path = dir.path().to_path_buf();
+        let npy = files::npy_bytes(
+            "<f4",
+            &files::shape_tuple(&[2, 1, g, g]),
+            &files::f32_le(&values),
+        );
         Valid {
             _dir: dir,
             checkpoint,
             dataset,
             npy,
-            dir: path,
         }
     })
 }
 
-fn runner(cases: u32, seed: u8) -> TestRunner {
-    let config = Config {
-        cases,
-        failure_persistence: None,
-        ..Config::default()
-    };
-    TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &[seed; 32]))
+/// Runs `check` on `cases` mutations drawn by `draw` from a ChaCha8 stream seeded by `seed`;
+/// panics (failing the test) with the first failing case and its mutation.
+fn property<M: std::fmt::Debug>(
+    name: &str,
+    cases: u32,
+    seed: u64,
+    draw: impl Fn(&mut ChaCha8Rng) -> M,
+    mut check: impl FnMut(&M) -> Result<(), String>,
+) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    for case in 0..cases {
+        let m = draw(&mut rng);
+        if let Err(e) = check(&m) {
+            panic!("{name}: case {case} (seed {seed}) failed: {e}\nmutation: {m:?}");
+        }
+    }
 }
 
 /// Numbers a header or config should never be trusted with.
@@ -93,13 +112,21 @@ enum ByteEdit {
     Truncate(usize),
 }
 
-fn byte_edit() -> impl Strategy<Value = ByteEdit> {
-    prop_oneof![
-        (any::<usize>(), 0u8..8).prop_map(|(i, b)| ByteEdit::Flip(i, b)),
-        (any::<usize>(), any::<u8>()).prop_map(|(i, b)| ByteEdit::Insert(i, b)),
-        any::<usize>().prop_map(ByteEdit::Delete),
-        any::<usize>().prop_map(ByteEdit::Truncate),
-    ]
+/// A random position or choice (reduced modulo the length where it is used).
+fn idx(rng: &mut ChaCha8Rng) -> usize {
+    rng.random::<u32>() as usize
+}
+
+fn byte_edits(rng: &mut ChaCha8Rng, max: usize) -> Vec<ByteEdit> {
+    let n = rng.random_range(1..=max);
+    (0..n)
+        .map(|_| match rng.random_range(0..4) {
+            0 => ByteEdit::Flip(idx(rng), rng.random_range(0..8)),
+            1 => ByteEdit::Insert(idx(rng), rng.random()),
+            2 => ByteEdit::Delete(idx(rng)),
+            _ => ByteEdit::Truncate(idx(rng)),
+        })
+        .collect()
 }
 
 fn apply_bytes(bytes: &mut Vec<u8>, edits: &[ByteEdit]) {
@@ -127,12 +154,15 @@ enum JsonEdit {
     Add(usize),
 }
 
-fn json_edit() -> impl Strategy<Value = JsonEdit> {
-    prop_oneof![
-        4 => (any::<usize>(), any::<usize>()).prop_map(|(a, b)| JsonEdit::Replace(a, b)),
-        1 => any::<usize>().prop_map(JsonEdit::Remove),
-        1 => any::<usize>().prop_map(JsonEdit::Add),
-    ]
+fn json_edits(rng: &mut ChaCha8Rng) -> Vec<JsonEdit> {
+    let n = rng.random_range(1..=3);
+    (0..n)
+        .map(|_| match rng.random_range(0..6) {
+            0 => JsonEdit::Remove(idx(rng)),
+            1 => JsonEdit::Add(idx(rng)),
+            _ => JsonEdit::Replace(idx(rng), idx(rng)),
+        })
+        .collect()
 }
 
 fn extreme_values() -> Vec<Value> {
@@ -201,8 +231,15 @@ fn apply_json(doc: &mut Value, edits: &[JsonEdit]) {
                 }
             }
             JsonEdit::Add(i) => {
-                let objects: Vec<&String> = ptrs.iter().filter(|p| doc.pointer(p).is_some_and(Value::is_object)).collect();
-                let target = if objects.is_empty() { String::new() } else { objects[i % objects.len()].clone() };
+                let objects: Vec<&String> = ptrs
+                    .iter()
+                    .filter(|p| doc.pointer(p).is_some_and(Value::is_object))
+                    .collect();
+                let target = if objects.is_empty() {
+                    String::new()
+                } else {
+                    objects[i % objects.len()].clone()
+                };
                 if let Some(Value::Object(m)) = doc.pointer_mut(&target) {
                     m.insert("bogus_field".into(), json!(1));
                 }
@@ -211,15 +248,15 @@ fn apply_json(doc: &mut Value, edits: &[JsonEdit]) {
     }
 }
 
-/// Runs `f`, failing the property if it panics.
-fn no_panic<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, TestCaseError> {
+/// Runs `f`, turning a panic into the property's failure.
+fn no_panic<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, String> {
     catch_unwind(AssertUnwindSafe(f)).map_err(|p| {
         let msg = p
             .downcast_ref::<String>()
             .cloned()
             .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
             .unwrap_or_default();
-        TestCaseError::fail(format!("{what} panicked: {msg}"))
+        format!("{what} panicked: {msg}")
     })
 }
 
@@ -231,7 +268,10 @@ fn edit_safetensors_header(bytes: &[u8], which: usize, value: u64) -> Option<Vec
     pointers(&header, String::new(), &mut ptrs);
     let numbers: Vec<&String> = ptrs
         .iter()
-        .filter(|p| (p.contains("/shape/") || p.contains("/data_offsets/")) && !p.starts_with("/__metadata__"))
+        .filter(|p| {
+            (p.contains("/shape/") || p.contains("/data_offsets/"))
+                && !p.starts_with("/__metadata__")
+        })
         .collect();
     let target = numbers.get(which % numbers.len().max(1))?;
     *header.pointer_mut(target)? = json!(value);
@@ -254,12 +294,12 @@ enum SafeEdit {
     Meta(usize, Vec<JsonEdit>),
 }
 
-fn safe_edit() -> impl Strategy<Value = SafeEdit> {
-    prop_oneof![
-        prop::collection::vec(byte_edit(), 1..4).prop_map(SafeEdit::Bytes),
-        (any::<usize>(), any::<usize>()).prop_map(|(a, b)| SafeEdit::Header(a, b)),
-        (any::<usize>(), prop::collection::vec(json_edit(), 1..3)).prop_map(|(k, e)| SafeEdit::Meta(k, e)),
-    ]
+fn safe_edit(rng: &mut ChaCha8Rng) -> SafeEdit {
+    match rng.random_range(0..3) {
+        0 => SafeEdit::Bytes(byte_edits(rng, 3)),
+        1 => SafeEdit::Header(idx(rng), idx(rng)),
+        _ => SafeEdit::Meta(idx(rng), json_edits(rng)),
+    }
 }
 
 fn apply_safe(original: &[u8], edit: &SafeEdit) -> Vec<u8> {
@@ -270,7 +310,8 @@ fn apply_safe(original: &[u8], edit: &SafeEdit) -> Vec<u8> {
             b
         }
         SafeEdit::Header(which, v) => {
-            edit_safetensors_header(original, *which, EXTREME_INTS[v % EXTREME_INTS.len()]).unwrap_or_else(|| original.to_vec())
+            edit_safetensors_header(original, *which, EXTREME_INTS[v % EXTREME_INTS.len()])
+                .unwrap_or_else(|| original.to_vec())
         }
         SafeEdit::Meta(key, edits) => {
             let dir = tempfile::tempdir().expect("temp dir");
@@ -279,7 +320,12 @@ fn apply_safe(original: &[u8], edit: &SafeEdit) -> Vec<u8> {
             let mut parts = files::read_safe(&src);
             let keys: Vec<String> = parts.header["__metadata__"]
                 .as_object()
-                .map(|m| m.iter().filter(|(_, v)| v.as_str().is_some_and(|s| s.starts_with('{'))).map(|(k, _)| k.clone()).collect())
+                .map(|m| {
+                    m.iter()
+                        .filter(|(_, v)| v.as_str().is_some_and(|s| s.starts_with('{')))
+                        .map(|(k, _)| k.clone())
+                        .collect()
+                })
                 .unwrap_or_default();
             if keys.is_empty() {
                 return original.to_vec();
@@ -298,36 +344,55 @@ fn mutated_checkpoints_are_read_or_rejected() {
     let original = std::fs::read(&v.checkpoint).expect("checkpoint");
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("m.safetensors");
-    runner(CASES, 1)
-        .run(&safe_edit(), |edit| {
-            std::fs::write(&path, apply_safe(&original, &edit)).expect("write");
-            let read = no_panic("Checkpoint::read", || no_models::Checkpoint::read(&path, &Device::Cpu))?;
-            if let Ok(ckpt) = read {
-                // A readable checkpoint's configuration parses or is rejected, never panics.
-                no_panic("Checkpoint::model_config", || ckpt.model_config().map(drop))?.ok();
-            }
-            Ok(())
-        })
-        .expect("a mutated checkpoint made a loader panic");
+    property("checkpoint read", CASES, 1, safe_edit, |edit| {
+        std::fs::write(&path, apply_safe(&original, edit)).expect("write");
+        let read = no_panic("Checkpoint::read", || {
+            no_models::Checkpoint::read(&path, &Device::Cpu)
+        })?;
+        if let Ok(ckpt) = read {
+            // A readable checkpoint's configuration parses or is rejected, never panics.
+            no_panic("Checkpoint::model_config", || ckpt.model_config().map(drop))?.ok();
+        }
+        Ok(())
+    });
 }
 
 /// Runs `infer` and asserts a clean exit: 0 with a finite output, or 1/2.
-fn infer_clean(checkpoint: &Path, input: &Path, work: &Path) -> Result<(), TestCaseError> {
+fn infer_clean(checkpoint: &Path, input: &Path, work: &Path) -> Result<(), String> {
     let out = work.join("y.npy");
     let _ = std::fs::remove_file(&out);
-    let args: Vec<String> = ["--checkpoint", &checkpoint.to_string_lossy(), "--input", &input.to_string_lossy(), "--out", &out.to_string_lossy()]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    let f = harness::run_program(&harness::example("infer"), &args, work, Duration::from_secs(60), None);
+    let args: Vec<String> = [
+        "--checkpoint",
+        &checkpoint.to_string_lossy(),
+        "--input",
+        &input.to_string_lossy(),
+        "--out",
+        &out.to_string_lossy(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let f = harness::run_program(
+        &harness::example("infer"),
+        &args,
+        work,
+        Duration::from_secs(60),
+        None,
+    );
     let tail = f.stderr.lines().last().unwrap_or("").to_string();
-    prop_assert!(!f.timed_out, "infer hung");
-    prop_assert!(f.signal.is_none(), "infer killed by signal {:?}: {}", f.signal, tail);
-    prop_assert!(f.code != Some(101) && !f.stderr.contains("panicked at"), "infer panicked: {}", tail);
+    if f.timed_out {
+        return Err("infer hung".into());
+    }
+    if let Some(sig) = f.signal {
+        return Err(format!("infer killed by signal {sig}: {tail}"));
+    }
+    if f.code == Some(101) || f.stderr.contains("panicked at") {
+        return Err(format!("infer panicked: {tail}"));
+    }
     match f.code {
-        Some(0) => files::check_finite_file(&out).map_err(TestCaseError::fail),
+        Some(0) => files::check_finite_file(&out),
         Some(1) | Some(2) => Ok(()),
-        other => Err(TestCaseError::fail(format!("infer exited with {other:?}: {tail}"))),
+        other => Err(format!("infer exited with {other:?}: {tail}")),
     }
 }
 
@@ -335,16 +400,14 @@ fn infer_clean(checkpoint: &Path, input: &Path, work: &Path) -> Result<(), TestC
 fn mutated_checkpoints_infer_or_fail_cleanly() {
     let v = valid();
     let original = std::fs::read(&v.checkpoint).expect("checkpoint");
-    let input = v.dir.join("input.npy");
-    std::fs::write(&input, &v.npy).expect("input");
     let work = tempfile::tempdir().expect("temp dir");
+    let input = work.path().join("input.npy");
+    std::fs::write(&input, &v.npy).expect("input");
     let path = work.path().join("m.safetensors");
-    runner(CLI_CASES, 2)
-        .run(&safe_edit(), |edit| {
-            std::fs::write(&path, apply_safe(&original, &edit)).expect("write");
-            infer_clean(&path, &input, work.path())
-        })
-        .expect("a mutated checkpoint made infer panic, abort or hang");
+    property("checkpoint infer", CLI_CASES, 2, safe_edit, |edit| {
+        std::fs::write(&path, apply_safe(&original, edit)).expect("write");
+        infer_clean(&path, &input, work.path())
+    });
 }
 
 /// A mutation of an `.npy` file: raw bytes or one shape dimension.
@@ -355,12 +418,12 @@ enum NpyEdit {
     Descr(usize),
 }
 
-fn npy_edit() -> impl Strategy<Value = NpyEdit> {
-    prop_oneof![
-        prop::collection::vec(byte_edit(), 1..4).prop_map(NpyEdit::Bytes),
-        (0usize..4, any::<usize>()).prop_map(|(d, v)| NpyEdit::Dim(d, v)),
-        any::<usize>().prop_map(NpyEdit::Descr),
-    ]
+fn npy_edit(rng: &mut ChaCha8Rng) -> NpyEdit {
+    match rng.random_range(0..3) {
+        0 => NpyEdit::Bytes(byte_edits(rng, 3)),
+        1 => NpyEdit::Dim(rng.random_range(0..4), idx(rng)),
+        _ => NpyEdit::Descr(idx(rng)),
+    }
 }
 
 fn apply_npy(v: &Valid, edit: &NpyEdit) -> Vec<u8> {
@@ -378,8 +441,14 @@ fn apply_npy(v: &Valid, edit: &NpyEdit) -> Vec<u8> {
             files::npy_bytes("<f4", &format!("({})", shape.join(", ")), &data)
         }
         NpyEdit::Descr(i) => {
-            let descrs = ["<f4", "<f8", ">f4", "<i4", "<f2", "|u1", "<c8", "|O", "<U3", "garbage"];
-            files::npy_bytes(descrs[i % descrs.len()], &files::shape_tuple(&[2, 1, g, g]), &data)
+            let descrs = [
+                "<f4", "<f8", ">f4", "<i4", "<f2", "|u1", "<c8", "|O", "<U3", "garbage",
+            ];
+            files::npy_bytes(
+                descrs[i % descrs.len()],
+                &files::shape_tuple(&[2, 1, g, g]),
+                &data,
+            )
         }
     }
 }
@@ -389,12 +458,10 @@ fn mutated_npy_inputs_infer_or_fail_cleanly() {
     let v = valid();
     let work = tempfile::tempdir().expect("temp dir");
     let input = work.path().join("x.npy");
-    runner(CLI_CASES, 3)
-        .run(&npy_edit(), |edit| {
-            std::fs::write(&input, apply_npy(v, &edit)).expect("write");
-            infer_clean(&v.checkpoint, &input, work.path())
-        })
-        .expect("a mutated .npy made infer panic, abort or hang");
+    property("npy infer", CLI_CASES, 3, npy_edit, |edit| {
+        std::fs::write(&input, apply_npy(v, edit)).expect("write");
+        infer_clean(&v.checkpoint, &input, work.path())
+    });
 }
 
 #[test]
@@ -403,40 +470,53 @@ fn mutated_dataset_files_are_loaded_or_rejected() {
     let original = std::fs::read(&v.dataset).expect("dataset");
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("d.safetensors");
-    runner(CASES, 4)
-        .run(&safe_edit(), |edit| {
-            std::fs::write(&path, apply_safe(&original, &edit)).expect("write");
-            no_panic("fhn_solver::Dataset::load", || fhn_solver::Dataset::load(&path).map(drop))?.ok();
-            no_panic("TensorDataset::from_fhn_file", || no_models::TensorDataset::from_fhn_file(&path).map(drop))?.ok();
-            Ok(())
-        })
-        .expect("a mutated dataset file made a loader panic");
+    property("dataset load", CASES, 4, safe_edit, |edit| {
+        std::fs::write(&path, apply_safe(&original, edit)).expect("write");
+        no_panic("fhn_solver::Dataset::load", || {
+            fhn_solver::Dataset::load(&path).map(drop)
+        })?
+        .ok();
+        no_panic("TensorDataset::from_fhn_file", || {
+            no_models::TensorDataset::from_fhn_file(&path).map(drop)
+        })?
+        .ok();
+        Ok(())
+    });
 }
 
-/// Applies random JSON edits to `doc` and runs `parse` on the result (also as text with
-/// random byte edits).
-fn json_property(seed: u8, doc: Value, parse: impl Fn(&Path) -> Result<(), String>) {
+/// Applies random JSON edits to `doc` and runs `parse` on the result (a quarter of the
+/// documents also get byte edits: broken JSON text).
+fn json_property(seed: u64, doc: Value, parse: impl Fn(&Path) -> Result<(), String>) {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("c.json");
-    let strategy = (prop::collection::vec(json_edit(), 1..4), prop::collection::vec(byte_edit(), 0..2));
-    runner(CASES, seed)
-        .run(&strategy, |(edits, bytes)| {
-            let mut d = doc.clone();
-            apply_json(&mut d, &edits);
-            let mut text = d.to_string().into_bytes();
-            apply_bytes(&mut text, &bytes);
-            std::fs::write(&path, &text).expect("write");
-            no_panic("parsing a mutated config", || parse(&path))?.ok();
-            Ok(())
-        })
-        .expect("a mutated JSON config made a parser panic");
+    let draw = |rng: &mut ChaCha8Rng| {
+        let bytes = if rng.random_range(0..4) == 0 {
+            byte_edits(rng, 2)
+        } else {
+            Vec::new()
+        };
+        (json_edits(rng), bytes)
+    };
+    property("json config", CASES, seed, draw, |(edits, bytes)| {
+        let mut d = doc.clone();
+        apply_json(&mut d, edits);
+        let mut text = d.to_string().into_bytes();
+        apply_bytes(&mut text, bytes);
+        std::fs::write(&path, &text).expect("write");
+        no_panic("parsing a mutated config", || parse(&path))?.ok();
+        Ok(())
+    });
 }
 
 #[test]
 fn mutated_model_configs_parse_or_are_rejected() {
     json_property(5, fixtures::tiny_fno(), |p| {
-        let v: Value = serde_json::from_str(&std::fs::read_to_string(p).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
-        ModelConfig::from_json(&v).map(drop).map_err(|e| e.to_string())
+        let v: Value =
+            serde_json::from_str(&std::fs::read_to_string(p).map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?;
+        ModelConfig::from_json(&v)
+            .map(drop)
+            .map_err(|e| e.to_string())
     });
 }
 
@@ -445,7 +525,9 @@ fn mutated_training_configs_parse_or_are_rejected() {
     let doc = serde_json::to_value(no_models::TrainConfig::default()).expect("serialises");
     json_property(6, doc, |p| {
         let text = std::fs::read_to_string(p).map_err(|e| e.to_string())?;
-        serde_json::from_str::<no_models::TrainConfig>(&text).map(drop).map_err(|e| e.to_string())
+        serde_json::from_str::<no_models::TrainConfig>(&text)
+            .map(drop)
+            .map_err(|e| e.to_string())
     });
 }
 
@@ -459,9 +541,13 @@ fn mutated_protocols_parse_or_are_rejected() {
 
 #[test]
 fn mutated_study_configs_parse_or_are_rejected() {
-    let protocol: fhn_solver::Protocol = serde_json::from_value(fixtures::tiny_protocol()).expect("protocol");
-    let doc = serde_json::to_value(no_eval::study::StudyConfig::quick().with_protocol(protocol)).expect("serialises");
+    let protocol: fhn_solver::Protocol =
+        serde_json::from_value(fixtures::tiny_protocol()).expect("protocol");
+    let doc = serde_json::to_value(no_eval::study::StudyConfig::quick().with_protocol(protocol))
+        .expect("serialises");
     json_property(8, doc, |p| {
-        no_eval::study::StudyConfig::by_name_or_path(&p.to_string_lossy()).map(drop).map_err(|e| e.to_string())
+        no_eval::study::StudyConfig::by_name_or_path(&p.to_string_lossy())
+            .map(drop)
+            .map_err(|e| e.to_string())
     });
 }

@@ -15,13 +15,22 @@ const FSIZE_BLOCKS: u64 = 48;
 type Verdict = Result<(), (&'static str, String)>;
 
 fn snapshot(paths: &[PathBuf]) -> Vec<Vec<u8>> {
-    paths.iter().map(|p| std::fs::read(p).expect("previous output")).collect()
+    paths
+        .iter()
+        .map(|p| std::fs::read(p).expect("previous output"))
+        .collect()
 }
 
 /// Runs `bin args` under the file-size limit; the run must fail (it cannot write its
 /// output) without panicking.
 fn interrupted(bin: &str, args: &[String], dir: &Path) -> Verdict {
-    let f = run_program(&example(bin), args, dir, Duration::from_secs(120), Some(FSIZE_BLOCKS));
+    let f = run_program(
+        &example(bin),
+        args,
+        dir,
+        Duration::from_secs(120),
+        Some(FSIZE_BLOCKS),
+    );
     if f.timed_out {
         return Err(("hang", "killed after the time limit".into()));
     }
@@ -29,7 +38,10 @@ fn interrupted(bin: &str, args: &[String], dir: &Path) -> Verdict {
         return Err(("panic", f.stderr.lines().last().unwrap_or("").to_string()));
     }
     if f.code == Some(0) {
-        return Err(("silent-wrong", "reported success although its output could not be written".into()));
+        return Err((
+            "silent-wrong",
+            "reported success although its output could not be written".into(),
+        ));
     }
     Ok(())
 }
@@ -38,7 +50,15 @@ fn unchanged(paths: &[PathBuf], before: &[Vec<u8>]) -> Verdict {
     for (p, b) in paths.iter().zip(before) {
         let now = std::fs::read(p).unwrap_or_default();
         if &now != b {
-            return Err(("silent-wrong", format!("{} was damaged by the interrupted write ({} bytes, was {})", p.display(), now.len(), b.len())));
+            return Err((
+                "silent-wrong",
+                format!(
+                    "{} was damaged by the interrupted write ({} bytes, was {})",
+                    p.display(),
+                    now.len(),
+                    b.len()
+                ),
+            ));
         }
     }
     Ok(())
@@ -50,10 +70,17 @@ fn infer(c: &Ctx) -> Verdict {
     let y = c.path("y.npy");
     files::write_npy_f32(&y, &[1, 2, 8, 8], |i| i as f32);
     let before = snapshot(std::slice::from_ref(&y));
-    let args: Vec<String> = ["--checkpoint", "{ckpt}", "--input", "{tmp}/x.npy", "--out", "{tmp}/y.npy"]
-        .iter()
-        .map(|a| c.expand(a))
-        .collect();
+    let args: Vec<String> = [
+        "--checkpoint",
+        "{ckpt}",
+        "--input",
+        "{tmp}/x.npy",
+        "--out",
+        "{tmp}/y.npy",
+    ]
+    .iter()
+    .map(|a| c.expand(a))
+    .collect();
     interrupted("infer", &args, &c.dir)?;
     unchanged(&[y], &before)
 }
@@ -61,7 +88,10 @@ fn infer(c: &Ctx) -> Verdict {
 fn fhn_solve(c: &Ctx) -> Verdict {
     let out = c.path("out");
     std::fs::create_dir_all(&out).expect("dir");
-    let paths: Vec<PathBuf> = ["input", "v", "w"].iter().map(|n| out.join(format!("{n}.npy"))).collect();
+    let paths: Vec<PathBuf> = ["input", "v", "w"]
+        .iter()
+        .map(|n| out.join(format!("{n}.npy")))
+        .collect();
     for (k, p) in paths.iter().enumerate() {
         files::write_npy_f64(p, &[3, 4], |i| (i + k) as f64);
     }
@@ -71,7 +101,12 @@ fn fhn_solve(c: &Ctx) -> Verdict {
     unchanged(&paths, &before)
 }
 
-const DATASET_FILES: [&str; 4] = ["protocol.json", "train.safetensors", "val.safetensors", "test.safetensors"];
+const DATASET_FILES: [&str; 4] = [
+    "protocol.json",
+    "train.safetensors",
+    "val.safetensors",
+    "test.safetensors",
+];
 
 /// The directory must be untouched, or complete: every split loads and was made with the
 /// protocol that `protocol.json` holds.
@@ -83,9 +118,13 @@ fn complete_or_untouched(dir: &Path, before: &[Vec<u8>]) -> Verdict {
     let protocol = fhn_solver::Protocol::from_json_file(&paths[0])
         .map_err(|e| ("silent-wrong", format!("protocol.json is damaged: {e}")))?;
     for p in &paths[1..] {
-        let d = fhn_solver::Dataset::load(p).map_err(|e| ("silent-wrong", format!("{} is damaged: {e}", p.display())))?;
+        let d = fhn_solver::Dataset::load(p)
+            .map_err(|e| ("silent-wrong", format!("{} is damaged: {e}", p.display())))?;
         if d.protocol != protocol {
-            return Err(("silent-wrong", format!("{} and protocol.json describe different data", p.display())));
+            return Err((
+                "silent-wrong",
+                format!("{} and protocol.json describe different data", p.display()),
+            ));
         }
     }
     Ok(())
@@ -105,10 +144,16 @@ fn generate_dataset(c: &Ctx) -> Verdict {
         p["train"]["n_samples"] = 16.into();
         p["seed"] = 7.into();
     });
-    let args: Vec<String> = ["--protocol", "{tmp}/p.json", "--out", "{tmp}/d", "--no-progress"]
-        .iter()
-        .map(|a| c.expand(a))
-        .collect();
+    let args: Vec<String> = [
+        "--protocol",
+        "{tmp}/p.json",
+        "--out",
+        "{tmp}/d",
+        "--no-progress",
+    ]
+    .iter()
+    .map(|a| c.expand(a))
+    .collect();
     interrupted("generate_dataset", &args, &c.dir)?;
     complete_or_untouched(&d, &before)
 }
@@ -116,8 +161,23 @@ fn generate_dataset(c: &Ctx) -> Verdict {
 /// The three interrupted-write scenarios.
 pub fn all() -> Vec<Case> {
     vec![
-        Case::custom("atomic", "atomic/infer-output-survives-interrupted-write", Box::new(infer)).timeout_s(150),
-        Case::custom("atomic", "atomic/fhn_solve-arrays-survive-interrupted-write", Box::new(fhn_solve)).timeout_s(150),
-        Case::custom("atomic", "atomic/generate_dataset-dir-complete-or-untouched", Box::new(generate_dataset)).timeout_s(150),
+        Case::custom(
+            "atomic",
+            "atomic/infer-output-survives-interrupted-write",
+            Box::new(infer),
+        )
+        .timeout_s(150),
+        Case::custom(
+            "atomic",
+            "atomic/fhn_solve-arrays-survive-interrupted-write",
+            Box::new(fhn_solve),
+        )
+        .timeout_s(150),
+        Case::custom(
+            "atomic",
+            "atomic/generate_dataset-dir-complete-or-untouched",
+            Box::new(generate_dataset),
+        )
+        .timeout_s(150),
     ]
 }

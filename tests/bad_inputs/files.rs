@@ -33,14 +33,22 @@ pub fn f64_le(values: &[f64]) -> Vec<u8> {
 pub fn write_npy_f32(path: &Path, shape: &[usize], f: impl Fn(usize) -> f32) {
     let n: usize = shape.iter().product();
     let values: Vec<f32> = (0..n).map(f).collect();
-    std::fs::write(path, npy_bytes("<f4", &shape_tuple(shape), &f32_le(&values))).expect("writing npy");
+    std::fs::write(
+        path,
+        npy_bytes("<f4", &shape_tuple(shape), &f32_le(&values)),
+    )
+    .expect("writing npy");
 }
 
 /// Writes an f64 `.npy` of the given shape, filled by `f(i)`.
 pub fn write_npy_f64(path: &Path, shape: &[usize], f: impl Fn(usize) -> f64) {
     let n: usize = shape.iter().product();
     let values: Vec<f64> = (0..n).map(f).collect();
-    std::fs::write(path, npy_bytes("<f8", &shape_tuple(shape), &f64_le(&values))).expect("writing npy");
+    std::fs::write(
+        path,
+        npy_bytes("<f8", &shape_tuple(shape), &f64_le(&values)),
+    )
+    .expect("writing npy");
 }
 
 /// `(a, b, c)` or `(a,)` for a shape.
@@ -48,7 +56,14 @@ pub fn shape_tuple(shape: &[usize]) -> String {
     match shape {
         [] => "()".into(),
         [a] => format!("({a},)"),
-        _ => format!("({})", shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
+        _ => format!(
+            "({})",
+            shape
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     }
 }
 
@@ -97,7 +112,9 @@ pub fn edit_safe(src: &Path, dst: &Path, edit: impl FnOnce(&mut SafeParts)) {
 
 /// Edits a JSON document stored as a string in the `__metadata__` key `key`.
 pub fn edit_meta_json(parts: &mut SafeParts, key: &str, edit: impl FnOnce(&mut serde_json::Value)) {
-    let meta = parts.header["__metadata__"].as_object_mut().expect("metadata");
+    let meta = parts.header["__metadata__"]
+        .as_object_mut()
+        .expect("metadata");
     let text = meta[key].as_str().expect("a JSON string").to_string();
     let mut value: serde_json::Value = serde_json::from_str(&text).expect("metadata JSON");
     edit(&mut value);
@@ -106,7 +123,9 @@ pub fn edit_meta_json(parts: &mut SafeParts, key: &str, edit: impl FnOnce(&mut s
 
 /// Sets a plain string in the `__metadata__`.
 pub fn set_meta(parts: &mut SafeParts, key: &str, value: &str) {
-    let meta = parts.header["__metadata__"].as_object_mut().expect("metadata");
+    let meta = parts.header["__metadata__"]
+        .as_object_mut()
+        .expect("metadata");
     meta.insert(key.into(), serde_json::Value::String(value.into()));
 }
 
@@ -160,8 +179,12 @@ pub fn check_finite_file(path: &Path) -> Result<(), String> {
 
 fn check_values(path: &Path, descr: &str, data: &[u8]) -> Result<(), String> {
     let finite = match descr {
-        "<f4" | "F32" => data.chunks_exact(4).all(|c| f32::from_le_bytes(c.try_into().unwrap()).is_finite()),
-        "<f8" | "F64" => data.chunks_exact(8).all(|c| f64::from_le_bytes(c.try_into().unwrap()).is_finite()),
+        "<f4" | "F32" => data
+            .chunks_exact(4)
+            .all(|c| f32::from_le_bytes(c.try_into().unwrap()).is_finite()),
+        "<f8" | "F64" => data
+            .chunks_exact(8)
+            .all(|c| f64::from_le_bytes(c.try_into().unwrap()).is_finite()),
         _ => true,
     };
     if finite {
@@ -179,7 +202,10 @@ fn check_npy(path: &Path) -> Result<(), String> {
     let (hlen, start) = if bytes[6] == 1 {
         (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10)
     } else {
-        (u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize, 12)
+        (
+            u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize,
+            12,
+        )
     };
     let header = String::from_utf8_lossy(&bytes[start..start + hlen]).to_string();
     let descr = if header.contains("'<f4'") {
@@ -189,7 +215,13 @@ fn check_npy(path: &Path) -> Result<(), String> {
     } else {
         "?"
     };
-    let shape_txt = header.split("'shape':").nth(1).unwrap_or("").split(')').next().unwrap_or("");
+    let shape_txt = header
+        .split("'shape':")
+        .nth(1)
+        .unwrap_or("")
+        .split(')')
+        .next()
+        .unwrap_or("");
     let numel: usize = shape_txt
         .trim_start_matches([' ', '('])
         .split(',')
@@ -198,7 +230,11 @@ fn check_npy(path: &Path) -> Result<(), String> {
     let data = &bytes[start + hlen..];
     let width = if descr == "<f8" { 8 } else { 4 };
     if data.len() != numel * width {
-        return Err(format!("{}: {} data bytes for {numel} elements", path.display(), data.len()));
+        return Err(format!(
+            "{}: {} data bytes for {numel} elements",
+            path.display(),
+            data.len()
+        ));
     }
     if numel == 0 {
         return Err(format!("{} is empty", path.display()));
@@ -208,7 +244,8 @@ fn check_npy(path: &Path) -> Result<(), String> {
 
 fn check_safetensors(path: &Path) -> Result<(), String> {
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     for (name, view) in st.tensors() {
         let descr = format!("{:?}", view.dtype());
         check_values(path, &descr, view.data()).map_err(|e| format!("{e} (tensor {name})"))?;
@@ -231,7 +268,11 @@ pub fn restamp(parts: &mut SafeParts) {
         let r = tensor_range(parts, &name);
         map.insert(name, no_models::checksum::crc32_hex(&parts.data[r]).into());
     }
-    set_meta(parts, no_models::checksum::METADATA_KEY, &serde_json::Value::Object(map).to_string());
+    set_meta(
+        parts,
+        no_models::checksum::METADATA_KEY,
+        &serde_json::Value::Object(map).to_string(),
+    );
 }
 
 /// The names of all tensors, in data order.
@@ -259,7 +300,9 @@ pub fn widen_to_f64(parts: &mut SafeParts) {
             entry["dtype"] = "F64".into();
             bytes
                 .chunks_exact(4)
-                .flat_map(|c| (f32::from_le_bytes(c.try_into().expect("4 bytes")) as f64).to_le_bytes())
+                .flat_map(|c| {
+                    (f32::from_le_bytes(c.try_into().expect("4 bytes")) as f64).to_le_bytes()
+                })
                 .collect()
         } else {
             bytes

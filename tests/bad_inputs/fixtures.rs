@@ -13,8 +13,6 @@ pub const GRID: usize = 8;
 
 /// Paths of the shared valid inputs.
 pub struct Fixtures {
-    /// Root of the run's scratch space (fixtures and per-case dirs).
-    pub root: PathBuf,
     /// The tiny protocol JSON.
     pub protocol: PathBuf,
     /// The tiny protocol as JSON, for cases that edit it.
@@ -83,7 +81,13 @@ impl Fixtures {
         must_succeed(
             "dataset",
             "generate_dataset",
-            &["--protocol".into(), s(&protocol), "--out".into(), s(&data), "--no-progress".into()],
+            &[
+                "--protocol".into(),
+                s(&protocol),
+                "--out".into(),
+                s(&data),
+                "--no-progress".into(),
+            ],
             &dir,
             120,
         );
@@ -112,7 +116,6 @@ impl Fixtures {
         let input = dir.join("input.npy");
         files::write_npy_f32(&input, &[2, 1, GRID, GRID], files::smooth);
         Self {
-            root: root.to_path_buf(),
             protocol,
             protocol_json,
             data,

@@ -44,7 +44,7 @@ impl Ctx {
 /// Prepares a case's files before its command runs.
 pub type Setup = Box<dyn Fn(&Ctx) + Send + Sync>;
 /// A library call: `Ok` on success, `Err(message)` for an error the library returned.
-pub type LibCall = Box<dyn Fn(&Ctx) -> Result<(), String> + Send + Sync + std::panic::RefUnwindSafe>;
+pub type LibCall = Box<dyn Fn(&Ctx) -> Result<(), String> + Send + Sync>;
 /// A case that judges itself (the interrupted writes): `Err(class, detail)` on failure.
 pub type CustomCheck = Box<dyn Fn(&Ctx) -> Result<(), (&'static str, String)> + Send + Sync>;
 
@@ -88,17 +88,35 @@ pub struct Case {
 
 impl Case {
     /// A CLI case expecting an error mentioning `mentions`.
-    pub fn err<S: AsRef<str>>(class: &'static str, name: &str, bin: &'static str, args: &[S], mentions: &[&'static str]) -> Self {
+    pub fn err<S: AsRef<str>>(
+        class: &'static str,
+        name: &str,
+        bin: &'static str,
+        args: &[S],
+        mentions: &[&'static str],
+    ) -> Self {
         Self::cli(class, name, bin, args, Expect::Error(mentions.to_vec()))
     }
 
     /// A CLI case expecting success with the given outputs.
-    pub fn ok<S: AsRef<str>>(class: &'static str, name: &str, bin: &'static str, args: &[S], outputs: &[&str]) -> Self {
+    pub fn ok<S: AsRef<str>>(
+        class: &'static str,
+        name: &str,
+        bin: &'static str,
+        args: &[S],
+        outputs: &[&str],
+    ) -> Self {
         let outputs = outputs.iter().map(|s| s.to_string()).collect();
         Self::cli(class, name, bin, args, Expect::Success(outputs))
     }
 
-    fn cli<S: AsRef<str>>(class: &'static str, name: &str, bin: &'static str, args: &[S], expect: Expect) -> Self {
+    fn cli<S: AsRef<str>>(
+        class: &'static str,
+        name: &str,
+        bin: &'static str,
+        args: &[S],
+        expect: Expect,
+    ) -> Self {
         Self {
             name: format!("{bin}/{name}"),
             class,
@@ -202,7 +220,13 @@ pub struct Finished {
 
 /// Runs `bin args` under a memory cap (and an optional file-size cap, KiB-blocks of
 /// `ulimit -f`) with a time limit, killing it on time-out.
-pub fn run_program(bin: &Path, args: &[String], dir: &Path, timeout: Duration, fsize_blocks: Option<u64>) -> Finished {
+pub fn run_program(
+    bin: &Path,
+    args: &[String],
+    dir: &Path,
+    timeout: Duration,
+    fsize_blocks: Option<u64>,
+) -> Finished {
     let limits = match fsize_blocks {
         Some(b) => format!("ulimit -v {CHILD_MEMORY_KIB}; ulimit -f {b}; exec \"$0\" \"$@\""),
         None => format!("ulimit -v {CHILD_MEMORY_KIB}; exec \"$0\" \"$@\""),
@@ -236,7 +260,8 @@ pub fn run_program(bin: &Path, args: &[String], dir: &Path, timeout: Duration, f
         std::thread::sleep(Duration::from_millis(20));
     };
     use std::os::unix::process::ExitStatusExt;
-    let read = |p: &Path| String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned();
+    let read =
+        |p: &Path| String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned();
     Finished {
         code: status.code(),
         signal: status.signal(),
@@ -259,14 +284,20 @@ fn judge_program(f: &Finished, expect: &Expect, ctx: &Ctx) -> Result<(), (&'stat
         return Err(("hang", "killed after the time limit".into()));
     }
     if let Some(sig) = f.signal {
-        return Err(("abort", format!("killed by signal {sig}: {}", tail(&f.stderr))));
+        return Err((
+            "abort",
+            format!("killed by signal {sig}: {}", tail(&f.stderr)),
+        ));
     }
     if f.code == Some(101) || f.stderr.contains("panicked at") {
         return Err(("panic", tail(&f.stderr)));
     }
     match expect {
         Expect::Error(mentions) => match f.code {
-            Some(0) => Err(("silent-wrong", format!("exit 0 where an error was expected: {}", tail(&f.stdout)))),
+            Some(0) => Err((
+                "silent-wrong",
+                format!("exit 0 where an error was expected: {}", tail(&f.stdout)),
+            )),
             Some(1) | Some(2) => check_mentions(&f.stderr, mentions),
             other => Err(("abort", format!("exit code {other:?}: {}", tail(&f.stderr)))),
         },
@@ -287,7 +318,10 @@ fn check_mentions(message: &str, mentions: &[&'static str]) -> Result<(), (&'sta
     if missing.is_empty() {
         Ok(())
     } else {
-        Err(("wrong-message", format!("missing {missing:?} in: {}", tail(message))))
+        Err((
+            "wrong-message",
+            format!("missing {missing:?} in: {}", tail(message)),
+        ))
     }
 }
 
@@ -299,9 +333,16 @@ fn check_outputs(outputs: &[String], ctx: &Ctx) -> Result<(), (&'static str, Str
     Ok(())
 }
 
-fn run_lib(call: &LibCall, ctx: &Ctx, timeout: Duration) -> Result<Result<(), String>, (&'static str, String)> {
+fn run_lib(
+    call: &LibCall,
+    ctx: &Ctx,
+    timeout: Duration,
+) -> Result<Result<(), String>, (&'static str, String)> {
     let (tx, rx) = std::sync::mpsc::channel();
-    let ctx2 = Ctx { dir: ctx.dir.clone(), fx: ctx.fx };
+    let ctx2 = Ctx {
+        dir: ctx.dir.clone(),
+        fx: ctx.fx,
+    };
     // The call is borrowed for the scope; a hung call is reported, and the scope then
     // waits for it (a hang therefore also shows as a slow suite).
     std::thread::scope(|s| {
@@ -341,7 +382,9 @@ pub fn run_case(case: &Case, fx: &'static Fixtures, root: &Path, index: usize) -
         Action::Lib(call) => match run_lib(call, &ctx, case.timeout) {
             Err(e) => Err(e),
             Ok(result) => match (&case.expect, result) {
-                (Expect::Error(_), Ok(())) => Err(("silent-wrong", "Ok where an error was expected".into())),
+                (Expect::Error(_), Ok(())) => {
+                    Err(("silent-wrong", "Ok where an error was expected".into()))
+                }
                 (Expect::Error(m), Err(msg)) => check_mentions(&msg, m),
                 (Expect::Success(_), Err(msg)) => Err(("unexpected-error", msg)),
                 (Expect::Success(o), Ok(())) => check_outputs(o, &ctx),
@@ -387,7 +430,11 @@ pub fn run_all(cases: &[Case], fx: &'static Fixtures, root: &Path, workers: usiz
 /// `extra`: a case overrides a default flag instead of repeating it.
 pub fn merge_args(base: &[&str], extra: &[&str]) -> Vec<String> {
     let flag_of = |a: &str| a.split('=').next().unwrap_or(a).to_string();
-    let overridden: Vec<String> = extra.iter().filter(|a| a.starts_with("--")).map(|a| flag_of(a)).collect();
+    let overridden: Vec<String> = extra
+        .iter()
+        .filter(|a| a.starts_with("--"))
+        .map(|a| flag_of(a))
+        .collect();
     let mut out = Vec::new();
     let mut i = 0;
     while i < base.len() {
