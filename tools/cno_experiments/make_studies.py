@@ -4,8 +4,11 @@
     python tools/cno_experiments/make_studies.py studies BASE.json OUT_DIR [VARIANT ...]
     python tools/cno_experiments/make_studies.py protocol BASE.json OUT.json
 
-BASE.json is the quick study restricted to CNO (`base.json` beside this script, written by
-`benchmark --models cno --remedies none` as OUT/study.json). `studies` writes one study per
+BASE.json is the quick study restricted to CNO (`base.json` beside this script: the
+OUT/study.json that `benchmark --models cno --remedies none` writes, with the evaluation
+trimmed to what the experiments report -- no finer-grid test, one latency batch size, the
+E curves at the table's two shifts only -- so each run costs less; the accuracy and E
+columns are computed exactly as in the study). `studies` writes one study per
 variant and seed, OUT_DIR/<variant>.s<seed>.json, each a copy of the base with one change;
 `protocol` writes the base's protocol alone (for generate_dataset and the official-code run).
 The seed changes the weights' initialisation and the batch order, not the data.
@@ -19,7 +22,7 @@ SEEDS = [0, 1, 2]
 
 
 def cno(study):
-    return study["models"][0]["config"]["cno"]
+    return study["models"][0]["config"]
 
 
 def train(study):
@@ -28,9 +31,7 @@ def train(study):
 
 def set_epochs(study, epochs):
     train(study)["epochs"] = epochs
-    sched = train(study).get("schedule", {})
-    if isinstance(sched, dict) and "cosine" in sched:
-        sched["cosine"]["t_max"] = epochs
+    train(study)["schedule"]["t_max"] = epochs
 
 
 def init_only(study):
@@ -40,9 +41,7 @@ def init_only(study):
     t = train(study)
     t["optimizer"]["lr"] = 0.0
     t["optimizer"]["weight_decay"] = 0.0
-    sched = t.get("schedule", {})
-    if isinstance(sched, dict) and "cosine" in sched:
-        sched["cosine"]["eta_min"] = 0.0
+    t["schedule"]["eta_min"] = 0.0
 
 
 def grid100(study):

@@ -3,6 +3,8 @@
 #
 #   tools/cno_experiments/run.sh OUT [VARIANT ...]     # default: every variant, seeds 0-2
 #
+# (variants: make_studies.py; seed 0 of each variant runs first, then seeds 1 and 2).
+#
 # Each variant/seed is the quick study restricted to CNO with one change (make_studies.py);
 # its results land in OUT/runs/<variant>.s<seed>/ and its log in OUT/logs/. Runs already
 # finished (results present) are skipped, so the script can be resumed. Afterwards
@@ -15,8 +17,14 @@ out="${1:?usage: run.sh OUT [VARIANT ...]}"
 shift
 bin="${CARGO_TARGET_DIR:-$root/target}/release/examples"
 mkdir -p "$out/studies" "$out/runs" "$out/logs"
-python3 "$here/make_studies.py" studies "$here/base.json" "$out/studies" "$@"
-for study in "$out"/studies/*.json; do
+variants=("$@")
+if [ ${#variants[@]} -eq 0 ]; then
+    variants=(base init time_replicate time_causal bn no_normalizer time_reflect space_reflect
+        both_replicate long grid100 paper_model)
+fi
+python3 "$here/make_studies.py" studies "$here/base.json" "$out/studies" "${variants[@]}"
+# Seed 0 of every variant first, then seed 1, then seed 2.
+for study in $(for s in 0 1 2; do for v in "${variants[@]}"; do echo "$out/studies/$v.s$s.json"; done; done); do
     name="$(basename "$study" .json)"
     run="$out/runs/$name"
     if [ -f "$run/results.json" ]; then
