@@ -138,7 +138,9 @@ impl CnoConfig {
             return bad(format!("kernel_size {} must be odd", self.kernel_size));
         }
         if self.space_padding == CnoPadding::Causal {
-            return bad("space_padding must be zeros, replicate or reflect (causal is for time)".into());
+            return bad(
+                "space_padding must be zeros, replicate or reflect (causal is for time)".into(),
+            );
         }
         if self.n_layers > 16 {
             return bad(format!(
@@ -177,7 +179,12 @@ struct Conv {
 }
 
 impl Conv {
-    fn new(c_in: usize, c_out: usize, cfg: &CnoConfig, vb: VarBuilder) -> candle_core::Result<Self> {
+    fn new(
+        c_in: usize,
+        c_out: usize,
+        cfg: &CnoConfig,
+        vb: VarBuilder,
+    ) -> candle_core::Result<Self> {
         let k = cfg.kernel_size;
         let fan_in = c_in * k * k;
         Ok(Self {
@@ -200,7 +207,8 @@ impl Conv {
 
 impl Module for Conv {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let zeros = (self.time_padding, self.space_padding) == (CnoPadding::Zeros, CnoPadding::Zeros);
+        let zeros =
+            (self.time_padding, self.space_padding) == (CnoPadding::Zeros, CnoPadding::Zeros);
         let y = if zeros || self.padding == 0 {
             // The official path, unchanged: the convolution pads with zeros itself.
             no_layers::ops::conv2d::conv2d(x, &self.weight, self.padding, 1)?
@@ -227,7 +235,10 @@ fn pad_axis(x: &Tensor, dim: usize, p: usize, mode: CnoPadding) -> candle_core::
                 )));
             }
             // Rows p, p−1, …, 1 before and n−2, …, n−1−p after (the edge is not repeated).
-            let mut parts: Vec<Tensor> = (1..=p).rev().map(|i| x.narrow(dim, i, 1)).collect::<candle_core::Result<_>>()?;
+            let mut parts: Vec<Tensor> = (1..=p)
+                .rev()
+                .map(|i| x.narrow(dim, i, 1))
+                .collect::<candle_core::Result<_>>()?;
             parts.push(x.clone());
             for i in 1..=p {
                 parts.push(x.narrow(dim, n - 1 - i, 1)?);

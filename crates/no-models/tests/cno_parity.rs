@@ -44,7 +44,11 @@ fn load(case: &str, dtype: DType) -> R<(Cno, HashMap<String, Tensor>)> {
 fn relative_error(got: &Tensor, expected: &Tensor) -> R<f64> {
     assert_eq!(got.dims(), expected.dims());
     let got = got.to_dtype(DType::F64)?;
-    let err = (&got - expected)?.sqr()?.sum_all()?.sqrt()?.to_scalar::<f64>()?;
+    let err = (&got - expected)?
+        .sqr()?
+        .sum_all()?
+        .sqrt()?
+        .to_scalar::<f64>()?;
     let norm = expected.sqr()?.sum_all()?.sqrt()?.to_scalar::<f64>()?;
     Ok(err / norm)
 }
@@ -88,10 +92,8 @@ fn cno_with_batch_norm_matches_the_official_code_in_training_mode() -> R<()> {
 fn fixture_weights_cover_every_parameter_of_the_config() -> R<()> {
     // The renamed state_dict must hold exactly as many trainable numbers as this CNO.
     let (model, _) = load("plain", DType::F64)?;
-    let weights = candle_core::safetensors::load(
-        fixture("cno_plain.weights.safetensors"),
-        &Device::Cpu,
-    )?;
+    let weights =
+        candle_core::safetensors::load(fixture("cno_plain.weights.safetensors"), &Device::Cpu)?;
     let total: usize = weights.values().map(|t| t.elem_count()).sum();
     assert_eq!(total, model.param_count().numel);
     Ok(())
