@@ -98,3 +98,37 @@ fn fixture_weights_cover_every_parameter_of_the_config() -> R<()> {
     assert_eq!(total, model.param_count().numel);
     Ok(())
 }
+
+#[test]
+fn padding_option_is_additive_and_validated() -> R<()> {
+    use no_layers::init::SeededVarMap;
+    // The default (official zero padding) is left out of the serialised config.
+    let json = serde_json::to_string(&CnoConfig::default())?;
+    assert!(!json.contains("padding"), "{json}");
+    let small = |time: &str, space: &str| -> R<CnoConfig> {
+        Ok(serde_json::from_value(serde_json::json!({
+            "n_layers": 2, "n_res": 1, "n_res_neck": 1, "channel_multiplier": 4,
+            "latent_lift_proj_dim": 4, "time_padding": time, "space_padding": space,
+        }))?)
+    };
+    // Other paddings keep the size.
+    let x = Tensor::ones((1, 1, 9, 8), DType::F32, &Device::Cpu)?;
+    for (time, space) in [("causal", "reflect"), ("replicate", "replicate")] {
+        let vars = SeededVarMap::new(0);
+        let model = Cno::new(
+            &small(time, space)?,
+            vars.var_builder(DType::F32, &Device::Cpu),
+        )?;
+        assert_eq!(model.forward_t(&x, false)?.dims(), &[1, 2, 9, 8]);
+    }
+    // Causal is for time only.
+    let vars = SeededVarMap::new(0);
+    let err = Cno::new(
+        &small("zeros", "causal")?,
+        vars.var_builder(DType::F32, &Device::Cpu),
+    )
+    .err()
+    .ok_or("causal space padding was accepted")?;
+    assert!(err.to_string().contains("causal is for time"), "{err}");
+    Ok(())
+}
