@@ -63,6 +63,37 @@ pub struct CnoConfig {
     pub upsampling: usize,
     /// Resampling kernel (upstream simplified CNO: antialiased bicubic).
     pub resample: ResampleKind,
+    /// How the convolutions pad the time axis (upstream: zeros). An experiment option
+    /// (docs/cno-equivariance.md); absent from older configs, which read as zeros.
+    #[serde(default, skip_serializing_if = "CnoPadding::is_zeros")]
+    pub time_padding: CnoPadding,
+    /// How the convolutions pad the space axis (upstream: zeros; `causal` is refused).
+    #[serde(default, skip_serializing_if = "CnoPadding::is_zeros")]
+    pub space_padding: CnoPadding,
+}
+
+/// Boundary treatment of CNO's size-preserving convolutions along one axis.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CnoPadding {
+    /// `k/2` zeros on both sides (the official code).
+    #[default]
+    Zeros,
+    /// `k/2` copies of the edge value on both sides.
+    Replicate,
+    /// `k/2` mirrored values on both sides, edge excluded (PyTorch's `reflect`).
+    Reflect,
+    /// `2·(k/2)` zeros before the first row only: each output row sees only the current
+    /// and earlier rows of its input (time axis only).
+    Causal,
+}
+
+impl CnoPadding {
+    /// Whether this is the official zero padding (left out of serialised configs, so
+    /// that configs and checkpoints written before the option existed are unchanged).
+    pub fn is_zeros(&self) -> bool {
+        *self == CnoPadding::Zeros
+    }
 }
 
 impl Default for CnoConfig {
@@ -80,6 +111,8 @@ impl Default for CnoConfig {
             negative_slope: 0.01,
             upsampling: 2,
             resample: ResampleKind::BicubicAntialias,
+            time_padding: CnoPadding::Zeros,
+            space_padding: CnoPadding::Zeros,
         }
     }
 }
@@ -103,6 +136,11 @@ impl CnoConfig {
         }
         if self.kernel_size % 2 == 0 {
             return bad(format!("kernel_size {} must be odd", self.kernel_size));
+        }
+        if self.space_padding == CnoPadding::Causal {
+            return bad(
+                "space_padding must be zeros, replicate or reflect (causal is for time)".into(),
+            );
         }
         if self.n_layers > 16 {
             return bad(format!(
@@ -130,16 +168,24 @@ impl CnoConfig {
     }
 }
 
-/// A zero-padded, size-preserving convolution with bias.
+/// A size-preserving convolution with bias (zero padding unless the config says otherwise).
 #[derive(Debug, Clone)]
 struct Conv {
     weight: Tensor,
     bias: Tensor,
     padding: usize,
+    time_padding: CnoPadding,
+    space_padding: CnoPadding,
 }
 
 impl Conv {
-    fn new(c_in: usize, c_out: usize, k: usize, vb: VarBuilder) -> candle_core::Result<Self> {
+    fn new(
+        c_in: usize,
+        c_out: usize,
+        cfg: &CnoConfig,
+        vb: VarBuilder,
+    ) -> candle_core::Result<Self> {
+        let k = cfg.kernel_size;
         let fan_in = c_in * k * k;
         Ok(Self {
             weight: vb.get_with_hints(
@@ -149,6 +195,8 @@ impl Conv {
             )?,
             bias: vb.get_with_hints(c_out, "bias", torch_default_bias(fan_in))?,
             padding: k / 2,
+            time_padding: cfg.time_padding,
+            space_padding: cfg.space_padding,
         })
     }
 
@@ -159,8 +207,44 @@ impl Conv {
 
 impl Module for Conv {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = no_layers::ops::conv2d::conv2d(x, &self.weight, self.padding, 1)?;
+        let zeros =
+            (self.time_padding, self.space_padding) == (CnoPadding::Zeros, CnoPadding::Zeros);
+        let y = if zeros || self.padding == 0 {
+            // The official path, unchanged: the convolution pads with zeros itself.
+            no_layers::ops::conv2d::conv2d(x, &self.weight, self.padding, 1)?
+        } else {
+            let x = pad_axis(x, 2, self.padding, self.time_padding)?;
+            let x = pad_axis(&x, 3, self.padding, self.space_padding)?;
+            no_layers::ops::conv2d::conv2d(&x, &self.weight, 0, 1)?
+        };
         no_layers::ops::channel_affine::add_channel_bias(&y, &self.bias)
+    }
+}
+
+/// Pads axis `dim` of `x` by `p` on each side (`2p` before for causal) as `mode` says.
+fn pad_axis(x: &Tensor, dim: usize, p: usize, mode: CnoPadding) -> candle_core::Result<Tensor> {
+    let n = x.dim(dim)?;
+    match mode {
+        CnoPadding::Zeros => x.pad_with_zeros(dim, p, p),
+        CnoPadding::Replicate => x.pad_with_same(dim, p, p),
+        CnoPadding::Causal => x.pad_with_zeros(dim, 2 * p, 0),
+        CnoPadding::Reflect => {
+            if p >= n {
+                return Err(candle_core::Error::Msg(format!(
+                    "CNO reflect padding of {p} needs more than {p} points on axis {dim}, got {n}"
+                )));
+            }
+            // Rows p, p−1, …, 1 before and n−2, …, n−1−p after (the edge is not repeated).
+            let mut parts: Vec<Tensor> = (1..=p)
+                .rev()
+                .map(|i| x.narrow(dim, i, 1))
+                .collect::<candle_core::Result<_>>()?;
+            parts.push(x.clone());
+            for i in 1..=p {
+                parts.push(x.narrow(dim, n - 1 - i, 1)?);
+            }
+            Tensor::cat(&parts, dim)
+        }
     }
 }
 
@@ -179,7 +263,7 @@ impl ConvBn {
         bn: bool,
         vb: VarBuilder,
     ) -> candle_core::Result<Self> {
-        let conv = Conv::new(c_in, c_out, cfg.kernel_size, vb.pp("conv"))?;
+        let conv = Conv::new(c_in, c_out, cfg, vb.pp("conv"))?;
         let bn = if bn {
             Some(candle_nn::batch_norm(
                 c_out,
@@ -288,12 +372,7 @@ impl LiftProject {
     ) -> candle_core::Result<Self> {
         Ok(Self {
             block: CnoBlock::new(c_in, cfg.latent_lift_proj_dim, cfg, false, vb.pp("block"))?,
-            conv: Conv::new(
-                cfg.latent_lift_proj_dim,
-                c_out,
-                cfg.kernel_size,
-                vb.pp("conv"),
-            )?,
+            conv: Conv::new(cfg.latent_lift_proj_dim, c_out, cfg, vb.pp("conv"))?,
         })
     }
 
