@@ -1182,6 +1182,24 @@ mod tests {
     }
 
     #[test]
+    fn causal_variant_is_unnormalised_and_sees_the_whole_window() {
+        for cfg in [StudyConfig::quick(), StudyConfig::full()] {
+            let m = cfg
+                .models
+                .iter()
+                .find(|m| m.variant == Variant::Causal)
+                .expect("both studies run the causal variant");
+            assert_eq!(m.label, "causal");
+            // A shift would move the rest state off zero (docs/benchmark.md).
+            assert_eq!(m.train.normalizer, NormalizerKind::None);
+            let ModelConfig::Causal(c) = &m.config else {
+                panic!("the causal variant must be the causal operator");
+            };
+            assert!(c.time_receptive_field() >= cfg.protocol.output.nt);
+        }
+    }
+
+    #[test]
     fn shift_steps_include_the_fixed_shift_once() {
         assert_eq!(
             steps_of(&[0.0, 5.0, 10.0], 40.0 / 49.0, 10.0),
