@@ -140,7 +140,12 @@ fn quick_causal() -> CausalConfig {
 /// rest state off zero; docs/benchmark.md).
 fn causal_spec(config: CausalConfig, mut train: TrainConfig) -> ModelSpec {
     train.normalizer = NormalizerKind::None;
-    spec("causal", Variant::Causal, ModelConfig::Causal(config), train)
+    spec(
+        "causal",
+        Variant::Causal,
+        ModelConfig::Causal(config),
+        train,
+    )
 }
 
 impl StudyConfig {

@@ -290,10 +290,7 @@ impl CausalNo {
                 ModelError::Shape {
                     context: "causal operator input".into(),
                     got: dims.to_vec(),
-                    expected: format!(
-                        "[B, {}, nt, nx] with nt, nx ≥ 1",
-                        self.cfg.in_channels
-                    ),
+                    expected: format!("[B, {}, nt, nx] with nt, nx ≥ 1", self.cfg.in_channels),
                 }
                 .to_string(),
             ));
@@ -384,7 +381,10 @@ mod tests {
         }
         .validate()
         .unwrap_err();
-        assert!(err.to_string().contains("kernel_space 4 must be odd"), "{err}");
+        assert!(
+            err.to_string().contains("kernel_space 4 must be odd"),
+            "{err}"
+        );
         let err = CausalConfig {
             kernel_time: 1,
             ..CausalConfig::default()

@@ -33,7 +33,11 @@ fn delay_deviation(model: &dyn NeuralOperator, x: &Tensor, k: usize) -> candle_c
     let of_delayed = model.predict(&delay(x, k)?)?;
     let delayed_out = delay(&out, k)?;
     let max = |t: &Tensor| -> candle_core::Result<f64> {
-        Ok(t.abs()?.flatten_all()?.max(0)?.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+        Ok(t.abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?)
     };
     Ok(max(&(of_delayed - delayed_out)?)? / max(&out)?.max(1e-30))
 }
@@ -109,7 +113,10 @@ fn untrained_causal_operator_delays_with_its_input() -> no_models::Result<()> {
     let model = untrained(&tiny_causal())?;
     let x = pulse_input()?;
     let dev = worst_deviation(model.as_ref(), &x)?;
-    assert!(dev <= ROUNDING, "causal operator: relative deviation {dev:e}");
+    assert!(
+        dev <= ROUNDING,
+        "causal operator: relative deviation {dev:e}"
+    );
     // The rest input maps to the rest state exactly.
     let rest = model.predict(&x.zeros_like()?)?;
     let peak = rest.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
@@ -131,7 +138,10 @@ fn briefly_trained_causal_operator_stays_delay_equivariant() -> no_models::Resul
     let trainer = briefly_trained(&tiny_causal(), &data)?;
     let first = data.inputs().narrow(0, 0, 2)?;
     let dev = worst_deviation(trainer.model(), &first)?;
-    assert!(dev <= ROUNDING, "trained causal operator: deviation {dev:e}");
+    assert!(
+        dev <= ROUNDING,
+        "trained causal operator: deviation {dev:e}"
+    );
 
     let control = briefly_trained(&tiny_fno_with_positions(), &data)?;
     let dev = worst_deviation(control.model(), &first)?;
@@ -140,8 +150,7 @@ fn briefly_trained_causal_operator_stays_delay_equivariant() -> no_models::Resul
 }
 
 #[test]
-fn causal_operator_round_trips_through_a_checkpoint_and_the_registry() -> no_models::Result<()>
-{
+fn causal_operator_round_trips_through_a_checkpoint_and_the_registry() -> no_models::Result<()> {
     let vars = SeededVarMap::new(5);
     let cfg = tiny_causal();
     let model = build(&cfg, vars.var_builder(DType::F32, &Device::Cpu))?;
