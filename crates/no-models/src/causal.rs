@@ -128,7 +128,7 @@ impl CausalConfig {
 
     /// Rows of input that row `t` of the output depends on (itself and the past).
     pub fn time_receptive_field(&self) -> usize {
-        1 + (self.kernel_time.saturating_sub(1))
+        1 + self.kernel_time.saturating_sub(1)
             * (0..self.n_layers).map(|i| self.dilation(i)).sum::<usize>()
     }
 }
