@@ -14,6 +14,7 @@ use candle_core::{DType, Device, Tensor};
 use fhn_solver::{simulate_1d, Protocol, Split};
 use ndarray::{s, Array2, Array4, ArrayView4, Axis};
 use no_layers::init::SeededVarMap;
+use no_models::causal::CausalConfig;
 use no_models::cno::CnoConfig;
 use no_models::data::{Normalizers, TensorDataset};
 use no_models::deeponet::{DeepOnetCnnConfig, DeepOnetConfig};
@@ -21,7 +22,7 @@ use no_models::fno::FnoConfig;
 use no_models::local_no::LocalNoConfig;
 use no_models::pod::{PodBasis, PodDeepOnet, PodDeepOnetConfig};
 use no_models::train::{LossKind, Schedule, TrainConfig, Trainer};
-use no_models::{ModelConfig, NeuralOperator};
+use no_models::{ModelConfig, NeuralOperator, NormalizerKind};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
@@ -123,12 +124,36 @@ fn spec(label: &str, variant: Variant, config: ModelConfig, train: TrainConfig) 
     }
 }
 
+/// The quick study's causal operator: 6 blocks dilated 1, 2, …, 32 in time and space
+/// (a receptive field of 127 rows in time, more than the 50-row window).
+fn quick_causal() -> CausalConfig {
+    CausalConfig {
+        hidden_channels: 24,
+        n_layers: 6,
+        dilation_cycle: 6,
+        ..CausalConfig::default()
+    }
+}
+
+/// The delay-equivariant variant: the causal operator, trained on the fixed-onset split
+/// without augmentation and without normalisation (a normaliser's shift would move the
+/// rest state off zero; docs/benchmark.md).
+fn causal_spec(config: CausalConfig, mut train: TrainConfig) -> ModelSpec {
+    train.normalizer = NormalizerKind::None;
+    spec(
+        "causal",
+        Variant::Causal,
+        ModelConfig::Causal(config),
+        train,
+    )
+}
+
 impl StudyConfig {
     /// The main job's default: the quick protocol's laws and sample counts (128 train, 32
     /// validation, 64 translated test) on a 50 × 50 output grid, the seven architectures at
     /// reduced widths with per-model epoch budgets (docs/benchmark.md lists them), plus the
-    /// two remedies on FNO (no positional embedding; delay augmentation) and delay
-    /// augmentation on DeepONet.
+    /// two remedies on FNO (no positional embedding; delay augmentation), delay
+    /// augmentation on DeepONet, and the causal operator (delay-equivariant by construction).
     pub fn quick() -> Self {
         let mut protocol = Protocol::quick();
         // A 50 × 50 output grid (every other node of the 99 × 99 grid): a quarter of the
@@ -243,6 +268,7 @@ impl StudyConfig {
                 ModelConfig::Don(don),
                 budget(300, 16, 1e-3, seed),
             ),
+            causal_spec(quick_causal(), budget(40, 8, 3e-3, seed)),
         ];
         Self {
             protocol,
@@ -339,6 +365,7 @@ impl StudyConfig {
                 }),
                 budget(300, 32, 1e-3, seed),
             ),
+            causal_spec(CausalConfig::default(), budget(100, 16, 1e-3, seed)),
         ];
         Self {
             protocol,
@@ -1157,6 +1184,24 @@ mod tests {
         cfg.paper_only();
         assert_eq!(cfg.models.len(), 2);
         assert!(StudyConfig::quick().restrict(&["gpt".into()]).is_err());
+    }
+
+    #[test]
+    fn causal_variant_is_unnormalised_and_sees_the_whole_window() {
+        for cfg in [StudyConfig::quick(), StudyConfig::full()] {
+            let m = cfg
+                .models
+                .iter()
+                .find(|m| m.variant == Variant::Causal)
+                .expect("both studies run the causal variant");
+            assert_eq!(m.label, "causal");
+            // A shift would move the rest state off zero (docs/benchmark.md).
+            assert_eq!(m.train.normalizer, NormalizerKind::None);
+            let ModelConfig::Causal(c) = &m.config else {
+                panic!("the causal variant must be the causal operator");
+            };
+            assert!(c.time_receptive_field() >= cfg.protocol.output.nt);
+        }
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub enum ModelConfig {
     Tfno(crate::fno::FnoConfig),
     /// Localized neural operator (FNO blocks with differential and DISCO kernels).
     LocalNo(crate::local_no::LocalNoConfig),
+    /// Causal dilated convolutions: delay-equivariant by construction.
+    Causal(crate::causal::CausalConfig),
 }
 
 impl ModelConfig {
@@ -38,6 +40,7 @@ impl ModelConfig {
             ModelConfig::Fno(_) => "fno",
             ModelConfig::Tfno(_) => "tfno",
             ModelConfig::LocalNo(_) => "local_no",
+            ModelConfig::Causal(_) => "causal",
         }
     }
 }
@@ -84,5 +87,6 @@ pub fn build(config: &ModelConfig, vb: VarBuilder) -> Result<Box<dyn NeuralOpera
         // TFNO is FNO with a factorization, Tucker unless the config names one.
         ModelConfig::Tfno(c) => crate::fno::build(&c.tfno(), vb),
         ModelConfig::LocalNo(c) => crate::local_no::build(c, vb),
+        ModelConfig::Causal(c) => crate::causal::build(c, vb),
     }
 }

@@ -47,6 +47,7 @@
 //! # }
 //! ```
 
+pub mod causal;
 pub mod checkpoint;
 pub mod checksum;
 pub mod cno;

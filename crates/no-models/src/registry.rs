@@ -47,8 +47,8 @@ pub type Builder =
     Arc<dyn Fn(&serde_json::Value, VarBuilder) -> Result<Box<dyn NeuralOperator>> + Send + Sync>;
 
 /// The names of the seven built-in architectures, as their configurations tag them.
-pub const BUILTIN_ARCHITECTURES: [&str; 7] = [
-    "cno", "don", "don_cnn", "pod_don", "fno", "tfno", "local_no",
+pub const BUILTIN_ARCHITECTURES: [&str; 8] = [
+    "cno", "don", "don_cnn", "pod_don", "fno", "tfno", "local_no", "causal",
 ];
 
 /// Architecture name → builder. Cheap to clone (builders are shared).

@@ -46,6 +46,9 @@ pub enum Variant {
     NoPositional,
     /// The paper's architecture trained on randomly delayed copies of the training data.
     Augmented,
+    /// An architecture that is delay-equivariant by construction (causal in time, no
+    /// absolute time, rest maps to rest), trained on the fixed-onset split only.
+    Causal,
 }
 
 impl Variant {
@@ -55,6 +58,7 @@ impl Variant {
             Variant::Paper => "paper setting",
             Variant::NoPositional => "no positional input",
             Variant::Augmented => "delay augmentation",
+            Variant::Causal => "delay-equivariant by construction",
         }
     }
 }
