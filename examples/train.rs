@@ -26,8 +26,8 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::Parser;
 use no_layers::init::SeededVarMap;
-use no_models::pod::{PodBasis, PodDeepOnet};
 use no_models::data::Splits;
+use no_models::pod::{PodBasis, PodDeepOnet};
 use no_models::train::{parse_train_config, ResumeRequest, TrainConfig, Trainer};
 use no_models::{build, ModelConfig, NeuralOperator, Normalizers, Registry, TensorDataset};
 use std::path::PathBuf;
@@ -137,8 +137,7 @@ fn resumed_trainer(args: &Args, ckpt: &std::path::Path, device: &Device) -> Resu
     let train_config = match &args.train_config {
         Some(p) => Some(
             parse_train_config(
-                &std::fs::read_to_string(p)
-                    .with_context(|| format!("reading {}", p.display()))?,
+                &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
             )
             .with_context(|| format!("parsing {}", p.display()))?,
         ),

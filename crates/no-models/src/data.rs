@@ -78,33 +78,33 @@ fn read_file(
     input_keys: &[&str],
     output_keys: &[&str],
 ) -> Result<(TensorDataset, HashMap<String, String>)> {
-        let buf = std::fs::read(path).map_err(|source| ModelError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let (_, header) = safetensors::SafeTensors::read_metadata(&buf).map_err(|e| {
-            file_err(
-                path,
-                format!("not a readable safetensors file (truncated or corrupt?): {e}"),
-            )
-        })?;
-        let meta = header.metadata().clone().unwrap_or_default();
-        let st = safetensors::SafeTensors::deserialize(&buf).map_err(|e| file_err(path, e))?;
-        crate::checksum::verify(
-            &st,
-            meta.get(crate::checksum::METADATA_KEY).map(String::as_str),
+    let buf = std::fs::read(path).map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&buf).map_err(|e| {
+        file_err(
+            path,
+            format!("not a readable safetensors file (truncated or corrupt?): {e}"),
         )
-        .map_err(|e| file_err(path, e))?;
-        let stack = |keys: &[&str]| -> Result<Tensor> {
-            let mut chans = Vec::with_capacity(keys.len());
-            for key in keys {
-                chans.push(read_channel(&st, path, key)?);
-            }
-            Ok(Tensor::cat(&chans, 1)?)
-        };
-        let (inputs, outputs) = (stack(input_keys)?, stack(output_keys)?);
-        let data = TensorDataset::new(inputs, outputs).map_err(|e| file_err(path, e))?;
-        Ok((data, meta))
+    })?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    let st = safetensors::SafeTensors::deserialize(&buf).map_err(|e| file_err(path, e))?;
+    crate::checksum::verify(
+        &st,
+        meta.get(crate::checksum::METADATA_KEY).map(String::as_str),
+    )
+    .map_err(|e| file_err(path, e))?;
+    let stack = |keys: &[&str]| -> Result<Tensor> {
+        let mut chans = Vec::with_capacity(keys.len());
+        for key in keys {
+            chans.push(read_channel(&st, path, key)?);
+        }
+        Ok(Tensor::cat(&chans, 1)?)
+    };
+    let (inputs, outputs) = (stack(input_keys)?, stack(output_keys)?);
+    let data = TensorDataset::new(inputs, outputs).map_err(|e| file_err(path, e))?;
+    Ok((data, meta))
 }
 
 impl TensorDataset {
@@ -136,7 +136,9 @@ impl TensorDataset {
     pub fn load_split(dir: impl AsRef<Path>, split: &str) -> Result<Option<Self>> {
         let dir = dir.as_ref();
         let files = split_files(dir, split)?;
-        let whole = files.whole.then(|| dir.join(format!("{split}.safetensors")));
+        let whole = files
+            .whole
+            .then(|| dir.join(format!("{split}.safetensors")));
         match (whole, files.shards.is_empty()) {
             (Some(w), true) => Ok(Some(Self::from_fhn_file(w)?)),
             (Some(w), false) => Err(file_err(
@@ -623,12 +625,18 @@ fn concat(parts: &[TensorDataset], dir: &Path) -> Result<TensorDataset> {
                 .checked_add(bytes)
         })
         .ok_or_else(|| {
-            file_err(dir, "the shards together need more memory than can be addressed")
+            file_err(
+                dir,
+                "the shards together need more memory than can be addressed",
+            )
         })?;
     let cat = |f: fn(&TensorDataset) -> &Tensor| -> Result<Tensor> {
         let ts: Vec<&Tensor> = parts.iter().map(f).collect();
         Tensor::cat(&ts, 0).map_err(|e| {
-            file_err(dir, format!("shards with different channel or grid sizes: {e}"))
+            file_err(
+                dir,
+                format!("shards with different channel or grid sizes: {e}"),
+            )
         })
     };
     TensorDataset::new(cat(TensorDataset::inputs)?, cat(TensorDataset::outputs)?)

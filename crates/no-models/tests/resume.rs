@@ -12,8 +12,7 @@ use no_models::fno::FnoConfig;
 use no_models::local_no::LocalNoConfig;
 use no_models::pod::{PodBasis, PodCriterion, PodDeepOnet, PodDeepOnetConfig};
 use no_models::train::{
-    AdamWParams, EpochRecord, LossKind, ResumeRequest, Schedule, TrainConfig, TrainError,
-    Trainer,
+    AdamWParams, EpochRecord, LossKind, ResumeRequest, Schedule, TrainConfig, TrainError, Trainer,
 };
 use no_models::{build, Checkpoint, ModelConfig, ModelError, Normalizers, Registry, TensorDataset};
 use std::path::Path;
@@ -138,7 +137,14 @@ fn state_bits(t: &Trainer) -> R<Vec<(String, Vec<u32>)>> {
 
 fn numbers(h: &[EpochRecord]) -> Vec<(usize, u64, u64, u64)> {
     h.iter()
-        .map(|r| (r.epoch, r.train_loss.to_bits(), r.val_loss.to_bits(), r.lr.to_bits()))
+        .map(|r| {
+            (
+                r.epoch,
+                r.train_loss.to_bits(),
+                r.val_loss.to_bits(),
+                r.lr.to_bits(),
+            )
+        })
         .collect()
 }
 
@@ -160,18 +166,37 @@ fn check_architecture(cfg: &ModelConfig) -> R<()> {
     new_trainer(cfg, &train, n)?.fit(&train, &val, Some(dir.path()))?;
     let last = dir.path().join("last.safetensors");
     let registry = Registry::builtin();
-    let resumed =
-        Trainer::resume_request(&last, &registry, &Device::Cpu, &resume_request(n + m))?;
-    assert_eq!(resumed.notes, vec![format!("epochs: {n} -> {} (training extended)", n + m)]);
+    let resumed = Trainer::resume_request(&last, &registry, &Device::Cpu, &resume_request(n + m))?;
+    assert_eq!(
+        resumed.notes,
+        vec![format!("epochs: {n} -> {} (training extended)", n + m)]
+    );
     let mut t = resumed.trainer;
-    assert_eq!(t.config(), &stored_cfg(n + m), "{}: stored configuration kept", cfg.name());
+    assert_eq!(
+        t.config(),
+        &stored_cfg(n + m),
+        "{}: stored configuration kept",
+        cfg.name()
+    );
     let rest = t.fit(&train, &val, Some(dir.path()))?.history;
 
     let name = cfg.name();
-    assert_eq!(numbers(&full_history[n..]), numbers(&rest), "{name}: epoch records");
-    assert_eq!(state_bits(&full)?, state_bits(&t)?, "{name}: weights and moments");
+    assert_eq!(
+        numbers(&full_history[n..]),
+        numbers(&rest),
+        "{name}: epoch records"
+    );
+    assert_eq!(
+        state_bits(&full)?,
+        state_bits(&t)?,
+        "{name}: weights and moments"
+    );
     let full_meta = full.checkpoint()?.training;
-    assert_eq!(full_meta, t.checkpoint()?.training, "{name}: training state");
+    assert_eq!(
+        full_meta,
+        t.checkpoint()?.training,
+        "{name}: training state"
+    );
     let written = Checkpoint::read(&last, &Device::Cpu)?;
     assert_eq!(written.training, full_meta, "{name}: last.safetensors");
     Ok(())
@@ -230,7 +255,10 @@ fn contradicting_requests_are_refused_naming_both_values() -> R<()> {
             ..ResumeRequest::default()
         },
     );
-    assert!(err.contains("--lr = 0.001") && err.contains("has 0.05"), "{err}");
+    assert!(
+        err.contains("--lr = 0.001") && err.contains("has 0.05"),
+        "{err}"
+    );
     let err = conflict(
         &last,
         ResumeRequest {
@@ -238,7 +266,10 @@ fn contradicting_requests_are_refused_naming_both_values() -> R<()> {
             ..ResumeRequest::default()
         },
     );
-    assert!(err.contains("--batch-size = 16") && err.contains("has 4"), "{err}");
+    assert!(
+        err.contains("--batch-size = 16") && err.contains("has 4"),
+        "{err}"
+    );
     let mut other = stored_cfg(3);
     other.loss = LossKind::RelativeL2;
     let err = conflict(

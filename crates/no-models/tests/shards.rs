@@ -96,10 +96,19 @@ fn three_shards_load_and_train_as_the_whole_file() -> R<()> {
     let sharded = tempfile::tempdir().expect("temp dir");
     sharded_dir(sharded.path());
     let whole = tempfile::tempdir().expect("temp dir");
-    save(&samples(0..N, &protocol()), &whole.path().join("train.safetensors"));
-    save(&samples(0..2, &protocol()), &whole.path().join("val.safetensors"));
+    save(
+        &samples(0..N, &protocol()),
+        &whole.path().join("train.safetensors"),
+    );
+    save(
+        &samples(0..2, &protocol()),
+        &whole.path().join("val.safetensors"),
+    );
     // A stray file beside a valid split is ignored, never preferred.
-    save(&samples(0..1, &protocol()), &whole.path().join("train-small.safetensors"));
+    save(
+        &samples(0..1, &protocol()),
+        &whole.path().join("train-small.safetensors"),
+    );
 
     let a = TensorDataset::load_splits(sharded.path())?;
     let b = TensorDataset::load_splits(whole.path())?;
@@ -131,7 +140,10 @@ fn missing_mixed_and_stray_shards_are_errors() {
     );
 
     // A shard of another generation (4 shards).
-    save(&samples(3..6, &protocol()), &dir.path().join("train.shard-1-of-4.safetensors"));
+    save(
+        &samples(3..6, &protocol()),
+        &dir.path().join("train.shard-1-of-4.safetensors"),
+    );
     let err = load_err(dir.path());
     assert!(err.contains("mixed shard counts"), "{err}");
     std::fs::remove_file(dir.path().join("train.shard-1-of-4.safetensors")).expect("rm");
@@ -153,14 +165,23 @@ fn missing_mixed_and_stray_shards_are_errors() {
     let whole = dir.path().join("train.safetensors");
     save(&samples(0..N, &protocol()), &whole);
     let err = load_err(dir.path());
-    assert!(err.contains("a whole train file beside shard files"), "{err}");
+    assert!(
+        err.contains("a whole train file beside shard files"),
+        "{err}"
+    );
     std::fs::remove_file(&whole).expect("rm");
     assert!(TensorDataset::load_splits(dir.path()).is_ok());
 
     // Only a file that follows neither pattern.
     let stray = tempfile::tempdir().expect("temp dir");
-    save(&samples(0..3, &protocol()), &stray.path().join("train-small.safetensors"));
-    save(&samples(0..2, &protocol()), &stray.path().join("val.safetensors"));
+    save(
+        &samples(0..3, &protocol()),
+        &stray.path().join("train-small.safetensors"),
+    );
+    save(
+        &samples(0..2, &protocol()),
+        &stray.path().join("val.safetensors"),
+    );
     let err = load_err(stray.path());
     assert!(
         err.contains("found train-small.safetensors but expected train.safetensors or train.shard-I-of-N.safetensors"),
@@ -173,12 +194,16 @@ fn checksums_are_verified() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("x.safetensors");
     let t = Tensor::ones((2, 3, 4), DType::F32, &Device::Cpu).expect("tensor");
-    let bytes: Vec<u8> = vec![1f32; 24].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let bytes: Vec<u8> = vec![1f32; 24]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
     let mut sums = std::collections::HashMap::new();
-    let good = no_models::checksum::metadata_value(
-        ["input", "v", "w"].map(|n| (n, &bytes[..])),
+    let good = no_models::checksum::metadata_value(["input", "v", "w"].map(|n| (n, &bytes[..])));
+    sums.insert(
+        no_models::checksum::METADATA_KEY.to_string(),
+        good.replace("\"input\":\"", "\"input\":\"0"),
     );
-    sums.insert(no_models::checksum::METADATA_KEY.to_string(), good.replace("\"input\":\"", "\"input\":\"0"));
     let data: Vec<(&str, &Tensor)> = vec![("input", &t), ("v", &t), ("w", &t)];
     safetensors::serialize_to_file(data, Some(sums), &path).expect("write");
     let err = TensorDataset::from_fhn_file(&path).unwrap_err().to_string();

@@ -244,7 +244,10 @@ fn non_finite_data_and_validation_are_errors() -> R<()> {
         val.inputs().clone(),
         Tensor::from_vec(ys, (3, 2, 12, 12), &Device::Cpu)?,
     )?;
-    let err = trainer(1)?.fit(&train, &poisoned, None).unwrap_err().to_string();
+    let err = trainer(1)?
+        .fit(&train, &poisoned, None)
+        .unwrap_err()
+        .to_string();
     assert_eq!(
         err,
         "the validation set holds a non-finite target value NaN at sample 1, index [1, 3, 5] (channel, t, x); every input and target must be finite"
@@ -258,7 +261,10 @@ fn non_finite_data_and_validation_are_errors() -> R<()> {
             epoch,
             ..
         })) => assert_eq!(epoch, 0),
-        other => panic!("expected a non-finite validation error, got {:?}", other.map(|s| s.best_val)),
+        other => panic!(
+            "expected a non-finite validation error, got {:?}",
+            other.map(|s| s.best_val)
+        ),
     }
     Ok(())
 }
@@ -270,7 +276,10 @@ fn empty_split_message() -> R<()> {
         .fit(&synthetic(3, 1)?, &empty, None)
         .unwrap_err()
         .to_string();
-    assert_eq!(err, "the validation set is empty: it needs at least one sample");
+    assert_eq!(
+        err,
+        "the validation set is empty: it needs at least one sample"
+    );
     assert!(trainer(1)?.evaluate(&empty).is_err());
     Ok(())
 }

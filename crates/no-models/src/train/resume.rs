@@ -145,7 +145,12 @@ fn differences(
                     format!("{path}.{k}")
                 };
                 let null = serde_json::Value::Null;
-                differences(&sub, x.get(k).unwrap_or(&null), y.get(k).unwrap_or(&null), out);
+                differences(
+                    &sub,
+                    x.get(k).unwrap_or(&null),
+                    y.get(k).unwrap_or(&null),
+                    out,
+                );
             }
         }
         _ if a != b => out.push((path.to_string(), a.to_string(), b.to_string())),

@@ -202,8 +202,7 @@ impl Trainer {
             .transpose()
             .map_err(|e| file_err(path, format!("stored training configuration: {e}")))?
             .ok_or_else(|| file_err(path, "no training configuration stored"))?;
-        let (cfg, notes) =
-            resume::resolve(&stored, &architecture, meta.epochs_completed, request)?;
+        let (cfg, notes) = resume::resolve(&stored, &architecture, meta.epochs_completed, request)?;
         let state = loaded
             .optimizer
             .clone()

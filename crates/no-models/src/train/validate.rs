@@ -72,7 +72,13 @@ impl AdamWParams {
         })?;
         check(
             self.weight_decay.is_finite() && self.weight_decay >= 0.0,
-            || bad("optimizer.weight_decay", self.weight_decay, "a finite number ≥ 0"),
+            || {
+                bad(
+                    "optimizer.weight_decay",
+                    self.weight_decay,
+                    "a finite number ≥ 0",
+                )
+            },
         )?;
         check(self.lr * self.weight_decay < 1.0, || {
             bad(
@@ -102,7 +108,9 @@ impl Schedule {
                 })
             }
             Schedule::Cosine { t_max, eta_min } => {
-                check(t_max >= 1, || bad("schedule.t_max", t_max, "at least 1 epoch"))?;
+                check(t_max >= 1, || {
+                    bad("schedule.t_max", t_max, "at least 1 epoch")
+                })?;
                 check(eta_min.is_finite() && eta_min >= 0.0, || {
                     bad("schedule.eta_min", eta_min, "a finite number ≥ 0")
                 })
@@ -211,7 +219,10 @@ mod tests {
         let err = parse_train_config(r#"{"optimizer": {"learning_rate": 0.1}}"#)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("`learning_rate`") && err.contains("`lr`"), "{err}");
+        assert!(
+            err.contains("`learning_rate`") && err.contains("`lr`"),
+            "{err}"
+        );
         let err = parse_train_config(r#"{"schedule": {"kind": "cosin", "t_max": 3}}"#)
             .unwrap_err()
             .to_string();
@@ -228,12 +239,24 @@ mod tests {
             (r#"{"optimizer": {"lr": -1}}"#, "optimizer.lr"),
             (r#"{"optimizer": {"beta2": 1}}"#, "optimizer.beta2"),
             (r#"{"optimizer": {"eps": 0}}"#, "optimizer.eps"),
-            (r#"{"optimizer": {"weight_decay": -0.1}}"#, "optimizer.weight_decay"),
+            (
+                r#"{"optimizer": {"weight_decay": -0.1}}"#,
+                "optimizer.weight_decay",
+            ),
             (r#"{"batch_size": 0}"#, "batch_size"),
             (r#"{"epochs": 0}"#, "epochs"),
-            (r#"{"early_stopping_patience": 0}"#, "early_stopping_patience"),
-            (r#"{"schedule": {"kind": "step", "step_size": 0, "gamma": 0.5}}"#, "schedule.step_size"),
-            (r#"{"schedule": {"kind": "cosine", "t_max": 4, "eta_min": -1}}"#, "schedule.eta_min"),
+            (
+                r#"{"early_stopping_patience": 0}"#,
+                "early_stopping_patience",
+            ),
+            (
+                r#"{"schedule": {"kind": "step", "step_size": 0, "gamma": 0.5}}"#,
+                "schedule.step_size",
+            ),
+            (
+                r#"{"schedule": {"kind": "cosine", "t_max": 4, "eta_min": -1}}"#,
+                "schedule.eta_min",
+            ),
         ];
         for (json, field) in cases {
             let err = parse_train_config(json).unwrap_err().to_string();
