@@ -8,24 +8,37 @@
 //!
 //! `--config` is a `ModelConfig` JSON (its `"model"` tag may be omitted: `--model` fills
 //! it); without it the model's defaults are used, with LocalNO's `default_in_shape` and
-//! POD-DeepONet's grid taken from the data. `--train-config` is a `TrainConfig` JSON; the
-//! flags override it. OUT receives `last.safetensors`, `best.safetensors` and `log.jsonl`.
+//! POD-DeepONet's grid taken from the data. `--train-config` is a `TrainConfig` JSON (an
+//! unknown field is an error naming the closest valid one); the flags override it. Every
+//! setting is range-checked before anything is built. OUT receives `last.safetensors`,
+//! `best.safetensors` and `log.jsonl`. DATA holds `SPLIT.safetensors` or the shards
+//! `SPLIT.shard-I-of-N.safetensors` of `generate_dataset --shard` for each split.
+//!
+//! `--resume CKPT` continues the run stored in CKPT exactly: its model, training
+//! configuration, optimiser state, schedule position and best-so-far. A flag not given
+//! keeps the stored value; `--model`, `--batch-size`, `--lr`, `--seed` or a
+//! `--train-config` field that contradicts the stored run is an error naming both values
+//! (start a new run to change them), and `--config` is refused (the checkpoint holds the
+//! model). The only changes allowed are `--epochs` (a new total, at least the epochs
+//! already done; reported) and `--quiet`.
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::Parser;
 use no_layers::init::SeededVarMap;
+use no_models::data::Splits;
 use no_models::pod::{PodBasis, PodDeepOnet};
-use no_models::train::{TrainConfig, Trainer};
-use no_models::{build, ModelConfig, NeuralOperator, Normalizers, TensorDataset};
+use no_models::train::{parse_train_config, ResumeRequest, TrainConfig, Trainer};
+use no_models::{build, ModelConfig, NeuralOperator, Normalizers, Registry, TensorDataset};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
 #[command(about = "Train a neural operator on FHN data")]
 struct Args {
-    /// cno, don, don_cnn, pod_don, fno, tfno or local_no.
-    #[arg(long)]
-    model: String,
+    /// cno, don, don_cnn, pod_don, fno, tfno or local_no (with --resume: optional, must
+    /// match the checkpoint).
+    #[arg(long, required_unless_present = "resume")]
+    model: Option<String>,
     /// Directory with train*.safetensors and val*.safetensors.
     #[arg(long)]
     data: PathBuf,
@@ -47,9 +60,9 @@ struct Args {
     /// Base learning rate.
     #[arg(long)]
     lr: Option<f64>,
-    /// Seed of the weights and the shuffling.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    /// Seed of the weights and the shuffling (default: the training config's, else 0).
+    #[arg(long)]
+    seed: Option<u64>,
     /// Continue from a checkpoint written by a previous run.
     #[arg(long)]
     resume: Option<PathBuf>,
@@ -58,7 +71,7 @@ struct Args {
     quiet: bool,
 }
 
-fn model_config(args: &Args, train: &TensorDataset) -> Result<ModelConfig> {
+fn model_config(args: &Args, model: &str, train: &TensorDataset) -> Result<ModelConfig> {
     let mut json = match &args.config {
         Some(p) => serde_json::from_str(
             &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
@@ -69,12 +82,11 @@ fn model_config(args: &Args, train: &TensorDataset) -> Result<ModelConfig> {
     let obj = json
         .as_object_mut()
         .context("the model config must be a JSON object")?;
-    obj.entry("model")
-        .or_insert_with(|| args.model.clone().into());
+    obj.entry("model").or_insert_with(|| model.into());
     let dims = train.inputs().dims();
     let (nt, nx) = (dims[2], dims[3]);
     if args.config.is_none() {
-        match args.model.as_str() {
+        match model {
             "local_no" => {
                 obj.insert("default_in_shape".into(), serde_json::json!([nt, nx]));
             }
@@ -85,24 +97,19 @@ fn model_config(args: &Args, train: &TensorDataset) -> Result<ModelConfig> {
         }
     }
     let cfg: ModelConfig = serde_json::from_value(json).context("invalid model configuration")?;
-    if cfg.name() != args.model {
-        bail!(
-            "--model {} but the config describes {}",
-            args.model,
-            cfg.name()
-        );
+    if cfg.name() != model {
+        bail!("--model {model} but the config describes {}", cfg.name());
     }
     Ok(cfg)
 }
 
-fn main() -> Result<()> {
-    // candle allocates per op; keep freed buffers instead of re-faulting them (see docs).
-    fhn_neural_operators::allocator::keep_freed_memory();
-    let args = Args::parse();
-    let device = Device::Cpu;
-    let splits = TensorDataset::load_splits(&args.data)?;
-    let mut tcfg: TrainConfig = match &args.train_config {
-        Some(p) => serde_json::from_str(&std::fs::read_to_string(p)?)?,
+/// The training configuration of a new run: the file (if any) with the flags applied.
+fn new_run_config(args: &Args) -> Result<TrainConfig> {
+    let mut tcfg = match &args.train_config {
+        Some(p) => parse_train_config(
+            &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+        )
+        .with_context(|| format!("parsing {}", p.display()))?,
         None => TrainConfig::default(),
     };
     if let Some(e) = args.epochs {
@@ -114,34 +121,85 @@ fn main() -> Result<()> {
     if let Some(lr) = args.lr {
         tcfg.optimizer.lr = lr;
     }
-    tcfg.seed = args.seed;
+    if let Some(seed) = args.seed {
+        tcfg.seed = seed;
+    }
     tcfg.progress = !args.quiet;
+    tcfg.validate()?;
+    Ok(tcfg)
+}
 
-    let mut trainer = match &args.resume {
-        Some(ckpt) => Trainer::resume(ckpt, &device, Some(tcfg.clone()))?,
-        None => {
-            let cfg = model_config(&args, &splits.train)?;
-            let vars = SeededVarMap::new(args.seed);
-            let vb = vars.var_builder(DType::F32, &device);
-            let model: Box<dyn NeuralOperator> = match &cfg {
-                // The POD basis is fitted on the (normalised) training outputs.
-                ModelConfig::PodDon(c) => {
-                    let norm = Normalizers::fit(tcfg.normalizer, &splits.train)?;
-                    let y = norm.output.encode(splits.train.outputs())?;
-                    let basis = PodBasis::fit(&y, c.criterion)?;
-                    Box::new(PodDeepOnet::from_basis(c, &basis, vb)?)
-                }
-                _ => build(&cfg, vb)?,
-            };
-            let p = model.param_count();
-            eprintln!(
-                "{}: {} parameters ({} real numbers)",
-                cfg.name(),
-                p.numel,
-                p.real
-            );
-            Trainer::new(model, vars, tcfg.clone(), &device)?
+/// A trainer continuing `ckpt` under the resume rule (see the module documentation).
+fn resumed_trainer(args: &Args, ckpt: &std::path::Path, device: &Device) -> Result<Trainer> {
+    if args.config.is_some() {
+        bail!("--config with --resume: the model configuration is stored in the checkpoint; drop --config");
+    }
+    let train_config = match &args.train_config {
+        Some(p) => Some(
+            parse_train_config(
+                &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+            )
+            .with_context(|| format!("parsing {}", p.display()))?,
+        ),
+        None => None,
+    };
+    let request = ResumeRequest {
+        model: args.model.clone(),
+        train_config,
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        lr: args.lr,
+        seed: args.seed,
+        progress: Some(!args.quiet),
+    };
+    let resumed = Trainer::resume_request(ckpt, &Registry::builtin(), device, &request)?;
+    let done = resumed.trainer.meta().epochs_completed;
+    eprintln!(
+        "resuming {} after {done} epochs with its stored configuration",
+        ckpt.display()
+    );
+    for note in &resumed.notes {
+        eprintln!("  changed: {note}");
+    }
+    Ok(resumed.trainer)
+}
+
+/// A freshly initialised trainer for a new run.
+fn new_trainer(args: &Args, splits: &Splits, device: &Device) -> Result<Trainer> {
+    let tcfg = new_run_config(args)?;
+    let name = args.model.as_deref().context("--model is required")?;
+    let cfg = model_config(args, name, &splits.train)?;
+    let vars = SeededVarMap::new(tcfg.seed);
+    let vb = vars.var_builder(DType::F32, device);
+    let model: Box<dyn NeuralOperator> = match &cfg {
+        // The POD basis is fitted on the (normalised) training outputs.
+        ModelConfig::PodDon(c) => {
+            let norm = Normalizers::fit(tcfg.normalizer, &splits.train)?;
+            let y = norm.output.encode(splits.train.outputs())?;
+            let basis = PodBasis::fit(&y, c.criterion)?;
+            Box::new(PodDeepOnet::from_basis(c, &basis, vb)?)
         }
+        _ => build(&cfg, vb)?,
+    };
+    let p = model.param_count();
+    eprintln!(
+        "{}: {} parameters ({} real numbers)",
+        cfg.name(),
+        p.numel,
+        p.real
+    );
+    Ok(Trainer::new(model, vars, tcfg, device)?)
+}
+
+fn main() -> Result<()> {
+    // candle allocates per op; keep freed buffers instead of re-faulting them (see docs).
+    fhn_neural_operators::allocator::keep_freed_memory();
+    let args = Args::parse();
+    let device = Device::Cpu;
+    let splits = TensorDataset::load_splits(&args.data)?;
+    let mut trainer = match &args.resume {
+        Some(ckpt) => resumed_trainer(&args, ckpt, &device)?,
+        None => new_trainer(&args, &splits, &device)?,
     };
     let summary = trainer.fit(&splits.train, &splits.val, Some(&args.out))?;
     for r in &summary.history {
@@ -150,16 +208,31 @@ fn main() -> Result<()> {
             r.epoch, r.train_loss, r.val_loss, r.lr, r.wall_s, r.samples_per_s
         );
     }
+    if summary.history.is_empty() {
+        println!(
+            "nothing trained: the run already has {} of {} epochs{}; no checkpoint written",
+            trainer.meta().epochs_completed,
+            trainer.config().epochs,
+            if summary.stopped_early {
+                " (early stop)"
+            } else {
+                ""
+            },
+        );
+        return Ok(());
+    }
     if let Some(test) = &splits.test {
+        test.check_finite("test")?;
         println!(
             "test relative L2 (last weights): {:.5}",
             trainer.evaluate(test)?
         );
     }
+    let (Some(best_val), Some(best_epoch)) = (summary.best_val, summary.best_epoch) else {
+        bail!("training ran but recorded no best validation error");
+    };
     println!(
-        "best validation {:.5} at epoch {:?}{}; checkpoints in {}",
-        summary.best_val.unwrap_or(f64::NAN),
-        summary.best_epoch,
+        "best validation {best_val:.5} at epoch {best_epoch}{}; checkpoints in {}",
         if summary.stopped_early {
             " (early stop)"
         } else {

@@ -2,7 +2,10 @@
 //!
 //! `no-models` knows nothing of the solver: it reads the `fhn-solver` dataset files
 //! (safetensors holding `input`, `v` and `w` as `[N, nt, nx]`) by tensor name with the
-//! `safetensors` crate, or takes any `[N, C, nt, nx]` tensors directly.
+//! `safetensors` crate, or takes any `[N, C, nt, nx]` tensors directly. A split of a
+//! dataset directory is one file `SPLIT.safetensors` or the shards
+//! `SPLIT.shard-I-of-N.safetensors` written by `generate_dataset --shard` (see
+//! [`TensorDataset::load_split`]); checksums in the `tensor_crc32` metadata are verified.
 //!
 //! Normalisers are **per channel** (one shift and one scale per channel, reduced over
 //! samples, time and space) rather than pointwise as in neuraloperator's
@@ -11,9 +14,11 @@
 //! They are fitted on the training set only and travel inside checkpoints.
 
 use crate::error::{ModelError, Result};
+use crate::train::TrainError;
 use candle_core::{DType, Device, Tensor};
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// Inputs and targets of a supervised operator-learning dataset, on the CPU in f32 (as
@@ -57,59 +62,125 @@ impl TensorDataset {
     }
 
     /// Loads any safetensors file, stacking the named tensors as channels.
+    /// A `tensor_crc32` checksum in the metadata is verified first.
     pub fn from_safetensors(
         path: impl AsRef<Path>,
         input_keys: &[&str],
         output_keys: &[&str],
     ) -> Result<Self> {
-        let path = path.as_ref();
-        let buf = std::fs::read(path).map_err(|source| ModelError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let st = safetensors::SafeTensors::deserialize(&buf).map_err(|e| file_err(path, e))?;
-        let stack = |keys: &[&str]| -> Result<Tensor> {
-            let mut chans = Vec::with_capacity(keys.len());
-            for key in keys {
-                chans.push(read_channel(&st, path, key)?);
-            }
-            Ok(Tensor::cat(&chans, 1)?)
-        };
-        let (inputs, outputs) = (stack(input_keys)?, stack(output_keys)?);
-        Self::new(inputs, outputs).map_err(|e| file_err(path, e))
+        Ok(read_file(path.as_ref(), input_keys, output_keys)?.0)
     }
+}
 
-    /// Loads `train`, `val` and (if present) `test` splits from a directory written by
-    /// `generate_dataset`: the first file whose stem starts with the split name
-    /// (`train.safetensors`, `val.safetensors`, `valid...`, `test.safetensors`).
+/// Reads a dataset file (verifying its checksums) and returns it with its metadata.
+fn read_file(
+    path: &Path,
+    input_keys: &[&str],
+    output_keys: &[&str],
+) -> Result<(TensorDataset, HashMap<String, String>)> {
+    let buf = std::fs::read(path).map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&buf).map_err(|e| {
+        file_err(
+            path,
+            format!("not a readable safetensors file (truncated or corrupt?): {e}"),
+        )
+    })?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    let st = safetensors::SafeTensors::deserialize(&buf).map_err(|e| file_err(path, e))?;
+    crate::checksum::verify(
+        &st,
+        meta.get(crate::checksum::METADATA_KEY).map(String::as_str),
+    )
+    .map_err(|e| file_err(path, e))?;
+    let stack = |keys: &[&str]| -> Result<Tensor> {
+        let mut chans = Vec::with_capacity(keys.len());
+        for key in keys {
+            chans.push(read_channel(&st, path, key)?);
+        }
+        Ok(Tensor::cat(&chans, 1)?)
+    };
+    let (inputs, outputs) = (stack(input_keys)?, stack(output_keys)?);
+    let data = TensorDataset::new(inputs, outputs).map_err(|e| file_err(path, e))?;
+    Ok((data, meta))
+}
+
+impl TensorDataset {
+    /// Loads `train`, `val` and (if present) `test` from a directory written by
+    /// `generate_dataset`, each by [`Self::load_split`].
     pub fn load_splits(dir: impl AsRef<Path>) -> Result<Splits> {
         let dir = dir.as_ref();
-        let find = |prefixes: &[&str]| -> Result<Option<PathBuf>> {
-            let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
-                .map_err(|source| ModelError::Io {
-                    path: dir.to_path_buf(),
-                    source,
-                })?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
-                .filter(|p| {
-                    let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or("");
-                    prefixes.iter().any(|pre| stem.starts_with(pre))
-                })
-                .collect();
-            found.sort();
-            Ok(found.into_iter().next())
-        };
-        let need = |p: Option<PathBuf>, what: &str| {
-            p.ok_or_else(|| ModelError::File {
+        let need = |split: &str| -> Result<Self> {
+            Self::load_split(dir, split)?.ok_or_else(|| ModelError::File {
                 path: dir.to_path_buf(),
-                reason: format!("no {what}*.safetensors file in this directory"),
+                reason: format!(
+                    "no {split} split: expected {split}.safetensors or the shards {split}.shard-I-of-N.safetensors (I = 0..N-1)"
+                ),
             })
         };
-        let train = Self::from_fhn_file(need(find(&["train"])?, "train")?)?;
-        let val = Self::from_fhn_file(need(find(&["val"])?, "val")?)?;
-        let test = find(&["test"])?.map(Self::from_fhn_file).transpose()?;
+        let train = need("train")?;
+        let val = need("val")?;
+        let test = Self::load_split(dir, "test")?;
         Ok(Splits { train, val, test })
+    }
+
+    /// Loads one split of a dataset directory: `SPLIT.safetensors`, or else every
+    /// `SPLIT.shard-I-of-N.safetensors` (I = 0..N-1) concatenated in shard order, after
+    /// checking that they form one dataset (one N, every shard once, identical `protocol`
+    /// metadata, contiguous `first_index`, and `shard`/`n_total` metadata where present).
+    /// `None` when no file of the split exists. A whole file beside shards, a missing,
+    /// duplicate or mixed shard, or only files whose name starts with the split name but
+    /// follows neither pattern, are errors saying what was found and what was expected.
+    pub fn load_split(dir: impl AsRef<Path>, split: &str) -> Result<Option<Self>> {
+        let dir = dir.as_ref();
+        let files = split_files(dir, split)?;
+        let whole = files
+            .whole
+            .then(|| dir.join(format!("{split}.safetensors")));
+        match (whole, files.shards.is_empty()) {
+            (Some(w), true) => Ok(Some(Self::from_fhn_file(w)?)),
+            (Some(w), false) => Err(file_err(
+                &w,
+                format!(
+                    "a whole {split} file beside shard files ({}): expected one or the other; remove the stale one",
+                    names(&files.shards)
+                ),
+            )),
+            (None, false) => load_shards(dir, split, &files.shards).map(Some),
+            (None, true) if files.other.is_empty() => Ok(None),
+            (None, true) => Err(ModelError::File {
+                path: dir.to_path_buf(),
+                reason: format!(
+                    "found {} but expected {split}.safetensors or {split}.shard-I-of-N.safetensors",
+                    files.other.join(", ")
+                ),
+            }),
+        }
+    }
+
+    /// Errors on the first NaN or infinity among the inputs and targets, naming `split`,
+    /// the sample and the index within it.
+    pub fn check_finite(&self, split: &str) -> Result<()> {
+        for (tensor, t) in [("input", &self.inputs), ("target", &self.outputs)] {
+            let values = t.flatten_all()?.to_vec1::<f32>()?;
+            if let Some(flat) = values.iter().position(|v| !v.is_finite()) {
+                let dims = t.dims();
+                let per_sample = dims[1..].iter().product::<usize>().max(1);
+                let (sample, rest) = (flat / per_sample, flat % per_sample);
+                let (c, r) = (rest / (dims[2] * dims[3]), rest % (dims[2] * dims[3]));
+                return Err(TrainError::NonFiniteData {
+                    split: split.to_string(),
+                    tensor,
+                    sample,
+                    index: vec![c, r / dims[3], r % dims[3]],
+                    value: values[flat],
+                }
+                .into());
+            }
+        }
+        Ok(())
     }
 
     /// Number of samples.
@@ -351,6 +422,224 @@ fn read_channel(st: &safetensors::SafeTensors<'_>, path: &Path, key: &str) -> Re
             format!("tensor `{key}` has shape {d:?}, expected [N, nt, nx] or [N, 1, nt, nx]"),
         )),
     }
+}
+
+/// The files of one split in a directory.
+struct SplitFiles {
+    /// `SPLIT.safetensors` exists.
+    whole: bool,
+    /// `(I, N, file name)` of every `SPLIT.shard-I-of-N.safetensors`.
+    shards: Vec<(usize, usize, String)>,
+    /// Other `.safetensors` files whose name starts with the split name.
+    other: Vec<String>,
+}
+
+fn split_files(dir: &Path, split: &str) -> Result<SplitFiles> {
+    let io = |source| ModelError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut found = SplitFiles {
+        whole: false,
+        shards: Vec::new(),
+        other: Vec::new(),
+    };
+    let mut entries: Vec<String> = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let name = entry.map_err(io)?.file_name();
+        if let Some(name) = name.to_str() {
+            entries.push(name.to_string());
+        }
+    }
+    entries.sort();
+    for name in entries {
+        if !name.starts_with(split) || !name.ends_with(".safetensors") {
+            continue;
+        }
+        if name == format!("{split}.safetensors") {
+            found.whole = true;
+        } else if let Some((i, n)) = parse_shard_name(&name, split) {
+            found.shards.push((i, n, name));
+        } else {
+            found.other.push(name);
+        }
+    }
+    found.shards.sort();
+    Ok(found)
+}
+
+/// `(I, N)` of `SPLIT.shard-I-of-N.safetensors` written canonically (no leading zeros).
+fn parse_shard_name(name: &str, split: &str) -> Option<(usize, usize)> {
+    let rest = name
+        .strip_prefix(split)?
+        .strip_prefix(".shard-")?
+        .strip_suffix(".safetensors")?;
+    let (i, n) = rest.split_once("-of-")?;
+    let (i, n): (usize, usize) = (i.parse().ok()?, n.parse().ok()?);
+    (format!("{split}.shard-{i}-of-{n}.safetensors") == name).then_some((i, n))
+}
+
+fn names(shards: &[(usize, usize, String)]) -> String {
+    shards
+        .iter()
+        .map(|(_, _, n)| n.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Checks that the shard file names form one complete set `0..N` of one `N`.
+fn check_shard_set(dir: &Path, split: &str, shards: &[(usize, usize, String)]) -> Result<()> {
+    let err = |reason: String| ModelError::File {
+        path: dir.to_path_buf(),
+        reason,
+    };
+    let count = shards[0].1;
+    if let Some((_, n, name)) = shards.iter().find(|(_, n, _)| *n != count) {
+        return Err(err(format!(
+            "mixed shard counts: {} is one of {n} but {} is one of {count}; expected all {split} shards of one generation",
+            name, shards[0].2
+        )));
+    }
+    for pair in shards.windows(2) {
+        if pair[0].0 == pair[1].0 {
+            return Err(err(format!("shard {} of {split} appears twice", pair[0].0)));
+        }
+    }
+    if let Some((i, _, name)) = shards.iter().find(|(i, _, _)| *i >= count) {
+        return Err(err(format!(
+            "{name}: shard index {i} is not below the shard count {count}"
+        )));
+    }
+    let missing: Vec<String> = (0..count)
+        .filter(|i| !shards.iter().any(|(j, _, _)| j == i))
+        .map(|i| format!("{split}.shard-{i}-of-{count}.safetensors"))
+        .collect();
+    if !missing.is_empty() {
+        return Err(err(format!(
+            "missing {}: found only {} (expected shards 0..{count})",
+            missing.join(", "),
+            names(shards)
+        )));
+    }
+    Ok(())
+}
+
+/// Reads the shards in order, checks their metadata agree and concatenates them.
+fn load_shards(
+    dir: &Path,
+    split: &str,
+    shards: &[(usize, usize, String)],
+) -> Result<TensorDataset> {
+    check_shard_set(dir, split, shards)?;
+    let mut parts: Vec<TensorDataset> = Vec::with_capacity(shards.len());
+    let mut first: Option<(PathBuf, HashMap<String, String>)> = None;
+    let mut next_index = 0usize;
+    for (i, n, name) in shards {
+        let path = dir.join(name);
+        let (data, meta) = read_file(&path, &["input"], &["v", "w"])?;
+        check_shard_meta(&path, (*i, *n), &meta, first.as_ref(), next_index)?;
+        next_index = next_index
+            .checked_add(data.len())
+            .ok_or_else(|| file_err(&path, "sample count overflows"))?;
+        if first.is_none() {
+            first = Some((path.clone(), meta));
+        }
+        parts.push(data);
+    }
+    if let Some((path, meta)) = &first {
+        if let Some(total) = meta.get("n_total") {
+            if total.parse::<usize>().ok() != Some(next_index) {
+                return Err(file_err(
+                    path,
+                    format!(
+                        "metadata `n_total` is {total} but the {} shards hold {next_index} samples",
+                        shards.len()
+                    ),
+                ));
+            }
+        }
+    }
+    concat(&parts, dir)
+}
+
+/// One shard's metadata against its file name and the first shard's.
+fn check_shard_meta(
+    path: &Path,
+    (i, n): (usize, usize),
+    meta: &HashMap<String, String>,
+    first: Option<&(PathBuf, HashMap<String, String>)>,
+    expected_first_index: usize,
+) -> Result<()> {
+    if let Some(s) = meta.get("shard") {
+        if *s != format!("{i}/{n}") {
+            return Err(file_err(
+                path,
+                format!("metadata `shard` is {s:?} but the file name says {i}/{n}"),
+            ));
+        }
+    }
+    let first_index = meta
+        .get("first_index")
+        .ok_or_else(|| {
+            file_err(
+                path,
+                "shard without `first_index` metadata: expected a file written by generate_dataset --shard",
+            )
+        })?
+        .parse::<usize>()
+        .map_err(|e| file_err(path, format!("metadata `first_index`: {e}")))?;
+    if first_index != expected_first_index {
+        return Err(file_err(
+            path,
+            format!(
+                "metadata `first_index` is {first_index}, expected {expected_first_index} (the samples before it, from the shards before it): the shards do not form one contiguous dataset"
+            ),
+        ));
+    }
+    if let Some((first_path, first_meta)) = first {
+        for key in ["protocol", "n_total"] {
+            if meta.get(key) != first_meta.get(key) {
+                return Err(file_err(
+                    path,
+                    format!(
+                        "metadata `{key}` differs from {}'s: the shards come from different generations",
+                        first_path.display()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Concatenates datasets along the samples, checking the memory need first.
+fn concat(parts: &[TensorDataset], dir: &Path) -> Result<TensorDataset> {
+    let per_sample = |t: &Tensor| t.dims()[1..].iter().product::<usize>();
+    // The concatenation copies every shard once more: check its size is addressable.
+    parts
+        .iter()
+        .try_fold(0usize, |bytes, p| {
+            (per_sample(p.inputs()) + per_sample(p.outputs()))
+                .checked_mul(p.len())?
+                .checked_mul(std::mem::size_of::<f32>())?
+                .checked_add(bytes)
+        })
+        .ok_or_else(|| {
+            file_err(
+                dir,
+                "the shards together need more memory than can be addressed",
+            )
+        })?;
+    let cat = |f: fn(&TensorDataset) -> &Tensor| -> Result<Tensor> {
+        let ts: Vec<&Tensor> = parts.iter().map(f).collect();
+        Tensor::cat(&ts, 0).map_err(|e| {
+            file_err(
+                dir,
+                format!("shards with different channel or grid sizes: {e}"),
+            )
+        })
+    };
+    TensorDataset::new(cat(TensorDataset::inputs)?, cat(TensorDataset::outputs)?)
 }
 
 fn shape_err(context: &str, got: &[usize], expected: &str) -> ModelError {

@@ -67,6 +67,9 @@ pub enum ModelError {
         /// The loss value.
         loss: f64,
     },
+    /// A training setting, resume request, dataset value or validation result is unusable.
+    #[error(transparent)]
+    Training(#[from] crate::train::TrainError),
     /// An I/O error.
     #[error("I/O error on {path}: {source}")]
     Io {

@@ -108,9 +108,10 @@ fn non_finite_loss_names_epoch_and_batch_and_keeps_last_checkpoint() -> R<()> {
     let last = dir.path().join("last.safetensors");
     let before = std::fs::read(&last).expect("read last");
 
-    // Sample 4 becomes NaN; the normalisers come from the checkpoint, so they stay finite.
+    // Sample 4 becomes huge (finite, so the data check passes, but the forward overflows);
+    // the normalisers come from the checkpoint, so they stay finite.
     let mut x = train.inputs().clone();
-    let nan = Tensor::full(f32::NAN, (1, 1, 12, 12), &Device::Cpu)?;
+    let nan = Tensor::full(f32::MAX, (1, 1, 12, 12), &Device::Cpu)?;
     x = Tensor::cat(&[x.narrow(0, 0, 4)?, nan, x.narrow(0, 5, 2)?], 0)?;
     let poisoned = TensorDataset::new(x, train.outputs().clone())?;
     let expected_batch = poisoned
@@ -183,9 +184,10 @@ fn early_stopping_stops_when_validation_stalls() -> R<()> {
     let (train, val) = (synthetic(4, 5)?, synthetic(2, 6)?);
     let vars = SeededVarMap::new(1);
     let model = build(&model_cfg(), vars.var_builder(DType::F32, &Device::Cpu))?;
-    // A zero learning rate never improves on the first epoch's validation error.
+    // A learning rate far below f32 resolution leaves the weights, hence the validation
+    // error, unchanged after the first epoch (a zero rate is refused).
     let mut cfg = train_cfg(20);
-    cfg.optimizer.lr = 0.0;
+    cfg.optimizer.lr = 1e-30;
     cfg.early_stopping_patience = Some(2);
     let mut t = Trainer::new(model, vars, cfg, &Device::Cpu)?;
     let s = t.fit(&train, &val, None)?;
@@ -207,5 +209,77 @@ fn empty_sets_and_zero_batch_are_errors() -> R<()> {
     let mut t = trainer(1)?;
     let empty = synthetic(2, 1)?.take(0)?;
     assert!(t.fit(&empty, &synthetic(2, 1)?, None::<&Path>).is_err());
+    Ok(())
+}
+
+#[test]
+fn invalid_settings_are_refused_naming_the_field() -> R<()> {
+    let build_with = |cfg: TrainConfig| {
+        let vars = SeededVarMap::new(1);
+        let model = build(&model_cfg(), vars.var_builder(DType::F32, &Device::Cpu))?;
+        Trainer::new(model, vars, cfg, &Device::Cpu).map(|_| ())
+    };
+    let mut nan_lr = train_cfg(1);
+    nan_lr.optimizer.lr = f64::NAN;
+    let err = build_with(nan_lr).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "invalid training setting `optimizer.lr` = NaN: expected a finite number > 0"
+    );
+    let mut eps = train_cfg(1);
+    (eps.optimizer.eps, eps.optimizer.beta2) = (0.0, 1.0);
+    let err = build_with(eps).unwrap_err().to_string();
+    assert!(err.contains("optimizer.beta2"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn non_finite_data_and_validation_are_errors() -> R<()> {
+    let (train, val) = (synthetic(5, 1)?, synthetic(3, 2)?);
+    // A NaN target in the validation set: named by split, sample and index.
+    let mut ys = val.outputs().flatten_all()?.to_vec1::<f32>()?;
+    let per_sample = 2 * 12 * 12;
+    ys[per_sample + 12 * 12 + 3 * 12 + 5] = f32::NAN;
+    let poisoned = TensorDataset::new(
+        val.inputs().clone(),
+        Tensor::from_vec(ys, (3, 2, 12, 12), &Device::Cpu)?,
+    )?;
+    let err = trainer(1)?
+        .fit(&train, &poisoned, None)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "the validation set holds a non-finite target value NaN at sample 1, index [1, 3, 5] (channel, t, x); every input and target must be finite"
+    );
+    // Weights that overflow give an infinite validation error: refused, naming the epoch.
+    let mut t = trainer(1)?;
+    let big = Tensor::full(1e30f32, (3, 1, 12, 12), &Device::Cpu)?;
+    let huge_val = TensorDataset::new(big, val.outputs().clone())?;
+    match t.fit(&train, &huge_val, None) {
+        Err(ModelError::Training(no_models::train::TrainError::NonFiniteValidation {
+            epoch,
+            ..
+        })) => assert_eq!(epoch, 0),
+        other => panic!(
+            "expected a non-finite validation error, got {:?}",
+            other.map(|s| s.best_val)
+        ),
+    }
+    Ok(())
+}
+
+#[test]
+fn empty_split_message() -> R<()> {
+    let empty = synthetic(2, 1)?.take(0)?;
+    let err = trainer(1)?
+        .fit(&synthetic(3, 1)?, &empty, None)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "the validation set is empty: it needs at least one sample"
+    );
+    assert!(trainer(1)?.evaluate(&empty).is_err());
     Ok(())
 }

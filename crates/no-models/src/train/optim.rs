@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 
 /// Hyper-parameters of AdamW.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct AdamWParams {
     /// Base learning rate.
     pub lr: f64,

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// How the learning rate evolves with the epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Schedule {
     /// The base rate throughout.
     #[default]

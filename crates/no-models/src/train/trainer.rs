@@ -8,8 +8,10 @@
 //! epoch, so a run resumed from `last.safetensors` takes exactly the steps an
 //! uninterrupted run would.
 
+use super::error::TrainError;
 use super::loss::{relative_l2_per_channel, LossKind};
 use super::optim::{AdamW, AdamWParams};
+use super::resume::{self, ResumeRequest, Resumed};
 use super::schedule::Schedule;
 use crate::checkpoint::{snapshot, Checkpoint, TrainingMeta};
 use crate::data::{NormalizerKind, Normalizers, TensorDataset};
@@ -36,7 +38,7 @@ pub enum LogFormat {
 
 /// Settings of a training run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
     /// Total number of epochs (a resumed run continues up to this).
     pub epochs: usize,
@@ -126,16 +128,15 @@ pub struct Trainer {
 }
 
 impl Trainer {
-    /// A trainer for a freshly built model whose variables live in `vars` on `device`.
+    /// A trainer for a freshly built model whose variables live in `vars` on `device`;
+    /// every setting of `cfg` is checked first ([`TrainConfig::validate`]).
     pub fn new(
         model: Box<dyn NeuralOperator>,
         vars: SeededVarMap,
         cfg: TrainConfig,
         device: &Device,
     ) -> Result<Self> {
-        if cfg.batch_size == 0 {
-            return Err(invalid("batch_size must be at least 1"));
-        }
+        cfg.validate()?;
         let opt = AdamW::new(vars.varmap(), cfg.optimizer)?;
         Ok(Self {
             model,
@@ -148,8 +149,10 @@ impl Trainer {
         })
     }
 
-    /// Continues a run from a checkpoint written by [`Trainer::fit`] (`last.safetensors`).
-    /// `cfg` overrides the stored training configuration (typically to raise `epochs`).
+    /// Continues a run from a checkpoint written by [`Trainer::fit`] (`last.safetensors`)
+    /// with its stored training configuration. A `cfg` given must agree with it except for
+    /// `epochs` (to train longer) and `progress` (see [`super::resume`]); any other
+    /// difference is a [`TrainError::ResumeConflict`].
     pub fn resume(
         path: impl AsRef<Path>,
         device: &Device,
@@ -166,30 +169,47 @@ impl Trainer {
         device: &Device,
         cfg: Option<TrainConfig>,
     ) -> Result<Self> {
+        let request = ResumeRequest {
+            train_config: cfg,
+            ..ResumeRequest::default()
+        };
+        Ok(Self::resume_request(path, registry, device, &request)?.trainer)
+    }
+
+    /// Continues a run from `path` as `train --resume` does: the stored configuration,
+    /// with the changes `request` may make (longer training); a request contradicting the
+    /// stored run (another architecture, learning rate, batch size, ...) is an error naming
+    /// both values. The notes say what was changed.
+    pub fn resume_request(
+        path: impl AsRef<Path>,
+        registry: &crate::Registry,
+        device: &Device,
+        request: &ResumeRequest,
+    ) -> Result<Resumed> {
         let path = path.as_ref();
         let ckpt = Checkpoint::read(path, device)?;
+        let architecture = ckpt.architecture()?.to_string();
         let had_norm = ckpt.normalizers.is_some();
         let loaded = ckpt.into_model_with(registry, device, path)?;
         let meta = loaded
             .training
             .clone()
             .ok_or_else(|| file_err(path, "no training state to resume from"))?;
-        let cfg = match cfg {
-            Some(c) => c,
-            None => meta
-                .train_config
-                .clone()
-                .map(serde_json::from_value)
-                .transpose()?
-                .ok_or_else(|| file_err(path, "no training configuration stored; pass one"))?,
-        };
+        let stored = meta
+            .train_config
+            .clone()
+            .map(super::validate::train_config_from_value)
+            .transpose()
+            .map_err(|e| file_err(path, format!("stored training configuration: {e}")))?
+            .ok_or_else(|| file_err(path, "no training configuration stored"))?;
+        let (cfg, notes) = resume::resolve(&stored, &architecture, meta.epochs_completed, request)?;
         let state = loaded
             .optimizer
             .clone()
             .ok_or_else(|| file_err(path, "no optimizer state to resume from"))?;
         let opt = AdamW::with_state(loaded.vars.varmap(), state)
             .map_err(|e| file_err(path, e.to_string()))?;
-        Ok(Self {
+        let trainer = Self {
             model: loaded.model,
             vars: loaded.vars,
             cfg,
@@ -197,7 +217,8 @@ impl Trainer {
             normalizers: had_norm.then_some(loaded.normalizers),
             meta,
             device: device.clone(),
-        })
+        };
+        Ok(Resumed { trainer, notes })
     }
 
     /// Changes the total number of epochs (to continue a run in stages).
@@ -245,14 +266,25 @@ impl Trainer {
 
     /// Trains up to `cfg.epochs` epochs (from where a resumed run stopped). With `out_dir`,
     /// writes `last.safetensors` every epoch, `best.safetensors` on improvement and the log.
+    ///
+    /// Errors before any step: an empty set ([`TrainError::EmptySplit`]), a NaN or infinite
+    /// input or target ([`TrainError::NonFiniteData`]). During training: a non-finite loss
+    /// or validation error ([`TrainError::NonFiniteValidation`]); the checkpoints then keep
+    /// the last good epoch.
     pub fn fit(
         &mut self,
         train: &TensorDataset,
         val: &TensorDataset,
         out_dir: Option<&Path>,
     ) -> Result<TrainSummary> {
-        if train.is_empty() || val.is_empty() {
-            return Err(invalid("training and validation sets must not be empty"));
+        for (split, data) in [("training", train), ("validation", val)] {
+            if data.is_empty() {
+                return Err(TrainError::EmptySplit {
+                    split: split.to_string(),
+                }
+                .into());
+            }
+            data.check_finite(split)?;
         }
         if self.normalizers.is_none() {
             self.normalizers = Some(Normalizers::fit(self.cfg.normalizer, train)?);
@@ -335,6 +367,13 @@ impl Trainer {
         }
         let train_secs = t0.elapsed().as_secs_f64();
         let val_loss = self.evaluate(val)?;
+        if !val_loss.is_finite() {
+            return Err(TrainError::NonFiniteValidation {
+                epoch,
+                value: val_loss,
+            }
+            .into());
+        }
         Ok(EpochRecord {
             epoch,
             train_loss: sum / count.max(1) as f64,
@@ -372,7 +411,14 @@ impl Trainer {
     }
 
     /// Mean relative L2 (over samples and output channels) in physical units, no update.
+    /// An empty set is an error (its mean would be NaN).
     pub fn evaluate(&self, data: &TensorDataset) -> Result<f64> {
+        if data.is_empty() {
+            return Err(TrainError::EmptySplit {
+                split: "evaluated".to_string(),
+            }
+            .into());
+        }
         let norm = self
             .normalizers
             .clone()
@@ -424,7 +470,7 @@ impl Trainer {
         if !self.cfg.progress {
             return ProgressBar::hidden();
         }
-        let total = (self.cfg.epochs.saturating_sub(start) * steps_per_epoch) as u64;
+        let total = (self.cfg.epochs.saturating_sub(start)).saturating_mul(steps_per_epoch) as u64;
         let bar = ProgressBar::new(total);
         let style = ProgressStyle::with_template(
             "{bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {per_sec} {msg}",
