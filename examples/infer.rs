@@ -13,8 +13,8 @@
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
-use no_models::inference::npy;
 use clap::Parser;
+use no_models::inference::npy;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
@@ -65,7 +65,13 @@ fn main() -> Result<()> {
         let len = args.batch_size.min(n - start);
         let part = loaded
             .predict_physical_with(twin.as_ref(), &x.narrow(0, start, len)?)
-            .with_context(|| format!("samples {start}..{} of {}", start + len, args.input.display()))?;
+            .with_context(|| {
+                format!(
+                    "samples {start}..{} of {}",
+                    start + len,
+                    args.input.display()
+                )
+            })?;
         parts.push(part.to_dtype(DType::F32)?);
     }
     let y = Tensor::cat(&parts, 0)?;

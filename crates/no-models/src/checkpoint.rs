@@ -191,8 +191,9 @@ impl Checkpoint {
             crate::checksum::metadata_value(data.iter().map(|(n, d)| (*n, d.as_slice()))),
         );
         drop(data);
-        let bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(meta))
-            .map_err(|e| file_err(path, format!("cannot serialise checkpoint: {e}")))?;
+        let bytes =
+            safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(meta))
+                .map_err(|e| file_err(path, format!("cannot serialise checkpoint: {e}")))?;
         write_atomic(path, &bytes)
     }
 

@@ -87,7 +87,9 @@ pub fn build(config: &ModelConfig, vb: VarBuilder) -> Result<Box<dyn NeuralOpera
         || {
             let count = config
                 .param_bound()
-                .map_or("an overflowing number of".to_string(), |n| format!("up to {n}"));
+                .map_or("an overflowing number of".to_string(), |n| {
+                    format!("up to {n}")
+                });
             format!(
                 "the {} configuration ({count} parameters as {:?})",
                 config.name(),
@@ -237,8 +239,7 @@ impl ModelConfig {
         }
         match self {
             ModelConfig::Fno(c) | ModelConfig::Tfno(c) => {
-                if let Some(no_layers::layers::spectral::tucker::TuckerRank::Fraction(r)) = c.rank
-                {
+                if let Some(no_layers::layers::spectral::tucker::TuckerRank::Fraction(r)) = c.rank {
                     if !(r.is_finite() && r > 0.0) {
                         return bad(format!("rank must be a finite fraction > 0, got {r}"));
                     }
@@ -284,7 +285,11 @@ impl ModelConfig {
                 let [k0, k1] = c.disco_kernel_shape;
                 let [nt, nx] = c.default_in_shape;
                 let k = c.fin_diff_kernel_size;
-                let local = sum(&[mul(&[h, h, k0, k1]), mul(&[h, h, k, k]), mul(&[nt, nx, k0, k1])]);
+                let local = sum(&[
+                    mul(&[h, h, k0, k1]),
+                    mul(&[h, h, k, k]),
+                    mul(&[nt, nx, k0, k1]),
+                ]);
                 fno_family(
                     (c.in_channels, c.out_channels, h, c.n_layers),
                     &c.n_modes,
@@ -303,14 +308,23 @@ impl ModelConfig {
                     .checked_mul(c.channel_multiplier)?
                     .checked_mul(2)?;
                 let convs = sum(&[
-                    mul(&[c.n_layers.checked_add(1)?, c.n_res.checked_mul(2)?.checked_add(4)?]),
+                    mul(&[
+                        c.n_layers.checked_add(1)?,
+                        c.n_res.checked_mul(2)?.checked_add(4)?,
+                    ]),
                     mul(&[2, c.n_res_neck]),
                     Some(4),
                 ]);
                 let per_conv = mul(&[widest, widest, c.kernel_size, c.kernel_size]);
                 sum(&[
                     convs.and_then(|n| n.checked_mul(per_conv?)),
-                    mul(&[4, c.latent_lift_proj_dim, widest, c.kernel_size, c.kernel_size]),
+                    mul(&[
+                        4,
+                        c.latent_lift_proj_dim,
+                        widest,
+                        c.kernel_size,
+                        c.kernel_size,
+                    ]),
                 ])
             }
             ModelConfig::Don(c) => {

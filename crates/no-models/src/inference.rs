@@ -77,7 +77,10 @@ pub fn describe_bytes(bytes: Option<u128>) -> String {
 /// The available memory in words, for [`ModelError::TooLarge`].
 pub fn describe_available(available: Option<u64>) -> String {
     match available {
-        Some(a) => format!("more than the {:.2} GiB of available memory", a as f64 / GIB),
+        Some(a) => format!(
+            "more than the {:.2} GiB of available memory",
+            a as f64 / GIB
+        ),
         None => "more than the address space allows".into(),
     }
 }
@@ -144,7 +147,10 @@ pub fn ensure_finite_batch(t: &Tensor, what: &str) -> Result<()> {
     let index = unravel(flat, t.dims());
     let (sample, rest) = index.split_first().map_or((0, &[][..]), |(s, r)| (*s, r));
     Err(ModelError::NonFinite {
-        context: format!("{what} sample {sample} at index {rest:?} (of shape {:?})", t.dims()),
+        context: format!(
+            "{what} sample {sample} at index {rest:?} (of shape {:?})",
+            t.dims()
+        ),
         value,
     })
 }
@@ -197,12 +203,20 @@ pub mod npy {
         r.read_exact(&mut pre)
             .map_err(|_| bad(path, "not an .npy file: shorter than the 8-byte preamble"))?;
         if &pre[..6] != MAGIC {
-            return Err(bad(path, "not an .npy file: the magic string \\x93NUMPY is missing"));
+            return Err(bad(
+                path,
+                "not an .npy file: the magic string \\x93NUMPY is missing",
+            ));
         }
         let (len_bytes, prefix) = match pre[6] {
             1 => (2, 10u64),
             2 | 3 => (4, 12u64),
-            v => return Err(bad(path, format!("unsupported .npy version {v}; expected 1, 2 or 3"))),
+            v => {
+                return Err(bad(
+                    path,
+                    format!("unsupported .npy version {v}; expected 1, 2 or 3"),
+                ))
+            }
         };
         let mut len_buf = [0u8; 4];
         r.read_exact(&mut len_buf[..len_bytes])
@@ -220,13 +234,18 @@ pub mod npy {
         let text = String::from_utf8_lossy(&text);
         let dtype = parse_descr(path, &text)?;
         if dict_value(&text, "fortran_order").is_some_and(|v| v.starts_with("True")) {
-            return Err(bad(path, "Fortran-order arrays are not supported; save with C order"));
+            return Err(bad(
+                path,
+                "Fortran-order arrays are not supported; save with C order",
+            ));
         }
         let shape = parse_shape(path, &text)?;
         let data_offset = prefix + header_len;
         let bytes = shape
             .iter()
-            .try_fold(dtype.size_in_bytes() as u128, |acc, &d| acc.checked_mul(d as u128));
+            .try_fold(dtype.size_in_bytes() as u128, |acc, &d| {
+                acc.checked_mul(d as u128)
+            });
         let held = (file_len - data_offset) as u128;
         if bytes != Some(held) {
             let claimed = bytes.map_or("more than 2^128".to_string(), |b| b.to_string());
@@ -289,7 +308,10 @@ pub mod npy {
             .filter(|s| !s.is_empty())
             .map(|s| {
                 s.parse::<usize>().map_err(|_| {
-                    bad(path, format!("shape entry `{s}` is not a non-negative integer"))
+                    bad(
+                        path,
+                        format!("shape entry `{s}` is not a non-negative integer"),
+                    )
                 })
             })
             .collect()
@@ -334,7 +356,8 @@ pub mod npy {
             1 => format!("({},)", dims[0]),
             _ => format!("({})", dims.join(", ")),
         };
-        let mut dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {tuple}, }}");
+        let mut dict =
+            format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {tuple}, }}");
         // Pad with spaces so that the data starts on a 64-byte boundary, newline last.
         let unpadded = MAGIC.len() + 4 + dict.len() + 1;
         dict.push_str(&" ".repeat((64 - unpadded % 64) % 64));
@@ -360,13 +383,15 @@ pub mod npy {
             let flat = t.flatten_all()?;
             match t.dtype() {
                 DType::F64 => {
-                    w.write_all(&header_bytes("<f8", t.dims())).map_err(io(path))?;
+                    w.write_all(&header_bytes("<f8", t.dims()))
+                        .map_err(io(path))?;
                     for v in flat.to_vec1::<f64>()? {
                         w.write_all(&v.to_le_bytes()).map_err(io(path))?;
                     }
                 }
                 _ => {
-                    w.write_all(&header_bytes("<f4", t.dims())).map_err(io(path))?;
+                    w.write_all(&header_bytes("<f4", t.dims()))
+                        .map_err(io(path))?;
                     for v in flat.to_dtype(DType::F32)?.to_vec1::<f32>()? {
                         w.write_all(&v.to_le_bytes()).map_err(io(path))?;
                     }

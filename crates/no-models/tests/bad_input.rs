@@ -50,10 +50,15 @@ fn save_with(path: &Path, edit: impl FnOnce(&mut Checkpoint)) -> R<()> {
 #[test]
 fn oversized_configs_are_memory_errors_before_allocation() -> R<()> {
     let t0 = Instant::now();
-    for (field, value) in [("hidden_channels", json!(100000)), ("n_layers", json!(1_000_000_000u64))] {
+    for (field, value) in [
+        ("hidden_channels", json!(100000)),
+        ("n_layers", json!(1_000_000_000u64)),
+    ] {
         let mut config = json!({"model": "fno", "n_modes": [16, 16], "hidden_channels": 32});
         config[field] = value;
-        let err = build_json(config).err().expect("an oversized model must fail");
+        let err = build_json(config)
+            .err()
+            .expect("an oversized model must fail");
         assert!(matches!(err, ModelError::TooLarge { .. }), "{field}: {err}");
         assert!(err.to_string().contains("GiB"), "{err}");
     }
@@ -61,21 +66,30 @@ fn oversized_configs_are_memory_errors_before_allocation() -> R<()> {
         json!({"model": "fno", "n_modes": [usize::MAX, 4]}),
         json!({"model": "cno", "n_layers": 16, "channel_multiplier": usize::MAX / 2}),
         json!({"model": "don", "grid": [usize::MAX, usize::MAX]}),
-        json!({"model": "don_cnn", "grid": [1 << 40, 1 << 40]}),
-        json!({"model": "pod_don", "grid": [1 << 40, 1 << 40], "modes": [4, 4]}),
-        json!({"model": "local_no", "hidden_channels": 1 << 20, "default_in_shape": [1 << 30, 1 << 30], "n_modes": [4, 4]}),
+        json!({"model": "don_cnn", "grid": [1u64 << 40, 1u64 << 40]}),
+        json!({"model": "pod_don", "grid": [1u64 << 40, 1u64 << 40], "modes": [4, 4]}),
+        json!({"model": "local_no", "hidden_channels": 1u64 << 20, "default_in_shape": [1u64 << 30, 1u64 << 30], "n_modes": [4, 4]}),
     ] {
         let err = build_json(config.clone()).err().expect("must fail");
-        assert!(matches!(err, ModelError::TooLarge { .. }), "{config}: {err}");
+        assert!(
+            matches!(err, ModelError::TooLarge { .. }),
+            "{config}: {err}"
+        );
     }
     // The same through a checkpoint's metadata.
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("big.safetensors");
     save_with(&path, |c| c.config["hidden_channels"] = json!(100000))?;
-    let err = checkpoint::load(&path, &Device::Cpu).err().expect("must fail");
+    let err = checkpoint::load(&path, &Device::Cpu)
+        .err()
+        .expect("must fail");
     assert!(matches!(err, ModelError::TooLarge { .. }), "{err}");
     eprintln!("{err}");
-    assert!(t0.elapsed() < Duration::from_secs(5), "took {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t0.elapsed()
+    );
     Ok(())
 }
 
@@ -87,7 +101,8 @@ fn npy_file(path: &Path, dict: &str, data_len: usize) {
     header.push('\n');
     let mut f = std::fs::File::create(path).expect("create");
     f.write_all(b"\x93NUMPY\x01\x00").expect("write");
-    f.write_all(&(header.len() as u16).to_le_bytes()).expect("write");
+    f.write_all(&(header.len() as u16).to_le_bytes())
+        .expect("write");
     f.write_all(header.as_bytes()).expect("write");
     f.write_all(&vec![0u8; data_len]).expect("write");
 }
@@ -97,13 +112,28 @@ fn npy_headers_are_checked_before_allocation() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("x.npy");
     let t0 = Instant::now();
-    for shape in ["(4611686018427387904, 1, 2, 2)", "(1000000, 1, 1000, 1000)", "(18446744073709551615, 2)"] {
-        npy_file(&path, &format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}"), 16);
+    for shape in [
+        "(4611686018427387904, 1, 2, 2)",
+        "(1000000, 1, 1000, 1000)",
+        "(18446744073709551615, 2)",
+    ] {
+        npy_file(
+            &path,
+            &format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}"),
+            16,
+        );
         let msg = message(npy::read(&path, &Device::Cpu));
-        assert!(msg.contains("the header claims shape") && msg.contains("holds 16 bytes"), "{msg}");
+        assert!(
+            msg.contains("the header claims shape") && msg.contains("holds 16 bytes"),
+            "{msg}"
+        );
         eprintln!("{msg}");
     }
-    npy_file(&path, "{'descr': '>f4', 'fortran_order': False, 'shape': (2, 2), }", 16);
+    npy_file(
+        &path,
+        "{'descr': '>f4', 'fortran_order': False, 'shape': (2, 2), }",
+        16,
+    );
     let msg = message(npy::read(&path, &Device::Cpu));
     assert!(
         msg.contains("big-endian float32 ('>f4'); expected little-endian '<f4' or '<f8'"),
@@ -111,8 +141,15 @@ fn npy_headers_are_checked_before_allocation() {
     );
     // A (sparse) file as long as its header claims, larger than the memory: refused by size.
     let huge: u64 = 1 << 42;
-    npy_file(&path, "{'descr': '<f4', 'fortran_order': False, 'shape': (1099511627776,), }", 0);
-    let f = std::fs::OpenOptions::new().write(true).open(&path).expect("open");
+    npy_file(
+        &path,
+        "{'descr': '<f4', 'fortran_order': False, 'shape': (1099511627776,), }",
+        0,
+    );
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open");
     let header_len = f.metadata().expect("meta").len();
     if f.set_len(header_len + huge).is_ok() {
         let err = npy::read(&path, &Device::Cpu).err().expect("must fail");
@@ -148,7 +185,11 @@ fn npy_round_trip_and_failed_write_keeps_the_previous_file() -> R<()> {
         .expect("ls")
         .map(|e| e.expect("entry").file_name())
         .collect();
-    assert_eq!(names.len(), 2, "a temporary file was left behind: {names:?}");
+    assert_eq!(
+        names.len(),
+        2,
+        "a temporary file was left behind: {names:?}"
+    );
     Ok(())
 }
 
@@ -170,7 +211,12 @@ fn unknown_fields_suggest_the_valid_name_for_every_architecture() {
         let msg = message(build_json(config));
         assert!(msg.contains(&want), "{msg}");
     }
-    eprintln!("{}", message(ModelConfig::from_json(&json!({"model": "fno", "hiden_channels": 3}))));
+    eprintln!(
+        "{}",
+        message(ModelConfig::from_json(
+            &json!({"model": "fno", "hiden_channels": 3})
+        ))
+    );
 }
 
 #[test]
@@ -195,7 +241,10 @@ fn layer_configs_refuse_unknown_fields() {
         let err = serde_json::from_str::<T>(r#"{"no_such_field": 1}"#)
             .err()
             .unwrap_or_else(|| panic!("{what} accepted an unknown field"));
-        assert!(err.to_string().contains("unknown field `no_such_field`"), "{what}: {err}");
+        assert!(
+            err.to_string().contains("unknown field `no_such_field`"),
+            "{what}: {err}"
+        );
     }
     refuses::<CnoActivationConfig>("cno_activation");
     refuses::<GridEmbeddingConfig>("embedding");
@@ -210,14 +259,29 @@ fn layer_configs_refuse_unknown_fields() {
 #[test]
 fn out_of_range_values_are_refused() {
     for (config, needle) in [
-        (json!({"model": "fno", "domain_padding": -0.5}), "domain_padding"),
+        (
+            json!({"model": "fno", "domain_padding": -0.5}),
+            "domain_padding",
+        ),
         (json!({"model": "fno", "n_modes": [0, 4]}), "n_modes"),
-        (json!({"model": "fno", "hidden_channels": 0}), "hidden_channels"),
+        (
+            json!({"model": "fno", "hidden_channels": 0}),
+            "hidden_channels",
+        ),
         (json!({"model": "tfno", "n_layers": 0}), "n_layers"),
         (json!({"model": "tfno", "rank": {"fraction": 0.0}}), "rank"),
-        (json!({"model": "local_no", "n_modes": [200, 4]}), "n_modes[0]"),
-        (json!({"model": "local_no", "domain_length": [0.0, 2.0]}), "domain_length"),
-        (json!({"model": "local_no", "radius_cutoff": -1.0}), "radius_cutoff"),
+        (
+            json!({"model": "local_no", "n_modes": [200, 4]}),
+            "n_modes[0]",
+        ),
+        (
+            json!({"model": "local_no", "domain_length": [0.0, 2.0]}),
+            "domain_length",
+        ),
+        (
+            json!({"model": "local_no", "radius_cutoff": -1.0}),
+            "radius_cutoff",
+        ),
         (json!({"model": "cno", "kernel_size": 4}), "kernel_size"),
         (json!({"model": "cno", "upsampling": 0}), "upsampling"),
         (json!({"model": "don", "n_basis": 0}), "n_basis"),
@@ -241,15 +305,25 @@ fn non_finite_weights_and_bad_normalisers_are_refused_on_load() -> R<()> {
     let path = dir.path().join("nan.safetensors");
     save_with(&path, |c| {
         let (name, w) = c.weights.iter_mut().next().expect("a weight");
-        let mut values = w.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("values");
+        let mut values = w
+            .flatten_all()
+            .and_then(|t| t.to_vec1::<f32>())
+            .expect("values");
         values[1] = f32::NAN;
         *w = Tensor::from_vec(values, w.dims(), &Device::Cpu).expect("tensor");
         eprintln!("poisoned {name}");
     })?;
-    let err = checkpoint::load(&path, &Device::Cpu).err().expect("must fail");
+    let err = checkpoint::load(&path, &Device::Cpu)
+        .err()
+        .expect("must fail");
     assert!(matches!(err, ModelError::NonFinite { .. }), "{err}");
     eprintln!("{err}");
-    for (shift, scale) in [(0.0, 0.0), (f64::NAN, 1.0), (0.0, -1.0), (0.0, f64::INFINITY)] {
+    for (shift, scale) in [
+        (0.0, 0.0),
+        (f64::NAN, 1.0),
+        (0.0, -1.0),
+        (0.0, f64::INFINITY),
+    ] {
         save_with(&path, |c| {
             c.normalizers = Some(Normalizers {
                 input: Normalizer::identity(1),
@@ -262,7 +336,8 @@ fn non_finite_weights_and_bad_normalisers_are_refused_on_load() -> R<()> {
         })?;
         let msg = message(checkpoint::load(&path, &Device::Cpu));
         // JSON has no NaN or infinity: those are written as null and refused as such.
-        let named = msg.contains("output normaliser of channel 1") || msg.contains("bad `normalizers`");
+        let named =
+            msg.contains("output normaliser of channel 1") || msg.contains("bad `normalizers`");
         assert!(named, "{msg}");
     }
     Ok(())
@@ -324,7 +399,10 @@ fn failed_checkpoint_save_leaves_the_previous_file_and_no_temporary() -> R<()> {
     save_with(&path, |_| {})?;
     let before = std::fs::read(&path).expect("read");
     assert!(save_with(&path, |c| {
-        c.weights.insert("optimizer/x".into(), Tensor::zeros(1, DType::F32, &Device::Cpu).expect("t"));
+        c.weights.insert(
+            "optimizer/x".into(),
+            Tensor::zeros(1, DType::F32, &Device::Cpu).expect("t"),
+        );
     })
     .is_err());
     let blocked = dir.path().join("dir.safetensors");
