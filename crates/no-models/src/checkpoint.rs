@@ -88,7 +88,8 @@ pub struct LoadedModel {
 impl LoadedModel {
     /// Prediction in physical units: encode the input with the input normaliser, run the
     /// model ([`NeuralOperator::predict`], which works in normalised space), decode the
-    /// output. For repeated calls build an [`crate::inference_twin`] once (see
+    /// output. The input is cast to the model's dtype; a NaN or infinity in the input or the
+    /// output is an error naming the sample and index. For repeated calls build an [`crate::inference_twin`] once (see
     /// [`Self::inference`]) and use [`Self::predict_physical_with`].
     pub fn predict_physical(&self, input: &Tensor) -> Result<Tensor> {
         self.predict_physical_with(self.model.as_ref(), input)

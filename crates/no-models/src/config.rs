@@ -167,7 +167,7 @@ fn sum(terms: &[Option<u128>]) -> Option<u128> {
 /// `ceil(ratio · width)` as a width, `None` if not finite or absurd.
 fn scaled(ratio: f64, width: usize) -> Option<usize> {
     let w = (ratio * width as f64).ceil();
-    (w.is_finite() && w >= 0.0 && w < 1e15).then_some((w as usize).max(1))
+    (0.0..1e15).contains(&w).then_some((w as usize).max(1))
 }
 
 /// Parameters of a dense stack of widths `widths` (weights and biases).
@@ -252,13 +252,11 @@ impl ModelConfig {
                 }
             }
             ModelConfig::LocalNo(c) => validate_local_no(c)?,
-            ModelConfig::Cno(c) => {
-                if !c.negative_slope.is_finite() || c.upsampling == 0 {
-                    return bad(format!(
-                        "negative_slope must be finite ({}) and upsampling at least 1 ({})",
-                        c.negative_slope, c.upsampling
-                    ));
-                }
+            ModelConfig::Cno(c) if !c.negative_slope.is_finite() || c.upsampling == 0 => {
+                return bad(format!(
+                    "negative_slope must be finite ({}) and upsampling at least 1 ({})",
+                    c.negative_slope, c.upsampling
+                ));
             }
             _ => {}
         }
