@@ -88,7 +88,8 @@ pub struct LoadedModel {
 impl LoadedModel {
     /// Prediction in physical units: encode the input with the input normaliser, run the
     /// model ([`NeuralOperator::predict`], which works in normalised space), decode the
-    /// output. For repeated calls build an [`crate::inference_twin`] once (see
+    /// output. The input is cast to the model's dtype; a NaN or infinity in the input or the
+    /// output is an error naming the sample and index. For repeated calls build an [`crate::inference_twin`] once (see
     /// [`Self::inference`]) and use [`Self::predict_physical_with`].
     pub fn predict_physical(&self, input: &Tensor) -> Result<Tensor> {
         self.predict_physical_with(self.model.as_ref(), input)
@@ -107,9 +108,16 @@ impl LoadedModel {
         model: &dyn NeuralOperator,
         input: &Tensor,
     ) -> Result<Tensor> {
-        let x = self.normalizers.input.encode(input)?;
+        crate::inference::ensure_finite_batch(input, "input")?;
+        let input = match self.vars.varmap().all_vars().first().map(|v| v.dtype()) {
+            Some(dtype) if dtype != input.dtype() => input.to_dtype(dtype)?,
+            _ => input.clone(),
+        };
+        let x = self.normalizers.input.encode(&input)?;
         let y = model.predict(&x)?;
-        self.normalizers.output.decode(&y)
+        let y = self.normalizers.output.decode(&y)?;
+        crate::inference::ensure_finite_batch(&y, "output")?;
+        Ok(y)
     }
 }
 
@@ -175,17 +183,19 @@ impl Checkpoint {
                 tensors.push((format!("{OPT_V}{name}"), t.contiguous()?));
             }
         }
-        let tmp = path.with_extension("safetensors.tmp");
-        safetensors::serialize_to_file(
-            tensors.iter().map(|(n, t)| (n.as_str(), t)),
-            Some(meta),
-            &tmp,
-        )
-        .map_err(|e| file_err(&tmp, format!("cannot write checkpoint: {e}")))?;
-        std::fs::rename(&tmp, path).map_err(|source| ModelError::Io {
-            path: path.to_path_buf(),
-            source,
-        })
+        let data: Vec<(&str, Vec<u8>)> = tensors
+            .iter()
+            .map(|(n, t)| (n.as_str(), safetensors::View::data(t).into_owned()))
+            .collect();
+        meta.insert(
+            crate::checksum::METADATA_KEY.to_string(),
+            crate::checksum::metadata_value(data.iter().map(|(n, d)| (*n, d.as_slice()))),
+        );
+        drop(data);
+        let bytes =
+            safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(meta))
+                .map_err(|e| file_err(path, format!("cannot serialise checkpoint: {e}")))?;
+        write_atomic(path, &bytes)
     }
 
     /// Reads a checkpoint file, placing its tensors on `device`.
@@ -249,10 +259,25 @@ impl Checkpoint {
             .map_err(|e| file_err(path, format!("bad `training`: {e}")))?;
         let st = safetensors::SafeTensors::deserialize(&buf)
             .map_err(|e| file_err(path, format!("corrupt tensor data: {e}")))?;
+        crate::checksum::verify(&st, field(crate::checksum::METADATA_KEY))
+            .map_err(|reason| file_err(path, reason))?;
+        if let Some(n) = &normalizers {
+            check_normalizers(n, path)?;
+        }
         let mut weights = BTreeMap::new();
         let (mut m, mut v) = (BTreeMap::new(), BTreeMap::new());
         for (name, view) in st.iter() {
             let t = view.load(device)?;
+            if let Some((flat, value)) = crate::inference::first_non_finite(&t)? {
+                return Err(ModelError::NonFinite {
+                    context: format!(
+                        "{}: tensor `{name}` at index {:?}",
+                        path.display(),
+                        crate::inference::unravel(flat, t.dims())
+                    ),
+                    value,
+                });
+            }
             if let Some(rest) = name.strip_prefix(OPT_M) {
                 m.insert(rest.to_string(), t);
             } else if let Some(rest) = name.strip_prefix(OPT_V) {
@@ -394,6 +419,55 @@ pub fn fill_vars(vars: &VarMap, weights: &BTreeMap<String, Tensor>, path: &Path)
             ),
         ));
     }
+    Ok(())
+}
+
+/// An error unless every shift and scale of the normalisers is finite and every scale > 0.
+fn check_normalizers(n: &Normalizers, path: &Path) -> Result<()> {
+    for (which, norm) in [("input", &n.input), ("output", &n.output)] {
+        if norm.shift.len() != norm.scale.len() {
+            return Err(file_err(
+                path,
+                format!(
+                    "the {which} normaliser has {} shifts but {} scales",
+                    norm.shift.len(),
+                    norm.scale.len()
+                ),
+            ));
+        }
+        for (channel, (&shift, &scale)) in norm.shift.iter().zip(&norm.scale).enumerate() {
+            if !(shift.is_finite() && scale.is_finite() && scale > 0.0) {
+                return Err(file_err(
+                    path,
+                    format!(
+                        "the {which} normaliser of channel {channel} has shift {shift} and scale {scale}; expected a finite shift and a finite scale > 0"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to a unique temporary sibling of `path`, syncs it and renames it over
+/// `path`; on any error the temporary is removed and a previous `path` is left intact.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let io = |source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(parent).map_err(|source| ModelError::Io {
+        path: parent.to_path_buf(),
+        source,
+    })?;
+    tmp.write_all(bytes).map_err(io)?;
+    tmp.as_file().sync_all().map_err(io)?;
+    tmp.persist(path).map_err(|e| io(e.error))?;
     Ok(())
 }
 

@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 
 /// Configuration of CNO.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct CnoConfig {
     /// Input channels (the applied current: 1).
     pub in_channels: usize,

@@ -70,6 +70,25 @@ pub enum ModelError {
     /// A training setting, resume request, dataset value or validation result is unusable.
     #[error(transparent)]
     Training(#[from] crate::train::TrainError),
+    /// A configuration, file header or flag asks for more memory than the machine has (or
+    /// for a size that overflows the address space); nothing was allocated.
+    #[error("{what} would need {}, {}", crate::inference::describe_bytes(*bytes), crate::inference::describe_available(*available))]
+    TooLarge {
+        /// What was asked for (the model and its parameter count, the array and its shape).
+        what: String,
+        /// The bytes it would need (`None`: more than `u128` can count).
+        bytes: Option<u128>,
+        /// The bytes available (MemAvailable of /proc/meminfo; `None` where unknown).
+        available: Option<u64>,
+    },
+    /// A weight, normaliser entry, input or output holds NaN or an infinity.
+    #[error("non-finite value {value} in {context}")]
+    NonFinite {
+        /// Where: the file, tensor or sample and the index of the first bad value.
+        context: String,
+        /// The value found.
+        value: f64,
+    },
     /// An I/O error.
     #[error("I/O error on {path}: {source}")]
     Io {

@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 
 /// Configuration of a [`CnoActivation`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct CnoActivationConfig {
     /// Output spatial size (`[H, W]`, or `[L]` in 1-D); `None` keeps the input size.
     pub out_size: Option<Vec<usize>>,

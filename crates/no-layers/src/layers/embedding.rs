@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 /// Configuration of a [`GridEmbedding`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct GridEmbeddingConfig {
     /// Channels of the input (the output has `in_channels + n_dim`).
     pub in_channels: usize,

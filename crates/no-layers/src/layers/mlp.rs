@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 /// Configuration of a [`ChannelMlp`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct ChannelMlpConfig {
     /// Input channels.
     pub in_channels: usize,

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 /// Configuration of a [`DomainPadding`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct DomainPaddingConfig {
     /// Padding fraction per spatial axis (one value is used for every axis).
     pub fractions: Vec<f64>,

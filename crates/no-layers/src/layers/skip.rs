@@ -32,7 +32,7 @@ pub enum SkipKind {
 
 /// Configuration of a [`Skip`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct SkipConfig {
     /// Input channels.
     pub in_channels: usize,

@@ -17,7 +17,7 @@ use std::sync::Mutex;
 
 /// Configuration of DeepONet (MLP branch and trunk).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct DeepOnetConfig {
     /// Input channels (the applied current: 1).
     pub in_channels: usize,

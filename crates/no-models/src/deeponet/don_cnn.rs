@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 /// Configuration of DeepONet with a CNN branch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct DeepOnetCnnConfig {
     /// Input channels (the applied current: 1).
     pub in_channels: usize,

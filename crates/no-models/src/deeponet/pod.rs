@@ -243,7 +243,7 @@ fn field_basis(mut y: Mat<f64>, criterion: PodCriterion) -> Result<FieldBasis> {
 
 /// Configuration of POD-DeepONet.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct PodDeepOnetConfig {
     /// Input channels (the applied current: 1).
     pub in_channels: usize,

@@ -41,7 +41,7 @@ pub const TFNO_DEFAULT_RANK: f64 = 0.1;
 
 /// Configuration of FNO and TFNO, with neuraloperator's argument names and defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct FnoConfig {
     /// Total modes per spatial axis (`[16, 16]` keeps k ∈ [−8, 7] × [0, 8]).
     pub n_modes: Vec<usize>,

@@ -43,7 +43,7 @@ use serde::{Deserialize, Serialize};
 
 /// Configuration of LocalNO, with neuraloperator's argument names and defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct LocalNoConfig {
     /// Total modes per spatial axis (2-D: DISCO is 2-D only).
     pub n_modes: Vec<usize>,

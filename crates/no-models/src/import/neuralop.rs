@@ -102,10 +102,19 @@ pub fn read_state_dict(path: &Path) -> Result<BTreeMap<String, Tensor>> {
     })?;
     let mut out = BTreeMap::new();
     for (name, view) in st.iter() {
-        out.insert(
-            name.to_string(),
-            view.load(&Device::Cpu)?.to_dtype(DType::F32)?,
-        );
+        let t = view.load(&Device::Cpu)?.to_dtype(DType::F32)?;
+        // A NaN weight would only show as all-NaN predictions later.
+        if let Some((flat, value)) = crate::inference::first_non_finite(&t)? {
+            return Err(ModelError::NonFinite {
+                context: format!(
+                    "{}: tensor `{name}` at index {:?}",
+                    path.display(),
+                    crate::inference::unravel(flat, t.dims())
+                ),
+                value,
+            });
+        }
+        out.insert(name.to_string(), t);
     }
     Ok(out)
 }

@@ -47,7 +47,7 @@ use std::f64::consts::PI;
 
 /// Configuration of a [`Disco`] kernel.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct DiscoConfig {
     /// Input channels.
     pub in_channels: usize,

@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 
 /// Configuration of a [`FiniteDifference`] kernel.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct FiniteDifferenceConfig {
     /// Input channels.
     pub in_channels: usize,

@@ -67,7 +67,7 @@ pub enum SpectralTransform {
 
 /// Configuration of a [`SpectralConv`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct SpectralConvConfig {
     /// Input channels.
     pub in_channels: usize,
