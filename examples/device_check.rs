@@ -335,7 +335,10 @@ fn checked_grids(args: &Args) -> Result<Vec<[usize; 2]>> {
     }
     let value_bytes = args.dtype.dtype().size_in_bytes();
     let available = mem_available_bytes();
-    for (flag, [nt, nx]) in [("--grid", grids[0])].into_iter().chain(grids.get(1).map(|g| ("--grid2", *g))) {
+    for (flag, [nt, nx]) in [("--grid", grids[0])]
+        .into_iter()
+        .chain(grids.get(1).map(|g| ("--grid2", *g)))
+    {
         // The comparison's input and target, the POD basis's 128 fitted outputs and the
         // timings' batch-32 input and target, each on this grid: a lower bound of the
         // memory the check needs (the models' activations come on top).

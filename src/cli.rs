@@ -50,7 +50,11 @@ pub struct FlagError {
 
 impl std::fmt::Display for FlagError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "--{} {}: expected {}", self.flag, self.value, self.expected)
+        write!(
+            f,
+            "--{} {}: expected {}",
+            self.flag, self.value, self.expected
+        )
     }
 }
 
@@ -78,7 +82,11 @@ pub fn at_least(flag: &str, value: usize, min: usize) -> std::result::Result<usi
 /// Refuses a NaN, infinite, zero or negative value (tolerances, scale factors).
 pub fn positive_finite(flag: &str, value: f64) -> std::result::Result<f64, FlagError> {
     if !(value.is_finite() && value > 0.0) {
-        return Err(FlagError::new(flag, value, "a finite number greater than 0"));
+        return Err(FlagError::new(
+            flag,
+            value,
+            "a finite number greater than 0",
+        ));
     }
     Ok(value)
 }
@@ -92,9 +100,9 @@ pub fn tensor_bytes(what: &str, shapes: &[&[usize]], bytes_per_value: usize) -> 
             .iter()
             .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
             .and_then(|n| n.checked_mul(bytes_per_value as u64));
-        total = values
-            .and_then(|b| total.checked_add(b))
-            .ok_or_else(|| anyhow::anyhow!("{what}: the tensors {shapes:?} overflow a 64-bit byte count"))?;
+        total = values.and_then(|b| total.checked_add(b)).ok_or_else(|| {
+            anyhow::anyhow!("{what}: the tensors {shapes:?} overflow a 64-bit byte count")
+        })?;
     }
     Ok(total)
 }
@@ -164,7 +172,9 @@ mod tests {
             assert!(positive_finite("tol-grad", bad).is_err());
         }
         assert_eq!(
-            positive_finite("epoch-scale", f64::NAN).unwrap_err().to_string(),
+            positive_finite("epoch-scale", f64::NAN)
+                .unwrap_err()
+                .to_string(),
             "--epoch-scale NaN: expected a finite number greater than 0"
         );
     }
@@ -184,7 +194,9 @@ mod tests {
         assert!(ensure_fits("x", 10, Some(100)).is_ok());
         assert!(ensure_fits("x", 10, None).is_ok());
         assert_eq!(
-            ensure_fits("the grid", 3 << 30, Some(1 << 30)).unwrap_err().to_string(),
+            ensure_fits("the grid", 3 << 30, Some(1 << 30))
+                .unwrap_err()
+                .to_string(),
             "the grid would need at least 3.0 GiB of memory, but only 1.0 GiB is available"
         );
         #[cfg(target_os = "linux")]

@@ -65,7 +65,9 @@ pub fn suggest_field(message: &str) -> String {
         .map(|(_, name)| name)
         .collect();
     match closest(unknown, &valid) {
-        Some(best) => format!("unknown field `{unknown}`; did you mean `{best}`? ({expected}){position}"),
+        Some(best) => {
+            format!("unknown field `{unknown}`; did you mean `{best}`? ({expected}){position}")
+        }
         None => format!("unknown field `{unknown}` ({expected}){position}"),
     }
 }
@@ -115,7 +117,8 @@ pub fn persist_with(
     std::fs::File::open(&tmp_path)
         .and_then(|f| f.sync_all())
         .map_err(|e| EvalError::io(path, e))?;
-    tmp.persist(path).map_err(|e| EvalError::io(path, e.error))?;
+    tmp.persist(path)
+        .map_err(|e| EvalError::io(path, e.error))?;
     Ok(())
 }
 
@@ -138,7 +141,13 @@ mod tests {
             "unknown field `equivariance_sample`; did you mean `equivariance_samples`? (expected one of `equivariance_samples`, `map_samples`) at line 3 column 25"
         );
         let far = "unknown field `zzzzzzzz`, expected `warmup`";
-        assert_eq!(suggest_field(far), "unknown field `zzzzzzzz` (expected `warmup`)");
-        assert_eq!(suggest_field("missing field `seed`"), "missing field `seed`");
+        assert_eq!(
+            suggest_field(far),
+            "unknown field `zzzzzzzz` (expected `warmup`)"
+        );
+        assert_eq!(
+            suggest_field("missing field `seed`"),
+            "missing field `seed`"
+        );
     }
 }

@@ -29,8 +29,8 @@ use crate::error::{EvalError, Result};
 use crate::latency::{self, LatencyConfig};
 use crate::metrics::{batch_errors, summarize_field, FieldSummary, Spacing};
 use crate::report::plots::{FigureData, SampleMaps};
-use crate::strict::{parse_strict, write_atomic};
 use crate::report::{EpochRecord, FixedShifts, ModelResult, OnsetError, StudyResults, Variant};
+use crate::strict::{parse_strict, write_atomic};
 use crate::translation::{
     curve, point_from_outputs, shift_batch, CurvePoint, EquivarianceCurve, ShiftAxis,
 };
@@ -390,12 +390,11 @@ impl StudyConfig {
     /// a study), so that an error names the field of that type that is wrong, with the
     /// closest valid name for a typo. The result is validated.
     pub fn from_json(text: &str) -> Result<Self> {
-        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
-            EvalError::Config {
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| EvalError::Config {
                 what: "study file".into(),
                 reason: format!("not JSON: {e}"),
-            }
-        })?;
+            })?;
         let Some(object) = value.as_object() else {
             return Err(EvalError::Config {
                 what: "study file".into(),
@@ -431,7 +430,10 @@ impl StudyConfig {
             }
         }
         if self.models.is_empty() {
-            return Err(config_error("StudyConfig", "`models` is empty: expected at least one model"));
+            return Err(config_error(
+                "StudyConfig",
+                "`models` is empty: expected at least one model",
+            ));
         }
         let mut labels = std::collections::HashSet::new();
         for (k, m) in self.models.iter().enumerate() {
@@ -440,7 +442,10 @@ impl StudyConfig {
                 return Err(config_error(&at, "`label` is empty"));
             }
             if !labels.insert(m.label.as_str()) {
-                return Err(config_error(&at, format!("`label` {:?} is used twice: labels must be unique", m.label)));
+                return Err(config_error(
+                    &at,
+                    format!("`label` {:?} is used twice: labels must be unique", m.label),
+                ));
             }
             if m.train.epochs == 0 || m.train.batch_size == 0 {
                 return Err(config_error(
@@ -456,7 +461,10 @@ impl StudyConfig {
         if !(self.augment_max_delay.is_finite() && self.augment_max_delay >= 0.0) {
             return Err(config_error(
                 "StudyConfig",
-                format!("`augment_max_delay` = {}: expected a finite delay ≥ 0", self.augment_max_delay),
+                format!(
+                    "`augment_max_delay` = {}: expected a finite delay ≥ 0",
+                    self.augment_max_delay
+                ),
             ));
         }
         Ok(())
@@ -520,7 +528,10 @@ impl EvalConfig {
                 "`equivariance_x0_range` = ({lo}, {hi}): expected finite bounds with lo ≤ hi"
             ));
         }
-        for (name, shifts) in [("time_shifts", &self.time_shifts), ("space_shifts", &self.space_shifts)] {
+        for (name, shifts) in [
+            ("time_shifts", &self.time_shifts),
+            ("space_shifts", &self.space_shifts),
+        ] {
             if let Some(s) = shifts.iter().find(|s| !s.is_finite()) {
                 return bad(format!("`{name}` holds {s}: expected finite shifts"));
             }
@@ -535,7 +546,9 @@ impl EvalConfig {
         }
         if let Some([nt, nx]) = self.fine_grid {
             if nt < 2 || nx < 2 {
-                return bad(format!("`fine_grid` = [{nt}, {nx}]: expected at least 2 × 2 (or null to skip)"));
+                return bad(format!(
+                    "`fine_grid` = [{nt}, {nx}]: expected at least 2 × 2 (or null to skip)"
+                ));
             }
         }
         if self.eval_batch == 0 {
@@ -1211,8 +1224,10 @@ fn train_all(
             // never with a number.
             Err(EvalError::Model(e @ no_models::ModelError::NonFiniteLoss { .. })) => {
                 say(progress, &format!("  {}: failed ({e})", spec.label));
-                all.skipped
-                    .push((spec.label.clone(), format!("failed: training diverged: {e}")));
+                all.skipped.push((
+                    spec.label.clone(),
+                    format!("failed: training diverged: {e}"),
+                ));
                 continue;
             }
             other => other?,

@@ -43,10 +43,30 @@ fn the_quick_study_round_trips_through_from_json() {
 fn unknown_fields_name_the_config_and_suggest_the_closest_field() {
     let cases: [(&str, &str, &str, &str); 5] = [
         ("", "seed", "sed", "StudyConfig"),
-        ("/eval", "equivariance_samples", "equivariance_sample", "EvalConfig at `eval`"),
-        ("/eval/latency", "repeats", "repeat", "LatencyConfig at `eval.latency`"),
-        ("/models/0", "variant", "varient", "ModelSpec at `models[0]`"),
-        ("/protocol", "pulse_width", "pulse_widht", "Protocol at `protocol`"),
+        (
+            "/eval",
+            "equivariance_samples",
+            "equivariance_sample",
+            "EvalConfig at `eval`",
+        ),
+        (
+            "/eval/latency",
+            "repeats",
+            "repeat",
+            "LatencyConfig at `eval.latency`",
+        ),
+        (
+            "/models/0",
+            "variant",
+            "varient",
+            "ModelSpec at `models[0]`",
+        ),
+        (
+            "/protocol",
+            "pulse_width",
+            "pulse_widht",
+            "Protocol at `protocol`",
+        ),
     ];
     for (pointer, good, typo, what) in cases {
         let msg = study_error(|v| rename(v, pointer, good, typo));
@@ -69,22 +89,39 @@ fn a_study_with_a_bad_field_is_not_reported_as_a_protocol() {
     // A protocol-only file with a typo is reported as a protocol.
     let mut p = serde_json::to_value(fhn_solver::Protocol::quick()).unwrap();
     rename(&mut p, "", "pulse_width", "pulse_widht");
-    let msg = StudyConfig::from_json(&p.to_string()).unwrap_err().to_string();
-    assert!(msg.starts_with("invalid Protocol: unknown field `pulse_widht`; did you mean `pulse_width`?"), "{msg}");
+    let msg = StudyConfig::from_json(&p.to_string())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.starts_with(
+            "invalid Protocol: unknown field `pulse_widht`; did you mean `pulse_width`?"
+        ),
+        "{msg}"
+    );
     // A protocol-only file still works.
     let p = serde_json::to_value(fhn_solver::Protocol::quick()).unwrap();
     let cfg = StudyConfig::from_json(&p.to_string()).unwrap();
     assert_eq!(cfg.protocol, fhn_solver::Protocol::quick());
     // Not JSON, or not an object.
-    assert!(StudyConfig::from_json("{").unwrap_err().to_string().contains("not JSON"));
-    assert!(StudyConfig::from_json("[1]").unwrap_err().to_string().contains("JSON object"));
+    assert!(StudyConfig::from_json("{")
+        .unwrap_err()
+        .to_string()
+        .contains("not JSON"));
+    assert!(StudyConfig::from_json("[1]")
+        .unwrap_err()
+        .to_string()
+        .contains("JSON object"));
 }
 
 #[test]
 fn a_study_file_error_names_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("study.json");
-    std::fs::write(&path, study_json(|v| rename(v, "/eval", "eval_batch", "eval_bach"))).unwrap();
+    std::fs::write(
+        &path,
+        study_json(|v| rename(v, "/eval", "eval_batch", "eval_bach")),
+    )
+    .unwrap();
     let msg = StudyConfig::by_name_or_path(path.to_str().unwrap())
         .unwrap_err()
         .to_string();
@@ -95,19 +132,39 @@ fn a_study_file_error_names_the_file() {
 #[test]
 fn invalid_values_are_refused_with_the_field_named() {
     let cases: Vec<(Value, &str, &str)> = vec![
-        (json!(0), "/eval/equivariance_samples", "`equivariance_samples` = 0"),
+        (
+            json!(0),
+            "/eval/equivariance_samples",
+            "`equivariance_samples` = 0",
+        ),
         (json!([0.7, 0.3]), "/eval/equivariance_x0_range", "lo ≤ hi"),
         (json!(0), "/eval/eval_batch", "`eval_batch` = 0"),
         (json!([1, 99]), "/eval/fine_grid", "`fine_grid` = [1, 99]"),
         (json!(0), "/eval/latency/repeats", "`repeats` = 0"),
-        (json!([]), "/eval/latency/batch_sizes", "`batch_sizes` is empty"),
-        (json!([1, 0]), "/eval/latency/batch_sizes", "every batch size must be at least 1"),
-        (json!(-1.0), "/augment_max_delay", "`augment_max_delay` = -1"),
+        (
+            json!([]),
+            "/eval/latency/batch_sizes",
+            "`batch_sizes` is empty",
+        ),
+        (
+            json!([1, 0]),
+            "/eval/latency/batch_sizes",
+            "every batch size must be at least 1",
+        ),
+        (
+            json!(-1.0),
+            "/augment_max_delay",
+            "`augment_max_delay` = -1",
+        ),
         (json!([]), "/models", "`models` is empty"),
         (json!("fno"), "/models/0/label", "used twice"),
         (json!(" "), "/models/0/label", "`label` is empty"),
         (json!(0), "/models/0/train/epochs", "train.epochs = 0"),
-        (json!(0), "/models/0/train/batch_size", "train.batch_size = 0"),
+        (
+            json!(0),
+            "/models/0/train/batch_size",
+            "train.batch_size = 0",
+        ),
         (json!(0), "/protocol/test/n_samples", "protocol.test"),
     ];
     for (value, pointer, expected) in cases {
@@ -142,7 +199,10 @@ fn latency_configs_and_times_are_checked() {
     };
     assert!(zero.validate().is_err());
     assert!(summarize_times(1, &[]).is_err());
-    assert!(summarize_times(1, &[0.0, 0.0]).is_err(), "infinite throughput");
+    assert!(
+        summarize_times(1, &[0.0, 0.0]).is_err(),
+        "infinite throughput"
+    );
     assert!(summarize_times(1, &[f64::NAN]).is_err());
     assert!(summarize_times(1, &[0.001]).is_ok());
 }
@@ -151,8 +211,12 @@ fn latency_configs_and_times_are_checked() {
 fn unknown_fields_of_the_results_are_refused() {
     let results = tiny_results(0.1);
     let mut v = serde_json::to_value(&results).unwrap();
-    v.as_object_mut().unwrap().insert("skiped".into(), json!([]));
-    let e = serde_json::from_value::<StudyResults>(v).unwrap_err().to_string();
+    v.as_object_mut()
+        .unwrap()
+        .insert("skiped".into(), json!([]));
+    let e = serde_json::from_value::<StudyResults>(v)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("unknown field `skiped`"), "{e}");
     let back: StudyResults =
         serde_json::from_value(serde_json::to_value(&results).unwrap()).unwrap();
@@ -233,7 +297,10 @@ fn non_finite_metrics_are_errors_naming_the_model_and_the_figure() {
     let results = tiny_results(f64::NAN);
     let e = results.models[0].check_finite().unwrap_err();
     assert!(matches!(e, EvalError::NonFinite { .. }));
-    assert_eq!(e.to_string(), "model `fno`: test rel_l2 mean of v is not finite (NaN)");
+    assert_eq!(
+        e.to_string(),
+        "model `fno`: test rel_l2 mean of v is not finite (NaN)"
+    );
     let mut slow = tiny_results(0.1);
     slow.models[0].latency.points[0].throughput = f64::INFINITY;
     assert_eq!(
@@ -246,14 +313,19 @@ fn non_finite_metrics_are_errors_naming_the_model_and_the_figure() {
 #[test]
 fn a_report_with_a_nan_leaves_the_previous_report_intact() {
     let dir = tempfile::tempdir().unwrap();
-    let written = tiny_results(0.1).write_all(dir.path(), &no_figures()).unwrap();
+    let written = tiny_results(0.1)
+        .write_all(dir.path(), &no_figures())
+        .unwrap();
     assert!(written.iter().any(|p| p.ends_with("report.md")));
     let before = std::fs::read(dir.path().join("results.json")).unwrap();
     let report = std::fs::read(dir.path().join("report.md")).unwrap();
     assert!(tiny_results(f64::NAN)
         .write_all(dir.path(), &no_figures())
         .is_err());
-    assert_eq!(std::fs::read(dir.path().join("results.json")).unwrap(), before);
+    assert_eq!(
+        std::fs::read(dir.path().join("results.json")).unwrap(),
+        before
+    );
     assert_eq!(std::fs::read(dir.path().join("report.md")).unwrap(), report);
     // No temporary file is left behind.
     let leftovers: Vec<_> = std::fs::read_dir(dir.path())
@@ -272,7 +344,10 @@ fn a_writer_that_fails_midway_leaves_the_old_file() {
     let failed = persist_with(&path, |file, _| {
         use std::io::Write;
         file.write_all(b"half of the new").unwrap();
-        Err(EvalError::io("results.csv", std::io::Error::other("disk full")))
+        Err(EvalError::io(
+            "results.csv",
+            std::io::Error::other("disk full"),
+        ))
     });
     assert!(failed.is_err());
     assert_eq!(std::fs::read(&path).unwrap(), b"old");

@@ -264,7 +264,10 @@ impl ModelResult {
                 for (k, s) in p.channels.iter().enumerate() {
                     if let Some((stat, v)) = non_finite_in(s) {
                         return Err(fail(
-                            format!("equivariance E(s) {stat} over {axis} at shift {} (channel {k})", p.shift),
+                            format!(
+                                "equivariance E(s) {stat} over {axis} at shift {} (channel {k})",
+                                p.shift
+                            ),
                             v,
                         ));
                     }
