@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
-use fhn_neural_operators::cli::{open_device, DeviceArg};
+use fhn_neural_operators::cli::{open_device, positive_finite, DeviceArg};
 use no_eval::report::Variant;
 use no_eval::study::{run, StudyConfig};
 
@@ -78,10 +78,15 @@ fn main() -> Result<()> {
     if let Some(names) = &args.models {
         cfg.restrict(names)?;
     }
+    if cfg.models.is_empty() {
+        bail!(
+            "no model left to train with --remedies {:?} and --models {}",
+            args.remedies,
+            args.models.as_deref().unwrap_or_default().join(",")
+        );
+    }
     if let Some(f) = args.epoch_scale {
-        if !(f.is_finite() && f > 0.0) {
-            bail!("--epoch-scale {f}: expected a positive factor");
-        }
+        positive_finite("epoch-scale", f)?;
         for m in &mut cfg.models {
             m.train.epochs = ((m.train.epochs as f64 * f).round() as usize).max(1);
             if let no_models::train::Schedule::Cosine { t_max, .. } = &mut m.train.schedule {

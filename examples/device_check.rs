@@ -35,7 +35,10 @@
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use clap::Parser;
-use fhn_neural_operators::cli::{open_device, seeded_randn, DeviceArg};
+use fhn_neural_operators::cli::{
+    at_least, ensure_fits, mem_available_bytes, open_device, positive_finite, seeded_randn,
+    tensor_bytes, DeviceArg,
+};
 use no_layers::init::SeededVarMap;
 use no_models::pod::{PodBasis, PodCriterion, PodDeepOnet};
 use no_models::train::{AdamW, AdamWParams};
@@ -309,18 +312,55 @@ fn check(
     Ok(ok)
 }
 
-fn main() -> Result<()> {
-    fhn_neural_operators::allocator::keep_freed_memory();
-    let args = Args::parse();
-    if args.batch == 0 || args.grid < 2 {
-        bail!("--batch must be positive and --grid at least 2");
-    }
+/// The grids to compare on, after checking every flag: batch and grids at least 1 and 2,
+/// finite positive tolerances, and sizes whose tensors fit in the memory available
+/// (computed with checked arithmetic before anything is allocated).
+fn checked_grids(args: &Args) -> Result<Vec<[usize; 2]>> {
+    at_least("batch", args.batch, 1)?;
+    at_least("grid", args.grid, 2)?;
+    positive_finite("tol-forward", args.tol_forward)?;
+    positive_finite("tol-grad", args.tol_grad)?;
     let mut grids = vec![[args.grid, args.grid]];
     match args.grid2[..] {
         [0, 0] => {}
         [nt, nx] if nt >= 2 && nx >= 2 => grids.push([nt, nx]),
-        _ => bail!("--grid2 takes NT,NX (each at least 2), or 0,0 to skip it"),
+        _ => bail!(
+            "--grid2 {}: expected NT,NX (each at least 2), or 0,0 to skip it",
+            args.grid2
+                .iter()
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
     }
+    let value_bytes = args.dtype.dtype().size_in_bytes();
+    let available = mem_available_bytes();
+    for (flag, [nt, nx]) in [("--grid", grids[0])]
+        .into_iter()
+        .chain(grids.get(1).map(|g| ("--grid2", *g)))
+    {
+        // The comparison's input and target, the POD basis's 128 fitted outputs and the
+        // timings' batch-32 input and target, each on this grid: a lower bound of the
+        // memory the check needs (the models' activations come on top).
+        let what = format!("{flag} {nt},{nx} at batch {}", args.batch);
+        let bytes = tensor_bytes(
+            &what,
+            &[
+                &[args.batch, 3, nt, nx],
+                &[128, 2, nt, nx],
+                &[32, 3, nt, nx],
+            ],
+            value_bytes,
+        )?;
+        ensure_fits(&what, bytes, available)?;
+    }
+    Ok(grids)
+}
+
+fn main() -> Result<()> {
+    fhn_neural_operators::allocator::keep_freed_memory();
+    let args = Args::parse();
+    let grids = checked_grids(&args)?;
     let dev = open_device(args.device)?;
     let configs: Vec<ModelConfig> = args
         .models

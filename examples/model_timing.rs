@@ -15,10 +15,12 @@
 //! POD-DON needs a basis fitted on training outputs: here, as in the bench, 64 modes per
 //! output fitted on 128 seeded random output fields.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use clap::{Parser, ValueEnum};
-use fhn_neural_operators::cli::seeded_randn;
+use fhn_neural_operators::cli::{
+    at_least, ensure_fits, mem_available_bytes, seeded_randn, tensor_bytes,
+};
 use no_layers::init::SeededVarMap;
 use no_models::pod::{PodBasis, PodCriterion, PodDeepOnet};
 use no_models::train::{AdamW, AdamWParams};
@@ -83,9 +85,17 @@ fn config(args: &Args) -> Result<ModelConfig> {
 fn main() -> Result<()> {
     fhn_neural_operators::allocator::keep_freed_memory();
     let args = Args::parse();
-    if args.batch == 0 || args.grid < 2 || args.repeats == 0 {
-        bail!("--batch and --repeats must be positive and --grid at least 2");
-    }
+    at_least("batch", args.batch, 1)?;
+    at_least("grid", args.grid, 2)?;
+    at_least("repeats", args.repeats, 1)?;
+    at_least("in-channels", args.in_channels, 1)?;
+    at_least("out-channels", args.out_channels, 1)?;
+    // The input and target, and POD-DON's 128 fitted outputs: a lower bound of the memory
+    // the timing needs, computed before anything is allocated.
+    let what = format!("--batch {} --grid {}", args.batch, args.grid);
+    let (b, g, c) = (args.batch, args.grid, args.in_channels + args.out_channels);
+    let bytes = tensor_bytes(&what, &[&[b, c, g, g], &[128, args.out_channels, g, g]], 4)?;
+    ensure_fits(&what, bytes, mem_available_bytes())?;
     let cfg = config(&args)?;
     let vars = SeededVarMap::new(0);
     let vb = vars.var_builder(DType::F32, &Device::Cpu);

@@ -26,6 +26,25 @@ pub enum EvalError {
         /// What was expected.
         expected: String,
     },
+    /// A configuration (study, evaluation, latency...) that cannot be read: an unknown or
+    /// missing field, a value of the wrong type, or a value out of range.
+    #[error("invalid {what}: {reason}")]
+    Config {
+        /// Which configuration, and where in the file (``EvalConfig at `eval` ``).
+        what: String,
+        /// What is wrong, with the closest valid field for a typo.
+        reason: String,
+    },
+    /// A metric came out NaN or infinite: it is not written as a result.
+    #[error("model `{model}`: {figure} is not finite ({value})")]
+    NonFinite {
+        /// The model's label.
+        model: String,
+        /// The figure (`test rel_l2 mean of v`, `latency p50 at batch 1`, ...).
+        figure: String,
+        /// The value found.
+        value: f64,
+    },
     /// An I/O error on a report or data file.
     #[error("I/O error on {path}: {source}")]
     Io {

@@ -17,6 +17,7 @@ use crate::metrics::quantile_sorted;
 
 /// How to time a model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LatencyConfig {
     /// Batch sizes to sweep.
     pub batch_sizes: Vec<usize>,
@@ -24,6 +25,26 @@ pub struct LatencyConfig {
     pub warmup: usize,
     /// Timed forwards per batch size (at least 1).
     pub repeats: usize,
+}
+
+impl LatencyConfig {
+    /// Checks the sweep: at least one batch size, each at least 1, and at least one timed
+    /// forward. The error says which field is wrong and what was expected.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.batch_sizes.is_empty() {
+            return Err("`batch_sizes` is empty: expected at least one batch size".into());
+        }
+        if self.batch_sizes.contains(&0) {
+            return Err(format!(
+                "`batch_sizes` = {:?}: every batch size must be at least 1",
+                self.batch_sizes
+            ));
+        }
+        if self.repeats == 0 {
+            return Err("`repeats` = 0: expected at least 1 timed forward".into());
+        }
+        Ok(())
+    }
 }
 
 impl Default for LatencyConfig {
@@ -69,7 +90,16 @@ impl LatencyReport {
 }
 
 /// Percentiles and throughput from raw forward times (seconds) of batches of `batch`.
+/// Errors on an empty set of times, a non-finite or negative time, or a median of zero
+/// (the throughput would be infinite).
 pub fn summarize_times(batch: usize, seconds: &[f64]) -> Result<LatencyPoint> {
+    if let Some(t) = seconds.iter().find(|t| !(t.is_finite() && **t >= 0.0)) {
+        return Err(EvalError::invalid(
+            "forward time",
+            t,
+            "a finite, non-negative number of seconds",
+        ));
+    }
     let mut s: Vec<f64> = seconds.iter().map(|t| t * 1e3).collect();
     s.sort_by(|a, b| a.total_cmp(b));
     let p50 = quantile_sorted(&s, 0.5)?;
@@ -81,7 +111,11 @@ pub fn summarize_times(batch: usize, seconds: &[f64]) -> Result<LatencyPoint> {
         throughput: if p50 > 0.0 {
             batch as f64 / (p50 * 1e-3)
         } else {
-            f64::INFINITY
+            return Err(EvalError::invalid(
+                "median forward time",
+                "0 ms",
+                "a positive time (the throughput would be infinite)",
+            ));
         },
     })
 }
@@ -96,22 +130,12 @@ pub fn measure(
     nx: usize,
     config: &LatencyConfig,
 ) -> Result<LatencyReport> {
-    if config.repeats == 0 {
-        return Err(EvalError::invalid(
-            "latency repeats",
-            0,
-            "at least 1 timed forward",
-        ));
-    }
+    config.validate().map_err(|reason| EvalError::Config {
+        what: "LatencyConfig".into(),
+        reason,
+    })?;
     let mut points = Vec::with_capacity(config.batch_sizes.len());
     for &b in &config.batch_sizes {
-        if b == 0 {
-            return Err(EvalError::invalid(
-                "latency batch size",
-                0,
-                "a batch of at least 1",
-            ));
-        }
         let x = Tensor::full(0.1f32, (b, c_in, nt, nx), device)?.to_dtype(DType::F32)?;
         for _ in 0..config.warmup {
             model.predict(&x)?;

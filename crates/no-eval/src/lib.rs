@@ -44,6 +44,7 @@ pub mod latency;
 pub mod metrics;
 pub mod report;
 pub mod resolution;
+pub mod strict;
 pub mod study;
 pub mod translation;
 

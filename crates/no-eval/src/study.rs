@@ -31,12 +31,14 @@ use crate::latency::{self, LatencyConfig};
 use crate::metrics::{batch_errors, summarize_field, FieldSummary, Spacing};
 use crate::report::plots::{FigureData, SampleMaps};
 use crate::report::{EpochRecord, FixedShifts, ModelResult, OnsetError, StudyResults, Variant};
+use crate::strict::{parse_strict, write_atomic};
 use crate::translation::{
     curve, point_from_outputs, shift_batch, CurvePoint, EquivarianceCurve, ShiftAxis,
 };
 
 /// One model of the study: what to build and how long to train it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ModelSpec {
     /// Label in the report (unique).
     pub label: String,
@@ -50,6 +52,7 @@ pub struct ModelSpec {
 
 /// What is measured after training.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct EvalConfig {
     /// Validation samples (training distribution) whose inputs are shifted for E(s).
     pub equivariance_samples: usize,
@@ -78,6 +81,7 @@ pub struct EvalConfig {
 
 /// A whole run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StudyConfig {
     /// The data.
     pub protocol: Protocol,
@@ -389,26 +393,108 @@ impl StudyConfig {
 
     /// `quick`, `default` (the full study), or a JSON file holding a [`StudyConfig`]
     /// (or only a `fhn_solver::Protocol`, then used with the quick models and evaluation).
+    /// The result is validated ([`StudyConfig::validate`]).
     pub fn by_name_or_path(s: &str) -> Result<Self> {
         match s {
             "quick" => Ok(Self::quick()),
             "default" | "full" => Ok(Self::full()),
             path => {
                 let text = std::fs::read_to_string(path).map_err(|e| EvalError::io(path, e))?;
-                if let Ok(c) = serde_json::from_str::<StudyConfig>(&text) {
-                    return Ok(c);
-                }
-                let protocol: Protocol = serde_json::from_str(&text).map_err(|e| {
-                    EvalError::invalid(
-                        format!("study file {path}"),
-                        e,
-                        "a StudyConfig or a Protocol JSON",
-                    )
-                })?;
-                protocol.validate()?;
-                Ok(Self::quick().with_protocol(protocol))
+                Self::from_json(&text).map_err(|e| match e {
+                    EvalError::Config { what, reason } => EvalError::Config {
+                        what: format!("{what} in {path}"),
+                        reason,
+                    },
+                    other => other,
+                })
             }
         }
+    }
+
+    /// A study from JSON text: a whole [`StudyConfig`], or only a `fhn_solver::Protocol`
+    /// (used with the quick models and evaluation). Which of the two the text is meant to
+    /// be is read from its keys (`models`, `eval`, `protocol` or `augment_max_delay` make it
+    /// a study), so that an error names the field of that type that is wrong, with the
+    /// closest valid name for a typo. The result is validated.
+    pub fn from_json(text: &str) -> Result<Self> {
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| EvalError::Config {
+                what: "study file".into(),
+                reason: format!("not JSON: {e}"),
+            })?;
+        let Some(object) = value.as_object() else {
+            return Err(EvalError::Config {
+                what: "study file".into(),
+                reason: "expected a JSON object (a StudyConfig or a Protocol)".into(),
+            });
+        };
+        const STUDY_KEYS: [&str; 4] = ["models", "eval", "protocol", "augment_max_delay"];
+        if STUDY_KEYS.iter().any(|k| object.contains_key(*k)) {
+            let cfg = parse_study(&value)?;
+            cfg.validate()?;
+            return Ok(cfg);
+        }
+        let protocol: Protocol = parse_strict(&value, "Protocol")?;
+        protocol.validate()?;
+        Ok(Self::quick().with_protocol(protocol))
+    }
+
+    /// Checks every field: the protocol (and that each split has samples), the model list
+    /// (at least one, unique non-empty labels, at least one epoch and a batch of at least
+    /// one each), the evaluation and the augmentation delay.
+    pub fn validate(&self) -> Result<()> {
+        self.protocol.validate()?;
+        for (name, split) in [
+            ("protocol.train", &self.protocol.train),
+            ("protocol.validation", &self.protocol.validation),
+            ("protocol.test", &self.protocol.test),
+        ] {
+            if split.n_samples == 0 {
+                return Err(config_error(
+                    name,
+                    "n_samples = 0: every split needs at least 1 sample",
+                ));
+            }
+        }
+        if self.models.is_empty() {
+            return Err(config_error(
+                "StudyConfig",
+                "`models` is empty: expected at least one model",
+            ));
+        }
+        let mut labels = std::collections::HashSet::new();
+        for (k, m) in self.models.iter().enumerate() {
+            let at = format!("ModelSpec at `models[{k}]` ({})", m.label);
+            if m.label.trim().is_empty() {
+                return Err(config_error(&at, "`label` is empty"));
+            }
+            if !labels.insert(m.label.as_str()) {
+                return Err(config_error(
+                    &at,
+                    format!("`label` {:?} is used twice: labels must be unique", m.label),
+                ));
+            }
+            if m.train.epochs == 0 || m.train.batch_size == 0 {
+                return Err(config_error(
+                    &at,
+                    format!(
+                        "train.epochs = {} and train.batch_size = {}: both must be at least 1",
+                        m.train.epochs, m.train.batch_size
+                    ),
+                ));
+            }
+        }
+        self.eval.validate()?;
+        if !(self.augment_max_delay.is_finite() && self.augment_max_delay >= 0.0) {
+            return Err(config_error(
+                "StudyConfig",
+                format!(
+                    "`augment_max_delay` = {}: expected a finite delay ≥ 0",
+                    self.augment_max_delay
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// The same models and evaluation on another protocol (DeepONet grids follow it).
@@ -455,6 +541,51 @@ impl StudyConfig {
 }
 
 impl EvalConfig {
+    /// Checks every field: at least one equivariance sample, a finite x₀ range with
+    /// lo ≤ hi, finite shifts, a valid latency sweep, a finer grid of at least 2 × 2 and an
+    /// evaluation batch of at least 1.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |reason: String| Err(config_error("EvalConfig at `eval`", reason));
+        if self.equivariance_samples == 0 {
+            return bad("`equivariance_samples` = 0: expected at least 1".into());
+        }
+        let (lo, hi) = self.equivariance_x0_range;
+        if !(lo.is_finite() && hi.is_finite() && lo <= hi) {
+            return bad(format!(
+                "`equivariance_x0_range` = ({lo}, {hi}): expected finite bounds with lo ≤ hi"
+            ));
+        }
+        for (name, shifts) in [
+            ("time_shifts", &self.time_shifts),
+            ("space_shifts", &self.space_shifts),
+        ] {
+            if let Some(s) = shifts.iter().find(|s| !s.is_finite()) {
+                return bad(format!("`{name}` holds {s}: expected finite shifts"));
+            }
+        }
+        for (name, s) in [
+            ("fixed_time_shift", self.fixed_time_shift),
+            ("fixed_space_shift", self.fixed_space_shift),
+        ] {
+            if !s.is_finite() {
+                return bad(format!("`{name}` = {s}: expected a finite shift"));
+            }
+        }
+        if let Some([nt, nx]) = self.fine_grid {
+            if nt < 2 || nx < 2 {
+                return bad(format!(
+                    "`fine_grid` = [{nt}, {nx}]: expected at least 2 × 2 (or null to skip)"
+                ));
+            }
+        }
+        if self.eval_batch == 0 {
+            return bad("`eval_batch` = 0: expected a batch of at least 1".into());
+        }
+        self.latency
+            .validate()
+            .map_err(|reason| config_error("LatencyConfig at `eval.latency`", reason))
+    }
+
     /// 8 samples for E(s), delays up to 15 time units, shifts up to ±0.2, latency at batch
     /// 1 and 32 (3 timed forwards), three maps, four samples on a 99 × 99 grid (twice the
     /// quick study's resolution; use 199 × 199 for the default protocol's 100 × 100).
@@ -477,6 +608,49 @@ impl EvalConfig {
             eval_batch: 16,
         }
     }
+}
+
+/// An [`EvalError::Config`] from its parts.
+fn config_error(what: &str, reason: impl Into<String>) -> EvalError {
+    EvalError::Config {
+        what: what.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// A [`StudyConfig`] from JSON. On an error, each part is parsed on its own so that the
+/// message names the part at fault (``EvalConfig at `eval` ``, ``ModelSpec at
+/// `models[2]` ``, ...), not only the whole.
+fn parse_study(value: &serde_json::Value) -> Result<StudyConfig> {
+    let whole = match serde_json::from_value::<StudyConfig>(value.clone()) {
+        Ok(cfg) => return Ok(cfg),
+        Err(e) => e,
+    };
+    let part = |pointer: &str| value.pointer(pointer);
+    if let Some(v) = part("/protocol") {
+        parse_strict::<Protocol>(v, "Protocol at `protocol`")?;
+    }
+    if let Some(v) = part("/eval/latency") {
+        parse_strict::<LatencyConfig>(v, "LatencyConfig at `eval.latency`")?;
+    }
+    if let Some(v) = part("/eval") {
+        parse_strict::<EvalConfig>(v, "EvalConfig at `eval`")?;
+    }
+    if let Some(models) = part("/models").and_then(|m| m.as_array()) {
+        for (k, m) in models.iter().enumerate() {
+            if let Some(c) = m.get("config") {
+                parse_strict::<ModelConfig>(c, &format!("ModelConfig at `models[{k}].config`"))?;
+            }
+            if let Some(t) = m.get("train") {
+                parse_strict::<TrainConfig>(t, &format!("TrainConfig at `models[{k}].train`"))?;
+            }
+            parse_strict::<ModelSpec>(m, &format!("ModelSpec at `models[{k}]`"))?;
+        }
+    }
+    Err(config_error(
+        "StudyConfig",
+        crate::strict::suggest_field(&whole.to_string()),
+    ))
 }
 
 /// Prints one progress line (phases are coarse: a line each is enough).
@@ -941,17 +1115,8 @@ pub fn run(
     out: &Path,
     progress: bool,
 ) -> Result<StudyResults> {
-    if cfg.models.is_empty() {
-        return Err(EvalError::invalid(
-            "number of models",
-            0,
-            "at least one model to train",
-        ));
-    }
-    cfg.protocol.validate()?;
+    cfg.validate()?;
     std::fs::create_dir_all(out).map_err(|e| EvalError::io(out, e))?;
-    std::fs::write(out.join("study.json"), serde_json::to_string_pretty(cfg)?)
-        .map_err(|e| EvalError::io(out.join("study.json"), e))?;
     let mut phases = Vec::new();
 
     say(
@@ -1009,6 +1174,10 @@ pub fn run(
     results
         .phases
         .push(("report".to_string(), t.elapsed().as_secs_f64()));
+    // Every file of the report is written at the end, each atomically, so that a run that
+    // fails midway leaves the previous run's files as they were, not a mix of two runs.
+    let study_json = out.join("study.json");
+    write_atomic(&study_json, serde_json::to_string_pretty(cfg)?.as_bytes())?;
     results.write_all(out, &figures)?;
     Ok(results)
 }
@@ -1078,8 +1247,19 @@ fn train_all(
                     .push((spec.label.clone(), format!("{what} is not implemented")));
                 continue;
             }
+            // A model whose training diverged is reported as failed, with the reason,
+            // never with a number.
+            Err(EvalError::Model(e @ no_models::ModelError::NonFiniteLoss { .. })) => {
+                say(progress, &format!("  {}: failed ({e})", spec.label));
+                all.skipped.push((
+                    spec.label.clone(),
+                    format!("failed: training diverged: {e}"),
+                ));
+                continue;
+            }
             other => other?,
         };
+        trained.result.check_finite()?;
         for (slot, v) in all.map_predictions.iter_mut().zip(trained.map_predictions) {
             slot.push((spec.label.clone(), v));
         }

@@ -20,6 +20,7 @@ use crate::translation::EquivarianceCurve;
 
 /// One epoch of training, as the report shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct EpochRecord {
     /// Epoch number (0-based).
     pub epoch: usize,
@@ -65,6 +66,7 @@ impl Variant {
 
 /// A test sample's error next to its stimulus parameters (for the error-vs-onset figure).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct OnsetError {
     /// Stimulus onset time.
     pub t0: f64,
@@ -80,6 +82,7 @@ pub struct OnsetError {
 
 /// Everything measured on one trained model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ModelResult {
     /// The label in tables and figures (`fno`, `fno-nopos`, `don+aug`, ...).
     pub label: String,
@@ -115,6 +118,7 @@ pub struct ModelResult {
 
 /// The fixed shifts at which the report's table reads the equivariance curves.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FixedShifts {
     /// Delay in output steps.
     pub time_steps: isize,
@@ -128,6 +132,7 @@ pub struct FixedShifts {
 
 /// The whole study's outcome.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StudyResults {
     /// Name of the protocol (`quick`, `default`, or a file name).
     pub protocol_name: String,
@@ -156,6 +161,7 @@ pub struct StudyResults {
 
 /// The figures of one table row, computed once so every writer prints the same numbers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Row {
     /// Model label.
     pub label: String,
@@ -210,6 +216,87 @@ fn median_l2(f: &[FieldSummary]) -> f64 {
     f.iter().map(|s| s.rel_l2.median).sum::<f64>() / f.len() as f64
 }
 
+/// The first non-finite figure of `summary`, as (name, value).
+fn non_finite_in(summary: &crate::metrics::Summary) -> Option<(&'static str, f64)> {
+    [
+        ("mean", summary.mean),
+        ("median", summary.median),
+        ("q05", summary.q05),
+        ("q25", summary.q25),
+        ("q75", summary.q75),
+        ("q95", summary.q95),
+        ("max", summary.max),
+    ]
+    .into_iter()
+    .find(|(_, v)| !v.is_finite())
+}
+
+impl ModelResult {
+    /// Refuses a result holding a NaN or infinite accuracy, equivariance or latency figure:
+    /// the error names the model and the figure.
+    pub fn check_finite(&self) -> Result<()> {
+        let fail = |figure: String, value: f64| EvalError::NonFinite {
+            model: self.label.clone(),
+            figure,
+            value,
+        };
+        let mut splits = vec![
+            ("train", &self.train),
+            ("validation", &self.validation),
+            ("test", &self.test),
+        ];
+        if let Some(fine) = &self.fine_grid {
+            splits.push(("finer-grid", fine));
+        }
+        for (split, fields) in splits {
+            for (c, f) in fields.iter().enumerate() {
+                let field = crate::metrics::FIELDS.get(c).copied().unwrap_or("?");
+                for (metric, s) in [
+                    ("rel_l2", &f.rel_l2),
+                    ("rel_l1", &f.rel_l1),
+                    ("rel_h1", &f.rel_h1),
+                    ("max_abs", &f.max_abs),
+                ] {
+                    if let Some((stat, v)) = non_finite_in(s) {
+                        return Err(fail(format!("{split} {metric} {stat} of {field}"), v));
+                    }
+                }
+            }
+        }
+        for (axis, c) in [("delay", &self.time_curve), ("space", &self.space_curve)] {
+            for p in &c.points {
+                for (k, s) in p.channels.iter().enumerate() {
+                    if let Some((stat, v)) = non_finite_in(s) {
+                        return Err(fail(
+                            format!(
+                                "equivariance E(s) {stat} over {axis} at shift {} (channel {k})",
+                                p.shift
+                            ),
+                            v,
+                        ));
+                    }
+                }
+            }
+        }
+        for p in &self.latency.points {
+            for (name, v) in [
+                ("p50", p.p50_ms),
+                ("p95", p.p95_ms),
+                ("p99", p.p99_ms),
+                ("throughput", p.throughput),
+            ] {
+                if !v.is_finite() {
+                    return Err(fail(format!("latency {name} at batch {}", p.batch), v));
+                }
+            }
+        }
+        if !self.train_wall_s.is_finite() {
+            return Err(fail("training wall time".into(), self.train_wall_s));
+        }
+        Ok(())
+    }
+}
+
 impl StudyResults {
     /// The table rows, in the order the models were trained.
     pub fn rows(&self) -> Vec<Row> {
@@ -256,10 +343,14 @@ impl StudyResults {
         figures: &plots::FigureData,
     ) -> Result<Vec<std::path::PathBuf>> {
         std::fs::create_dir_all(dir).map_err(|e| EvalError::io(dir, e))?;
+        for m in &self.models {
+            m.check_finite()?;
+        }
         let mut written = Vec::new();
+        // Each file goes to a temporary sibling first and is renamed into place.
         let mut put = |name: &str, text: String| -> Result<()> {
             let p = dir.join(name);
-            std::fs::write(&p, text).map_err(|e| EvalError::io(&p, e))?;
+            crate::strict::write_atomic(&p, text.as_bytes())?;
             written.push(p);
             Ok(())
         };

@@ -445,13 +445,28 @@ pub fn draw_error_vs_onset(r: &StudyResults, path: &Path) -> Result<()> {
 /// A figure drawn from the results alone.
 type Drawer = fn(&StudyResults, &Path) -> Result<()>;
 
-/// Draws every figure into `dir`; returns their paths.
+/// Runs `draw` on a temporary sibling of `path` (same extension: plotters picks the format
+/// from it) and renames it to `path`, so that a failed drawing leaves any previous figure
+/// intact; errors name `path`, not the temporary file.
+fn draw_atomically(path: &Path, draw: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    crate::strict::persist_with(path, |_, tmp| {
+        draw(tmp).map_err(|e| match e {
+            EvalError::Plot { reason, .. } => EvalError::Plot {
+                path: path.to_path_buf(),
+                reason,
+            },
+            other => other,
+        })
+    })
+}
+
+/// Draws every figure into `dir`, each atomically; returns their paths.
 pub fn draw_all(r: &StudyResults, data: &FigureData, dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     let domain = (data.t_end, data.length);
     for (k, m) in data.maps.iter().enumerate() {
         let p = dir.join(format!("maps_sample{k}.png"));
-        draw_sample_maps(m, domain, &p)?;
+        draw_atomically(&p, |tmp| draw_sample_maps(m, domain, tmp))?;
         out.push(p);
     }
     let figs: [(&str, Drawer); 3] = [
@@ -461,7 +476,7 @@ pub fn draw_all(r: &StudyResults, data: &FigureData, dir: &Path) -> Result<Vec<P
     ];
     for (name, f) in figs {
         let p = dir.join(name);
-        f(r, &p)?;
+        draw_atomically(&p, |tmp| f(r, tmp))?;
         out.push(p);
     }
     Ok(out)
