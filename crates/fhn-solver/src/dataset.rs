@@ -2,11 +2,14 @@
 //!
 //! A file holds `input`, `v`, `w` as f32 `[N, nt, nx]` (axis order (t, x)), the per-sample
 //! stimulus parameters `x0`, `t0`, `amplitude` as f32 `[N]`, and in its metadata the protocol
-//! JSON, the split, the index of its first sample and a format tag. Shards of one split are
-//! contiguous index ranges, so their files concatenate ([`Dataset::concat`]).
+//! JSON, the split, the index of its first sample, the shard (`i/n`, `0/1` for a whole
+//! split), the split's total sample count `n_total`, a format tag, and under `tensor_crc32`
+//! the CRC-32 of every tensor's data bytes (checked by [`Dataset::load`]). Shards of one
+//! split are contiguous index ranges, so their files concatenate ([`Dataset::concat`]).
+//! Every file is written atomically (a temporary sibling renamed into place).
 
-use std::collections::HashMap;
-use std::path::Path;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::{Array1, Array3};
@@ -19,6 +22,11 @@ use crate::simulate::Solver1d;
 
 /// The metadata value of `format` in our files.
 pub const FORMAT_TAG: &str = "fhn-dataset/1";
+
+/// The metadata key holding the CRC-32 of every tensor's data (the same format as the
+/// checkpoints of `no-models`): a JSON object, keys sorted, tensor name → 8 lowercase hex
+/// digits of the CRC-32 (IEEE) of its raw little-endian bytes.
+pub const CHECKSUM_KEY: &str = "tensor_crc32";
 
 /// One slice `index` of `count` of a split (`--shard index/count`, 0-based).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,9 +50,20 @@ impl Shard {
         Ok(Self { index, count })
     }
 
-    /// The sample indices of this shard among `n`: `[index·n/count, (index+1)·n/count)`.
+    /// The whole split, as one shard (`0/1`).
+    pub const WHOLE: Shard = Shard { index: 0, count: 1 };
+
+    /// The sample indices of this shard among `n`: `[index·n/count, (index+1)·n/count)`
+    /// (computed in 128 bits, so no product wraps).
     pub fn range(&self, n: usize) -> std::ops::Range<usize> {
-        (self.index * n / self.count)..((self.index + 1) * n / self.count)
+        let bound = |i: usize| (i as u128 * n as u128 / self.count as u128) as usize;
+        bound(self.index)..bound(self.index + 1)
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
     }
 }
 
@@ -81,6 +100,10 @@ pub struct Dataset {
     pub split: Split,
     /// Index (within the split) of the first sample.
     pub first_index: usize,
+    /// Which shard of the split this is ([`Shard::WHOLE`] for the whole split).
+    pub shard: Shard,
+    /// The split's total number of samples (over all shards).
+    pub n_total: usize,
 }
 
 /// One generated sample: input, v, w flattened [nt·nx] and (x0, t0, amplitude).
@@ -96,8 +119,23 @@ pub fn generate(
 ) -> Result<Dataset> {
     protocol.validate()?;
     let n_total = protocol.split(split).n_samples;
-    let range = shard.map_or(0..n_total, |s| s.range(n_total));
+    let shard = shard.unwrap_or(Shard::WHOLE);
+    let range = shard.range(n_total);
     let out = protocol.output;
+    // Generation holds each sample's vectors and then the stacked arrays: twice the data.
+    crate::limits::check_memory(
+        || {
+            format!(
+                "the {} split's {} samples of {} × {} (input, v and w in f32, held twice while \
+                 stacking)",
+                split.name(),
+                range.len(),
+                out.nt,
+                out.nx
+            )
+        },
+        2.0 * 3.0 * 4.0 * range.len() as f64 * out.nt as f64 * out.nx as f64,
+    )?;
     let solver = Solver1d::new(&protocol.solver_config(), &out)?;
     let bar = progress_bar(progress, range.len() as u64, split);
     let plane = out.nt * out.nx;
@@ -155,6 +193,8 @@ pub fn generate(
         protocol: protocol.clone(),
         split,
         first_index: range.start,
+        shard,
+        n_total,
     })
 }
 
@@ -176,6 +216,44 @@ fn f32_bytes(x: &[f32]) -> Vec<u8> {
     x.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
+/// The CRC-32 of `bytes` as 8 lowercase hex digits.
+fn crc32_hex(bytes: &[u8]) -> String {
+    format!("{:08x}", crc32fast::hash(bytes))
+}
+
+/// Checks every tensor of `st` against the checksums in `stored` (the metadata value under
+/// [`CHECKSUM_KEY`]; `None` for files written before checksums, which load unverified).
+fn verify_checksums(
+    st: &SafeTensors<'_>,
+    stored: Option<&String>,
+) -> std::result::Result<(), String> {
+    let Some(stored) = stored else {
+        return Ok(());
+    };
+    let expected: BTreeMap<String, String> = serde_json::from_str(stored).map_err(|e| {
+        format!("metadata `{CHECKSUM_KEY}` is not a JSON object of tensor name -> CRC-32: {e}")
+    })?;
+    for name in st.names() {
+        if !expected.contains_key(name) {
+            return Err(format!(
+                "tensor `{name}` has no checksum in `{CHECKSUM_KEY}`"
+            ));
+        }
+    }
+    for (name, want) in &expected {
+        let view = st
+            .tensor(name)
+            .map_err(|_| format!("`{CHECKSUM_KEY}` lists tensor `{name}`, which the file lacks"))?;
+        let got = crc32_hex(view.data());
+        if &got != want {
+            return Err(format!(
+                "tensor `{name}` fails its checksum (CRC-32 {got}, expected {want}): the file is corrupt"
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl Dataset {
     /// Number of samples.
     pub fn len(&self) -> usize {
@@ -187,7 +265,8 @@ impl Dataset {
         self.x0.is_empty()
     }
 
-    /// Writes a safetensors file.
+    /// Writes a safetensors file, atomically (a temporary sibling renamed over `path`, so a
+    /// failed write leaves the previous file), with the CRC-32 of every tensor in its metadata.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         let n = self.len();
@@ -242,22 +321,33 @@ impl Dataset {
                 TensorView::new(Dtype::F32, shape.clone(), bytes).map_err(fmt_err)?,
             ));
         }
+        let checksums: BTreeMap<&str, String> = fields
+            .iter()
+            .map(|(name, bytes, _)| (*name, crc32_hex(bytes)))
+            .collect();
+        let checksums = serde_json::to_string(&checksums).map_err(|e| SolverError::Format {
+            path: path.into(),
+            reason: format!("checksums: {e}"),
+        })?;
         let meta = HashMap::from([
             ("format".to_string(), FORMAT_TAG.to_string()),
             ("protocol".to_string(), self.protocol.to_json()),
             ("split".to_string(), self.split.name().to_string()),
             ("first_index".to_string(), self.first_index.to_string()),
+            ("shard".to_string(), self.shard.to_string()),
+            ("n_total".to_string(), self.n_total.to_string()),
+            (CHECKSUM_KEY.to_string(), checksums),
         ]);
-        safetensors::serialize_to_file(views, Some(meta), path).map_err(|e| match e {
-            safetensors::SafeTensorError::IoError(source) => SolverError::Io {
+        crate::atomic::write_file_via_path(path, |temp| {
+            let io_err = |source| SolverError::Io {
                 path: path.into(),
                 source,
-            },
-            other => fmt_err(other),
-        })?;
-        canonicalise_header(path).map_err(|source| SolverError::Io {
-            path: path.into(),
-            source,
+            };
+            safetensors::serialize_to_file(views, Some(meta), temp).map_err(|e| match e {
+                safetensors::SafeTensorError::IoError(source) => io_err(source),
+                other => fmt_err(other),
+            })?;
+            canonicalise_header(temp).map_err(io_err)
         })
     }
 
@@ -295,6 +385,7 @@ impl Dataset {
             .map_err(|e| bad(format!("first_index: {e}")))?;
         let st = SafeTensors::deserialize(&bytes)
             .map_err(|e| bad(format!("truncated or corrupt tensors: {e}")))?;
+        verify_checksums(&st, meta.get(CHECKSUM_KEY)).map_err(bad)?;
         let read = |name: &str| -> Result<(Vec<usize>, Vec<f32>)> {
             let t = st
                 .tensor(name)
@@ -344,6 +435,22 @@ impl Dataset {
         let input = fields.pop().unwrap_or_default();
         let amplitude = scalars.pop().unwrap_or_default();
         let t0 = scalars.pop().unwrap_or_default();
+        // Files written before these keys existed: a whole split.
+        let shard = match meta.get("shard") {
+            Some(text) => text.parse::<Shard>()?,
+            None => Shard::WHOLE,
+        };
+        let n_total = match meta.get("n_total") {
+            Some(text) => text
+                .parse::<usize>()
+                .map_err(|e| bad(format!("n_total: {e}")))?,
+            None => first_index + n,
+        };
+        if first_index.checked_add(n).is_none_or(|end| end > n_total) {
+            return Err(bad(format!(
+                "samples {first_index}..{first_index}+{n} lie outside the split's n_total = {n_total}"
+            )));
+        }
         Ok(Self {
             input,
             v,
@@ -354,32 +461,29 @@ impl Dataset {
             protocol,
             split,
             first_index,
+            shard,
+            n_total,
         })
     }
 
     /// Writes `input.npy`, `v.npy`, `w.npy` (f32 `[N, nt, nx]`), `x0.npy`, `t0.npy`,
-    /// `amplitude.npy` (f32 `[N]`) and `protocol.json` into `dir` (created if needed).
+    /// `amplitude.npy` (f32 `[N]`) and `protocol.json` into `dir` (created if needed), each
+    /// file atomically and through a buffer.
     pub fn save_npy(&self, dir: impl AsRef<Path>) -> Result<()> {
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir).map_err(|source| SolverError::Io {
             path: dir.into(),
             source,
         })?;
-        let npy_err = |p: &Path, e: ndarray_npy::WriteNpyError| SolverError::Format {
-            path: p.into(),
-            reason: e.to_string(),
-        };
         for (name, a) in [("input", &self.input), ("v", &self.v), ("w", &self.w)] {
-            let p = dir.join(format!("{name}.npy"));
-            ndarray_npy::write_npy(&p, a).map_err(|e| npy_err(&p, e))?;
+            write_npy_atomic(&dir.join(format!("{name}.npy")), a)?;
         }
         for (name, a) in [
             ("x0", &self.x0),
             ("t0", &self.t0),
             ("amplitude", &self.amplitude),
         ] {
-            let p = dir.join(format!("{name}.npy"));
-            ndarray_npy::write_npy(&p, &Array1::from(a.clone())).map_err(|e| npy_err(&p, e))?;
+            write_npy_atomic(&dir.join(format!("{name}.npy")), &Array1::from(a.clone()))?;
         }
         self.protocol.to_json_file(dir.join("protocol.json"))
     }
@@ -392,7 +496,11 @@ impl Dataset {
             .ok_or_else(|| SolverError::invalid("parts", 0, "at least one dataset"))?;
         let mut next = first.first_index;
         for p in parts {
-            if p.protocol != first.protocol || p.split != first.split || p.first_index != next {
+            if p.protocol != first.protocol
+                || p.split != first.split
+                || p.first_index != next
+                || p.n_total != first.n_total
+            {
                 return Err(SolverError::invalid(
                     "parts",
                     format!("{} samples from {}", p.len(), p.first_index),
@@ -421,8 +529,118 @@ impl Dataset {
             protocol: first.protocol.clone(),
             split: first.split,
             first_index: first.first_index,
+            shard: if first.first_index == 0 && next == first.n_total {
+                Shard::WHOLE
+            } else {
+                first.shard
+            },
+            n_total: first.n_total,
         })
     }
+}
+
+/// Writes an array as `.npy` atomically, through a buffered writer.
+pub fn write_npy_atomic<A, D>(path: &Path, array: &ndarray::ArrayBase<A, D>) -> Result<()>
+where
+    A: ndarray::Data,
+    A::Elem: ndarray_npy::WritableElement,
+    D: ndarray::Dimension,
+{
+    use ndarray_npy::WriteNpyExt;
+    crate::atomic::write_file(path, |w| array.write_npy(w).map_err(std::io::Error::other))
+}
+
+/// How [`generate_into_dir`] writes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DirOptions {
+    /// Only this slice of each split (files `SPLIT.shard-i-of-n.safetensors`).
+    pub shard: Option<Shard>,
+    /// Also write `.npy` folders `OUT/<stem>/`.
+    pub npy: bool,
+    /// Show progress bars.
+    pub progress: bool,
+    /// For a whole run into a directory that already holds files: replace it (once the new
+    /// dataset is complete) instead of refusing.
+    pub replace_existing: bool,
+}
+
+/// One split written by [`generate_into_dir`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct WrittenSplit {
+    /// The split.
+    pub split: Split,
+    /// Samples written.
+    pub samples: usize,
+    /// The safetensors file, at its final place.
+    pub path: PathBuf,
+}
+
+/// Generates `splits` of `protocol` into the directory `out`: `protocol.json` and one
+/// safetensors file per split (and `.npy` folders on request).
+///
+/// A whole run (all splits, no shard) builds the dataset in a staging directory next to
+/// `out` and renames it into place only when every file is written: `out` ends up complete
+/// or untouched. `out` must not exist or be empty, unless [`DirOptions::replace_existing`].
+/// A partial run (a shard or a subset of the splits, e.g. one job of an array) writes into
+/// the shared `out`: each file atomically, `protocol.json` only if absent, and if present it
+/// must hold this protocol.
+pub fn generate_into_dir(
+    protocol: &Protocol,
+    splits: &[Split],
+    out: &Path,
+    options: DirOptions,
+) -> Result<Vec<WrittenSplit>> {
+    protocol.validate()?;
+    let whole = options.shard.is_none() && Split::ALL.iter().all(|s| splits.contains(s));
+    if whole {
+        let written = crate::atomic::write_dir(out, options.replace_existing, |staging| {
+            protocol.to_json_file(staging.join("protocol.json"))?;
+            write_splits(protocol, splits, staging, options)
+        })?;
+        // Report the final paths, not the staging ones.
+        let final_path = |p: &Path| out.join(p.file_name().unwrap_or_default());
+        return Ok(written
+            .into_iter()
+            .map(|w| WrittenSplit {
+                path: final_path(&w.path),
+                ..w
+            })
+            .collect());
+    }
+    std::fs::create_dir_all(out).map_err(|source| SolverError::Io {
+        path: out.into(),
+        source,
+    })?;
+    protocol.write_or_check_json_file(out.join("protocol.json"))?;
+    write_splits(protocol, splits, out, options)
+}
+
+/// Generates and saves each split into `dir`.
+fn write_splits(
+    protocol: &Protocol,
+    splits: &[Split],
+    dir: &Path,
+    options: DirOptions,
+) -> Result<Vec<WrittenSplit>> {
+    let mut written = Vec::new();
+    for &split in splits {
+        let data = generate(protocol, split, options.shard, options.progress)?;
+        let stem = match options.shard {
+            Some(s) => format!("{}.shard-{}-of-{}", split.name(), s.index, s.count),
+            None => split.name().to_string(),
+        };
+        let path = dir.join(format!("{stem}.safetensors"));
+        data.save(&path)?;
+        if options.npy {
+            data.save_npy(dir.join(&stem))?;
+        }
+        written.push(WrittenSplit {
+            split,
+            samples: data.len(),
+            path,
+        });
+    }
+    Ok(written)
 }
 
 /// Rewrites the JSON header of a safetensors file with every object's keys sorted, in

@@ -48,6 +48,16 @@ pub enum SolverError {
         /// What was wrong and what was expected.
         reason: String,
     },
+    /// A request needs more memory than this machine has (or than an address can hold).
+    #[error("{what} needs {}; {}", crate::limits::human_bytes(*needed_bytes), crate::limits::availability(*available_bytes))]
+    TooLarge {
+        /// What would be allocated, with its sizes (e.g. "the output grid 100 × 100").
+        what: String,
+        /// Bytes it would need (a float: the count may exceed any integer type).
+        needed_bytes: f64,
+        /// Bytes this machine has available (`MemAvailable`), if known.
+        available_bytes: Option<u64>,
+    },
     /// An array has the wrong shape.
     #[error("shape mismatch for `{name}`: expected {expected:?}, got {got:?}")]
     Shape {

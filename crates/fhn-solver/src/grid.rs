@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{check_positive, Result, SolverError};
+use crate::limits::{check_memory, to_count, BYTES_PER_FINE_NODE, MAX_NODE_STEPS, MAX_STEPS};
 
 /// The grid on which solutions are returned: `nt` times × `nx` positions, endpoints included.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -45,7 +46,8 @@ impl OutputGrid {
         }
     }
 
-    /// Checks sizes (≥ 2 nodes per axis) and extents (finite, > 0).
+    /// Checks sizes (≥ 2 nodes per axis, and a solution on the grid fits in memory) and
+    /// extents (finite, > 0).
     pub fn validate(&self) -> Result<()> {
         if self.nt < 2 {
             return Err(SolverError::invalid(
@@ -62,7 +64,13 @@ impl OutputGrid {
             ));
         }
         check_positive("output.t_end", self.t_end)?;
-        check_positive("output.length", self.length)
+        check_positive("output.length", self.length)?;
+        // A solution holds three fields (input, v, w) of f64 on this grid.
+        let (nt, nx) = (self.nt, self.nx);
+        check_memory(
+            || format!("the output grid {nt} × {nx} (input, v and w in f64)"),
+            3.0 * 8.0 * nt as f64 * nx as f64,
+        )
     }
 
     /// Spacing between output times.
@@ -144,41 +152,25 @@ pub struct FineGrid {
 }
 
 impl FineGrid {
-    /// The fine grid for `out` at `resolution`; an error if it does not contain `out`'s nodes.
+    /// The fine grid for `out` at `resolution`; an error if it does not contain `out`'s nodes,
+    /// if it would not fit in memory, or if it takes an absurd number of time steps.
     pub fn new(out: &OutputGrid, resolution: &Resolution) -> Result<Self> {
         out.validate()?;
         let (refine_x, refine_t) = match *resolution {
             Resolution::Auto { max_dx, max_dt } => {
                 check_positive("resolution.max_dx", max_dx)?;
                 check_positive("resolution.max_dt", max_dt)?;
-                (ceil_ratio(out.dx(), max_dx), ceil_ratio(out.dt(), max_dt))
+                let refine_x = ceil_ratio(out.dx(), max_dx);
+                check_fine_nodes(out, refine_x)?;
+                let refine_t = ceil_ratio(out.dt(), max_dt);
+                check_steps(out, refine_x, refine_t, "resolution.max_dt", "raise max_dt")?;
+                (refine_x, refine_t)
             }
-            Resolution::Explicit { nx, dt } => {
-                if nx < 3 {
-                    return Err(SolverError::invalid(
-                        "resolution.nx",
-                        nx,
-                        "at least 3 fine nodes",
-                    ));
-                }
-                check_positive("resolution.dt", dt)?;
-                if (nx - 1) % (out.nx - 1) != 0 {
-                    return Err(SolverError::GridMismatch(format!(
-                        "fine nx = {nx}: nx − 1 must be a multiple of output nx − 1 = {}",
-                        out.nx - 1
-                    )));
-                }
-                let ratio = out.dt() / dt;
-                let q = ratio.round();
-                if q < 1.0 || (ratio - q).abs() > 1e-9 * ratio {
-                    return Err(SolverError::GridMismatch(format!(
-                        "dt = {dt}: the output spacing {} must be an integer multiple of dt",
-                        out.dt()
-                    )));
-                }
-                ((nx - 1) / (out.nx - 1), q as usize)
-            }
+            Resolution::Explicit { nx, dt } => explicit_refinement(out, nx, dt)?,
         };
+        let refine_x = to_count("resolution", refine_x, f64::MAX, "a finite refinement")?;
+        let refine_t = to_count("resolution", refine_t, f64::MAX, "a finite refinement")?;
+        // Both products were bounded above (memory, MAX_STEPS), so they cannot wrap.
         let nx = (out.nx - 1) * refine_x + 1;
         let steps = (out.nt - 1) * refine_t;
         Ok(Self {
@@ -192,14 +184,89 @@ impl FineGrid {
     }
 }
 
-/// The smallest integer `r ≥ 1` with `coarse / r ≤ fine` (up to rounding).
-fn ceil_ratio(coarse: f64, fine: f64) -> usize {
+/// The refinements (as integral floats) of an explicit fine grid, checked for size first
+/// and then for containing the output nodes.
+fn explicit_refinement(out: &OutputGrid, nx: usize, dt: f64) -> Result<(f64, f64)> {
+    if nx < 3 {
+        return Err(SolverError::invalid(
+            "resolution.nx",
+            nx,
+            "at least 3 fine nodes",
+        ));
+    }
+    check_positive("resolution.dt", dt)?;
+    check_memory(
+        || format!("the fine grid of {nx} nodes"),
+        nx as f64 * BYTES_PER_FINE_NODE,
+    )?;
+    if (nx - 1) % (out.nx - 1) != 0 {
+        return Err(SolverError::GridMismatch(format!(
+            "fine nx = {nx}: nx − 1 must be a multiple of output nx − 1 = {}",
+            out.nx - 1
+        )));
+    }
+    let refine_x = ((nx - 1) / (out.nx - 1)) as f64;
+    let ratio = out.dt() / dt;
+    let q = ratio.round();
+    check_steps(out, refine_x, q, "resolution.dt", "raise dt")?;
+    if q < 1.0 || (ratio - q).abs() > 1e-9 * ratio {
+        return Err(SolverError::GridMismatch(format!(
+            "dt = {dt}: the output spacing {} must be an integer multiple of dt",
+            out.dt()
+        )));
+    }
+    Ok((refine_x, q))
+}
+
+/// Refuses a fine grid (output intervals × `refine_x` + 1 nodes) that does not fit in memory.
+fn check_fine_nodes(out: &OutputGrid, refine_x: f64) -> Result<()> {
+    let nodes = (out.nx - 1) as f64 * refine_x + 1.0;
+    check_memory(
+        || {
+            format!(
+                "the fine grid of {nodes:.4e} nodes ({} output nodes refined {refine_x:e} times)",
+                out.nx
+            )
+        },
+        nodes * BYTES_PER_FINE_NODE,
+    )
+}
+
+/// Refuses a step count above [`MAX_STEPS`] or a total work above [`MAX_NODE_STEPS`]; `name`
+/// is the field that sets the step and `fix` says how to change it.
+fn check_steps(
+    out: &OutputGrid,
+    refine_x: f64,
+    refine_t: f64,
+    name: &str,
+    fix: &str,
+) -> Result<()> {
+    let steps = (out.nt - 1) as f64 * refine_t;
+    let nodes = (out.nx - 1) as f64 * refine_x + 1.0;
+    if steps > MAX_STEPS || steps * nodes > MAX_NODE_STEPS || !steps.is_finite() {
+        return Err(SolverError::invalid(
+            name,
+            format!("{:e}", out.dt() / refine_t.max(1.0)),
+            &format!(
+                "a step that reaches t_end = {} in at most {MAX_STEPS:e} steps and \
+                 {MAX_NODE_STEPS:e} node updates; this one takes {steps:e} steps on \
+                 {nodes:e} fine nodes ({fix}, or lower output.nt)",
+                out.t_end
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The smallest integer `r ≥ 1` with `coarse / r ≤ fine` (up to rounding), as a float: the
+/// caller checks its size before converting it.
+fn ceil_ratio(coarse: f64, fine: f64) -> f64 {
     let r = coarse / fine;
     let rounded = r.round();
     if (r - rounded).abs() <= 1e-9 * r {
-        rounded.max(1.0) as usize
+        rounded.max(1.0)
     } else {
-        r.ceil().max(1.0) as usize
+        r.ceil().max(1.0)
     }
 }
 

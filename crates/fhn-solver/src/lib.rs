@@ -30,12 +30,14 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod atomic;
 pub mod dataset;
 pub mod error;
 pub mod grid;
 pub mod imex;
 pub mod implicit;
 mod lanes;
+pub mod limits;
 pub mod params;
 pub mod partition;
 pub mod protocol;
@@ -43,8 +45,9 @@ mod sbdf2_line;
 pub mod simulate;
 pub mod simulate2d;
 pub mod stimulus;
+mod suggest;
 
-pub use dataset::{generate, Dataset, Shard};
+pub use dataset::{generate, generate_into_dir, Dataset, DirOptions, Shard, WrittenSplit};
 pub use error::{Result, SolverError};
 pub use grid::{FineGrid, OutputGrid, Resolution};
 pub use imex::Scheme;

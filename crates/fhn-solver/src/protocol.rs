@@ -17,6 +17,10 @@ use crate::params::FhnParams;
 use crate::simulate::{Solution1d, Solver1d, SolverConfig};
 use crate::stimulus::{BoxPulse, Stimulus};
 
+/// The most samples a split may hold: the sample index fills the low 48 bits of the RNG
+/// stream (the split the bits above), so larger indices would repeat other streams.
+pub const MAX_SAMPLES: u64 = 1 << 48;
+
 /// A law for one stimulus parameter.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "law", rename_all = "snake_case", deny_unknown_fields)]
@@ -44,6 +48,31 @@ impl Law {
             Law::Fixed { value } => value,
             Law::Uniform { low, high } => low + (high - low) * u,
         }
+    }
+
+    /// Checks that the law's values are finite, that a uniform law has `low < high`, and
+    /// that every value it can draw lies in `[lo, hi]` (`[lo, hi)` if `!hi_inclusive`);
+    /// `range` says what that interval means, for the message.
+    fn validate_within(
+        &self,
+        name: &str,
+        (lo, hi, hi_inclusive): (f64, f64, bool),
+        range: &str,
+    ) -> Result<()> {
+        self.validate(name)?;
+        let (low, high, text) = match *self {
+            Law::Fixed { value } => (value, value, value.to_string()),
+            Law::Uniform { low, high } => (low, high, format!("[{low}, {high})")),
+        };
+        // A uniform law never draws `high` itself, so `high == hi` is fine for either end.
+        let high_ok = match self {
+            Law::Fixed { .. } if !hi_inclusive => high < hi,
+            _ => high <= hi,
+        };
+        if low < lo || !high_ok {
+            return Err(SolverError::invalid(name, text, range));
+        }
+        Ok(())
     }
 
     fn validate(&self, name: &str) -> Result<()> {
@@ -86,6 +115,15 @@ impl Split {
         match self {
             Split::Train => "train",
             Split::Validation => "val",
+            Split::Test => "test",
+        }
+    }
+
+    /// The split's field name in a protocol file: `train`, `validation`, `test`.
+    pub fn field_name(&self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Validation => "validation",
             Split::Test => "test",
         }
     }
@@ -234,7 +272,9 @@ impl Protocol {
         }
     }
 
-    /// Reads and validates a JSON protocol.
+    /// Reads and validates a JSON protocol. An unknown field is an error that names the
+    /// closest valid field ("unknown field `n_sample` (line 5, column 18); did you mean
+    /// `n_samples`?").
     pub fn from_json_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|source| SolverError::Io {
@@ -243,19 +283,47 @@ impl Protocol {
         })?;
         let p: Self = serde_json::from_str(&text).map_err(|e| SolverError::Format {
             path: path.into(),
-            reason: format!("not a protocol JSON: {e}"),
+            reason: format!(
+                "not a protocol JSON: {}",
+                crate::suggest::explain_json_error(&e)
+            ),
         })?;
         p.validate()?;
         Ok(p)
     }
 
-    /// Writes the protocol as pretty JSON.
+    /// Writes the protocol as pretty JSON, atomically (a temporary sibling renamed over
+    /// `path`, so a failed write leaves the previous file).
     pub fn to_json_file(&self, path: impl AsRef<Path>) -> Result<()> {
-        let path = path.as_ref();
-        std::fs::write(path, self.to_json()).map_err(|source| SolverError::Io {
-            path: path.into(),
-            source,
+        let json = self.to_json();
+        crate::atomic::write_file(path.as_ref(), |w| {
+            std::io::Write::write_all(w, json.as_bytes())
         })
+    }
+
+    /// Writes the protocol to `path` unless the file exists; if it does, it must hold this
+    /// protocol (for shards of one dataset written by several jobs into one directory).
+    pub fn write_or_check_json_file(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let json = self.to_json();
+        let wrote = crate::atomic::write_file_if_absent(path, |w| {
+            std::io::Write::write_all(w, json.as_bytes())
+        })?;
+        if wrote {
+            return Ok(());
+        }
+        let existing = Self::from_json_file(path)?;
+        if existing != *self {
+            return Err(SolverError::Format {
+                path: path.into(),
+                reason: format!(
+                    "holds protocol `{}` (seed {}), which differs from this run's protocol `{}` \
+                     (seed {}): write into another directory",
+                    existing.name, existing.seed, self.name, self.seed
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// The protocol as pretty JSON.
@@ -272,13 +340,38 @@ impl Protocol {
         check_positive("pulse_width", self.pulse_width)?;
         check_positive("pulse_duration", self.pulse_duration)?;
         for split in Split::ALL {
-            let s = self.split(split);
-            s.x0.validate(&format!("{}.x0", split.name()))?;
-            s.t0.validate(&format!("{}.t0", split.name()))?;
-            s.amplitude
-                .validate(&format!("{}.amplitude", split.name()))?;
+            self.validate_split(split)?;
         }
         Ok(())
+    }
+
+    /// Checks one split: a sample count in `1..=MAX_SAMPLES`, pulse centres inside the
+    /// domain, onsets that start the pulse inside the time window, finite amplitudes.
+    fn validate_split(&self, split: Split) -> Result<()> {
+        let s = self.split(split);
+        let name = split.field_name();
+        if s.n_samples == 0 || s.n_samples as u64 > MAX_SAMPLES {
+            return Err(SolverError::invalid(
+                &format!("{name}.n_samples"),
+                s.n_samples,
+                &format!("1 to {MAX_SAMPLES} samples (the sample index keys a 48-bit RNG stream)"),
+            ));
+        }
+        let (length, t_end) = (self.output.length, self.output.t_end);
+        s.x0.validate_within(
+            &format!("{name}.x0"),
+            (0.0, length, true),
+            &format!("pulse centres inside the domain [0, {length}]"),
+        )?;
+        s.t0.validate_within(
+            &format!("{name}.t0"),
+            (0.0, t_end, false),
+            &format!(
+                "onsets inside the time window [0, {t_end}) (a pulse starting at or after \
+                 t_end never acts)"
+            ),
+        )?;
+        s.amplitude.validate(&format!("{name}.amplitude"))
     }
 
     /// The spec of one split.

@@ -106,7 +106,7 @@ impl Solver1d {
         stimulus: &Stimulus,
         record: impl FnMut(usize, &[f64], &[f64]),
     ) -> Result<()> {
-        stimulus.validate()?;
+        stimulus.validate_on(self.out.length, self.out.t_end)?;
         if self.config.scheme == Scheme::Sbdf2 {
             self.solve_partitioned(stimulus, record)
         } else {

@@ -8,6 +8,7 @@ use crate::error::{Result, SolverError};
 use crate::grid::{nodes, FineGrid, OutputGrid, Resolution};
 use crate::imex::{Forcing, Stepper};
 use crate::implicit::Plane;
+use crate::limits::{check_memory, BYTES_PER_FINE_NODE};
 use crate::simulate::SolverConfig;
 use crate::stimulus::Pulse;
 
@@ -82,14 +83,23 @@ impl Stimulus2d {
             .sum()
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Checks every pulse, and that it acts on the domain of `out` (see
+    /// [`Pulse::validate_on`]; its centre y0 must lie in `[0, ly]` too).
+    fn validate_on(&self, out: &OutputGrid2d) -> Result<()> {
         for p in &self.pulses {
-            p.pulse.validate()?;
-            if !(p.y0.is_finite() && p.width_y.is_finite() && p.width_y > 0.0) {
+            p.pulse.validate_on(out.lx, out.t_end)?;
+            if !(p.width_y.is_finite() && p.width_y > 0.0) {
                 return Err(SolverError::invalid(
                     "pulse2d.width_y",
                     p.width_y,
-                    "finite y0 and width_y > 0",
+                    "a finite width_y > 0",
+                ));
+            }
+            if !(0.0..=out.ly).contains(&p.y0) {
+                return Err(SolverError::invalid(
+                    "pulse2d.y0",
+                    p.y0,
+                    &format!("a centre inside the domain [0, {}]", out.ly),
                 ));
             }
         }
@@ -118,8 +128,18 @@ pub fn simulate_2d(
     out: &OutputGrid2d,
 ) -> Result<Solution2d> {
     config.validate()?;
-    stimulus.validate()?;
+    out.along_y().validate()?;
+    stimulus.validate_on(out)?;
     let fx = FineGrid::new(&out.along_x(), &config.resolution)?;
+    check_memory(
+        || {
+            format!(
+                "the 2D output grid {} × {} × {} (v and w in f64)",
+                out.nt, out.nx, out.ny
+            )
+        },
+        2.0 * 8.0 * out.nt as f64 * out.nx as f64 * out.ny as f64,
+    )?;
     let res_y = match config.resolution {
         Resolution::Explicit { dt, .. } => Resolution::Explicit {
             nx: (out.ny - 1) * fx.refine_x + 1,
@@ -128,6 +148,10 @@ pub fn simulate_2d(
         auto => auto,
     };
     let fy = FineGrid::new(&out.along_y(), &res_y)?;
+    check_memory(
+        || format!("the 2D fine grid {} × {}", fx.nx, fy.nx),
+        fx.nx as f64 * fy.nx as f64 * BYTES_PER_FINE_NODE,
+    )?;
     let plane = Plane::new(fx.nx, fy.nx, fx.dx, fy.dx);
     let (xs, ys) = (nodes(fx.nx, out.lx), nodes(fy.nx, out.ly));
     let forcing = Forcing::new(

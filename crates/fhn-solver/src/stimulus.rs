@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{check_finite, check_non_negative, check_positive, Result};
+use crate::error::{check_finite, check_positive, Result, SolverError};
 
 /// Nodes within this distance of a box edge count as inside: `0.52 − 0.5` is not `0.02` in
 /// floating point, and an edge that falls on a node should not depend on rounding.
@@ -86,7 +86,7 @@ impl Pulse {
                 check_finite("pulse.x0", p.x0)?;
                 check_positive("pulse.width", p.width)?;
                 check_finite("pulse.t0", p.t0)?;
-                check_non_negative("pulse.duration", p.duration)?;
+                check_positive("pulse.duration", p.duration)?;
                 check_finite("pulse.amplitude", p.amplitude)
             }
             Pulse::Gaussian(p) => {
@@ -97,6 +97,37 @@ impl Pulse {
                 check_finite("pulse.amplitude", p.amplitude)
             }
         }
+    }
+
+    /// [`Pulse::validate`], and checks that the pulse acts on `[0, t_end] × [0, length]`:
+    /// its centre lies in `[0, length]` and it starts before `t_end` (a Gaussian: its centre
+    /// lies within 3 σ of `[0, t_end]`) and, for a box, ends after 0. A pulse outside would
+    /// give an all-zero stimulus without a word.
+    pub fn validate_on(&self, length: f64, t_end: f64) -> Result<()> {
+        self.validate()?;
+        let (x0, t0) = match self {
+            Pulse::Box(p) => (p.x0, p.t0),
+            Pulse::Gaussian(p) => (p.x0, p.t0),
+        };
+        if !(0.0..=length).contains(&x0) {
+            return Err(SolverError::invalid(
+                "pulse.x0",
+                x0,
+                &format!("a centre inside the domain [0, {length}]"),
+            ));
+        }
+        let acts = match self {
+            Pulse::Box(p) => t0 < t_end && t0 + p.duration > 0.0,
+            Pulse::Gaussian(p) => t0 >= -3.0 * p.sigma_t && t0 <= t_end + 3.0 * p.sigma_t,
+        };
+        if !acts {
+            return Err(SolverError::invalid(
+                "pulse.t0",
+                t0,
+                &format!("a pulse that is on during the time window [0, {t_end}]"),
+            ));
+        }
+        Ok(())
     }
 
     /// Amplitude times the temporal factor at `t`.
@@ -253,6 +284,14 @@ impl Stimulus {
     /// Checks every pulse.
     pub fn validate(&self) -> Result<()> {
         self.pulses.iter().try_for_each(Pulse::validate)
+    }
+
+    /// Checks every pulse and that each acts on `[0, t_end] × [0, length]` (see
+    /// [`Pulse::validate_on`]).
+    pub fn validate_on(&self, length: f64, t_end: f64) -> Result<()> {
+        self.pulses
+            .iter()
+            .try_for_each(|p| p.validate_on(length, t_end))
     }
 
     /// The stimulus moved by `dt` in time and `dx` in space: `I'(t, x) = I(t − dt, x − dx)`.
