@@ -120,7 +120,10 @@ fn on_grid(cfg: &ModelConfig, grid: [usize; 2]) -> ModelConfig {
         ModelConfig::DonCnn(c) => c.grid = grid,
         ModelConfig::PodDon(c) => c.grid = grid,
         ModelConfig::LocalNo(c) => c.default_in_shape = grid,
-        ModelConfig::Cno(_) | ModelConfig::Fno(_) | ModelConfig::Tfno(_) => {}
+        ModelConfig::Cno(_)
+        | ModelConfig::Fno(_)
+        | ModelConfig::Tfno(_)
+        | ModelConfig::Causal(_) => {}
     }
     cfg
 }

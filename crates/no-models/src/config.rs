@@ -357,6 +357,20 @@ impl ModelConfig {
                 convs.extend([mlp(&branch), mlp(&trunk)]);
                 sum(&convs)
             }
+            ModelConfig::Causal(c) => {
+                // Lifting, per block a dilated kernel, a 1x1 mix and a bias, then the
+                // two-layer projection: bounded by (n_layers + 2) such blocks.
+                let h = c.hidden_channels;
+                let per_block = sum(&[
+                    mul(&[h, h, c.kernel_time, c.kernel_space]),
+                    mul(&[h, h]),
+                    Some(h as u128),
+                ]);
+                sum(&[
+                    per_block.and_then(|b| b.checked_mul(c.n_layers.checked_add(2)? as u128)),
+                    mul(&[h, c.in_channels.checked_add(c.out_channels)?]),
+                ])
+            }
             ModelConfig::PodDon(c) => {
                 let p = usize::try_from(mul(&[c.grid[0], c.grid[1]])?).ok()?;
                 let modes = c
