@@ -152,7 +152,7 @@ fn npy_headers_are_checked_before_allocation() {
         .expect("open");
     let header_len = f.metadata().expect("meta").len();
     if f.set_len(header_len + huge).is_ok() {
-        let err = npy::read(&path, &Device::Cpu).err().expect("must fail");
+        let err = npy::read(&path, &Device::Cpu).expect_err("must fail");
         assert!(matches!(err, ModelError::TooLarge { .. }), "{err}");
     }
     assert!(t0.elapsed() < Duration::from_secs(5));

@@ -33,11 +33,11 @@ fn delay_deviation(model: &dyn NeuralOperator, x: &Tensor, k: usize) -> candle_c
     let of_delayed = model.predict(&delay(x, k)?)?;
     let delayed_out = delay(&out, k)?;
     let max = |t: &Tensor| -> candle_core::Result<f64> {
-        Ok(t.abs()?
+        t.abs()?
             .flatten_all()?
             .max(0)?
             .to_dtype(DType::F64)?
-            .to_scalar::<f64>()?)
+            .to_scalar::<f64>()
     };
     Ok(max(&(of_delayed - delayed_out)?)? / max(&out)?.max(1e-30))
 }

@@ -3,7 +3,7 @@
 //! bits; missing, duplicate, mixed or stray files are errors saying what was found.
 
 use candle_core::{DType, Device, Tensor};
-use fhn_solver::{Dataset, Protocol, Split};
+use fhn_solver::{Dataset, Protocol, Shard, Split};
 use ndarray::Array3;
 use no_layers::init::SeededVarMap;
 use no_models::fno::FnoConfig;
@@ -41,10 +41,22 @@ fn samples(range: std::ops::Range<usize>, protocol: &Protocol) -> Dataset {
         protocol: protocol.clone(),
         split: Split::Train,
         first_index: range.start,
+        shard: Shard::WHOLE,
+        n_total: n,
     }
 }
 
+/// Writes `d`, with the shard metadata its file name (`SPLIT.shard-I-of-N`) implies (a
+/// shard of the `N`-sample train split).
 fn save(d: &Dataset, path: &Path) {
+    let mut d = d.clone();
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    if let Some(rest) = name.split(".shard-").nth(1) {
+        let rest = rest.trim_end_matches(".safetensors");
+        let (i, n) = rest.split_once("-of-").expect("shard name");
+        d.shard = Shard::new(i.parse().expect("I"), n.parse().expect("N")).expect("shard");
+        d.n_total = N;
+    }
     d.save(path).expect("write dataset file");
 }
 
@@ -194,10 +206,7 @@ fn checksums_are_verified() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("x.safetensors");
     let t = Tensor::ones((2, 3, 4), DType::F32, &Device::Cpu).expect("tensor");
-    let bytes: Vec<u8> = vec![1f32; 24]
-        .iter()
-        .flat_map(|v| v.to_le_bytes())
-        .collect();
+    let bytes: Vec<u8> = [1f32; 24].iter().flat_map(|v| v.to_le_bytes()).collect();
     let mut sums = std::collections::HashMap::new();
     let good = no_models::checksum::metadata_value(["input", "v", "w"].map(|n| (n, &bytes[..])));
     sums.insert(
