@@ -139,6 +139,10 @@ fn to_array(t: &Tensor) -> anyhow::Result<Array4<f32>> {
 }
 
 fn main() -> anyhow::Result<()> {
+    // The example takes no flags: refuse any rather than run something else than asked.
+    if let Some(arg) = std::env::args().nth(1) {
+        anyhow::bail!("unexpected argument `{arg}`: custom_model takes no arguments");
+    }
     let start = Instant::now();
     let device = Device::Cpu;
     let dir = tempfile_dir()?;

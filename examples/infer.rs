@@ -91,6 +91,11 @@ fn main() -> Result<()> {
 fn check_args(args: &Args) -> Result<()> {
     anyhow::ensure!(args.batch_size > 0, "--batch-size must be at least 1");
     for (flag, path) in [("--checkpoint", &args.checkpoint), ("--input", &args.input)] {
+        anyhow::ensure!(
+            !path.is_dir(),
+            "{flag} {}: is a directory, expected a file",
+            path.display()
+        );
         anyhow::ensure!(path.is_file(), "{flag} {}: no such file", path.display());
     }
     let dir = match args.out.parent() {

@@ -18,8 +18,8 @@
 //! configuration, optimiser state, schedule position and best-so-far. A flag not given
 //! keeps the stored value; `--model`, `--batch-size`, `--lr`, `--seed` or a
 //! `--train-config` field that contradicts the stored run is an error naming both values
-//! (start a new run to change them), and `--config` is refused (the checkpoint holds the
-//! model). The only changes allowed are `--epochs` (a new total, at least the epochs
+//! (start a new run to change them), and so is a `--config` that differs from the stored
+//! model configuration (an identical one is accepted). The only changes allowed are `--epochs` (a new total, at least the epochs
 //! already done; reported) and `--quiet`.
 
 use anyhow::{bail, Context, Result};
@@ -130,10 +130,12 @@ fn new_run_config(args: &Args) -> Result<TrainConfig> {
 }
 
 /// A trainer continuing `ckpt` under the resume rule (see the module documentation).
-fn resumed_trainer(args: &Args, ckpt: &std::path::Path, device: &Device) -> Result<Trainer> {
-    if args.config.is_some() {
-        bail!("--config with --resume: the model configuration is stored in the checkpoint; drop --config");
-    }
+fn resumed_trainer(
+    args: &Args,
+    ckpt: &std::path::Path,
+    splits: &Splits,
+    device: &Device,
+) -> Result<Trainer> {
     let train_config = match &args.train_config {
         Some(p) => Some(
             parse_train_config(
@@ -153,6 +155,21 @@ fn resumed_trainer(args: &Args, ckpt: &std::path::Path, device: &Device) -> Resu
         progress: Some(!args.quiet),
     };
     let resumed = Trainer::resume_request(ckpt, &Registry::builtin(), device, &request)?;
+    if let Some(path) = &args.config {
+        // A --config equal to the stored one is no change; any other is a contradiction.
+        let stored = resumed.trainer.model().config_json();
+        let name = stored["model"].as_str().unwrap_or_default().to_string();
+        let requested = model_config(args, &name, &splits.train)?.to_json();
+        if requested != stored {
+            bail!(
+                "--config {}: the model configuration differs from the one stored in {}; \
+                 a resumed run keeps its stored configuration (stored {stored}, requested \
+                 {requested}); start a new run to change it",
+                path.display(),
+                ckpt.display()
+            );
+        }
+    }
     let done = resumed.trainer.meta().epochs_completed;
     eprintln!(
         "resuming {} after {done} epochs with its stored configuration",
@@ -198,7 +215,7 @@ fn main() -> Result<()> {
     let device = Device::Cpu;
     let splits = TensorDataset::load_splits(&args.data)?;
     let mut trainer = match &args.resume {
-        Some(ckpt) => resumed_trainer(&args, ckpt, &device)?,
+        Some(ckpt) => resumed_trainer(&args, ckpt, &splits, &device)?,
         None => new_trainer(&args, &splits, &device)?,
     };
     let summary = trainer.fit(&splits.train, &splits.val, Some(&args.out))?;

@@ -623,7 +623,8 @@ fn infer_checkpoints() -> Vec<Case> {
             "user",
             "weight-wrong-shape",
             |p| {
-                let name = files::first_tensor(p, "optimizer");
+                // A weight of rank >= 2 flattened (flattening a bias would change nothing).
+                let name = files::first_tensor_of_rank(p, "optimizer", 2);
                 let r = files::tensor_range(p, &name);
                 p.header[&name]["shape"] = json!([(r.end - r.start) / 4]);
                 restamp(p);
@@ -1285,7 +1286,9 @@ fn shards_and_resume() -> Vec<Case> {
                 "{ckpt}",
                 "--quiet",
             ],
-            &["{tmp}/run/last.safetensors"],
+            // The stored run already completed its epochs: nothing is trained and nothing
+            // is written (the program says so), which is success.
+            &[],
         )
         .timeout_s(TRAIN_TIMEOUT),
         train_err(

@@ -150,6 +150,23 @@ pub fn first_tensor(parts: &SafeParts, skip: &str) -> String {
     names[0].clone()
 }
 
+/// The alphabetically first tensor of rank at least `rank` whose name does not start with
+/// `skip`.
+pub fn first_tensor_of_rank(parts: &SafeParts, skip: &str, rank: usize) -> String {
+    let header = parts.header.as_object().expect("header object");
+    let mut names: Vec<&String> = header
+        .iter()
+        .filter(|(k, v)| {
+            *k != "__metadata__"
+                && !k.starts_with(skip)
+                && v["shape"].as_array().is_some_and(|s| s.len() >= rank)
+        })
+        .map(|(k, _)| k)
+        .collect();
+    names.sort();
+    names[0].clone()
+}
+
 /// Writes f32 `value` into element `index` of tensor `name` (f32 tensors only).
 pub fn poke_f32(parts: &mut SafeParts, name: &str, index: usize, value: f32) {
     let r = tensor_range(parts, name);

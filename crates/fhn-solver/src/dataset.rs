@@ -120,6 +120,17 @@ pub fn generate(
     protocol.validate()?;
     let n_total = protocol.split(split).n_samples;
     let shard = shard.unwrap_or(Shard::WHOLE);
+    if shard.count > n_total {
+        // Some shards would be empty files; a job array that large is a mistake.
+        return Err(SolverError::invalid(
+            "shard",
+            format!("{}/{}", shard.index, shard.count),
+            &format!(
+                "at most {n_total} shards: the {} split has {n_total} samples",
+                split.name()
+            ),
+        ));
+    }
     let range = shard.range(n_total);
     let out = protocol.output;
     // Generation holds each sample's vectors and then the stacked arrays: twice the data.
@@ -428,6 +439,16 @@ impl Dataset {
         for name in ["input", "v", "w"] {
             let (s, d) = read(name)?;
             expect(name, &s, vec![n, nt, nx])?;
+            if let Some(i) = d.iter().position(|x| !x.is_finite()) {
+                let per_sample = (nt * nx).max(1);
+                let (sample, r) = (i / per_sample, i % per_sample);
+                return Err(bad(format!(
+                    "tensor `{name}` holds {} at sample {sample}, index [{}, {}] (t, x); every value must be finite",
+                    d[i],
+                    r / nx.max(1),
+                    r % nx.max(1)
+                )));
+            }
             fields.push(Array3::from_shape_vec((n, nt, nx), d).map_err(|e| bad(e.to_string()))?);
         }
         let w = fields.pop().unwrap_or_default();

@@ -75,9 +75,20 @@ pub fn suggest_field(message: &str) -> String {
 /// Deserialises `value` as a `what` (named in errors, e.g. "EvalConfig at `eval`"), with
 /// unknown fields explained by [`suggest_field`].
 pub fn parse_strict<T: DeserializeOwned>(value: &serde_json::Value, what: &str) -> Result<T> {
-    serde_json::from_value(value.clone()).map_err(|e| EvalError::Config {
-        what: what.to_string(),
-        reason: suggest_field(&e.to_string()),
+    // The path names the field inside nested values (`eval.eval_batch`), which serde's own
+    // message for a wrong type or value leaves out.
+    serde_path_to_error::deserialize(value.clone()).map_err(|e| {
+        let path = e.path().to_string();
+        let reason = suggest_field(&e.inner().to_string());
+        EvalError::Config {
+            what: what.to_string(),
+            // An unknown field's message already names it.
+            reason: if path.is_empty() || path == "." || reason.starts_with("unknown field") {
+                reason
+            } else {
+                format!("field `{path}`: {reason}")
+            },
+        }
     })
 }
 

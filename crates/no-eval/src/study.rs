@@ -483,6 +483,9 @@ impl StudyConfig {
                     ),
                 ));
             }
+            m.train
+                .validate()
+                .map_err(|e| config_error(&at, format!("train: {e}")))?;
         }
         self.eval.validate()?;
         if !(self.augment_max_delay.is_finite() && self.augment_max_delay >= 0.0) {

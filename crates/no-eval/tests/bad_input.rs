@@ -165,7 +165,7 @@ fn invalid_values_are_refused_with_the_field_named() {
             "/models/0/train/batch_size",
             "train.batch_size = 0",
         ),
-        (json!(0), "/protocol/test/n_samples", "protocol.test"),
+        (json!(0), "/protocol/test/n_samples", "test.n_samples"),
     ];
     for (value, pointer, expected) in cases {
         let msg = study_error(|v| *v.pointer_mut(pointer).unwrap() = value.clone());

@@ -94,9 +94,10 @@ pub fn build(config: &ModelConfig, vb: VarBuilder) -> Result<Box<dyn NeuralOpera
                     format!("up to {n}")
                 });
             format!(
-                "the {} configuration ({count} parameters as {:?})",
+                "the {} configuration ({count} parameters as {:?}; its sizes: {})",
                 config.name(),
-                vb.dtype()
+                vb.dtype(),
+                size_fields(config)
             )
         },
         bytes,
@@ -185,6 +186,21 @@ fn mlp(widths: &[usize]) -> Option<u128> {
 
 /// Lifting and projection of the FNO-family frame, and the per-block parameters of the
 /// spectral weights (full, complex), skips and channel MLP: an upper bound.
+/// The configuration's numeric fields as `name value` pairs (what a too-large error shows
+/// so the reader sees which size to reduce).
+fn size_fields(config: &ModelConfig) -> String {
+    let json = config.to_json();
+    let Some(fields) = json.as_object() else {
+        return json.to_string();
+    };
+    fields
+        .iter()
+        .filter(|(_, v)| v.is_number() || v.is_array())
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn fno_family(
     (c_in, c_out, h, n_layers): (usize, usize, usize, usize),
     n_modes: &[usize],
@@ -253,6 +269,15 @@ impl ModelConfig {
                         "hidden_channels ({}) and n_layers ({}) must be at least 1",
                         c.hidden_channels, c.n_layers
                     ));
+                }
+                for (name, r) in [
+                    ("lifting_channel_ratio", c.lifting_channel_ratio),
+                    ("projection_channel_ratio", c.projection_channel_ratio),
+                    ("channel_mlp_expansion", c.channel_mlp_expansion),
+                ] {
+                    if !(r.is_finite() && r >= 0.0) {
+                        return bad(format!("{name} must be finite and >= 0, got {r}"));
+                    }
                 }
             }
             ModelConfig::LocalNo(c) => validate_local_no(c)?,

@@ -104,6 +104,7 @@ fn read_file(
     };
     let (inputs, outputs) = (stack(input_keys)?, stack(output_keys)?);
     let data = TensorDataset::new(inputs, outputs).map_err(|e| file_err(path, e))?;
+    data.check_finite(&path.display().to_string())?;
     Ok((data, meta))
 }
 
@@ -350,7 +351,7 @@ impl Normalizer {
             return Err(shape_err(
                 "normaliser input",
                 dims,
-                &format!("[B, {}, ...]", self.channels()),
+                &format!("[B, {} channels, ...]", self.channels()),
             ));
         }
         let mut shape = vec![1usize; dims.len()];
@@ -413,6 +414,18 @@ fn read_channel(st: &safetensors::SafeTensors<'_>, path: &Path, key: &str) -> Re
         path: path.to_path_buf(),
         reason: format!("no tensor named `{key}` (found: {:?})", st.names()),
     })?;
+    if !matches!(
+        view.dtype(),
+        safetensors::Dtype::F32 | safetensors::Dtype::F64
+    ) {
+        return Err(file_err(
+            path,
+            format!(
+                "tensor `{key}` has dtype {:?}, expected F32 or F64",
+                view.dtype()
+            ),
+        ));
+    }
     let t = view.load(&Device::Cpu)?.to_dtype(DType::F32)?;
     match t.dims() {
         [_, _, _] => Ok(t.unsqueeze(1)?),

@@ -377,7 +377,8 @@ pub mod npy {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
         };
-        let mut tmp = tempfile::NamedTempFile::new_in(parent).map_err(io(parent))?;
+        // Name the target, not only its directory, when the temporary cannot be made.
+        let mut tmp = tempfile::NamedTempFile::new_in(parent).map_err(io(path))?;
         {
             let mut w = BufWriter::new(tmp.as_file_mut());
             let flat = t.flatten_all()?;

@@ -70,7 +70,7 @@ impl Module for GridEmbedding {
                 layer: "GridEmbedding",
                 got: dims,
                 expected: format!(
-                    "[batch, {}] followed by {} spatial axes",
+                    "[batch, {} channels] followed by {} spatial axes",
                     self.cfg.in_channels, self.cfg.n_dim
                 ),
             }

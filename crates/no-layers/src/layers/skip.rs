@@ -148,7 +148,7 @@ impl Module for Skip {
                 layer: "Skip",
                 got: x.dims().to_vec(),
                 expected: format!(
-                    "[batch, {}] followed by {} spatial axes",
+                    "[batch, {} channels] followed by {} spatial axes",
                     self.in_channels, self.n_dim
                 ),
             }

@@ -122,16 +122,34 @@ impl Schedule {
 /// Parses and validates a `TrainConfig` JSON text; an unknown field or variant is an error
 /// naming the closest valid one.
 pub fn parse_train_config(text: &str) -> Result<TrainConfig> {
-    let cfg: TrainConfig = serde_json::from_str(text).map_err(explain_serde_error)?;
-    cfg.validate()?;
-    Ok(cfg)
+    let value: serde_json::Value = serde_json::from_str(text).map_err(explain_serde_error)?;
+    train_config_from_value(value)
 }
 
 /// [`parse_train_config`] for an already parsed JSON value (e.g. a checkpoint's record).
 pub fn train_config_from_value(value: serde_json::Value) -> Result<TrainConfig> {
+    // serde would also fill a struct from a JSON array, by position: refuse that form.
+    if !value.is_object() {
+        return Err(explain_serde_error(serde::de::Error::custom(format!(
+            "a training configuration must be a JSON object of named fields, got {}",
+            json_kind(&value)
+        ))));
+    }
     let cfg: TrainConfig = serde_json::from_value(value).map_err(explain_serde_error)?;
     cfg.validate()?;
     Ok(cfg)
+}
+
+/// The JSON type of `value`, for messages.
+fn json_kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
 }
 
 /// Turns serde's "unknown field `x`, expected one of `a`, `b`" (or "unknown variant")

@@ -189,7 +189,7 @@ impl Module for FiniteDifference {
                 layer: "FiniteDifference",
                 got: x.dims().to_vec(),
                 expected: format!(
-                    "[batch, {}] followed by {} spatial axes",
+                    "[batch, {} channels] followed by {} spatial axes",
                     c.in_channels, c.n_dim
                 ),
             }
