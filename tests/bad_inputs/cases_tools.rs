@@ -88,6 +88,73 @@ pub fn benchmark() -> Vec<Case> {
             &["--epoch-scale", "1e300"],
             &["epoch-scale|epochs"],
         ),
+        bench_flag("numbers", "seeds-0", &["--seeds", "0"], &["seeds"]),
+        bench_flag("numbers", "seeds-huge", &["--seeds", "1000000"], &["seeds"]),
+        bench_flag("numbers", "seeds-negative", &["--seeds=-1"], &["seeds"]),
+        bench_flag(
+            "shards",
+            "shard-index-not-below-count",
+            &["--shard", "3/3"],
+            &["shard"],
+        ),
+        bench_flag(
+            "shards",
+            "shard-zero-count",
+            &["--shard", "0/0"],
+            &["shard"],
+        ),
+        bench_flag("shards", "shard-garbage", &["--shard", "half"], &["shard"]),
+        bench_flag(
+            "shards",
+            "shard-more-slices-than-jobs",
+            &["--shard", "0/50"],
+            &["at most 3 slices"],
+        ),
+        bench_flag("shards", "job-out-of-range", &["--job", "7"], &["job"]),
+        bench_flag(
+            "user",
+            "shard-and-job",
+            &["--shard", "0/1", "--job", "0"],
+            &["--job|--shard"],
+        ),
+        bench_flag(
+            "user",
+            "merge-missing-dir",
+            &["--merge", "{tmp}/nowhere"],
+            &["nowhere"],
+        ),
+        bench_flag(
+            "user",
+            "merge-dir-without-study",
+            &["--merge", "{tmp}"],
+            &["study.json"],
+        ),
+        bench_flag(
+            "user",
+            "merge-without-records",
+            &["--merge", "{tmp}/part"],
+            &["no record"],
+        )
+        .setup(|c| {
+            std::fs::create_dir_all(c.path("part")).expect("dir");
+            let v = study_json(c, &|s| {
+                s["models"] = json!([s["models"][4].clone()]);
+            });
+            write_json(c, "part/study.json", &v);
+            write_json(c, "s.json", &v);
+        }),
+        bench_flag(
+            "resume",
+            "out-holds-another-study",
+            &[],
+            &["another study", "--fresh"],
+        )
+        .setup(|c| {
+            std::fs::create_dir_all(c.path("results")).expect("dir");
+            let other = study_json(c, &|s| s["augment_max_delay"] = json!(3.0));
+            write_json(c, "results/study.json", &other);
+            write_json(c, "s.json", &study_json(c, &|_| {}));
+        }),
         bench_flag("user", "models-unknown", &["--models", "unet"], &["unet"]),
         bench_flag("user", "models-empty", &["--models", ""], &["model"]),
         bench_flag("user", "device-unknown", &["--device", "tpu"], &["tpu"]),

@@ -45,6 +45,35 @@ pub enum EvalError {
         /// The value found.
         value: f64,
     },
+    /// A job's checkpoint could not be resumed from.
+    #[error("cannot resume {job} from {path}: {reason} (remove that job's model directory, or run with --fresh, to train it from the start)")]
+    Resume {
+        /// The job (`fno seed 8 (job 12)`).
+        job: String,
+        /// The checkpoint.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A job was stopped by a signal; it resumes from its last completed epoch when the
+    /// same command is run again.
+    #[error("{job} interrupted after {epochs_completed} completed epochs; run the same command again to resume it")]
+    Interrupted {
+        /// The job.
+        job: String,
+        /// Epochs checkpointed.
+        epochs_completed: usize,
+    },
+    /// Merging found jobs without a record.
+    #[error("{missing} of the study's {total} jobs have no record in the merged directories: {list}; run them (the shard that holds job k of n shards is k mod n, or --job k) and merge again")]
+    MissingJobs {
+        /// How many are missing.
+        missing: usize,
+        /// How many the study has.
+        total: usize,
+        /// The missing jobs, described.
+        list: String,
+    },
     /// An I/O error on a report or data file.
     #[error("I/O error on {path}: {source}")]
     Io {

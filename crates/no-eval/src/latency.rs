@@ -74,7 +74,7 @@ pub struct LatencyPoint {
 }
 
 /// The latency sweep of one model.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LatencyReport {
     /// One point per batch size, in the order of the config.
     pub points: Vec<LatencyPoint>,

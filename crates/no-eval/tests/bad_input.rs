@@ -248,6 +248,8 @@ fn tiny_results(test_v: f64) -> StudyResults {
         label: "fno".into(),
         architecture: "fno".into(),
         variant: Variant::Paper,
+        replicate: 0,
+        seed: 0,
         config: json!({"model": "fno"}),
         params: no_models::ParamCount { numel: 1, real: 1 },
         train: vec![field(0.1), field(0.1)],
@@ -279,6 +281,7 @@ fn tiny_results(test_v: f64) -> StudyResults {
         solver_time_curve: empty_curve(ShiftAxis::Time),
         solver_space_curve: empty_curve(ShiftAxis::Space),
         models: vec![model],
+        aggregates: Vec::new(),
         skipped: Vec::new(),
         phases: Vec::new(),
     }

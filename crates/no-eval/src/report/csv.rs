@@ -18,19 +18,21 @@ fn text(s: &str) -> String {
     }
 }
 
-/// One row per model with the report table's figures.
+/// One row per model and seed with the report table's figures.
 pub fn results_csv(r: &StudyResults) -> String {
     let mut out = String::from(
-        "model,variant,params,train_rel_l2,val_rel_l2,test_rel_l2_v,test_rel_l2_w,test_median_rel_l1_v,\
+        "model,variant,seed,replicate,params,train_rel_l2,val_rel_l2,test_rel_l2_v,test_rel_l2_w,test_median_rel_l1_v,\
          train_median_rel_l2,val_median_rel_l2,test_median_rel_l2_v,test_median_rel_l2_w,\
          equiv_time_v,equiv_space_v,train_wall_s,latency_p50_b1_ms,throughput_b32,fine_grid_rel_l2_v\n",
     );
     for row in r.rows() {
         let _ = writeln!(
             out,
-            "{},{},{},{:.6e},{:.6e},{:.6e},{:.6e},{:.6e},{:.6e},{:.6e},{:.6e},{:.6e},{},{},{:.3},{},{},{}",
+            "{},{},{},{},{},{:.6e},{:.6e},{:.6e},{:.6e},{:.6e},{:.6e},{:.6e},{:.6e},{:.6e},{},{},{:.3},{},{},{}",
             text(&row.label),
             text(&row.variant),
+            row.seed,
+            row.replicate,
             row.params,
             row.train_rel_l2,
             row.val_rel_l2,
@@ -52,15 +54,46 @@ pub fn results_csv(r: &StudyResults) -> String {
     out
 }
 
-/// Every model's per-epoch log, long format.
+/// Every figure of every model over its seeds: one row per model and figure, with the
+/// median, range and (with 5 or more seeds) the bootstrap 95% interval of the median.
+pub fn summary_csv(r: &StudyResults) -> String {
+    let mut out = String::from("model,variant,seeds,figure,median,min,max,ci95_low,ci95_high\n");
+    let aggregates = if r.aggregates.is_empty() {
+        r.compute_aggregates()
+    } else {
+        r.aggregates.clone()
+    };
+    for a in &aggregates {
+        for name in super::FIGURES {
+            let Some(s) = a.get(name) else { continue };
+            let _ = writeln!(
+                out,
+                "{},{},{},{},{:.6e},{:.6e},{:.6e},{},{}",
+                text(&a.label),
+                text(&a.variant),
+                s.n,
+                name,
+                s.median,
+                s.min,
+                s.max,
+                opt(s.ci95.map(|c| c.0)),
+                opt(s.ci95.map(|c| c.1)),
+            );
+        }
+    }
+    out
+}
+
+/// Every model's per-epoch log, long format, one block per model and seed.
 pub fn epochs_csv(r: &StudyResults) -> String {
-    let mut out = String::from("model,epoch,train_loss,val_error,lr,wall_s,samples_per_s\n");
+    let mut out = String::from("model,seed,epoch,train_loss,val_error,lr,wall_s,samples_per_s\n");
     for m in &r.models {
         for e in &m.epochs {
             let _ = writeln!(
                 out,
-                "{},{},{:.6e},{},{:.6e},{:.4},{:.2}",
+                "{},{},{},{:.6e},{},{:.6e},{:.4},{:.2}",
                 text(&m.label),
+                m.seed,
                 e.epoch,
                 e.train_loss,
                 opt(e.val_error),
@@ -73,20 +106,21 @@ pub fn epochs_csv(r: &StudyResults) -> String {
     out
 }
 
-/// The equivariance curves (models and solver), long format: mean and median E(s) of v and w.
+/// The equivariance curves (models per seed, and the solver with an empty seed), long
+/// format: mean and median E(s) of v and w.
 pub fn curves_csv(r: &StudyResults) -> String {
-    let mut out = String::from("model,axis,steps,shift,mean_v,median_v,mean_w,median_w\n");
+    let mut out = String::from("model,seed,axis,steps,shift,mean_v,median_v,mean_w,median_w\n");
     let solver = [
-        ("solver", &r.solver_time_curve),
-        ("solver", &r.solver_space_curve),
+        ("solver", String::new(), &r.solver_time_curve),
+        ("solver", String::new(), &r.solver_space_curve),
     ];
     let models = r.models.iter().flat_map(|m| {
         [
-            (m.label.as_str(), &m.time_curve),
-            (m.label.as_str(), &m.space_curve),
+            (m.label.as_str(), m.seed.to_string(), &m.time_curve),
+            (m.label.as_str(), m.seed.to_string(), &m.space_curve),
         ]
     });
-    for (name, c) in solver.into_iter().chain(models) {
+    for (name, seed, c) in solver.into_iter().chain(models) {
         for p in &c.points {
             let ch = |i: usize| {
                 p.channels
@@ -100,8 +134,9 @@ pub fn curves_csv(r: &StudyResults) -> String {
                 .unwrap_or_default();
             let _ = writeln!(
                 out,
-                "{},{},{},{:.6},{:.6e},{:.6e},{:.6e},{:.6e}",
+                "{},{},{},{},{:.6},{:.6e},{:.6e},{:.6e},{:.6e}",
                 text(name),
+                seed,
                 axis,
                 p.steps,
                 p.shift,

@@ -3,6 +3,7 @@
 use std::fmt::Write;
 use std::path::PathBuf;
 
+use super::spread::{compare, seeds_agreeing_less, Order, Spread};
 use super::{Row, StudyResults, Variant};
 
 /// A model "generalises to translated stimuli" when its translated-test error is at most
@@ -48,56 +49,163 @@ fn opt_pct(v: Option<f64>) -> String {
     v.map_or_else(|| "n/a".into(), pct)
 }
 
-/// The translated-test statistic the report judges by: the median over samples of the
-/// relative L2, averaged over v and w. Medians, not means: a sub-threshold stimulus gives a
-/// target about 20× smaller in norm than a wave, and the few such samples would otherwise
-/// decide the mean (docs/evaluation.md).
-fn test_mean(r: &Row) -> f64 {
-    0.5 * (r.test_median_rel_l2_v + r.test_median_rel_l2_w)
+/// How a figure is printed: multiplied by `scale`, with `decimals`, then `unit`.
+#[derive(Debug, Clone, Copy)]
+struct Fmt {
+    scale: f64,
+    decimals: usize,
+    unit: &'static str,
 }
 
-/// The in-distribution statistic the report judges by (median, as [`test_mean`]).
-fn val_stat(r: &Row) -> f64 {
-    r.val_median_rel_l2
+/// Percentages, seconds, milliseconds and rates.
+const PCT: Fmt = Fmt {
+    scale: 100.0,
+    decimals: 2,
+    unit: "%",
+};
+const SECS: Fmt = Fmt {
+    scale: 1.0,
+    decimals: 1,
+    unit: " s",
+};
+const MS: Fmt = Fmt {
+    scale: 1.0,
+    decimals: 2,
+    unit: " ms",
+};
+const PER_S: Fmt = Fmt {
+    scale: 1.0,
+    decimals: 0,
+    unit: "/s",
+};
+
+impl Fmt {
+    fn number(self, v: f64) -> String {
+        format!("{:.*}", self.decimals, v * self.scale)
+    }
 }
 
-/// `median (mean)` as percentages.
-fn median_and_mean(median: f64, mean: f64) -> String {
-    format!("{} ({})", pct(median), pct(mean))
+/// A figure of a group of seeds: the value with one seed, else `median [min–max]` (the
+/// unit once, after the median); `n/a` when no seed measured it.
+fn over_seeds(values: &[f64], f: Fmt) -> String {
+    match Spread::of(values) {
+        None => "n/a".into(),
+        Some(s) if s.n == 1 => format!("{}{}", f.number(s.median), f.unit),
+        Some(s) => format!(
+            "{}{} [{}–{}]",
+            f.number(s.median),
+            f.unit,
+            f.number(s.min),
+            f.number(s.max)
+        ),
+    }
 }
 
-fn ranked(rows: &[Row], key: impl Fn(&Row) -> f64) -> Vec<&Row> {
-    let mut v: Vec<&Row> = rows.iter().filter(|r| key(r).is_finite()).collect();
-    v.sort_by(|a, b| key(a).total_cmp(&key(b)));
-    v
+/// The values of a statistic over a group's seeds, in replicate order (NaN where not
+/// measured, so that seeds stay paired by position).
+fn values(group: &[Row], stat: &dyn Fn(&Row) -> Option<f64>) -> Vec<f64> {
+    group.iter().map(|r| stat(r).unwrap_or(f64::NAN)).collect()
 }
 
-fn list(rows: &[&Row], key: impl Fn(&Row) -> f64) -> String {
-    rows.iter()
-        .map(|r| format!("{} ({})", r.label, pct(key(r))))
-        .collect::<Vec<_>>()
-        .join(" < ")
-}
-
-/// The paragraph stating the ranking found.
-pub fn ranking_paragraph(results: &StudyResults) -> String {
-    let rows: Vec<Row> = results
-        .rows()
-        .into_iter()
-        .filter(|r| r.variant == Variant::Paper.label())
+/// The groups ordered by the median over seeds of `stat` (groups without a finite value
+/// left out), joined by `<` where the ranges over seeds separate and by `≈` where they
+/// overlap, each relation with the number of seeds in which it holds pair by pair.
+fn chain(groups: &[&Vec<Row>], stat: &dyn Fn(&Row) -> Option<f64>) -> String {
+    let mut ranked: Vec<(&Vec<Row>, Vec<f64>, f64)> = groups
+        .iter()
+        .filter_map(|g| {
+            let v = values(g, stat);
+            Spread::of(&v).map(|s| (*g, v, s.median))
+        })
         .collect();
-    if rows.is_empty() {
+    ranked.sort_by(|a, b| a.2.total_cmp(&b.2));
+    let mut s = String::new();
+    for (k, (g, v, _)) in ranked.iter().enumerate() {
+        if k > 0 {
+            let prev = &ranked[k - 1].1;
+            let (agree, pairs) = seeds_agreeing_less(prev, v);
+            let rel = match compare(prev, v) {
+                Order::Less => "<",
+                _ => "≈",
+            };
+            let _ = write!(s, " {rel} ({agree}/{pairs}) ");
+        }
+        let _ = write!(s, "{} {}", g[0].label, over_seeds(v, PCT));
+    }
+    s
+}
+
+/// How the seeds of a group are judged: the verdict of every seed, and their count.
+fn verdicts(group: &[Row]) -> Vec<Verdict> {
+    group
+        .iter()
+        .map(|r| verdict(r.val_stat(), r.test_stat()))
+        .collect()
+}
+
+/// `generalises (3/3 seeds)`, or the split when the seeds disagree.
+fn verdict_words(group: &[Row]) -> String {
+    let v = verdicts(group);
+    let n = v.len();
+    let count = |x: Verdict| v.iter().filter(|&&y| y == x).count();
+    let name = |x: Verdict| match x {
+        Verdict::Generalises => "generalises",
+        Verdict::DoesNotGeneralise => "does not generalise",
+        Verdict::Undecided => "undecided",
+    };
+    let parts: Vec<String> = [
+        Verdict::Generalises,
+        Verdict::DoesNotGeneralise,
+        Verdict::Undecided,
+    ]
+    .into_iter()
+    .filter(|&x| count(x) > 0)
+    .map(|x| format!("{} in {}/{n} seeds", name(x), count(x)))
+    .collect();
+    parts.join(", ")
+}
+
+/// The paper-setting groups of `results` (one per model label).
+fn paper_groups(results: &StudyResults) -> Vec<Vec<Row>> {
+    results
+        .grouped_rows()
+        .into_iter()
+        .filter(|g| g[0].variant == Variant::Paper.label())
+        .collect()
+}
+
+/// The paragraph stating the ranking found, with its spread over seeds: `A < B` only
+/// where the ranges over seeds separate, `A ≈ B` otherwise; the subscript `k/n` says in
+/// how many of the n seeds the order of the pair holds.
+pub fn ranking_paragraph(results: &StudyResults) -> String {
+    let groups = paper_groups(results);
+    if groups.is_empty() {
         return "No model in the paper setting was trained, so there is no ranking.\n".into();
     }
-    let by_val = ranked(&rows, val_stat);
-    let by_test = ranked(&rows, test_mean);
-    let by_eq = ranked(&rows, |r| r.equiv_time_v.unwrap_or(f64::NAN));
+    let refs: Vec<&Vec<Row>> = groups.iter().collect();
+    let seeds: Vec<usize> = groups.iter().map(|g| g.len()).collect();
+    let (lo, hi) = (
+        seeds.iter().min().copied().unwrap_or(0),
+        seeds.iter().max().copied().unwrap_or(0),
+    );
+    let seeds_text = if lo == hi {
+        format!("{lo}")
+    } else {
+        format!("{lo} to {hi}")
+    };
     let mut s = String::new();
-    let _ = writeln!(s, "**In distribution** (validation, onset fixed as in training), median relative L2 over v and w: {}.\n", list(&by_val, val_stat));
+    let _ = writeln!(
+        s,
+        "Each figure is the median over {seeds_text} seeds per model, with its range [min–max] over seeds. \
+         `A < B` is stated only where the ranges separate, otherwise `A ≈ B`; the (k/n) after each \
+         relation counts the seeds in which the pair is in that order.\n"
+    );
+    let _ = writeln!(s, "**In distribution** (validation, onset fixed as in training), median relative L2 over v and w: {}.\n",
+        chain(&refs, &|r| Some(r.val_stat())));
     let _ = writeln!(
         s,
         "**Translated test** (onset and centre moved), median relative L2 over v and w: {}.\n",
-        list(&by_test, test_mean)
+        chain(&refs, &|r| Some(r.test_stat()))
     );
     let _ = writeln!(
         s,
@@ -109,79 +217,66 @@ pub fn ranking_paragraph(results: &StudyResults) -> String {
                 .at(results.fixed_shifts.time_steps)
                 .map(|p| p.channels[0].mean)
         ),
-        list(&by_eq, |r| r.equiv_time_v.unwrap_or(f64::NAN))
+        chain(&refs, &|r| r.equiv_time_v)
     );
-    let names = |v: Verdict| -> String {
-        let n: Vec<&str> = rows
-            .iter()
-            .filter(|r| verdict(val_stat(r), test_mean(r)) == v)
-            .map(|r| r.label.as_str())
-            .collect();
-        if n.is_empty() {
-            "none".into()
-        } else {
-            n.join(", ")
-        }
-    };
     let _ = writeln!(
         s,
         "Taking \"generalises to translated stimuli\" to mean a translated-test error at most {GENERALISES_RATIO}× the \
-         in-distribution error: {} generalise; {} do not; undecided (in-distribution error of {:.0}% or more, so the \
-         model does not fit even its training distribution): {}.",
-        names(Verdict::Generalises),
-        names(Verdict::DoesNotGeneralise),
+         in-distribution error (undecided where the in-distribution error is {:.0}% or more, so the model does not fit \
+         even its training distribution), per seed:",
         100.0 * FITS_THRESHOLD,
-        names(Verdict::Undecided)
     );
+    for g in &groups {
+        let _ = writeln!(s, "- {}: {}.", g[0].label, verdict_words(g));
+    }
     s
 }
 
-/// The paragraph on the two remedies (no positional input, delay augmentation).
+/// The paragraph on the remedies (no positional input, delay augmentation, the causal
+/// operator), each against the paper setting of its architecture, over seeds.
 pub fn remedies_paragraph(results: &StudyResults) -> String {
-    let rows = results.rows();
-    let remedies: Vec<(&Row, Variant)> = results
-        .models
+    let groups = results.grouped_rows();
+    let arch = |label: &str| {
+        results
+            .models
+            .iter()
+            .find(|m| m.label == label)
+            .map(|m| m.architecture.clone())
+            .unwrap_or_default()
+    };
+    let remedies: Vec<&Vec<Row>> = groups
         .iter()
-        .zip(&rows)
-        .filter(|(m, _)| m.variant != Variant::Paper)
-        .map(|(m, r)| (r, m.variant))
+        .filter(|g| g[0].variant != Variant::Paper.label())
         .collect();
     if remedies.is_empty() {
         return "No remedy was run (see `--remedies`).\n".into();
     }
+    let test = |g: &[Row]| values(g, &|r| Some(r.test_stat()));
     let mut s = String::new();
-    for (r, variant) in remedies {
-        let arch = results
-            .models
-            .iter()
-            .find(|m| m.label == r.label)
-            .map(|m| m.architecture.clone())
-            .unwrap_or_default();
-        let base = results
-            .models
-            .iter()
-            .zip(&rows)
-            .find(|(m, _)| m.architecture == arch && m.variant == Variant::Paper)
-            .map(|(_, b)| b);
-        let verdict = match verdict(val_stat(r), test_mean(r)) {
-            Verdict::Generalises => "it generalises to translated stimuli",
-            Verdict::DoesNotGeneralise => "it does not generalise to translated stimuli",
-            Verdict::Undecided => "undecided: it does not fit even its training distribution",
-        };
+    for g in remedies {
+        let label = &g[0].label;
         let _ = write!(
             s,
-            "- **{}** ({}): translated-test error {} against in-distribution {} — {verdict}",
-            r.label,
-            variant.label(),
-            pct(test_mean(r)),
-            pct(val_stat(r))
+            "- **{label}** ({}): translated-test error {} against in-distribution {}; {}",
+            g[0].variant,
+            over_seeds(&test(g), PCT),
+            over_seeds(&values(g, &|r| Some(r.val_stat())), PCT),
+            verdict_words(g)
         );
+        let base = groups
+            .iter()
+            .find(|b| b[0].variant == Variant::Paper.label() && arch(&b[0].label) == arch(label));
         if let Some(b) = base {
+            let rel = match compare(&test(g), &test(b)) {
+                Order::Less => "below",
+                Order::Greater => "above",
+                Order::Overlap => "not separated from",
+            };
             let _ = write!(
                 s,
-                "; the paper-setting {} scores {} on the same test",
-                b.label,
-                pct(test_mean(b))
+                "; {rel} the paper-setting {}'s {} on the same test",
+                b[0].label,
+                over_seeds(&test(b), PCT)
             );
         }
         let _ = writeln!(s, ".");
@@ -204,36 +299,37 @@ pub fn report(results: &StudyResults, figures: &[PathBuf]) -> String {
         "Device: {}. Output grid {nt} × {nx} (t × x). Samples: {ntr} train, {nva} validation (onset fixed), {nte} translated test (onset and centre moved).\n",
         results.device
     );
-    let _ = writeln!(s, "Errors are relative L2 per sample, shown as median (mean) over samples; verdicts and rankings use the medians, since the few sub-threshold samples (no wave, a target about 20× smaller in norm) dominate the means (docs/evaluation.md). Equivariance E(s) = ‖M(S_s I) − S_s M(I)‖ / ‖S_s M(I)‖ on the common window, for v, at a delay of {:.2} time units ({} steps) and a space shift of {:.3} ({} steps).\n",
+    let _ = writeln!(s, "Errors are relative L2 per sample, summarised by the median over samples; verdicts and rankings use these medians, since the few sub-threshold samples (no wave, a target about 20× smaller in norm) dominate the means (docs/evaluation.md; `results.csv` has the means too). Equivariance E(s) = ‖M(S_s I) − S_s M(I)‖ / ‖S_s M(I)‖ on the common window, for v, at a delay of {:.2} time units ({} steps) and a space shift of {:.3} ({} steps).\n",
         results.fixed_shifts.time, results.fixed_shifts.time_steps, results.fixed_shifts.space, results.fixed_shifts.space_steps);
-    s.push_str("| model | variant | params | train | validation | test v | test w | E(delay) v | E(space) v | train time | p50 @1 | throughput @32 | finer grid v |\n");
-    s.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
-    for r in results.rows() {
+    let _ = writeln!(s, "Each model is trained once per seed (the seed sets the initial weights, the shuffling and the augmentation; the data are the protocol's). A cell shows the median over seeds and, with several seeds, the range [min–max]; `results.csv` has one row per seed and `summary.csv` every figure's median, range and, with 5 or more seeds, a bootstrap 95% interval.\n");
+    s.push_str("| model | variant | seeds | params | train | validation | test v | test w | E(delay) v | E(space) v | train time | p50 @1 | throughput @32 | finer grid v |\n");
+    s.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for g in results.grouped_rows() {
+        let col = |stat: &dyn Fn(&Row) -> Option<f64>, f: Fmt| over_seeds(&values(&g, stat), f);
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} s | {} | {} | {} |",
-            r.label,
-            r.variant,
-            r.params,
-            median_and_mean(r.train_median_rel_l2, r.train_rel_l2),
-            median_and_mean(r.val_median_rel_l2, r.val_rel_l2),
-            median_and_mean(r.test_median_rel_l2_v, r.test_rel_l2_v),
-            median_and_mean(r.test_median_rel_l2_w, r.test_rel_l2_w),
-            opt_pct(r.equiv_time_v),
-            opt_pct(r.equiv_space_v),
-            r.train_wall_s,
-            r.p50_b1_ms
-                .map_or_else(|| "n/a".into(), |v| format!("{v:.2} ms")),
-            r.throughput_b32
-                .map_or_else(|| "n/a".into(), |v| format!("{v:.0}/s")),
-            opt_pct(r.fine_rel_l2_v),
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            g[0].label,
+            g[0].variant,
+            g.len(),
+            g[0].params,
+            col(&|r| Some(r.train_median_rel_l2), PCT),
+            col(&|r| Some(r.val_median_rel_l2), PCT),
+            col(&|r| Some(r.test_median_rel_l2_v), PCT),
+            col(&|r| Some(r.test_median_rel_l2_w), PCT),
+            col(&|r| r.equiv_time_v, PCT),
+            col(&|r| r.equiv_space_v, PCT),
+            col(&|r| Some(r.train_wall_s), SECS),
+            col(&|r| r.p50_b1_ms, MS),
+            col(&|r| r.throughput_b32, PER_S),
+            col(&|r| r.fine_rel_l2_v, PCT),
         );
     }
     let solver =
         |c: &crate::translation::EquivarianceCurve, k| opt_pct(c.at(k).map(|p| p.channels[0].mean));
     let _ = writeln!(
         s,
-        "| solver (ground truth) | — | — | — | — | — | — | {} | {} | — | — | — | — |\n",
+        "| solver (ground truth) | — | — | — | — | — | — | — | {} | {} | — | — | — | — |\n",
         solver(&results.solver_time_curve, results.fixed_shifts.time_steps),
         solver(
             &results.solver_space_curve,
@@ -261,7 +357,7 @@ pub fn report(results: &StudyResults, figures: &[PathBuf]) -> String {
             }
         }
     }
-    s.push_str("Per-model figures are in `results.csv`, `results.json` (all summaries and quantiles), `epochs.csv` (per-epoch logs) and `curves.csv` (equivariance curves).\n");
+    s.push_str("Per-model figures are in `results.csv` (a row per seed), `summary.csv` (over seeds), `results.json` (all summaries and quantiles), `epochs.csv` (per-epoch logs) and `curves.csv` (equivariance curves).\n");
     s
 }
 
@@ -277,5 +373,54 @@ mod tests {
         assert_eq!(verdict(f64::NAN, 0.1), Verdict::Undecided);
         assert_eq!(pct(0.1234), "12.34%");
         assert_eq!(pct(f64::INFINITY), "n/a");
+    }
+
+    #[test]
+    fn figures_over_seeds_show_median_and_range() {
+        assert_eq!(over_seeds(&[0.1234], PCT), "12.34%");
+        assert_eq!(over_seeds(&[0.3, 0.1, 0.2], PCT), "20.00% [10.00–30.00]");
+        assert_eq!(over_seeds(&[f64::NAN], SECS), "n/a");
+        assert_eq!(over_seeds(&[2.0, 4.0], SECS), "3.0 s [2.0–4.0]");
+    }
+
+    fn row(label: &str, val: f64) -> Row {
+        Row {
+            label: label.into(),
+            variant: Variant::Paper.label().into(),
+            replicate: 0,
+            seed: 0,
+            params: 1,
+            train_rel_l2: val,
+            val_rel_l2: val,
+            test_rel_l2_v: val,
+            test_rel_l2_w: val,
+            test_median_rel_l1_v: val,
+            train_median_rel_l2: val,
+            val_median_rel_l2: val,
+            test_median_rel_l2_v: val,
+            test_median_rel_l2_w: val,
+            equiv_time_v: None,
+            equiv_space_v: None,
+            train_wall_s: 1.0,
+            p50_b1_ms: None,
+            throughput_b32: None,
+            fine_rel_l2_v: None,
+        }
+    }
+
+    #[test]
+    fn chains_order_only_separated_ranges_and_count_agreeing_seeds() {
+        let group = |label: &str, vals: &[f64]| -> Vec<Row> {
+            vals.iter().map(|&v| row(label, v)).collect()
+        };
+        let a = group("a", &[0.10, 0.12, 0.11]);
+        let b = group("b", &[0.20, 0.30, 0.25]);
+        let c = group("c", &[0.29, 0.22, 0.40]);
+        let text = chain(&[&c, &a, &b], &|r| Some(r.val_stat()));
+        assert_eq!(
+            text,
+            "a 11.00% [10.00–12.00] < (3/3) b 25.00% [20.00–30.00] ≈ (2/3) c 29.00% [22.00–40.00]"
+        );
+        assert_eq!(verdict_words(&a), "generalises in 3/3 seeds");
     }
 }

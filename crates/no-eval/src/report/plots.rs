@@ -273,7 +273,15 @@ fn log_lines<DB: DrawingBackend>(
         .y_label_formatter(&|v| format!("{v:.0e}"))
         .draw()
         .map_err(|e| e.to_string())?;
-    for (i, (label, pts)) in series.iter().enumerate() {
+    // One colour per label; a label given several times (one series per seed) is drawn in
+    // that colour each time, with one legend entry.
+    let mut labels: Vec<&str> = Vec::new();
+    for (label, pts) in series {
+        let first = !labels.contains(&label.as_str());
+        if first {
+            labels.push(label);
+        }
+        let i = labels.iter().position(|l| *l == label).unwrap_or(0);
         let color = palette(i);
         let pts: Vec<(f64, f64)> = pts
             .iter()
@@ -289,9 +297,11 @@ fn log_lines<DB: DrawingBackend>(
                 .draw_series(LineSeries::new(pts, color.stroke_width(2)))
                 .map_err(|e| e.to_string())?
         };
-        anno.label(label.clone()).legend(move |(x, y)| {
-            PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(3))
-        });
+        if first {
+            anno.label(label.clone()).legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(3))
+            });
+        }
     }
     if let Some((label, pts)) = reference {
         let pts: Vec<(f64, f64)> = pts.iter().map(|&(x, y)| (x, y.max(FLOOR))).collect();
@@ -312,7 +322,8 @@ fn log_lines<DB: DrawingBackend>(
     Ok(())
 }
 
-/// Training loss and validation error against the epoch, one line per model.
+/// Training loss and validation error against the epoch, one line per model and seed (a
+/// colour per model).
 pub fn draw_training_curves(r: &StudyResults, path: &Path) -> Result<()> {
     ensure_font();
     let root = BitMapBackend::new(path, (1200, 480)).into_drawing_area();
@@ -366,7 +377,8 @@ pub fn draw_training_curves(r: &StudyResults, path: &Path) -> Result<()> {
     draw().map_err(|e| plot_err(path, e))
 }
 
-/// E(s) of v over delays and over space shifts, every model and the solver (dashed).
+/// E(s) of v over delays and over space shifts, every model (a line per seed, a colour per
+/// model) and the solver (dashed).
 pub fn draw_equivariance(r: &StudyResults, path: &Path) -> Result<()> {
     ensure_font();
     let root = BitMapBackend::new(path, (1200, 480)).into_drawing_area();
@@ -413,7 +425,8 @@ pub fn draw_equivariance(r: &StudyResults, path: &Path) -> Result<()> {
     draw().map_err(|e| plot_err(path, e))
 }
 
-/// Translated-test relative L2 of v against the stimulus onset, one colour per model.
+/// Translated-test relative L2 of v against the stimulus onset, one colour per model (the
+/// points of every seed).
 pub fn draw_error_vs_onset(r: &StudyResults, path: &Path) -> Result<()> {
     ensure_font();
     let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();

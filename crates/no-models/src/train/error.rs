@@ -68,4 +68,14 @@ pub enum TrainError {
         /// The value requested.
         requested: String,
     },
+    /// Training was asked to stop (a signal, through [`super::Trainer::set_stop_flag`]).
+    /// The epoch under way was abandoned; the checkpoints hold the last completed epoch, so
+    /// resuming from them gives the same final weights as an uninterrupted run.
+    #[error("training interrupted during epoch {epoch} (after {epochs_completed} completed epochs); the last checkpoint holds the completed epochs, resume from it to continue")]
+    Interrupted {
+        /// The epoch abandoned (0-based).
+        epoch: usize,
+        /// Epochs completed and checkpointed.
+        epochs_completed: usize,
+    },
 }

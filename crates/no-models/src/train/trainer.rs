@@ -23,6 +23,8 @@ use no_layers::init::SeededVarMap;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Format of the per-epoch log.
@@ -125,6 +127,8 @@ pub struct Trainer {
     normalizers: Option<Normalizers>,
     meta: TrainingMeta,
     device: Device,
+    /// Set from outside (a signal handler) to stop at the next batch.
+    stop: Option<Arc<AtomicBool>>,
 }
 
 impl Trainer {
@@ -146,6 +150,7 @@ impl Trainer {
             normalizers: None,
             meta: TrainingMeta::default(),
             device: device.clone(),
+            stop: None,
         })
     }
 
@@ -217,8 +222,17 @@ impl Trainer {
             normalizers: had_norm.then_some(loaded.normalizers),
             meta,
             device: device.clone(),
+            stop: None,
         };
         Ok(Resumed { trainer, notes })
+    }
+
+    /// Stops training at the next batch once `flag` is set (by a signal handler, say):
+    /// [`Trainer::fit`] then returns [`TrainError::Interrupted`]. The epoch under way is
+    /// abandoned rather than checkpointed half-done, so that a run resumed from the last
+    /// checkpoint reaches the same weights as one never interrupted.
+    pub fn set_stop_flag(&mut self, flag: Arc<AtomicBool>) {
+        self.stop = Some(flag);
     }
 
     /// Changes the total number of epochs (to continue a run in stages).
@@ -345,6 +359,17 @@ impl Trainer {
             .iter()
             .enumerate()
         {
+            if self
+                .stop
+                .as_ref()
+                .is_some_and(|f| f.load(Ordering::Relaxed))
+            {
+                return Err(TrainError::Interrupted {
+                    epoch,
+                    epochs_completed: self.meta.epochs_completed,
+                }
+                .into());
+            }
             let (x, y) = train.batch(idx, &self.device)?;
             let pred = norm
                 .output

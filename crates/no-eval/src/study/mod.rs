@@ -2,39 +2,43 @@
 //! report.
 //!
 //! [`StudyConfig`] holds everything that defines a run (the data protocol, each model's
-//! architecture and training budget, what is evaluated), is serde JSON, and has two
-//! built-in values: [`StudyConfig::quick`] (the main job's embedded default, sized to run
-//! in about a quarter of an hour on a 2-core CPU) and [`StudyConfig::full`] (the paper's
-//! sizes). [`run`] executes it and writes the report.
+//! architecture and training budget, the seeds, what is evaluated), is serde JSON, and has
+//! two built-in values: [`StudyConfig::quick`] (the main job's embedded default, 3 seeds,
+//! sized to run within a quarter of an hour on a 2-core CPU) and [`StudyConfig::full`]
+//! (the paper's sizes).
+//!
+//! A study is a list of independent jobs, one per model and seed ([`jobs`]). [`run`]
+//! executes them all in this process and writes the report; [`run_jobs`] executes a slice
+//! of them (a cluster job) and [`merge`] joins the slices' records into the same report.
+
+mod data;
+mod evaluate;
+pub mod jobs;
+mod run;
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
-use fhn_solver::{simulate_1d, Protocol, Split};
-use ndarray::{s, Array2, Array4, ArrayView4, Axis};
-use no_layers::init::SeededVarMap;
+use fhn_solver::Protocol;
+use ndarray::{Array4, ArrayView4};
 use no_models::causal::CausalConfig;
 use no_models::cno::CnoConfig;
-use no_models::data::{Normalizers, TensorDataset};
 use no_models::deeponet::{DeepOnetCnnConfig, DeepOnetConfig};
 use no_models::fno::FnoConfig;
 use no_models::local_no::LocalNoConfig;
-use no_models::pod::{PodBasis, PodDeepOnet, PodDeepOnetConfig};
-use no_models::train::{LossKind, Schedule, TrainConfig, Trainer};
-use no_models::{ModelConfig, NeuralOperator, NormalizerKind};
-use rand::{Rng, SeedableRng};
+use no_models::pod::PodDeepOnetConfig;
+use no_models::train::{LossKind, Schedule, TrainConfig};
+use no_models::{ModelConfig, NormalizerKind};
 use serde::{Deserialize, Serialize};
 
+pub use evaluate::Predictor;
+pub use jobs::{measure_pending_latency, run_jobs, Job, JobOptions, JobRecord, JobStatus};
+pub use run::{merge, run, run_with};
+
 use crate::error::{EvalError, Result};
-use crate::latency::{self, LatencyConfig};
-use crate::metrics::{batch_errors, summarize_field, FieldSummary, Spacing};
-use crate::report::plots::{FigureData, SampleMaps};
-use crate::report::{EpochRecord, FixedShifts, ModelResult, OnsetError, StudyResults, Variant};
-use crate::strict::{parse_strict, write_atomic};
-use crate::translation::{
-    curve, point_from_outputs, shift_batch, CurvePoint, EquivarianceCurve, ShiftAxis,
-};
+use crate::latency::LatencyConfig;
+use crate::report::Variant;
+use crate::strict::parse_strict;
+use crate::translation::shift_batch;
 
 /// One model of the study: what to build and how long to train it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,6 +52,10 @@ pub struct ModelSpec {
     pub config: ModelConfig,
     /// The training budget.
     pub train: TrainConfig,
+    /// Seeds this model is trained with, when not the study's `seeds` (the full study
+    /// gives its cheap models more).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seeds: Option<usize>,
 }
 
 /// What is measured after training.
@@ -92,9 +100,21 @@ pub struct StudyConfig {
     /// Largest delay (time units) of the augmentation remedy; delays are uniform on the
     /// output steps in `[0, augment_max_delay]`.
     pub augment_max_delay: f64,
-    /// Seed of the weights and of the augmentation draws.
+    /// Seed of the weights and of the augmentation draws of each model's first run; run
+    /// `r` uses `seed + r` (and its model's `train.seed + r` for the shuffling).
     pub seed: u64,
+    /// How many times each model is trained, each time with the next seed (a model's own
+    /// `seeds` overrides it). The data stay those of the protocol's seed.
+    #[serde(default = "one_seed")]
+    pub seeds: usize,
 }
+
+fn one_seed() -> usize {
+    1
+}
+
+/// At most this many seeds per model.
+pub const MAX_SEEDS: usize = 1000;
 
 /// A training budget: `epochs` at `batch_size`, AdamW at `lr` with a cosine decay to 1% of it,
 /// minimising the pooled relative L2 ([`LossKind::PooledRelativeL2`]).
@@ -125,6 +145,7 @@ fn spec(label: &str, variant: Variant, config: ModelConfig, train: TrainConfig) 
         variant,
         config,
         train,
+        seeds: None,
     }
 }
 
@@ -153,8 +174,8 @@ fn causal_spec(config: CausalConfig, mut train: TrainConfig) -> ModelSpec {
 }
 
 impl StudyConfig {
-    /// The main job's default: the quick protocol's laws and sample counts (128 train, 32
-    /// validation, 64 translated test) on a 50 × 50 output grid, the seven architectures at
+    /// The main job's default: 3 seeds of every model; the quick protocol's laws and sample
+    /// counts (128 train, 32 validation, 64 translated test) on a 50 × 50 output grid, the seven architectures at
     /// reduced widths with per-model epoch budgets (docs/benchmark.md lists them), plus the
     /// two remedies on FNO (no positional embedding; delay augmentation), delay
     /// augmentation on DeepONet, and the causal operator (delay-equivariant by construction).
@@ -280,11 +301,13 @@ impl StudyConfig {
             eval: EvalConfig::quick(),
             augment_max_delay: 19.0,
             seed,
+            seeds: 3,
         }
     }
 
     /// The full-size study: the default protocol (1000/100/200 samples) and the
-    /// architectures at their default (paper-sized) configurations, 100+ epochs each.
+    /// architectures at their default (paper-sized) configurations, 100+ epochs each; one
+    /// seed per model, three for the DeepONet family (cheap at any size).
     pub fn full() -> Self {
         let protocol = Protocol::default_protocol();
         let grid = [protocol.output.nt, protocol.output.nx];
@@ -371,6 +394,16 @@ impl StudyConfig {
             ),
             causal_spec(CausalConfig::default(), budget(100, 16, 1e-3, seed)),
         ];
+        // The DeepONets train in minutes even at full size: three seeds each.
+        let mut models = models;
+        for m in &mut models {
+            if matches!(
+                m.config,
+                ModelConfig::Don(_) | ModelConfig::DonCnn(_) | ModelConfig::PodDon(_)
+            ) {
+                m.seeds = Some(3);
+            }
+        }
         Self {
             protocol,
             models,
@@ -388,6 +421,7 @@ impl StudyConfig {
             },
             augment_max_delay: 19.0,
             seed,
+            seeds: 1,
         }
     }
 
@@ -468,6 +502,18 @@ impl StudyConfig {
             if m.label.trim().is_empty() {
                 return Err(config_error(&at, "`label` is empty"));
             }
+            if let Some(reason) = label_problem(&m.label) {
+                return Err(config_error(&at, reason));
+            }
+            if m.seeds.is_some_and(|n| n == 0 || n > MAX_SEEDS) {
+                return Err(config_error(
+                    &at,
+                    format!(
+                        "`seeds` = {}: expected 1 to {MAX_SEEDS} (or absent for the study's)",
+                        m.seeds.unwrap_or(0)
+                    ),
+                ));
+            }
             if !labels.insert(m.label.as_str()) {
                 return Err(config_error(
                     &at,
@@ -486,6 +532,12 @@ impl StudyConfig {
             m.train
                 .validate()
                 .map_err(|e| config_error(&at, format!("train: {e}")))?;
+        }
+        if self.seeds == 0 || self.seeds > MAX_SEEDS {
+            return Err(config_error(
+                "StudyConfig",
+                format!("`seeds` = {}: expected 1 to {MAX_SEEDS}", self.seeds),
+            ));
         }
         self.eval.validate()?;
         if !(self.augment_max_delay.is_finite() && self.augment_max_delay >= 0.0) {
@@ -613,6 +665,19 @@ impl EvalConfig {
     }
 }
 
+/// Why `label` cannot name a model's directories (`models/LABEL/`, `jobs/LABEL/`), if it
+/// cannot: a path separator, a leading dot, or a control character.
+fn label_problem(label: &str) -> Option<String> {
+    if label.starts_with('.') || label.contains(['/', '\\']) || label.chars().any(char::is_control)
+    {
+        Some(format!(
+            "`label` {label:?} cannot name a directory: no `/`, `\\`, leading `.` or control characters"
+        ))
+    } else {
+        None
+    }
+}
+
 /// An [`EvalError::Config`] from its parts.
 fn config_error(what: &str, reason: impl Into<String>) -> EvalError {
     EvalError::Config {
@@ -663,662 +728,9 @@ fn say(progress: bool, msg: &str) {
     }
 }
 
-/// A solver dataset as model arrays: inputs `[N, 1, nt, nx]`, outputs `[N, 2, nt, nx]`.
-fn to_arrays(d: &fhn_solver::dataset::Dataset) -> Result<(Array4<f32>, Array4<f32>)> {
-    let inputs = d.input.clone().insert_axis(Axis(1));
-    let outputs = ndarray::concatenate(
-        Axis(1),
-        &[
-            d.v.view().insert_axis(Axis(1)),
-            d.w.view().insert_axis(Axis(1)),
-        ],
-    )
-    .map_err(|e| EvalError::invalid("dataset fields", e, "v and w of equal shape"))?;
-    Ok((inputs, outputs))
-}
-
-fn to_tensor(a: ArrayView4<f32>, device: &Device) -> Result<Tensor> {
-    let shape = a.shape().to_vec();
-    let data: Vec<f32> = a.iter().copied().collect();
-    Ok(Tensor::from_vec(data, shape, device)?)
-}
-
-fn from_tensor(t: &Tensor) -> Result<Array4<f32>> {
-    let dims = t.dims().to_vec();
-    if dims.len() != 4 {
-        return Err(EvalError::shape("model output", &dims, "[B, C, nt, nx]"));
-    }
-    let data = t
-        .to_device(&Device::Cpu)?
-        .to_dtype(DType::F32)?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
-    Array4::from_shape_vec((dims[0], dims[1], dims[2], dims[3]), data)
-        .map_err(|e| EvalError::invalid("model output", e, "a contiguous tensor"))
-}
-
-fn to_no_dataset(inputs: &Array4<f32>, outputs: &Array4<f32>) -> Result<TensorDataset> {
-    Ok(TensorDataset::new(
-        to_tensor(inputs.view(), &Device::Cpu)?,
-        to_tensor(outputs.view(), &Device::Cpu)?,
-    )?)
-}
-
-/// A trained model with its normalisers, applied batch by batch in physical units.
-pub struct Predictor<'a> {
-    /// The model.
-    pub model: &'a dyn NeuralOperator,
-    /// Its input/output normalisers.
-    pub norm: &'a Normalizers,
-    /// Where it runs.
-    pub device: &'a Device,
-    /// Samples per forward.
-    pub batch: usize,
-}
-
-impl Predictor<'_> {
-    /// Outputs `[N, C_out, nt, nx]` for inputs `[N, C_in, nt, nx]`.
-    pub fn predict(&self, inputs: ArrayView4<f32>) -> Result<Array4<f32>> {
-        let n = inputs.shape()[0];
-        let mut parts = Vec::new();
-        for start in (0..n).step_by(self.batch.max(1)) {
-            let end = (start + self.batch.max(1)).min(n);
-            let x = to_tensor(inputs.slice(s![start..end, .., .., ..]), self.device)?;
-            let y = self
-                .norm
-                .output
-                .decode(&self.model.predict(&self.norm.input.encode(&x)?)?)?;
-            parts.push(from_tensor(&y)?);
-        }
-        let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
-        ndarray::concatenate(Axis(0), &views)
-            .map_err(|e| EvalError::invalid("prediction batches", e, "equal shapes"))
-    }
-}
-
-fn steps_of(shifts: &[f64], h: f64, fixed: f64) -> Vec<isize> {
-    let mut k: Vec<isize> = shifts
-        .iter()
-        .chain(std::iter::once(&fixed))
-        .map(|s| (s / h).round() as isize)
-        .collect();
-    k.sort_unstable();
-    k.dedup();
-    k
-}
-
-/// The solver's own E(s) curve: every shifted input is solved as the translated stimulus.
-fn solver_curve(
-    p: &Protocol,
-    idx: &[usize],
-    base: ArrayView4<f32>,
-    axis: ShiftAxis,
-    steps: &[isize],
-) -> Result<EquivarianceCurve> {
-    let (dt, dx) = (p.output.dt(), p.output.dx());
-    let cfg = p.solver_config();
-    let points = steps
-        .iter()
-        .map(|&k| {
-            let (st, sx) = match axis {
-                ShiftAxis::Time => (k as f64 * dt, 0.0),
-                ShiftAxis::Space => (0.0, k as f64 * dx),
-            };
-            let mut shifted = Array4::<f32>::zeros(base.raw_dim());
-            for (b, &i) in idx.iter().enumerate() {
-                let stim = p
-                    .stimulus(&p.sample_params(Split::Validation, i))
-                    .translated(st, sx);
-                let sol = simulate_1d(&cfg, &stim, &p.output)?;
-                shifted
-                    .slice_mut(s![b, 0, .., ..])
-                    .assign(&sol.v.mapv(|v| v as f32));
-                shifted
-                    .slice_mut(s![b, 1, .., ..])
-                    .assign(&sol.w.mapv(|v| v as f32));
-            }
-            let h = if axis == ShiftAxis::Time { dt } else { dx };
-            point_from_outputs(base, shifted.view(), axis.shift(k), k, k as f64 * h)
-        })
-        .collect::<Result<Vec<CurvePoint>>>()?;
-    Ok(EquivarianceCurve { axis, points })
-}
-
-/// Builds a model (POD-DeepONet takes its basis from the normalised training outputs).
-fn build_model(
-    spec: &ModelSpec,
-    vars: &SeededVarMap,
-    device: &Device,
-    train: &TensorDataset,
-) -> Result<Box<dyn NeuralOperator>> {
-    let vb = vars.var_builder(DType::F32, device);
-    Ok(match &spec.config {
-        ModelConfig::PodDon(c) => {
-            let norm = Normalizers::fit(spec.train.normalizer, train)?;
-            let basis = PodBasis::fit(&norm.output.encode(train.outputs())?, c.criterion)?;
-            Box::new(PodDeepOnet::from_basis(c, &basis, vb)?)
-        }
-        other => no_models::build(other, vb)?,
-    })
-}
-
-/// Per-field summaries, per-sample errors and the predictions of one split.
-type Evaluated = (
-    Vec<FieldSummary>,
-    Vec<crate::metrics::SampleErrors>,
-    Array4<f32>,
-);
-
-/// Everything kept from one model beyond its [`ModelResult`]: the predicted v of the
-/// samples drawn as maps.
-struct Trained {
-    result: ModelResult,
-    map_predictions: Vec<Array2<f32>>,
-}
-
-fn train_and_evaluate(
-    cfg: &StudyConfig,
-    spec: &ModelSpec,
-    data: &Data,
-    device: &Device,
-    out: &Path,
-    progress: bool,
-) -> Result<Trained> {
-    let (train_in, train_out) = training_arrays(cfg, spec, data)?;
-    let train_ds = to_no_dataset(&train_in, &train_out)?;
-    let vars = SeededVarMap::new(cfg.seed);
-    let model = build_model(spec, &vars, device, &train_ds)?;
-    let mut train_cfg = spec.train.clone();
-    train_cfg.progress = progress;
-    let mut trainer = Trainer::new(model, vars, train_cfg, device)?;
-    let dir = model_dir(out, &spec.label);
-    let start = Instant::now();
-    let summary = trainer.fit(&train_ds, &data.val_ds, Some(&dir))?;
-    let train_wall_s = start.elapsed().as_secs_f64();
-    let norm = trainer
-        .normalizers()
-        .cloned()
-        .ok_or_else(|| EvalError::invalid("normalisers", "none", "fitted by training"))?;
-    // Evaluation and latency run through the inference twin: no autograd graph, so each
-    // intermediate is freed once used (as PyTorch under `torch.no_grad()`).
-    let twin = no_models::inference_twin(trainer.model(), trainer.vars().varmap())?;
-    let model = twin.as_ref();
-    let pred = Predictor {
-        model,
-        norm: &norm,
-        device,
-        batch: cfg.eval.eval_batch,
-    };
-    let evaluated = evaluate(cfg, spec, data, &pred, progress)?;
-
-    say(progress, &format!("  {}: latency", spec.label));
-    let p = &cfg.protocol;
-    let c_in = data.train_in.shape()[1];
-    let latency = latency::measure(
-        model,
-        device,
-        c_in,
-        p.output.nt,
-        p.output.nx,
-        &cfg.eval.latency,
-    )?;
-    let map_predictions = data
-        .map_indices
-        .iter()
-        .map(|&i| evaluated.test_pred.slice(s![i, 0, .., ..]).to_owned())
-        .collect();
-    let result = ModelResult {
-        label: spec.label.clone(),
-        architecture: spec.config.name().to_string(),
-        variant: spec.variant,
-        config: model.config_json(),
-        params: model.param_count(),
-        train: evaluated.train,
-        validation: evaluated.validation,
-        test: evaluated.test,
-        test_by_onset: evaluated.test_by_onset,
-        fine_grid: evaluated.fine_grid,
-        time_curve: evaluated.time_curve,
-        space_curve: evaluated.space_curve,
-        train_wall_s,
-        epochs: epoch_records(&summary.history),
-        latency,
-    };
-    Ok(Trained {
-        result,
-        map_predictions,
-    })
-}
-
-/// The training inputs and targets of `spec`: the training split, or for the augmented
-/// variant each sample delayed by its own seeded random whole number of output steps.
-fn training_arrays(
-    cfg: &StudyConfig,
-    spec: &ModelSpec,
-    data: &Data,
-) -> Result<(Array4<f32>, Array4<f32>)> {
-    if spec.variant != Variant::Augmented {
-        return Ok((data.train_in.clone(), data.train_out.clone()));
-    }
-    let max = (cfg.augment_max_delay / cfg.protocol.output.dt())
-        .round()
-        .max(0.0) as usize;
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed ^ 0xA11C);
-    let delays: Vec<usize> = (0..data.train_in.shape()[0])
-        .map(|_| rng.random_range(0..=max))
-        .collect();
-    Ok((
-        crate::translation::delay_each(data.train_in.view(), &delays)?,
-        crate::translation::delay_each(data.train_out.view(), &delays)?,
-    ))
-}
-
-/// What one trained model scores: per-split summaries, the test errors by onset, the
-/// equivariance curves and the finer-grid error.
-struct Evaluation {
-    train: Vec<FieldSummary>,
-    validation: Vec<FieldSummary>,
-    test: Vec<FieldSummary>,
-    test_pred: Array4<f32>,
-    test_by_onset: Vec<OnsetError>,
-    time_curve: EquivarianceCurve,
-    space_curve: EquivarianceCurve,
-    fine_grid: Option<Vec<FieldSummary>>,
-}
-
-fn evaluate(
-    cfg: &StudyConfig,
-    spec: &ModelSpec,
-    data: &Data,
-    pred: &Predictor,
-    progress: bool,
-) -> Result<Evaluation> {
-    let p = &cfg.protocol;
-    let spacing = Spacing {
-        dt: p.output.dt(),
-        dx: p.output.dx(),
-    };
-    let summarise = |inputs: &Array4<f32>, truth: &Array4<f32>| -> Result<Evaluated> {
-        let y = pred.predict(inputs.view())?;
-        let errs = batch_errors(y.view(), truth.view(), spacing)?;
-        let sums = (0..truth.shape()[1])
-            .map(|c| summarize_field(&errs, c))
-            .collect::<Result<Vec<_>>>()?;
-        Ok((sums, errs, y))
-    };
-    let (train, _, _) = summarise(&data.train_in, &data.train_out)?;
-    let (validation, _, _) = summarise(&data.val_in, &data.val_out)?;
-    let (test, test_errs, test_pred) = summarise(&data.test_in, &data.test_out)?;
-
-    say(progress, &format!("  {}: equivariance curves", spec.label));
-    let apply = |x: ArrayView4<f32>| pred.predict(x);
-    let time_curve = curve(
-        apply,
-        data.eq_in.view(),
-        ShiftAxis::Time,
-        &data.time_steps,
-        p.output.dt(),
-    )?;
-    let space_curve = curve(
-        apply,
-        data.eq_in.view(),
-        ShiftAxis::Space,
-        &data.space_steps,
-        p.output.dx(),
-    )?;
-    let fine_grid = match (&data.fine, pred.model.accepts_other_resolutions()) {
-        (Some(set), true) => Some(crate::resolution::evaluate(|x| pred.predict(x), set)?),
-        _ => None,
-    };
-    Ok(Evaluation {
-        train,
-        validation,
-        test,
-        test_pred,
-        test_by_onset: errors_by_onset(&test_errs, &data.test_meta),
-        time_curve,
-        space_curve,
-        fine_grid,
-    })
-}
-
-/// Each test sample's v and w errors beside its stimulus (onset, place, amplitude).
-fn errors_by_onset(
-    errs: &[crate::metrics::SampleErrors],
-    meta: &fhn_solver::dataset::Dataset,
-) -> Vec<OnsetError> {
-    errs.iter()
-        .enumerate()
-        .map(|(i, e)| OnsetError {
-            t0: f64::from(meta.t0[i]),
-            x0: f64::from(meta.x0[i]),
-            amplitude: f64::from(meta.amplitude[i]),
-            rel_l2_v: e[0].rel_l2,
-            rel_l2_w: e.get(1).map_or(f64::NAN, |f| f.rel_l2),
-        })
-        .collect()
-}
-
-/// The trainer's history as the report's epoch records.
-fn epoch_records(history: &[no_models::train::EpochRecord]) -> Vec<EpochRecord> {
-    history
-        .iter()
-        .map(|e| EpochRecord {
-            epoch: e.epoch,
-            train_loss: e.train_loss,
-            val_error: Some(e.val_loss),
-            lr: e.lr,
-            wall_s: e.wall_s,
-            samples_per_s: e.samples_per_s,
-        })
-        .collect()
-}
-
-/// The data of a run, in the shapes the evaluation needs.
-struct Data {
-    train_in: Array4<f32>,
-    train_out: Array4<f32>,
-    val_in: Array4<f32>,
-    val_out: Array4<f32>,
-    val_ds: TensorDataset,
-    test_in: Array4<f32>,
-    test_out: Array4<f32>,
-    test_meta: fhn_solver::dataset::Dataset,
-    /// Validation samples used for E(s), and their inputs.
-    eq_idx: Vec<usize>,
-    eq_in: Array4<f32>,
-    time_steps: Vec<isize>,
-    space_steps: Vec<isize>,
-    map_indices: Vec<usize>,
-    fine: Option<crate::resolution::FineSet>,
-}
-
-/// Test samples to draw: supra-threshold ones at the earliest, middle and latest onsets.
-fn pick_maps(test: &fhn_solver::dataset::Dataset, n: usize) -> Vec<usize> {
-    let mut excited: Vec<usize> = (0..test.len())
-        .filter(|&i| test.v.slice(s![i, .., ..]).iter().any(|&v| v > 0.5))
-        .collect();
-    if excited.is_empty() {
-        excited = (0..test.len()).collect();
-    }
-    excited.sort_by(|&a, &b| test.t0[a].total_cmp(&test.t0[b]));
-    if n == 0 || excited.is_empty() {
-        return Vec::new();
-    }
-    let m = excited.len();
-    let mut picks: Vec<usize> = (0..n)
-        .map(|k| excited[if n == 1 { 0 } else { k * (m - 1) / (n - 1) }])
-        .collect();
-    picks.dedup();
-    picks
-}
-
-fn prepare_data(cfg: &StudyConfig, progress: bool) -> Result<Data> {
-    let p = &cfg.protocol;
-    let train = fhn_solver::dataset::generate(p, Split::Train, None, progress)?;
-    let val = fhn_solver::dataset::generate(p, Split::Validation, None, progress)?;
-    let test = fhn_solver::dataset::generate(p, Split::Test, None, progress)?;
-    let (train_in, train_out) = to_arrays(&train)?;
-    let (val_in, val_out) = to_arrays(&val)?;
-    let (test_in, test_out) = to_arrays(&test)?;
-    let (lo, hi) = cfg.eval.equivariance_x0_range;
-    let mut eq_idx: Vec<usize> = (0..val.len())
-        .filter(|&i| (lo..=hi).contains(&f64::from(val.x0[i])))
-        .collect();
-    if eq_idx.is_empty() {
-        eq_idx = (0..val.len()).collect();
-    }
-    eq_idx.truncate(cfg.eval.equivariance_samples.max(1));
-    let eq_in = val_in.select(Axis(0), &eq_idx);
-    let fine = match cfg.eval.fine_grid {
-        Some(grid) if cfg.eval.fine_samples > 0 => Some(crate::resolution::solve_fine(
-            p,
-            Split::Test,
-            cfg.eval.fine_samples.min(test.len()),
-            grid,
-        )?),
-        _ => None,
-    };
-    let val_ds = to_no_dataset(&val_in, &val_out)?;
-    let time_steps = steps_of(
-        &cfg.eval.time_shifts,
-        p.output.dt(),
-        cfg.eval.fixed_time_shift,
-    );
-    let space_steps = steps_of(
-        &cfg.eval.space_shifts,
-        p.output.dx(),
-        cfg.eval.fixed_space_shift,
-    );
-    let map_indices = pick_maps(&test, cfg.eval.map_samples);
-    Ok(Data {
-        train_in,
-        train_out,
-        val_in,
-        val_out,
-        val_ds,
-        test_in,
-        test_out,
-        test_meta: test,
-        eq_idx,
-        eq_in,
-        time_steps,
-        space_steps,
-        map_indices,
-        fine,
-    })
-}
-
-/// Runs the study and writes `out/` (report, CSV/JSON, figures, per-model checkpoints and
-/// logs). Returns the results.
-pub fn run(
-    cfg: &StudyConfig,
-    protocol_name: &str,
-    device: &Device,
-    out: &Path,
-    progress: bool,
-) -> Result<StudyResults> {
-    cfg.validate()?;
-    std::fs::create_dir_all(out).map_err(|e| EvalError::io(out, e))?;
-    let mut phases = Vec::new();
-
-    say(
-        progress,
-        &format!("phase 1/4: generating data ({} protocol)", protocol_name),
-    );
-    let t = Instant::now();
-    let data = prepare_data(cfg, progress)?;
-    phases.push(("data generation".to_string(), t.elapsed().as_secs_f64()));
-
-    say(
-        progress,
-        "phase 2/4: ground-truth equivariance curves from the solver",
-    );
-    let t = Instant::now();
-    let (solver_time_curve, solver_space_curve) = solver_curves(cfg, &data)?;
-    phases.push((
-        "solver equivariance curves".to_string(),
-        t.elapsed().as_secs_f64(),
-    ));
-
-    let t = Instant::now();
-    let trained = train_all(cfg, &data, device, out, progress)?;
-    phases.push((
-        "training and evaluation".to_string(),
-        t.elapsed().as_secs_f64(),
-    ));
-
-    say(progress, "phase 4/4: writing the report and figures");
-    let t = Instant::now();
-    let p = &cfg.protocol;
-    let mut results = StudyResults {
-        protocol_name: protocol_name.to_string(),
-        study_config: serde_json::to_value(cfg)?,
-        device: format!("{device:?}"),
-        grid: (p.output.nt, p.output.nx),
-        samples: (
-            data.train_in.shape()[0],
-            data.val_in.shape()[0],
-            data.test_in.shape()[0],
-        ),
-        fixed_shifts: fixed_shifts(cfg),
-        solver_time_curve,
-        solver_space_curve,
-        models: trained.models,
-        skipped: trained.skipped,
-        phases,
-    };
-    let figures = FigureData {
-        maps: sample_maps(&data, trained.map_predictions),
-        t_end: p.output.t_end,
-        length: p.output.length,
-    };
-    // The report lists the phases, so the writing phase is timed up to the figures.
-    results
-        .phases
-        .push(("report".to_string(), t.elapsed().as_secs_f64()));
-    // Every file of the report is written at the end, each atomically, so that a run that
-    // fails midway leaves the previous run's files as they were, not a mix of two runs.
-    let study_json = out.join("study.json");
-    write_atomic(&study_json, serde_json::to_string_pretty(cfg)?.as_bytes())?;
-    results.write_all(out, &figures)?;
-    Ok(results)
-}
-
-/// The solver's own E(delay) and E(space) curves on the equivariance samples: the ground
-/// truth the models' curves are read against.
-fn solver_curves(cfg: &StudyConfig, data: &Data) -> Result<(EquivarianceCurve, EquivarianceCurve)> {
-    let p = &cfg.protocol;
-    let eq_idx = &data.eq_idx;
-    let eq_base = data.val_out.select(Axis(0), eq_idx);
-    let time = solver_curve(p, eq_idx, eq_base.view(), ShiftAxis::Time, &data.time_steps)?;
-    let space = solver_curve(
-        p,
-        eq_idx,
-        eq_base.view(),
-        ShiftAxis::Space,
-        &data.space_steps,
-    )?;
-    Ok((time, space))
-}
-
-/// The results of every model of a study, and the predicted v of the drawn samples.
-struct AllTrained {
-    models: Vec<ModelResult>,
-    /// Models not built in this build, with the reason.
-    skipped: Vec<(String, String)>,
-    /// Per drawn sample, each model's predicted v (label, field).
-    map_predictions: Vec<Vec<(String, Array2<f32>)>>,
-}
-
-/// Phase 3: trains and evaluates every model of `cfg` in turn.
-fn train_all(
-    cfg: &StudyConfig,
-    data: &Data,
-    device: &Device,
-    out: &Path,
-    progress: bool,
-) -> Result<AllTrained> {
-    let mut all = AllTrained {
-        models: Vec::new(),
-        skipped: Vec::new(),
-        map_predictions: vec![Vec::new(); data.map_indices.len()],
-    };
-    for (k, spec) in cfg.models.iter().enumerate() {
-        say(
-            progress,
-            &format!(
-                "phase 3/4: model {}/{}: training {} ({}, {} epochs)",
-                k + 1,
-                cfg.models.len(),
-                spec.label,
-                spec.variant.label(),
-                spec.train.epochs
-            ),
-        );
-        let tm = Instant::now();
-        let trained = match train_and_evaluate(cfg, spec, data, device, out, progress) {
-            Err(EvalError::Model(no_models::ModelError::NotImplemented(what))) => {
-                say(
-                    progress,
-                    &format!(
-                        "  {}: skipped ({what} is not implemented in this build)",
-                        spec.label
-                    ),
-                );
-                all.skipped
-                    .push((spec.label.clone(), format!("{what} is not implemented")));
-                continue;
-            }
-            // A model whose training diverged is reported as failed, with the reason,
-            // never with a number.
-            Err(EvalError::Model(e @ no_models::ModelError::NonFiniteLoss { .. })) => {
-                say(progress, &format!("  {}: failed ({e})", spec.label));
-                all.skipped.push((
-                    spec.label.clone(),
-                    format!("failed: training diverged: {e}"),
-                ));
-                continue;
-            }
-            other => other?,
-        };
-        trained.result.check_finite()?;
-        for (slot, v) in all.map_predictions.iter_mut().zip(trained.map_predictions) {
-            slot.push((spec.label.clone(), v));
-        }
-        say(
-            progress,
-            &one_line_summary(&trained.result, tm.elapsed().as_secs_f64()),
-        );
-        all.models.push(trained.result);
-    }
-    Ok(all)
-}
-
-/// The progress line printed after a model: size, mean errors and times.
-fn one_line_summary(r: &ModelResult, with_evaluation_s: f64) -> String {
-    format!(
-        "  {}: {} params, val rel L2 {:.4}, test v {:.4}, trained in {:.1} s ({:.1} s with evaluation)",
-        r.label,
-        r.params.numel,
-        r.validation.iter().map(|s| s.rel_l2.mean).sum::<f64>() / r.validation.len().max(1) as f64,
-        r.test.first().map_or(f64::NAN, |s| s.rel_l2.mean),
-        r.train_wall_s,
-        with_evaluation_s
-    )
-}
-
-/// The fixed shifts of the translated-test columns, rounded to whole grid steps.
-fn fixed_shifts(cfg: &StudyConfig) -> FixedShifts {
-    let (dt, dx) = (cfg.protocol.output.dt(), cfg.protocol.output.dx());
-    FixedShifts {
-        time_steps: (cfg.eval.fixed_time_shift / dt).round() as isize,
-        time: (cfg.eval.fixed_time_shift / dt).round() * dt,
-        space_steps: (cfg.eval.fixed_space_shift / dx).round() as isize,
-        space: (cfg.eval.fixed_space_shift / dx).round() * dx,
-    }
-}
-
-/// The drawn test samples with their current, true v and every model's predicted v.
-fn sample_maps(data: &Data, predictions: Vec<Vec<(String, Array2<f32>)>>) -> Vec<SampleMaps> {
-    data.map_indices
-        .iter()
-        .zip(predictions)
-        .map(|(&i, predictions)| SampleMaps {
-            index: i,
-            t0: f64::from(data.test_meta.t0[i]),
-            x0: f64::from(data.test_meta.x0[i]),
-            amplitude: f64::from(data.test_meta.amplitude[i]),
-            current: data.test_in.slice(s![i, 0, .., ..]).to_owned(),
-            truth_v: data.test_out.slice(s![i, 0, .., ..]).to_owned(),
-            predictions,
-        })
-        .collect()
-}
-
-/// Where [`run`] puts a model's checkpoints and log.
-pub fn model_dir(out: &Path, label: &str) -> PathBuf {
-    out.join("models").join(label)
+/// Where a job puts its checkpoints and training log: `out/models/LABEL/seed-SEED/`.
+pub fn model_dir(out: &Path, label: &str, seed: u64) -> PathBuf {
+    out.join("models").join(label).join(format!("seed-{seed}"))
 }
 
 /// Shifts inputs by whole steps with the rest fill (re-exported for examples).
@@ -1328,8 +740,9 @@ pub fn shift_inputs(a: ArrayView4<f32>, s: crate::translation::Shift) -> Array4<
 
 #[cfg(test)]
 mod tests {
+    use super::data::{pick_maps, steps_of};
     use super::*;
-    use fhn_solver::OutputGrid;
+    use fhn_solver::{OutputGrid, Split};
 
     #[test]
     fn built_in_studies_round_trip_through_json_and_keep_grids_consistent() {

@@ -1,0 +1,241 @@
+//! The study as jobs: slices merged equal a one-process run, a merge refuses parts of
+//! another study and names missing jobs, and an interrupted job resumes to the same result.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use candle_core::Device;
+use fhn_solver::dataset::Shard;
+use no_eval::error::EvalError;
+use no_eval::report::{Row, StudyResults, FIGURES};
+use no_eval::study::jobs::{read_record, record_path, study_digest};
+use no_eval::study::{merge, model_dir, run, run_jobs, JobOptions, StudyConfig};
+
+/// Two models × two seeds of the tiny study.
+fn two_by_two() -> StudyConfig {
+    let mut cfg = common::tiny();
+    cfg.models.truncate(2);
+    cfg.seeds = 2;
+    cfg
+}
+
+/// Every figure of a row but the timings (train time, latency, throughput).
+fn accuracy(r: &Row) -> Vec<(String, Option<f64>)> {
+    FIGURES
+        .iter()
+        .filter(|f| !["train_wall_s", "latency_p50_b1_ms", "throughput_b32"].contains(f))
+        .map(|f| (f.to_string(), r.figure(f)))
+        .collect()
+}
+
+fn assert_same_accuracy(a: &StudyResults, b: &StudyResults) {
+    let (ra, rb) = (a.rows(), b.rows());
+    assert_eq!(ra.len(), rb.len());
+    for (x, y) in ra.iter().zip(&rb) {
+        assert_eq!((&x.label, x.seed), (&y.label, y.seed));
+        assert_eq!(accuracy(x), accuracy(y), "{} seed {}", x.label, x.seed);
+    }
+    for (x, y) in a.models.iter().zip(&b.models) {
+        let losses = |m: &no_eval::report::ModelResult| -> Vec<(f64, Option<f64>)> {
+            m.epochs
+                .iter()
+                .map(|e| (e.train_loss, e.val_error))
+                .collect()
+        };
+        assert_eq!(losses(x), losses(y), "{} seed {}", x.label, x.seed);
+        assert_eq!(x.time_curve, y.time_curve);
+        assert_eq!(x.space_curve, y.space_curve);
+        assert_eq!(x.test_by_onset, y.test_by_onset);
+    }
+    assert_eq!(a.solver_time_curve, b.solver_time_curve);
+}
+
+fn shard_opts(i: usize, n: usize) -> JobOptions {
+    JobOptions {
+        shard: Some(Shard::new(i, n).unwrap()),
+        measure_latency: true,
+        name: "tiny".into(),
+        ..JobOptions::default()
+    }
+}
+
+#[test]
+fn three_slices_merged_equal_a_one_process_run() {
+    let cfg = two_by_two();
+    let jobs = cfg.jobs();
+    assert_eq!(jobs.len(), 4);
+    // First seed of every model, then the second.
+    let order: Vec<(&str, u64)> = jobs.iter().map(|j| (j.label.as_str(), j.seed)).collect();
+    assert_eq!(
+        order,
+        [("fno", 3), ("don+aug", 3), ("fno", 4), ("don+aug", 4)]
+    );
+
+    let whole = tempfile::tempdir().unwrap();
+    let one = run(&cfg, "tiny", &Device::Cpu, whole.path(), false).unwrap();
+    assert_eq!(one.models.len(), 4);
+    // The aggregates are over the two seeds of each model.
+    assert_eq!(one.aggregates.len(), 2);
+    assert_eq!(one.aggregates[0].seeds, [3, 4]);
+
+    let parts: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    for (i, d) in parts.iter().enumerate() {
+        run_jobs(&cfg, &Device::Cpu, d.path(), &shard_opts(i, 3)).unwrap();
+    }
+    // Slice i holds the jobs i, i + 3, ...: 2, 1 and 1 jobs.
+    let digest = study_digest(&cfg).unwrap();
+    let held = |d: &Path| {
+        jobs.iter()
+            .filter(|j| read_record(d, j, &digest).unwrap().is_some())
+            .count()
+    };
+    let counts: Vec<usize> = parts.iter().map(|d| held(d.path())).collect();
+    assert_eq!(counts, [2, 1, 1]);
+
+    let dirs: Vec<PathBuf> = parts.iter().map(|d| d.path().to_path_buf()).collect();
+    let out = tempfile::tempdir().unwrap();
+    let merged = merge(&dirs, out.path(), None, false).unwrap();
+    assert_same_accuracy(&merged, &one);
+    assert_eq!(merged.protocol_name, "tiny");
+    for f in ["report.md", "results.csv", "summary.csv", "results.json"] {
+        assert!(out.path().join(f).exists(), "{f}");
+    }
+    // One CSV row per model and seed, with the seed column.
+    let csv = std::fs::read_to_string(out.path().join("results.csv")).unwrap();
+    assert!(csv.starts_with("model,variant,seed,replicate,"));
+    assert_eq!(csv.lines().count(), 1 + 4);
+    let report = std::fs::read_to_string(out.path().join("report.md")).unwrap();
+    assert!(report.contains("| fno | paper setting | 2 |"), "{report}");
+
+    // A merge that misses a slice names the missing job.
+    let e = merge(&dirs[..2], out.path(), None, false).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        matches!(
+            e,
+            EvalError::MissingJobs {
+                missing: 1,
+                total: 4,
+                ..
+            }
+        ),
+        "{msg}"
+    );
+    assert!(msg.contains("fno seed 4 (job 2)"), "{msg}");
+}
+
+#[test]
+fn merging_parts_of_two_studies_is_refused() {
+    let cfg = two_by_two();
+    let mut other = cfg.clone();
+    other.models[0].train.epochs += 1;
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let only_first = JobOptions {
+        only: Some(0),
+        ..JobOptions::default()
+    };
+    run_jobs(&cfg, &Device::Cpu, a.path(), &only_first).unwrap();
+    run_jobs(&other, &Device::Cpu, b.path(), &only_first).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let e = merge(
+        &[a.path().to_path_buf(), b.path().to_path_buf()],
+        out.path(),
+        None,
+        false,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("another study") && e.contains("models[0].train.epochs"),
+        "{e}"
+    );
+    // Running another study into a directory that holds one is refused too, unless fresh.
+    let e = run_jobs(&other, &Device::Cpu, a.path(), &only_first)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--fresh"), "{e}");
+    let fresh = JobOptions {
+        fresh: true,
+        ..only_first.clone()
+    };
+    run_jobs(&other, &Device::Cpu, a.path(), &fresh).unwrap();
+    // A slice count above the number of jobs is refused.
+    let e = run_jobs(&cfg, &Device::Cpu, a.path(), &shard_opts(0, 5))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("at most 4 slices"), "{e}");
+}
+
+#[test]
+fn an_interrupted_job_resumes_to_the_uninterrupted_result() {
+    let mut cfg = common::tiny();
+    cfg.models.truncate(1);
+    // Enough epochs that the stop lands mid-training.
+    cfg.models[0].train.epochs = 12;
+    if let no_models::train::Schedule::Cosine { t_max, .. } = &mut cfg.models[0].train.schedule {
+        *t_max = 12;
+    }
+    let job = cfg.jobs().remove(0);
+
+    let straight = tempfile::tempdir().unwrap();
+    run_jobs(&cfg, &Device::Cpu, straight.path(), &JobOptions::default()).unwrap();
+
+    // Stop once the first epoch is checkpointed: a watcher sets the flag a signal would.
+    let cut = tempfile::tempdir().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let last = model_dir(cut.path(), &job.label, job.seed).join("last.safetensors");
+    let watcher = {
+        let (stop, last) = (stop.clone(), last.clone());
+        std::thread::spawn(move || {
+            while !last.exists() {
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+            stop.store(true, Ordering::Relaxed);
+        })
+    };
+    let opts = JobOptions {
+        stop: Some(stop),
+        ..JobOptions::default()
+    };
+    let e = run_jobs(&cfg, &Device::Cpu, cut.path(), &opts).unwrap_err();
+    watcher.join().unwrap();
+    let EvalError::Interrupted {
+        epochs_completed, ..
+    } = e
+    else {
+        panic!("expected an interruption, got {e}");
+    };
+    assert!((1..12).contains(&epochs_completed), "{epochs_completed}");
+    assert!(!record_path(cut.path(), &job.label, job.seed).exists());
+
+    // Run again: it resumes from the checkpoint and ends where the straight run ended.
+    run_jobs(&cfg, &Device::Cpu, cut.path(), &JobOptions::default()).unwrap();
+    let digest = study_digest(&cfg).unwrap();
+    let a = read_record(straight.path(), &job, &digest)
+        .unwrap()
+        .unwrap();
+    let b = read_record(cut.path(), &job, &digest).unwrap().unwrap();
+    assert_eq!(b.resumed_from_epoch, Some(epochs_completed));
+    let (ra, rb) = (a.result.unwrap(), b.result.unwrap());
+    assert_eq!(ra.epochs.len(), 12);
+    let losses = |m: &no_eval::report::ModelResult| -> Vec<(f64, Option<f64>)> {
+        m.epochs
+            .iter()
+            .map(|e| (e.train_loss, e.val_error))
+            .collect()
+    };
+    assert_eq!(losses(&ra), losses(&rb));
+    assert_eq!(ra.test, rb.test);
+    assert_eq!(ra.validation, rb.validation);
+    assert_eq!(ra.time_curve, rb.time_curve);
+    let weights = |d: &Path| {
+        std::fs::read(model_dir(d, &job.label, job.seed).join("best.safetensors")).unwrap()
+    };
+    assert_eq!(weights(straight.path()).len(), weights(cut.path()).len());
+    // A finished job is not run again.
+    let again = run_jobs(&cfg, &Device::Cpu, cut.path(), &JobOptions::default()).unwrap();
+    assert_eq!(again[0].1, no_eval::study::JobStatus::AlreadyDone);
+}
