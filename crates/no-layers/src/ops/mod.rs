@@ -31,6 +31,7 @@ use std::marker::PhantomData;
 use std::sync::OnceLock;
 
 pub(crate) mod candle_fixes;
+pub mod causal_conv;
 pub mod channel_affine;
 pub mod channel_mlp;
 pub(crate) mod cno_activation;
