@@ -157,7 +157,7 @@ fn pointwise(c_in: usize, c_out: usize, vb: VarBuilder) -> candle_core::Result<T
 
 /// `σ(z) = GELU(z + b) − GELU(b)` per channel: a learnable threshold `b`, and `σ(0) = 0`
 /// exactly (the anchor goes through the same kernel at the same positions, so a zero `z`
-/// gives the same bits twice).
+/// gives the same bits twice; [`no_layers::ops::anchored_gelu`]).
 #[derive(Debug, Clone)]
 struct AnchoredGelu {
     bias: Tensor,
@@ -171,11 +171,7 @@ impl AnchoredGelu {
     }
 
     fn forward(&self, z: &Tensor) -> candle_core::Result<Tensor> {
-        let c = self.bias.dim(0)?;
-        let b = self.bias.reshape((1, c, 1, 1))?.broadcast_as(z.shape())?;
-        let shifted = no_layers::ops::gelu::gelu(&(z + &b)?)?;
-        let anchor = no_layers::ops::gelu::gelu(&b.contiguous()?)?;
-        shifted - anchor
+        no_layers::ops::anchored_gelu::anchored_gelu(z, &self.bias)
     }
 }
 

@@ -30,6 +30,7 @@ use std::cell::Cell;
 use std::marker::PhantomData;
 use std::sync::OnceLock;
 
+pub mod anchored_gelu;
 pub(crate) mod candle_fixes;
 pub mod causal_conv;
 pub mod channel_affine;
