@@ -47,8 +47,10 @@ pub fn anchored_gelu(z: &Tensor, bias: &Tensor) -> Result<Tensor> {
     }
     let c = bias.elem_count();
     let plane = z.dims()[2..].iter().product::<usize>();
-    z.contiguous()?
-        .apply_op2(&bias.flatten_all()?.contiguous()?, AnchoredGelu { c, plane })
+    z.contiguous()?.apply_op2(
+        &bias.flatten_all()?.contiguous()?,
+        AnchoredGelu { c, plane },
+    )
 }
 
 /// [`anchored_gelu`] from candle ops: `b` broadcast over `z`, `GELU(z + b)` minus `GELU`
@@ -182,7 +184,11 @@ impl CustomOp2 for AnchoredGelu {
     ) -> Result<(CpuStorage, Shape)> {
         self.check(l1)?;
         if l2.shape().elem_count() != self.c {
-            candle_core::bail!("anchored GELU: bias {:?} for {} channels", l2.dims(), self.c);
+            candle_core::bail!(
+                "anchored GELU: bias {:?} for {} channels",
+                l2.dims(),
+                self.c
+            );
         }
         let name = self.name();
         let out = match (s1, s2) {
@@ -250,10 +256,7 @@ impl CustomOp2 for AnchoredGelu {
                 grad.dtype()
             ),
         };
-        Ok((
-            z.track_op().then_some(dz),
-            bias.track_op().then_some(db),
-        ))
+        Ok((z.track_op().then_some(dz), bias.track_op().then_some(db)))
     }
 }
 

@@ -394,13 +394,7 @@ impl CausalConv {
                         )?;
                         if let Some(dx_s) = dx_s.as_deref_mut() {
                             e.set_len(rows * width);
-                            gemm(
-                                MatMut::row_major(e, rows, width),
-                                weight_t,
-                                g_blk,
-                                false,
-                                1,
-                            )?;
+                            gemm(MatMut::row_major(e, rows, width), weight_t, g_blk, false, 1)?;
                             self.scatter(e, blk, dx_s);
                         }
                     }
@@ -653,8 +647,7 @@ mod tests {
                     for xx in 0..nx {
                         let mut sum = 0.0;
                         for a in 0..kt {
-                            let Some(src_t) = t.checked_sub((kt - 1 - a) * tp.dilation_time)
-                            else {
+                            let Some(src_t) = t.checked_sub((kt - 1 - a) * tp.dilation_time) else {
                                 continue;
                             };
                             for bb in 0..kx {
@@ -717,10 +710,16 @@ mod tests {
         let x = randn(&[2, 2, 5, 4], 60, DType::F64)?;
         let w = Var::from_tensor(&randn(&[3, 18, 1, 1], 61, DType::F64)?)?;
         let tp = taps(3, 3, 1, 2);
-        let grads = causal_conv(&x, w.as_tensor(), tp)?.sqr()?.sum_all()?.backward()?;
+        let grads = causal_conv(&x, w.as_tensor(), tp)?
+            .sqr()?
+            .sum_all()?
+            .backward()?;
         let g_ref = {
             let _g = crate::ops::composite_only();
-            causal_conv(&x, w.as_tensor(), tp)?.sqr()?.sum_all()?.backward()?
+            causal_conv(&x, w.as_tensor(), tp)?
+                .sqr()?
+                .sum_all()?
+                .backward()?
         };
         assert!(grads.get(&x).is_none());
         let (Some(a), Some(e)) = (grads.get(&w), g_ref.get(&w)) else {
