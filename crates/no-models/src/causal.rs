@@ -37,6 +37,7 @@ use crate::operator::{NeuralOperator, ParamCount};
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use no_layers::init::torch_default_weight;
+use no_layers::ops::causal_conv::{causal_conv, CausalTaps};
 use serde::{Deserialize, Serialize};
 
 /// Configuration of the causal dilated convolution operator.
@@ -133,57 +134,19 @@ impl CausalConfig {
     }
 }
 
-/// The indices that pad an axis of length `n` by `pad` on each side by reflection about
-/// the end nodes (`… x2 x1 | x0 x1 … x_{n−1} | x_{n−2} …`, numpy's "reflect", applied
-/// repeatedly when `pad ≥ n`): the even extension of a zero-flux field.
-fn reflect_indices(n: usize, pad: usize) -> Vec<u32> {
-    let period = 2 * n.saturating_sub(1);
-    (0..n + 2 * pad)
-        .map(|j| {
-            if period == 0 {
-                return 0;
-            }
-            let m = (j as i64 - pad as i64).rem_euclid(period as i64) as usize;
-            let i = if m < n { m } else { period - m };
-            i as u32
-        })
-        .collect()
-}
-
-/// A bias-free convolution, causal in time and reflection-padded in space, dilated by `d`.
+/// A bias-free convolution, causal in time and reflection-padded in space, dilated by `d`
+/// (the fused [`causal_conv`] on the CPU, its composite form elsewhere).
 #[derive(Debug, Clone)]
 struct CausalConv {
     /// `[O, C·kt·kx, 1, 1]`, tap-major: input channel `(a·kx + b)·C + c` is channel `c`
     /// at time tap `a` (oldest first) and space tap `b`.
     weight: Tensor,
-    kernel_time: usize,
-    kernel_space: usize,
-    dilation_time: usize,
-    dilation_space: usize,
+    taps: CausalTaps,
 }
 
 impl CausalConv {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (_, _, nt, nx) = x.dims4()?;
-        let (kt, kx) = (self.kernel_time, self.kernel_space);
-        let (dt, dx) = (self.dilation_time, self.dilation_space);
-        // Zeros before t = 0 only: the rest state the network maps to zero.
-        let x = x.pad_with_zeros(2, (kt - 1) * dt, 0)?;
-        let pad_x = (kx / 2) * dx;
-        let x = if pad_x > 0 {
-            let idx = Tensor::new(reflect_indices(nx, pad_x), x.device())?;
-            x.index_select(&idx, 3)?
-        } else {
-            x
-        };
-        let mut taps = Vec::with_capacity(kt * kx);
-        for a in 0..kt {
-            for b in 0..kx {
-                taps.push(x.narrow(2, a * dt, nt)?.narrow(3, b * dx, nx)?);
-            }
-        }
-        let patches = Tensor::cat(&taps, 1)?;
-        no_layers::ops::conv2d::conv2d(&patches, &self.weight, 0, 1)
+        causal_conv(x, &self.weight, self.taps)
     }
 }
 
@@ -194,7 +157,7 @@ fn pointwise(c_in: usize, c_out: usize, vb: VarBuilder) -> candle_core::Result<T
 
 /// `σ(z) = GELU(z + b) − GELU(b)` per channel: a learnable threshold `b`, and `σ(0) = 0`
 /// exactly (the anchor goes through the same kernel at the same positions, so a zero `z`
-/// gives the same bits twice).
+/// gives the same bits twice; [`no_layers::ops::anchored_gelu`]).
 #[derive(Debug, Clone)]
 struct AnchoredGelu {
     bias: Tensor,
@@ -208,11 +171,7 @@ impl AnchoredGelu {
     }
 
     fn forward(&self, z: &Tensor) -> candle_core::Result<Tensor> {
-        let c = self.bias.dim(0)?;
-        let b = self.bias.reshape((1, c, 1, 1))?.broadcast_as(z.shape())?;
-        let shifted = no_layers::ops::gelu::gelu(&(z + &b)?)?;
-        let anchor = no_layers::ops::gelu::gelu(&b.contiguous()?)?;
-        shifted - anchor
+        no_layers::ops::anchored_gelu::anchored_gelu(z, &self.bias)
     }
 }
 
@@ -263,10 +222,12 @@ impl CausalNo {
                 Ok(Block {
                     conv: CausalConv {
                         weight,
-                        kernel_time: kt,
-                        kernel_space: kx,
-                        dilation_time: d,
-                        dilation_space: if cfg.dilate_space { d } else { 1 },
+                        taps: CausalTaps {
+                            kernel_time: kt,
+                            kernel_space: kx,
+                            dilation_time: d,
+                            dilation_space: if cfg.dilate_space { d } else { 1 },
+                        },
                     },
                     act: AnchoredGelu::new(c, bvb.pp("act"))?,
                     mix: pointwise(c, c, bvb.pp("mix"))?,
@@ -354,6 +315,7 @@ pub fn build(config: &CausalConfig, vb: VarBuilder) -> Result<Box<dyn NeuralOper
 #[cfg(test)]
 mod tests {
     use super::*;
+    use no_layers::ops::causal_conv::reflect_indices;
 
     #[test]
     fn reflect_indices_mirror_about_the_end_nodes() {

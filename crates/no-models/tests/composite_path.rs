@@ -15,6 +15,7 @@ mod synthetic;
 use candle_core::{DType, Device, Tensor, Var};
 use no_layers::init::SeededVarMap;
 use no_layers::ops::composite_only;
+use no_models::causal::CausalConfig;
 use no_models::cno::CnoConfig;
 use no_models::deeponet::{DeepOnetCnnConfig, DeepOnetConfig};
 use no_models::fno::FnoConfig;
@@ -30,7 +31,7 @@ const GRID: [usize; 2] = [13, 10];
 /// order, the CNO activation's axes resized in the other order).
 const TOL: f64 = 1e-10;
 
-/// Small configs of the seven architectures on [`GRID`].
+/// Small configs of the seven architectures and the causal operator on [`GRID`].
 fn configs() -> Vec<ModelConfig> {
     let fno = FnoConfig {
         n_modes: vec![4, 4],
@@ -77,6 +78,14 @@ fn configs() -> Vec<ModelConfig> {
             n_layers: 2,
             default_in_shape: GRID,
             ..LocalNoConfig::default()
+        }),
+        // Dilations 1 to 16: the last blocks reach past both axes (the reflection folds
+        // several times, the oldest time taps read only zeros).
+        ModelConfig::Causal(CausalConfig {
+            hidden_channels: 4,
+            n_layers: 5,
+            dilation_cycle: 5,
+            ..CausalConfig::default()
         }),
     ]
 }

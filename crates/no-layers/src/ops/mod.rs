@@ -30,7 +30,9 @@ use std::cell::Cell;
 use std::marker::PhantomData;
 use std::sync::OnceLock;
 
+pub mod anchored_gelu;
 pub(crate) mod candle_fixes;
+pub mod causal_conv;
 pub mod channel_affine;
 pub mod channel_mlp;
 pub(crate) mod cno_activation;
