@@ -28,19 +28,17 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::{Parser, ValueEnum};
-use fhn_neural_operators::cli::{open_device, positive_finite, DeviceArg};
+use fhn_neural_operators::cli::{open_device, positive_finite, DeviceArg, StopSignals};
 use no_eval::error::EvalError;
 use no_eval::report::{StudyResults, Variant};
 use no_eval::study::jobs::{prepare_out, read_record, study_digest};
 use no_eval::study::{
-    measure_pending_latency, merge, run_jobs, run_with, JobOptions, StudyConfig, MAX_SEEDS,
+    measure_pending_latency, merge, run_jobs, run_with, Job, JobOptions, StudyConfig, MAX_SEEDS,
 };
 
 /// Which of the two remedies beside the paper's setting to run.
@@ -112,45 +110,11 @@ struct Args {
     quiet: bool,
 }
 
-/// Exit status of a run stopped by a signal: 128 + the signal's number, as a shell does.
-fn interrupted_status(signal: usize) -> i32 {
-    128 + i32::try_from(signal).unwrap_or(15)
-}
-
-/// The flag set by SIGINT and SIGTERM (holding the signal's number), and the same as a
-/// boolean for the trainer.
-struct Signals {
-    number: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Signals {
-    fn install() -> Result<Self> {
-        let number = Arc::new(AtomicUsize::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        #[cfg(unix)]
-        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-            signal_hook::flag::register_usize(sig, number.clone(), sig as usize)
-                .context("installing the signal handler")?;
-            signal_hook::flag::register(sig, stop.clone())
-                .context("installing the signal handler")?;
-        }
-        Ok(Self { number, stop })
-    }
-
-    fn received(&self) -> Option<usize> {
-        match self.number.load(Ordering::Relaxed) {
-            0 => None,
-            n => Some(n),
-        }
-    }
-}
-
 fn main() -> Result<()> {
     // candle allocates per op; keep freed buffers instead of re-faulting them (see docs).
     fhn_neural_operators::allocator::keep_freed_memory();
     let args = Args::parse();
-    let signals = Signals::install()?;
+    let signals = StopSignals::install()?;
     let start = Instant::now();
     let dev = open_device(args.device)?;
     if let Some(dirs) = &args.merge {
@@ -190,7 +154,7 @@ fn main() -> Result<()> {
                 "benchmark: stopped by a signal; finished jobs are kept in {} and the same command resumes the rest",
                 args.out.display()
             );
-            std::process::exit(interrupted_status(signals.received().unwrap_or(15)));
+            std::process::exit(signals.exit_status());
         }
         Err(e) => Err(e),
         Ok(Some(results)) => finish(&results, &args.out, start),
@@ -291,7 +255,7 @@ fn run_whole(
     dev: &Device,
     args: &Args,
     opts: &JobOptions,
-    signals: &Signals,
+    signals: &StopSignals,
 ) -> Result<Option<StudyResults>> {
     prepare_out(cfg, &args.out, args.fresh)?;
     let digest = study_digest(cfg)?;
@@ -316,7 +280,7 @@ fn run_whole(
             cfg.jobs().len() - pending.len()
         );
     }
-    run_workers(&pending, workers, threads, args, signals)?;
+    run_workers(&pending, &cfg.jobs(), workers, threads, args, signals)?;
     measure_pending_latency(cfg, dev, &args.out, !args.quiet)?;
     Ok(Some(merge(
         std::slice::from_ref(&args.out),
@@ -331,21 +295,24 @@ fn run_whole(
 /// signal, and kills the running ones on a signal (their last epochs are checkpointed).
 fn run_workers(
     pending: &[usize],
+    jobs: &[Job],
     workers: usize,
     threads: usize,
     args: &Args,
-    signals: &Signals,
+    signals: &StopSignals,
 ) -> Result<()> {
     let exe = std::env::current_exe().context("locating this program to start its workers")?;
     let study = args.out.join("study.json");
-    let mut queue = pending.iter().copied();
+    let mut queue: Vec<usize> = pending.to_vec();
     let mut running: Vec<(usize, Child)> = Vec::new();
     let mut failed: Vec<String> = Vec::new();
     let total = pending.len();
     let mut finished = 0usize;
     loop {
         while running.len() < workers && failed.is_empty() && signals.received().is_none() {
-            let Some(k) = queue.next() else { break };
+            let Some(k) = next_job(&mut queue, jobs, &args.out) else {
+                break;
+            };
             let child = Command::new(&exe)
                 .arg("--protocol")
                 .arg(&study)
@@ -402,6 +369,34 @@ fn run_workers(
         );
     }
     Ok(())
+}
+
+/// The next job to start, longest first once durations are known: a job whose model has
+/// no finished run yet goes first (in list order, so every model's first seed starts
+/// early), then the job whose model's finished runs took longest. Starting the longest
+/// jobs first keeps a worker from running the costliest job alone at the end.
+fn next_job(queue: &mut Vec<usize>, jobs: &[Job], out: &Path) -> Option<usize> {
+    let duration = |k: usize| -> Option<f64> {
+        let label = &jobs.get(k)?.label;
+        let dir = out.join("jobs").join(label);
+        std::fs::read_dir(dir)
+            .ok()?
+            .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+            .filter_map(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+            .filter_map(|v| v.get("wall_s")?.as_f64())
+            .reduce(f64::max)
+    };
+    let pos = queue
+        .iter()
+        .position(|&k| duration(k).is_none())
+        .or_else(|| {
+            (0..queue.len()).max_by(|&a, &b| {
+                duration(queue[a])
+                    .unwrap_or(0.0)
+                    .total_cmp(&duration(queue[b]).unwrap_or(0.0))
+            })
+        })?;
+    Some(queue.remove(pos))
 }
 
 fn device_flag(d: DeviceArg) -> &'static str {

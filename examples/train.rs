@@ -25,10 +25,11 @@
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::Parser;
+use fhn_neural_operators::cli::StopSignals;
 use no_layers::init::SeededVarMap;
 use no_models::data::Splits;
 use no_models::pod::{PodBasis, PodDeepOnet};
-use no_models::train::{parse_train_config, ResumeRequest, TrainConfig, Trainer};
+use no_models::train::{parse_train_config, ResumeRequest, TrainConfig, TrainError, Trainer};
 use no_models::{build, ModelConfig, NeuralOperator, Normalizers, Registry, TensorDataset};
 use std::path::PathBuf;
 
@@ -218,7 +219,23 @@ fn main() -> Result<()> {
         Some(ckpt) => resumed_trainer(&args, ckpt, &splits, &device)?,
         None => new_trainer(&args, &splits, &device)?,
     };
-    let summary = trainer.fit(&splits.train, &splits.val, Some(&args.out))?;
+    let signals = StopSignals::install()?;
+    trainer.set_stop_flag(signals.stop.clone());
+    let summary = match trainer.fit(&splits.train, &splits.val, Some(&args.out)) {
+        Err(no_models::ModelError::Training(e @ TrainError::Interrupted { .. })) => {
+            eprintln!("train: {e}");
+            if trainer.meta().epochs_completed > 0 {
+                eprintln!(
+                    "train: stopped by a signal; continue with --resume {}",
+                    args.out.join("last.safetensors").display()
+                );
+            } else {
+                eprintln!("train: stopped by a signal before the first epoch ended; nothing saved");
+            }
+            std::process::exit(signals.exit_status());
+        }
+        other => other?,
+    };
     for r in &summary.history {
         println!(
             "epoch {:4}  train {:.5}  val {:.5}  lr {:.2e}  {:.1} s  {:.1} samples/s",

@@ -155,6 +155,45 @@ pub fn human_bytes(bytes: u64) -> String {
     }
 }
 
+/// SIGINT and SIGTERM as flags: a program that checks them stops cleanly (the trainer
+/// abandons the epoch under way, [`no_models::train::Trainer::set_stop_flag`]) and exits
+/// with [`StopSignals::exit_status`], the status a shell gives a process killed by the
+/// signal.
+pub struct StopSignals {
+    number: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Set by either signal: hand it to the trainer.
+    pub stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl StopSignals {
+    /// Installs the handlers (on Unix; elsewhere the flags are never set).
+    pub fn install() -> Result<Self> {
+        let number = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        #[cfg(unix)]
+        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            signal_hook::flag::register_usize(sig, number.clone(), sig as usize)
+                .context("installing the signal handler")?;
+            signal_hook::flag::register(sig, stop.clone())
+                .context("installing the signal handler")?;
+        }
+        Ok(Self { number, stop })
+    }
+
+    /// The signal received, if any.
+    pub fn received(&self) -> Option<usize> {
+        match self.number.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            n => Some(n),
+        }
+    }
+
+    /// 128 + the signal's number (130 for SIGINT, 143 for SIGTERM; 143 if none arrived).
+    pub fn exit_status(&self) -> i32 {
+        128 + i32::try_from(self.received().unwrap_or(15)).unwrap_or(15)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

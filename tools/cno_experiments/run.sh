@@ -34,9 +34,12 @@ for study in $(for s in 0 1 2; do for v in "${variants[@]}"; do echo "$out/studi
     nice -n 5 "$bin/benchmark" --protocol "$study" --remedies none --quiet --out "$run" \
         > "$out/logs/$name.log" 2>&1 || echo "  $name failed (see $out/logs/$name.log)" >&2
     # The response to a zero current, in physical units (the rest state is v = w = 0).
-    if [ -f "$run/models/cno/last.safetensors" ]; then
+    # Each study runs one job, its seed the file's .sN suffix.
+    seed="${name##*.s}"
+    ckpt="$run/models/cno/seed-$seed/last.safetensors"
+    if [ -f "$ckpt" ]; then
         python3 "$here/zero_input.py" write "$run/zero_in.npy" "$study"
-        "$bin/infer" --checkpoint "$run/models/cno/last.safetensors" \
+        "$bin/infer" --checkpoint "$ckpt" \
             --input "$run/zero_in.npy" --out "$run/zero_out.npy" >> "$out/logs/$name.log" 2>&1 || true
     fi
 done

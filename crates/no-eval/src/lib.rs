@@ -7,7 +7,10 @@
 //! - [`translation`]: the non-periodic shifts the physics implies and the equivariance
 //!   error `E(s) = ‖M(S_s I) − S_s M(I)‖ / ‖S_s M(I)‖` as a curve over shifts, for models and
 //!   for the solver's ground truth;
-//! - [`study`]: protocol → data → training → evaluation → [`report`];
+//! - [`study`]: protocol → data → training → evaluation → [`report`], as a list of jobs
+//!   (model × seed) that one process runs whole or a cluster runs in slices and merges;
+//! - [`report::spread`]: medians, ranges and bootstrap intervals over seeds, and the orders
+//!   they allow;
 //! - [`resolution`]: zero-shot evaluation on a finer output grid;
 //! - [`latency`]: timed forwards with device synchronisation, percentiles, throughput and
 //!   peak memory.

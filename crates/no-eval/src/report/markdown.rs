@@ -86,11 +86,23 @@ impl Fmt {
 }
 
 /// A figure of a group of seeds: the value with one seed, else `median [min–max]` (the
-/// unit once, after the median); `n/a` when no seed measured it.
+/// unit once, after the median), and with 5 or more seeds `median [95% CI lo–hi]`, the
+/// bootstrap interval of the median; `n/a` when no seed measured it.
 fn over_seeds(values: &[f64], f: Fmt) -> String {
     match Spread::of(values) {
         None => "n/a".into(),
         Some(s) if s.n == 1 => format!("{}{}", f.number(s.median), f.unit),
+        Some(Spread {
+            median,
+            ci95: Some((lo, hi)),
+            ..
+        }) => format!(
+            "{}{} [95% CI {}–{}]",
+            f.number(median),
+            f.unit,
+            f.number(lo),
+            f.number(hi)
+        ),
         Some(s) => format!(
             "{}{} [{}–{}]",
             f.number(s.median),
@@ -196,9 +208,10 @@ pub fn ranking_paragraph(results: &StudyResults) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "Each figure is the median over {seeds_text} seeds per model, with its range [min–max] over seeds. \
-         `A < B` is stated only where the ranges separate, otherwise `A ≈ B`; the (k/n) after each \
-         relation counts the seeds in which the pair is in that order.\n"
+        "Each figure is the median over {seeds_text} seeds per model, with its range [min–max] over seeds \
+         (with 5 or more seeds, the bootstrap 95% interval of the median). `A < B` is stated only where the \
+         min–max ranges separate, otherwise `A ≈ B`; the (k/n) after each relation counts the seeds in which \
+         the pair is in that order.\n"
     );
     let _ = writeln!(s, "**In distribution** (validation, onset fixed as in training), median relative L2 over v and w: {}.\n",
         chain(&refs, &|r| Some(r.val_stat())));
@@ -301,7 +314,7 @@ pub fn report(results: &StudyResults, figures: &[PathBuf]) -> String {
     );
     let _ = writeln!(s, "Errors are relative L2 per sample, summarised by the median over samples; verdicts and rankings use these medians, since the few sub-threshold samples (no wave, a target about 20× smaller in norm) dominate the means (docs/evaluation.md; `results.csv` has the means too). Equivariance E(s) = ‖M(S_s I) − S_s M(I)‖ / ‖S_s M(I)‖ on the common window, for v, at a delay of {:.2} time units ({} steps) and a space shift of {:.3} ({} steps).\n",
         results.fixed_shifts.time, results.fixed_shifts.time_steps, results.fixed_shifts.space, results.fixed_shifts.space_steps);
-    let _ = writeln!(s, "Each model is trained once per seed (the seed sets the initial weights, the shuffling and the augmentation; the data are the protocol's). A cell shows the median over seeds and, with several seeds, the range [min–max]; `results.csv` has one row per seed and `summary.csv` every figure's median, range and, with 5 or more seeds, a bootstrap 95% interval.\n");
+    let _ = writeln!(s, "Each model is trained once per seed (the seed sets the initial weights, the shuffling and the augmentation; the data are the protocol's). A cell shows the median over seeds and, with several seeds, the range [min–max] (with 5 seeds or more, the bootstrap 95% interval of the median instead); `results.csv` has one row per seed and `summary.csv` every figure's median, range and, with 5 or more seeds, a bootstrap 95% interval.\n");
     s.push_str("| model | variant | seeds | params | train | validation | test v | test w | E(delay) v | E(space) v | train time | p50 @1 | throughput @32 | finer grid v |\n");
     s.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for g in results.grouped_rows() {
@@ -381,6 +394,9 @@ mod tests {
         assert_eq!(over_seeds(&[0.3, 0.1, 0.2], PCT), "20.00% [10.00–30.00]");
         assert_eq!(over_seeds(&[f64::NAN], SECS), "n/a");
         assert_eq!(over_seeds(&[2.0, 4.0], SECS), "3.0 s [2.0–4.0]");
+        // Five seeds: the bootstrap interval of the median instead of the range.
+        let five = over_seeds(&[0.1, 0.2, 0.3, 0.4, 0.5], PCT);
+        assert!(five.starts_with("30.00% [95% CI "), "{five}");
     }
 
     fn row(label: &str, val: f64) -> Row {

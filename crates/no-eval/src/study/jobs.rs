@@ -54,8 +54,9 @@ impl Job {
     }
 }
 
-/// How [`run_jobs`] runs.
-#[derive(Debug, Clone, Default)]
+/// How [`run_jobs`] runs. The default runs every job, quietly, measuring each job's
+/// latency right after it.
+#[derive(Debug, Clone)]
 pub struct JobOptions {
     /// Only this slice of the job list.
     pub shard: Option<Shard>,
@@ -76,6 +77,20 @@ pub struct JobOptions {
     /// The study's name in the report (`quick`, `default`, a file name), kept in each
     /// record so that a merge of the records can title the report.
     pub name: String,
+}
+
+impl Default for JobOptions {
+    fn default() -> Self {
+        Self {
+            shard: None,
+            only: None,
+            progress: false,
+            fresh: false,
+            measure_latency: true,
+            stop: None,
+            name: String::new(),
+        }
+    }
 }
 
 /// What a finished job leaves: `OUT/jobs/LABEL/seed-S.json`.
