@@ -162,6 +162,26 @@ fn merging_parts_of_two_studies_is_refused() {
         ..only_first.clone()
     };
     run_jobs(&other, &Device::Cpu, a.path(), &fresh).unwrap();
+    // Records without a study.json are refused, and --fresh discards them (none of the
+    // other study's records survives to be read as this study's).
+    std::fs::remove_file(a.path().join("study.json")).unwrap();
+    let e = run_jobs(&cfg, &Device::Cpu, a.path(), &only_first)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no study.json"), "{e}");
+    let fresh_cfg = JobOptions {
+        fresh: true,
+        only: Some(1),
+        ..JobOptions::default()
+    };
+    run_jobs(&cfg, &Device::Cpu, a.path(), &fresh_cfg).unwrap();
+    let digest = study_digest(&cfg).unwrap();
+    let held: Vec<bool> = cfg
+        .jobs()
+        .iter()
+        .map(|j| read_record(a.path(), j, &digest).unwrap().is_some())
+        .collect();
+    assert_eq!(held, [false, true, false, false]);
     // A slice count above the number of jobs is refused.
     let e = run_jobs(&cfg, &Device::Cpu, a.path(), &shard_opts(0, 5))
         .unwrap_err()

@@ -312,21 +312,19 @@ pub fn prepare_out(cfg: &StudyConfig, out: &Path, fresh: bool) -> Result<()> {
                 ),
             ));
         }
-        for sub in ["jobs", "models"] {
-            let d = out.join(sub);
-            if d.exists() {
-                std::fs::remove_dir_all(&d).map_err(|e| EvalError::io(&d, e))?;
-            }
-        }
+        discard_results(out)?;
         return write_atomic(&path, text.as_bytes());
     }
-    if !fresh && out.join("jobs").exists() {
-        return Err(EvalError::invalid(
-            "output directory",
-            out.display(),
-            "a directory with a study.json beside its jobs/ (it has job records but no study.json; \
-             pass --fresh to discard them)",
-        ));
+    if out.join("jobs").exists() {
+        if !fresh {
+            return Err(EvalError::invalid(
+                "output directory",
+                out.display(),
+                "a directory with a study.json beside its jobs/ (it has job records but no study.json; \
+                 pass --fresh to discard them)",
+            ));
+        }
+        discard_results(out)?;
     }
     // Shards of one study may start at once on a shared file system: the first writes the
     // file, the others find it and compare.
@@ -342,6 +340,17 @@ pub fn prepare_out(cfg: &StudyConfig, out: &Path, fresh: bool) -> Result<()> {
             "a directory of one study: another process wrote a different study.json into it at the same time",
         )),
     }
+}
+
+/// Removes the job records and checkpoints of `out` (`--fresh`).
+fn discard_results(out: &Path) -> Result<()> {
+    for sub in ["jobs", "models"] {
+        let d = out.join(sub);
+        if d.exists() {
+            std::fs::remove_dir_all(&d).map_err(|e| EvalError::io(&d, e))?;
+        }
+    }
+    Ok(())
 }
 
 /// The number of threads this process computes with.
