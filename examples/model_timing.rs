@@ -35,7 +35,8 @@ enum Work {
     /// One inference call (`NeuralOperator::predict`: DeepONets reuse their trunk).
     Predict,
     /// One forward through the inference twin (`no_models::inference_twin`: no autograd
-    /// graph, the work PyTorch does under `torch.no_grad()`).
+    /// graph, the work PyTorch does under `torch.no_grad()`; DeepONets reuse their trunk
+    /// from the warm-up on).
     Infer,
     /// Forward, MSE loss, backward and one AdamW step.
     Train,

@@ -10,6 +10,13 @@
 //! freed as soon as the next layer has consumed it, like PyTorch under `torch.no_grad()`.
 //! The twin's outputs equal the model's (test `twin_equals_the_model_and_follows_updates`).
 //!
+//! Work that does not depend on the input is done once per twin where a model knows it:
+//! a DeepONet twin evaluates its trunk once per query grid and reuses it
+//! ([`crate::deeponet::DeepOnet::forward_at`]). The cache lives in the twin, so a new twin
+//! starts without it; and because the twin's weights are views of the variables, which an
+//! optimiser updates in place, each reuse first checks that the trunk weights are bitwise
+//! those the cached value came from (test `twin_equals_the_model_and_follows_updates`).
+//!
 //! Build the twin after the model's variables exist (after construction, training or
 //! loading). A variable *replaced* in the map by a new one (rather than updated in place)
 //! is not seen; build a new twin then.

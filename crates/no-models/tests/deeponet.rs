@@ -287,3 +287,90 @@ fn predict_equals_forward_and_follows_weight_updates() -> TestResult {
     );
     Ok(())
 }
+
+/// Every value of `t` as its bits (f64 or f32), for bit-identity checks.
+fn bits(t: &Tensor) -> candle_core::Result<Vec<u64>> {
+    let flat = t.flatten_all()?.to_dtype(DType::F64)?;
+    Ok(flat
+        .to_vec1::<f64>()?
+        .into_iter()
+        .map(f64::to_bits)
+        .collect())
+}
+
+/// The trunk cache of the inference twin: for DON and DON-CNN, at batch 1 and 3, in f32
+/// and f64, the twin's forward (the first call fills the cache, the next ones reuse it)
+/// gives the trainable model's uncached forward bit for bit (the same kernels on the same
+/// values, in the same order), and an in-place weight update (the views share the
+/// variables' storage) is seen rather than served stale.
+#[test]
+fn inference_twin_reuses_the_trunk_and_equals_the_uncached_forward() -> TestResult {
+    let configs = [
+        (ModelConfig::Don(tiny_don()), [6, 5]),
+        (ModelConfig::DonCnn(tiny_cnn([11, 8])), [11, 8]),
+    ];
+    for dtype in [DType::F32, DType::F64] {
+        for (cfg, [nt, nx]) in &configs {
+            let vars = SeededVarMap::new(11);
+            let model = build(cfg, vars.var_builder(dtype, &Device::Cpu))?;
+            let twin = no_models::inference_twin(model.as_ref(), vars.varmap())?;
+            for batch in [1, 3] {
+                let x = synthetic::dataset(batch, *nt, *nx, dtype)?.0;
+                let uncached = bits(&model.forward(&x)?)?;
+                for call in 0..3 {
+                    assert_eq!(
+                        bits(&twin.forward(&x)?)?,
+                        uncached,
+                        "{} {dtype:?} batch {batch} call {call}",
+                        cfg.name()
+                    );
+                }
+                assert_eq!(bits(&twin.predict(&x)?)?, uncached, "{}", cfg.name());
+            }
+            // An optimiser-like in-place update of the trunk: the cache must not go stale.
+            let x = synthetic::dataset(3, *nt, *nx, dtype)?.0;
+            let before = bits(&twin.forward(&x)?)?;
+            for (name, var) in vars.varmap().data().lock().map_err(|_| "poisoned")?.iter() {
+                if name.starts_with("trunk.") {
+                    var.set(&(var.as_tensor() * 0.75)?)?;
+                }
+            }
+            let after = bits(&twin.forward(&x)?)?;
+            assert_ne!(after, before, "{}: the trunk cache went stale", cfg.name());
+            assert_eq!(after, bits(&model.forward(&x)?)?, "{}", cfg.name());
+        }
+    }
+    Ok(())
+}
+
+/// Query grids in a row on a model over detached weights: each grid's cached trunk is
+/// kept apart (the training grid, another grid, the training grid again, a third grid),
+/// and every call equals the trainable model's uncached `forward_at` bit for bit.
+#[test]
+fn cached_trunks_are_kept_per_query_grid() -> TestResult {
+    let vars = SeededVarMap::new(12);
+    let cfg = tiny_don();
+    let model = DeepOnet::new(&cfg, vars.var_builder(DType::F64, &Device::Cpu))?;
+    let detached = no_models::inference::detached_weights(vars.varmap())?;
+    let twin = DeepOnet::new(
+        &cfg,
+        candle_nn::VarBuilder::from_tensors(detached, DType::F64, &Device::Cpu),
+    )?;
+    let x = synthetic::dataset(3, 6, 5, DType::F64)?.0;
+    let training = grid_coordinates(6, 5, DType::F64, &Device::Cpu)?;
+    let other = grid_coordinates(9, 4, DType::F64, &Device::Cpu)?;
+    let points = Tensor::new(&[[0.33f64, 0.71], [0.5, 0.5], [0.9, 0.1]], &Device::Cpu)?;
+    for (i, coords) in [&training, &other, &training, &points, &other, &points]
+        .into_iter()
+        .enumerate()
+    {
+        let got = twin.forward_at(&x, coords)?;
+        assert_eq!(got.dims()[2], coords.dim(0)?, "call {i}");
+        assert_eq!(
+            bits(&got)?,
+            bits(&model.forward_at(&x, coords)?)?,
+            "call {i}"
+        );
+    }
+    Ok(())
+}

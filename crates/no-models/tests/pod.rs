@@ -272,3 +272,35 @@ fn basis_from_mismatched_grid_is_rejected() -> TestResult {
     assert!(PodDeepOnet::from_basis(&tiny_cfg(), &basis, vb).is_err());
     Ok(())
 }
+
+/// POD-DeepONet has no trunk to evaluate (its basis is a stored tensor, read as it is), so
+/// its inference twin does no work a trainable forward would skip: at batch 1 and 3, twice
+/// in a row, the twin's forward and `predict` equal the trainable model's forward bit for
+/// bit.
+#[test]
+fn inference_twin_equals_the_forward_at_batch_one_and_three() -> TestResult {
+    let basis = PodBasis::fit(&outputs(10, 6, 5)?, PodCriterion::Count(3))?;
+    let vars = SeededVarMap::new(4);
+    let model = PodDeepOnet::from_basis(
+        &tiny_cfg(),
+        &basis,
+        vars.var_builder(DType::F64, &Device::Cpu),
+    )?;
+    let twin = no_models::inference_twin(&model, vars.varmap())?;
+    let bits = |t: &Tensor| -> candle_core::Result<Vec<u64>> {
+        Ok(t.flatten_all()?
+            .to_vec1::<f64>()?
+            .into_iter()
+            .map(f64::to_bits)
+            .collect())
+    };
+    for batch in [1, 3] {
+        let x = synthetic::dataset(batch, 6, 5, DType::F64)?.0;
+        let want = bits(&model.forward(&x)?)?;
+        for _ in 0..2 {
+            assert_eq!(bits(&twin.forward(&x)?)?, want, "batch {batch}");
+            assert_eq!(bits(&twin.predict(&x)?)?, want, "batch {batch}");
+        }
+    }
+    Ok(())
+}

@@ -15,7 +15,8 @@ pub(crate) trait GemmScalar:
     /// The multiplicative identity, for `gemm`'s `alpha`/`beta` factors.
     const ONE: Self;
 
-    /// The [`crate::cpu::row_dot`] kernel for this type on this CPU, if there is one.
+    /// The [`crate::cpu::row_dot`] kernel for this type on this CPU, if there is one and it
+    /// is preferred to the `gemm` crate here.
     fn row_dot_kernel() -> Option<row_dot::Kernel<Self>> {
         None
     }
@@ -360,6 +361,48 @@ mod tests {
         )?;
         for (x, e) in c.iter().zip(&expected) {
             assert!((*x as f64 - 2.0 * e).abs() < 2e-4, "{x} vs {}", 2.0 * e);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn the_dispatched_product_agrees_with_the_row_dot_kernel() -> Result<()> {
+        // Where this CPU prefers the `gemm` crate for the kernel's layout (Intel with
+        // AVX-512F), `gemm` takes the library's path: it must agree with the kernel run
+        // directly. Where the kernel is preferred both are the kernel (and equal bitwise).
+        let Some(kernel) = row_dot::f32_kernel_available() else {
+            return Ok(());
+        };
+        for (m, n, k) in [(37, 24, 96), (200, 80, 80), (5, 256, 256)] {
+            let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+            let b: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.91).cos()).collect();
+            let mut dispatched = vec![0f32; m * n];
+            gemm(
+                MatMut::row_major(&mut dispatched, m, n),
+                MatRef::row_major(&a, m, k),
+                MatRef::row_major(&b, n, k).t(),
+                false,
+                2,
+            )?;
+            let mut direct = vec![0f32; m * n];
+            let rows = |v: &[f32], r| row_dot::Rows {
+                ptr: v.as_ptr(),
+                rows: r,
+                stride: k,
+            };
+            let out = row_dot::Out {
+                ptr: direct.as_mut_ptr(),
+                stride: n,
+            };
+            // SAFETY: rows of `k` elements, `direct` holds `m × n`, the kernel runs here.
+            unsafe { row_dot::run(kernel, (out, rows(&a, m), rows(&b, n)), k, false, 2) };
+            for (x, y) in dispatched.iter().zip(&direct) {
+                // Sums of k ≤ 256 terms of size ≤ 1 in two orders: a few ulps of k.
+                assert!((x - y).abs() <= 1e-5 * k as f32, "{m}×{n}×{k}: {x} vs {y}");
+            }
+            if row_dot::kernel_preferred() {
+                assert_eq!(dispatched, direct, "the kernel was preferred but not used");
+            }
         }
         Ok(())
     }

@@ -21,7 +21,10 @@
 //! Only `f32` with AVX2 and FMA has a kernel; [`crate::cpu::gemm_view::gemm`] uses it for
 //! products of this layout whose right operand stays in cache (chosen by shape alone, so
 //! the order of every sum is the same on one thread and on many), and the `gemm` crate for
-//! everything else.
+//! everything else. On CPUs where the `gemm` crate's own kernel is faster (Intel with
+//! AVX-512F, measured in [`kernel_wins_here`]) the kernel is not used at all; the choice is
+//! made once per process (so it too is the same on one thread and on many), and the
+//! environment variable `NO_LAYERS_ROW_DOT=on`/`off` overrides it.
 
 use rayon::prelude::*;
 
@@ -125,13 +128,73 @@ impl<T> Shared<T> {
 /// Rows of `A` per kernel block (bands of rows are multiples of it).
 const BLOCK_ROWS: usize = 4;
 
-/// The `f32` kernel, when this CPU can run it.
+/// The `f32` kernel, when this CPU can run it and [`kernel_preferred`] says it should.
 pub(crate) fn f32_kernel() -> Option<Kernel<f32>> {
+    if kernel_preferred() {
+        f32_kernel_available()
+    } else {
+        None
+    }
+}
+
+/// The `f32` kernel, when this CPU can run it (preferred or not: the tests check it
+/// wherever it runs).
+pub(crate) fn f32_kernel_available() -> Option<Kernel<f32>> {
     #[cfg(target_arch = "x86_64")]
     if crate::cpu::map::has_avx2_fma() {
         return Some(avx2::row_dot);
     }
     None
+}
+
+/// Whether the products this kernel can do go to it rather than to the `gemm` crate on
+/// this CPU (decided once per process).
+///
+/// The environment variable `NO_LAYERS_ROW_DOT` overrides the choice: `1`/`on` for the
+/// kernel, `0`/`off` for the `gemm` crate (to measure one against the other with the same
+/// binary, as `examples/dense_timing.rs` and `examples/conv_timing.rs` do). Otherwise
+/// [`kernel_wins_here`] decides.
+pub(crate) fn kernel_preferred() -> bool {
+    static PREFERRED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PREFERRED.get_or_init(|| match std::env::var("NO_LAYERS_ROW_DOT").as_deref() {
+        Ok("1" | "on") => true,
+        Ok("0" | "off") => false,
+        _ => kernel_wins_here(),
+    })
+}
+
+/// The measured default: the kernel, except on Intel CPUs with AVX-512F.
+///
+/// An Intel Xeon with AVX-512 (two cores of a VM, 2026-12-05; `dense_timing`, fastest of
+/// 30, one thread) ran DeepONet's trunk layer `10,000 × 256 → 256` in 14.1–18.1 ms through
+/// the `gemm` crate's AVX-512 microkernel against 20.7–28.9 ms through this AVX2 kernel,
+/// `10,000 × 80 → 80` in 1.1–1.6 against 2.3–3.5 ms, and the `32 × 288`-over-455 weight
+/// gradient of LocalNO's 3×3 convolution (`conv_timing`, batch 32) in 120–202 against
+/// 240–312 ms. Those cores do 512-bit multiply-adds at full rate, which doubles the
+/// library's arithmetic and outweighs its packing. On AMD Zen 4, whose AVX-512 runs on
+/// 256-bit units, the kernel measured 106 GFLOP/s against the library's 46 (see the module
+/// documentation), and without AVX-512 the library has no wider kernel: the kernel stays
+/// there.
+fn kernel_wins_here() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx512f") && cpu_vendor_is_intel() {
+        return false;
+    }
+    true
+}
+
+/// Whether CPUID's vendor string is `GenuineIntel`.
+#[cfg(target_arch = "x86_64")]
+fn cpu_vendor_is_intel() -> bool {
+    // SAFETY: CPUID leaf 0 exists on every x86-64 CPU (older toolchains mark the intrinsic
+    // unsafe, newer ones safe).
+    #[allow(unused_unsafe)]
+    let id = unsafe { std::arch::x86_64::__cpuid(0) };
+    let mut vendor = [0u8; 12];
+    vendor[..4].copy_from_slice(&id.ebx.to_le_bytes());
+    vendor[4..8].copy_from_slice(&id.edx.to_le_bytes());
+    vendor[8..].copy_from_slice(&id.ecx.to_le_bytes());
+    &vendor == b"GenuineIntel"
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -301,7 +364,7 @@ mod tests {
 
     #[test]
     fn every_block_shape_and_tail_matches_a_naive_product() {
-        let Some(kernel) = f32_kernel() else {
+        let Some(kernel) = f32_kernel_available() else {
             eprintln!("no AVX2/FMA on this CPU: the kernel is never used, nothing to test");
             return;
         };
@@ -363,7 +426,7 @@ mod tests {
 
     #[test]
     fn bands_of_rows_on_several_threads_give_the_same_bits() {
-        let Some(kernel) = f32_kernel() else {
+        let Some(kernel) = f32_kernel_available() else {
             return;
         };
         let (m, n, k) = (13, 5, 200);

@@ -110,11 +110,61 @@ pub struct DeepOnet {
     trunk_cache: TrunkCache,
 }
 
-/// The trunk evaluated on the training grid, for [`NeuralOperator::predict`], with a copy
-/// of the trunk weights it came from: the trunk does not depend on the input, and on the
-/// default configuration it is nearly all of a forward pass.
+/// Trunk outputs already computed, one per query grid, each with a copy of the trunk
+/// weights it came from: the trunk does not depend on the input, and on the default
+/// configuration it is nearly all of an inference (10,000 grid points through the trunk
+/// against one branch row per sample).
+///
+/// An entry is reused only when both its query points and every trunk weight are bitwise
+/// equal to the ones it was computed from, so cached values always equal a fresh trunk
+/// pass. The weight check is needed because a model's weights may change under it: the
+/// trainable model's variables are updated in place by the optimiser, and an
+/// [`crate::inference_twin`] holds detached *views* of those same variables, so it sees
+/// those updates too. The check copies the trunk's parameters (about 130,000 values for
+/// the default DON, well under a millisecond) instead of recomputing the trunk (a
+/// 10,000-point pass through three 256-wide layers). Each model (and so each twin, which
+/// is a new model built over the variables) has its own cache and starts empty; a clone
+/// starts empty too.
 #[derive(Debug, Default)]
-struct TrunkCache(Mutex<Option<(Vec<Vec<f64>>, Tensor)>>);
+struct TrunkCache(Mutex<Vec<CachedTrunk>>);
+
+/// One cached trunk output ([`Fnn::forward_blocks`] on `coords`).
+#[derive(Debug)]
+struct CachedTrunk {
+    /// The query points, as their values' bits.
+    coords: Vec<u64>,
+    /// The trunk weights, as their values' bits.
+    weights: Vec<Vec<u64>>,
+    /// The trunk output as `[K, q, N]` blocks, detached.
+    blocks: Tensor,
+}
+
+/// Most query grids kept at once (the training grid and one other; each entry holds
+/// `n_basis × N` values, 10 MB for the default DON on 100 × 100).
+const TRUNK_CACHE_GRIDS: usize = 2;
+
+/// The bits of every value of `t` (f32 and f64 without conversion, others through f64).
+fn value_bits(t: &Tensor) -> candle_core::Result<Vec<u64>> {
+    let flat = t.flatten_all()?;
+    Ok(match flat.dtype() {
+        DType::F32 => flat
+            .to_vec1::<f32>()?
+            .into_iter()
+            .map(|v| u64::from(v.to_bits()))
+            .collect(),
+        DType::F64 => flat
+            .to_vec1::<f64>()?
+            .into_iter()
+            .map(f64::to_bits)
+            .collect(),
+        _ => flat
+            .to_dtype(DType::F64)?
+            .to_vec1::<f64>()?
+            .into_iter()
+            .map(f64::to_bits)
+            .collect(),
+    })
+}
 
 impl Clone for TrunkCache {
     fn clone(&self) -> Self {
@@ -123,33 +173,39 @@ impl Clone for TrunkCache {
 }
 
 impl TrunkCache {
-    /// The trunk on `coords` as [`trunk_blocks`] for `k` outputs, recomputed when any trunk
-    /// weight differs (bitwise) from the copy taken with the cached value (weights change
-    /// in place during training).
+    /// The trunk on `coords` as [`Fnn::forward_blocks`] for `k` outputs, detached: the
+    /// cached value when one was computed from bitwise the same points and trunk weights,
+    /// else a fresh pass, which is then cached (replacing the oldest entry when
+    /// [`TRUNK_CACHE_GRIDS`] are held).
     fn get(&self, trunk: &Fnn, coords: &Tensor, k: usize) -> candle_core::Result<Tensor> {
         let weights = trunk
             .parameters()
             .iter()
-            .map(|p| p.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>())
+            .map(|p| value_bits(p))
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let same = |a: &[Vec<f64>], b: &[Vec<f64>]| {
-            a.len() == b.len()
-                && a.iter().zip(b).all(|(a, b)| {
-                    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
-                })
-        };
-        let mut slot = self
+        let points = value_bits(coords)?;
+        let mut slots = self
             .0
             .lock()
             .map_err(|_| candle_core::Error::Msg("DeepONet trunk cache: lock poisoned".into()))?;
-        if let Some((cached_weights, value)) = slot.as_ref() {
-            if same(cached_weights, &weights) {
-                return Ok(value.clone());
+        // Entries from other weights are stale whatever their grid.
+        slots.retain(|e| e.weights == weights);
+        if let Some(entry) = slots.iter().find(|e| e.coords == points) {
+            if entry.blocks.dim(0)? == k {
+                return Ok(entry.blocks.clone());
             }
         }
-        let value = trunk.forward_blocks(coords, k)?.detach();
-        *slot = Some((weights, value.clone()));
-        Ok(value)
+        let blocks = trunk.forward_blocks(coords, k)?.detach();
+        slots.retain(|e| e.coords != points);
+        if slots.len() >= TRUNK_CACHE_GRIDS {
+            slots.remove(0);
+        }
+        slots.push(CachedTrunk {
+            coords: points,
+            weights,
+            blocks: blocks.clone(),
+        });
+        Ok(blocks)
     }
 }
 
@@ -247,6 +303,12 @@ impl DeepOnet {
 
     /// Evaluates the operator at arbitrary query points: `coords` is `[N, 2]` holding
     /// `(t, x)` scaled to `[0, 1]` as in [`grid_coordinates`]; the result is `[B, C_out, N]`.
+    ///
+    /// When the trunk's weights record no gradients (an [`crate::inference_twin`]), the
+    /// trunk's output on `coords` is computed once and reused by later calls on the same
+    /// points (two query grids are kept), for as long as the trunk weights stay bitwise
+    /// the same: an inference then costs the branch and one product. A trainable model
+    /// recomputes the trunk on every call, so gradients reach its weights.
     pub fn forward_at(&self, input: &Tensor, coords: &Tensor) -> candle_core::Result<Tensor> {
         self.check_input(input)?;
         let cd = coords.dims();
@@ -258,8 +320,21 @@ impl DeepOnet {
             ));
         }
         let b = self.branch.forward(input)?;
-        let blocks = self.trunk.forward_blocks(coords, self.out_channels)?;
+        let blocks = if self.trunk_is_constant() && !coords.track_op() {
+            self.trunk_cache
+                .get(&self.trunk, coords, self.out_channels)?
+        } else {
+            self.trunk.forward_blocks(coords, self.out_channels)?
+        };
         combine_with_trunk_blocks(&b, &blocks, self.bias.as_ref())
+    }
+
+    /// Whether no trunk weight records gradients (the model is an
+    /// [`crate::inference_twin`], or was built over plain tensors): then the trunk's output
+    /// carries no graph and [`Self::forward_at`] reuses it per query grid, as
+    /// [`NeuralOperator::predict`] always does.
+    fn trunk_is_constant(&self) -> bool {
+        self.trunk.parameters().iter().all(|p| !p.track_op())
     }
 }
 
