@@ -38,7 +38,8 @@ use no_eval::error::EvalError;
 use no_eval::report::{StudyResults, Variant};
 use no_eval::study::jobs::{prepare_out, read_record, study_digest};
 use no_eval::study::{
-    measure_pending_latency, merge, run_jobs, run_with, Job, JobOptions, StudyConfig, MAX_SEEDS,
+    measure_pending_latency, merge, merge_partial, run_jobs, run_with, Job, JobOptions,
+    StudyConfig, MAX_SEEDS,
 };
 
 /// Which of the two remedies beside the paper's setting to run.
@@ -91,6 +92,10 @@ struct Args {
     /// report in --out.
     #[arg(long, num_args = 1.., value_name = "DIR")]
     merge: Option<Vec<PathBuf>>,
+    /// With --merge: report the jobs that have a record and list the others as not run
+    /// yet, instead of refusing (to read a long study while it runs).
+    #[arg(long, requires = "merge")]
+    partial: bool,
     /// Print the study's jobs (index, model, seed) and exit.
     #[arg(long)]
     list_jobs: bool,
@@ -118,7 +123,11 @@ fn main() -> Result<()> {
     let start = Instant::now();
     let dev = open_device(args.device)?;
     if let Some(dirs) = &args.merge {
-        let results = merge(dirs, &args.out, None, !args.quiet)?;
+        let results = if args.partial {
+            merge_partial(dirs, &args.out, None, !args.quiet)?
+        } else {
+            merge(dirs, &args.out, None, !args.quiet)?
+        };
         return finish(&results, &args.out, start);
     }
     let cfg = study_from_args(&args)?;
@@ -267,6 +276,8 @@ fn run_whole(
     }
     let (workers, threads) = worker_plan(args, dev, pending.len());
     if workers <= 1 {
+        // Jobs run earlier with --defer-latency (by --job or by workers) get theirs now.
+        measure_pending_latency(cfg, dev, &args.out, !args.quiet)?;
         let opts = JobOptions {
             fresh: false,
             ..opts.clone()

@@ -12,7 +12,7 @@ use fhn_solver::dataset::Shard;
 use no_eval::error::EvalError;
 use no_eval::report::{Row, StudyResults, FIGURES};
 use no_eval::study::jobs::{read_record, record_path, study_digest};
-use no_eval::study::{merge, model_dir, run, run_jobs, JobOptions, StudyConfig};
+use no_eval::study::{merge, merge_partial, model_dir, run, run_jobs, JobOptions, StudyConfig};
 
 /// Two models × two seeds of the tiny study.
 fn two_by_two() -> StudyConfig {
@@ -125,6 +125,48 @@ fn three_slices_merged_equal_a_one_process_run() {
         "{msg}"
     );
     assert!(msg.contains("fno seed 4 (job 2)"), "{msg}");
+
+    // A partial merge reports the jobs it has and lists the missing one as not run yet;
+    // the rows it has equal the one-process run's.
+    let partial_out = tempfile::tempdir().unwrap();
+    let partial = merge_partial(&dirs[..2], partial_out.path(), None, false).unwrap();
+    assert_eq!(partial.models.len(), 3);
+    assert_eq!(partial.skipped.len(), 1);
+    assert_eq!(partial.skipped[0].0, "fno seed 4");
+    assert!(
+        partial.skipped[0].1.contains("3 of the study's 4 jobs"),
+        "{:?}",
+        partial.skipped
+    );
+    let report = std::fs::read_to_string(partial_out.path().join("report.md")).unwrap();
+    assert!(
+        report.contains("Skipped: **fno seed 4** (not run yet"),
+        "{report}"
+    );
+    for m in &partial.models {
+        let same = one
+            .models
+            .iter()
+            .find(|o| o.label == m.label && o.seed == m.seed)
+            .unwrap();
+        assert_eq!(m.validation, same.validation, "{} seed {}", m.label, m.seed);
+        assert_eq!(m.test, same.test, "{} seed {}", m.label, m.seed);
+    }
+    // Jobs missing for the same reason share one line of the report.
+    merge_partial(&dirs[..1], partial_out.path(), None, false).unwrap();
+    let report = std::fs::read_to_string(partial_out.path().join("report.md")).unwrap();
+    assert!(
+        report.contains("Skipped: **don+aug seed 3**, **fno seed 4** (not run yet"),
+        "{report}"
+    );
+    // With no record at all there is nothing to report.
+    let empty = tempfile::tempdir().unwrap();
+    std::fs::copy(dirs[0].join("study.json"), empty.path().join("study.json")).unwrap();
+    let e = merge_partial(&[empty.path().to_path_buf()], out.path(), None, false).unwrap_err();
+    assert!(
+        matches!(e, EvalError::MissingJobs { missing: 4, .. }),
+        "{e}"
+    );
 }
 
 #[test]

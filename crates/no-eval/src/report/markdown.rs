@@ -349,8 +349,16 @@ pub fn report(results: &StudyResults, figures: &[PathBuf]) -> String {
             results.fixed_shifts.space_steps
         )
     );
+    // One line per reason (a partial report lists every job not run yet under one).
+    let mut reasons: Vec<(&str, Vec<String>)> = Vec::new();
     for (label, why) in &results.skipped {
-        let _ = writeln!(s, "Skipped: **{label}** ({why}).\n");
+        match reasons.iter_mut().find(|(w, _)| *w == why.as_str()) {
+            Some((_, labels)) => labels.push(format!("**{label}**")),
+            None => reasons.push((why, vec![format!("**{label}**")])),
+        }
+    }
+    for (why, labels) in reasons {
+        let _ = writeln!(s, "Skipped: {} ({why}).\n", labels.join(", "));
     }
     s.push_str("## Ranking\n\n");
     s.push_str(&ranking_paragraph(results));

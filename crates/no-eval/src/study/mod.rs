@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 
 pub use evaluate::Predictor;
 pub use jobs::{measure_pending_latency, run_jobs, Job, JobOptions, JobRecord, JobStatus};
-pub use run::{merge, run, run_with};
+pub use run::{merge, merge_partial, run, run_with};
 
 use crate::error::{EvalError, Result};
 use crate::latency::LatencyConfig;

@@ -76,7 +76,11 @@ pub fn run_with(
 
 /// The record of every job of `cfg`, looked up in `dirs` in order (the first record of a
 /// job found is used); an error lists the jobs without one.
-fn collect_records(cfg: &StudyConfig, dirs: &[PathBuf]) -> Result<Vec<JobRecord>> {
+fn collect_records(
+    cfg: &StudyConfig,
+    dirs: &[PathBuf],
+    allow_missing: bool,
+) -> Result<(Vec<JobRecord>, Vec<Job>)> {
     let digest = study_digest(cfg)?;
     let mut records = Vec::new();
     let mut missing: Vec<Job> = Vec::new();
@@ -93,10 +97,10 @@ fn collect_records(cfg: &StudyConfig, dirs: &[PathBuf]) -> Result<Vec<JobRecord>
             None => missing.push(job),
         }
     }
-    if missing.is_empty() {
-        return Ok(records);
-    }
     let total = cfg.jobs().len();
+    if missing.is_empty() || (allow_missing && !records.is_empty()) {
+        return Ok((records, missing));
+    }
     let list: Vec<String> = missing.iter().map(Job::describe).collect();
     Err(EvalError::MissingJobs {
         missing: missing.len(),
@@ -145,8 +149,32 @@ pub fn merge(
     protocol_name: Option<&str>,
     progress: bool,
 ) -> Result<StudyResults> {
+    merge_records(dirs, out, protocol_name, progress, false)
+}
+
+/// [`merge`] for a study still running: the jobs without a record are listed in the
+/// report (and in [`StudyResults::skipped`]) as not run yet instead of refusing, so a long
+/// study (the full-size one runs for days) can be read while it runs. Rankings, aggregates
+/// and verdicts then cover the finished jobs only, and say over how many seeds. Refuses
+/// when no job has a record.
+pub fn merge_partial(
+    dirs: &[PathBuf],
+    out: &Path,
+    protocol_name: Option<&str>,
+    progress: bool,
+) -> Result<StudyResults> {
+    merge_records(dirs, out, protocol_name, progress, true)
+}
+
+fn merge_records(
+    dirs: &[PathBuf],
+    out: &Path,
+    protocol_name: Option<&str>,
+    progress: bool,
+    allow_missing: bool,
+) -> Result<StudyResults> {
     let cfg = common_study(dirs)?;
-    let records = collect_records(&cfg, dirs)?;
+    let (records, missing) = collect_records(&cfg, dirs, allow_missing)?;
     // The report goes beside a study.json of the same study (written if absent), never
     // over the report of another.
     prepare_out(&cfg, out, false)?;
@@ -196,6 +224,16 @@ pub fn merge(
                 ));
             }
         }
+    }
+    let total = cfg.jobs().len();
+    for job in &missing {
+        skipped.push((
+            format!("{} seed {}", job.label, job.seed),
+            format!(
+                "not run yet: this report is partial, {} of the study's {total} jobs have a record",
+                records.len()
+            ),
+        ));
     }
     let mut devices: Vec<String> = records
         .iter()
