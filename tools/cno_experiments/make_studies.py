@@ -35,13 +35,14 @@ def set_epochs(study, epochs):
 
 
 def init_only(study):
-    # One epoch at learning rate 0 (and no weight decay): the initial weights, with the
-    # normalisers fitted as in training.
+    # One epoch at learning rate 1e-30 (and no weight decay): the initial weights (an
+    # AdamW step moves a weight by about lr, far below the rounding of any f32 weight),
+    # with the normalisers fitted as in training. The trainer refuses lr = 0.
     set_epochs(study, 1)
     t = train(study)
-    t["optimizer"]["lr"] = 0.0
+    t["optimizer"]["lr"] = 1e-30
     t["optimizer"]["weight_decay"] = 0.0
-    t["schedule"]["eta_min"] = 0.0
+    t["schedule"]["eta_min"] = 1e-30
 
 
 def grid100(study):

@@ -8,6 +8,40 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Result, SolverError};
 
+/// A `tempfile` builder whose files and directories get the permissions of an ordinary new
+/// file or directory (`0o666` / `0o777` less the process umask, as `File::create` and
+/// `create_dir` give) instead of `tempfile`'s owner-only `0o600` / `0o700`. The temporary is
+/// renamed into place and keeps its mode, so without this every atomically written output
+/// (reports, datasets, checkpoints) would be unreadable by the user's group.
+pub fn ordinary_temp_builder<'a>(
+    prefix: &'a str,
+    suffix: &'a str,
+    dir: bool,
+) -> tempfile::Builder<'a, 'a> {
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(prefix).suffix(suffix);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // The mode goes to open(2) / mkdir(2), which apply the umask.
+        let mode = if dir { 0o777 } else { 0o666 };
+        builder.permissions(std::fs::Permissions::from_mode(mode));
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    builder
+}
+
+/// A new temporary file in `dir` (named `prefix…suffix`) with ordinary permissions (see
+/// [`ordinary_temp_builder`]), to be written and renamed over its target.
+pub fn temp_file_in(
+    dir: &Path,
+    prefix: &str,
+    suffix: &str,
+) -> std::io::Result<tempfile::NamedTempFile> {
+    ordinary_temp_builder(prefix, suffix, false).tempfile_in(dir)
+}
+
 /// The directory a temporary sibling of `path` goes in (`.` for a bare file name).
 fn parent_of(path: &Path) -> &Path {
     match path.parent() {
@@ -28,11 +62,7 @@ fn temp_sibling(path: &Path) -> Result<tempfile::NamedTempFile> {
     let name = path
         .file_name()
         .map_or("out".into(), |n| n.to_string_lossy());
-    tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".tmp")
-        .tempfile_in(parent_of(path))
-        .map_err(io_error(path))
+    temp_file_in(parent_of(path), &format!(".{name}."), ".tmp").map_err(io_error(path))
 }
 
 /// Writes `path` atomically: `write` fills a buffered writer on a temporary sibling, which is
@@ -133,8 +163,7 @@ pub fn write_dir<T>(
     let name = target
         .file_name()
         .map_or("out".into(), |n| n.to_string_lossy());
-    let staging = tempfile::Builder::new()
-        .prefix(&format!(".{name}.staging-"))
+    let staging = ordinary_temp_builder(&format!(".{name}.staging-"), "", true)
         .tempdir_in(parent)
         .map_err(io_error(target))?;
     let value = fill(staging.path())?;
@@ -165,8 +194,7 @@ fn swap_into_place(staged: &Path, target: &Path) -> Result<()> {
     let name = target
         .file_name()
         .map_or("out".into(), |n| n.to_string_lossy());
-    let aside = tempfile::Builder::new()
-        .prefix(&format!(".{name}.old-"))
+    let aside = ordinary_temp_builder(&format!(".{name}.old-"), "", true)
         .tempdir_in(parent_of(target))
         .map_err(io_error(target))?
         .keep();
@@ -220,5 +248,32 @@ mod tests {
         .unwrap();
         assert!(!target.join("a").exists() && target.join("b").exists());
         assert_eq!(std::fs::read_dir(parent.path()).unwrap().count(), 1);
+    }
+
+    /// Atomic outputs get the mode `File::create` / `create_dir` would give (the umask
+    /// applied to 0o666 / 0o777), not the temporary's owner-only one.
+    #[cfg(unix)]
+    #[test]
+    fn outputs_have_ordinary_permissions() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("plain.txt");
+        std::fs::File::create(&plain).unwrap();
+        let plain_dir = dir.path().join("plain-dir");
+        std::fs::create_dir(&plain_dir).unwrap();
+
+        let file = dir.path().join("atomic.txt");
+        write_file(&file, |w| w.write_all(b"x")).unwrap();
+        assert_eq!(mode(&file), mode(&plain));
+        let via_path = dir.path().join("via-path.txt");
+        write_file_via_path(&via_path, |p| std::fs::write(p, b"y").map_err(io_error(p))).unwrap();
+        assert_eq!(mode(&via_path), mode(&plain));
+        let staged = dir.path().join("staged");
+        write_dir(&staged, false, |s| {
+            std::fs::write(s.join("a"), b"1").map_err(io_error(s))
+        })
+        .unwrap();
+        assert_eq!(mode(&staged), mode(&plain_dir));
     }
 }

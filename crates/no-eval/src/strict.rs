@@ -117,10 +117,7 @@ pub fn persist_with(
         .extension()
         .map(|e| format!(".{}", e.to_string_lossy()))
         .unwrap_or_default();
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .suffix(&suffix)
-        .tempfile_in(parent)
+    let mut tmp = fhn_solver::atomic::temp_file_in(parent, ".tmp-", &suffix)
         .map_err(|e| EvalError::io(path, e))?;
     let tmp_path = tmp.path().to_path_buf();
     fill(tmp.as_file_mut(), &tmp_path)?;

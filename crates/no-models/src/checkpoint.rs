@@ -461,10 +461,11 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         path: path.to_path_buf(),
         source,
     };
-    let mut tmp = tempfile::NamedTempFile::new_in(parent).map_err(|source| ModelError::Io {
-        path: parent.to_path_buf(),
-        source,
-    })?;
+    let mut tmp =
+        fhn_solver::atomic::temp_file_in(parent, ".tmp", "").map_err(|source| ModelError::Io {
+            path: parent.to_path_buf(),
+            source,
+        })?;
     tmp.write_all(bytes).map_err(io)?;
     tmp.as_file().sync_all().map_err(io)?;
     tmp.persist(path).map_err(|e| io(e.error))?;
