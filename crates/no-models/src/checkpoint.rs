@@ -449,6 +449,21 @@ fn check_normalizers(n: &Normalizers, path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A new temporary file in `dir` with the permissions of an ordinary new file (`0o666`
+/// less the umask) instead of `tempfile`'s owner-only `0o600`: it is renamed over its
+/// target and keeps its mode, so checkpoints stay readable by the user's group. (The same
+/// rule as `fhn_solver::atomic`, which this crate does not depend on.)
+pub(crate) fn temp_file_in(dir: &Path) -> std::io::Result<tempfile::NamedTempFile> {
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".tmp");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o666));
+    }
+    builder.tempfile_in(dir)
+}
+
 /// Writes `bytes` to a unique temporary sibling of `path`, syncs it and renames it over
 /// `path`; on any error the temporary is removed and a previous `path` is left intact.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -461,11 +476,10 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         path: path.to_path_buf(),
         source,
     };
-    let mut tmp =
-        fhn_solver::atomic::temp_file_in(parent, ".tmp", "").map_err(|source| ModelError::Io {
-            path: parent.to_path_buf(),
-            source,
-        })?;
+    let mut tmp = temp_file_in(parent).map_err(|source| ModelError::Io {
+        path: parent.to_path_buf(),
+        source,
+    })?;
     tmp.write_all(bytes).map_err(io)?;
     tmp.as_file().sync_all().map_err(io)?;
     tmp.persist(path).map_err(|e| io(e.error))?;
@@ -476,5 +490,26 @@ fn file_err(path: &Path, reason: impl Into<String>) -> ModelError {
     ModelError::File {
         path: path.to_path_buf(),
         reason: reason.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A checkpoint written atomically has the mode `File::create` would give it (the umask
+    /// applied to 0o666), not the temporary's owner-only 0o600.
+    #[cfg(unix)]
+    #[test]
+    fn atomic_writes_have_ordinary_permissions() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("plain");
+        std::fs::File::create(&plain).unwrap();
+        let written = dir.path().join("model.safetensors");
+        write_atomic(&written, b"bytes").unwrap();
+        assert_eq!(std::fs::read(&written).unwrap(), b"bytes");
+        assert_eq!(mode(&written), mode(&plain));
     }
 }

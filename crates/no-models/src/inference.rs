@@ -385,7 +385,7 @@ pub mod npy {
             _ => Path::new("."),
         };
         // Name the target, not only its directory, when the temporary cannot be made.
-        let mut tmp = fhn_solver::atomic::temp_file_in(parent, ".tmp", "").map_err(io(path))?;
+        let mut tmp = crate::checkpoint::temp_file_in(parent).map_err(io(path))?;
         {
             let mut w = BufWriter::new(tmp.as_file_mut());
             let flat = t.flatten_all()?;
