@@ -21,8 +21,8 @@ use anyhow::Context;
 use clap::Parser;
 use fhn_solver::dataset::write_npy_atomic;
 use fhn_solver::{
-    simulate_1d, BoxPulse, FineGrid, OutputGrid, Resolution, Scheme, Solution1d, Solver1d,
-    SolverConfig, Stimulus,
+    simulate_1d, BoxPulse, FineGrid, InputSampling, OutputGrid, Resolution, Scheme, Solution1d,
+    Solver1d, SolverConfig, Stimulus,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::Array2;
@@ -69,9 +69,31 @@ struct Args {
     /// Output positions.
     #[arg(long, default_value_t = 100)]
     output_nx: usize,
+    /// How input.npy writes the current: point values at the output nodes (as the
+    /// default protocol's datasets) or cell averages (`input_sampling: "cell_average"`).
+    #[arg(long, value_enum, default_value = "point")]
+    input_sampling: Sampling,
     /// Solve this many times and print the fastest wall time.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     repeat: u32,
+}
+
+/// `--input-sampling`: the protocol's [`InputSampling`] as a command-line value.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Sampling {
+    /// Point values at the output nodes.
+    Point,
+    /// Cell averages over the output cells.
+    CellAverage,
+}
+
+impl From<Sampling> for InputSampling {
+    fn from(s: Sampling) -> Self {
+        match s {
+            Sampling::Point => InputSampling::Point,
+            Sampling::CellAverage => InputSampling::CellAverage,
+        }
+    }
 }
 
 fn write(dir: &std::path::Path, name: &str, a: &Array2<f64>, f32: bool) -> anyhow::Result<()> {
@@ -150,6 +172,7 @@ fn main() -> anyhow::Result<()> {
         sol = simulate_1d(&config, &stimulus, &out)?;
         best = best.min(start.elapsed().as_secs_f64());
     }
+    sol.input = stimulus.on_output_grid_sampled(&out, args.input_sampling.into());
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     for (name, a) in [("input", &sol.input), ("v", &sol.v), ("w", &sol.w)] {

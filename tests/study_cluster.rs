@@ -236,3 +236,45 @@ fn a_run_stopped_by_sigterm_resumes_to_the_same_results() {
     one_process_run(&study, &cut);
     assert_eq!(accuracy_table(&cut), accuracy_table(&whole));
 }
+
+/// The latency column of `results.csv`, one cell per row.
+fn latency_cells(dir: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(dir.join("results.csv")).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let col = header
+        .iter()
+        .position(|h| *h == "latency_p50_b1_ms")
+        .expect("a latency column");
+    lines
+        .map(|l| l.split(',').nth(col).unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn jobs_run_with_deferred_latency_get_it_when_one_process_finishes_the_study() {
+    let tmp = tempfile::tempdir().unwrap();
+    let study = write_study(tmp.path(), &tiny_study(1));
+    let out = tmp.path().join("out");
+    for job in 0..4 {
+        ok(
+            Command::new(benchmark())
+                .args(["--quiet", "--defer-latency", "--job", &job.to_string()])
+                .arg("--protocol")
+                .arg(&study)
+                .arg("--out")
+                .arg(&out)
+                .output()
+                .unwrap(),
+            &format!("job {job}"),
+        );
+    }
+    // Every job is done: the one-process run only measures the latencies and reports.
+    one_process_run(&study, &out);
+    let cells = latency_cells(&out);
+    assert_eq!(cells.len(), 4, "2 models × 2 seeds");
+    for c in cells {
+        let ms: f64 = c.parse().unwrap_or(f64::NAN);
+        assert!(ms.is_finite() && ms > 0.0, "latency cell {c:?}");
+    }
+}

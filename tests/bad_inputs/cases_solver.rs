@@ -150,6 +150,7 @@ fn fhn_solve_numbers() -> Vec<Case> {
         ("repeat", "1e3", Some("repeat")),
         ("scheme", "rk4", Some("rk4")),
         ("scheme", "", Some("scheme")),
+        ("input-sampling", "cells", Some("cells")),
     ];
     for (flag, value, mention) in table {
         let arg = format!("--{flag}={value}");
@@ -170,6 +171,11 @@ pub fn fhn_solve() -> Vec<Case> {
         solve_ok("valid", "f32-output", &["--f32"]),
         solve_ok("valid", "sbdf1", &["--scheme", "sbdf1"]),
         solve_ok("valid", "ars222", &["--scheme", "ars222"]),
+        solve_ok(
+            "valid",
+            "cell-average-input",
+            &["--input-sampling", "cell-average"],
+        ),
         solve_ok(
             "valid",
             "smallest-output-grid-2x2",
@@ -668,6 +674,12 @@ fn protocol_fields() -> Vec<Case> {
             "scheme-unknown",
             |p| p["scheme"] = json!("rk4"),
             &["rk4"],
+        ),
+        gen_proto(
+            "typo",
+            "input_sampling-unknown",
+            |p| p["input_sampling"] = json!("cells"),
+            &["cells"],
         ),
         gen_proto(
             "numbers",

@@ -161,8 +161,8 @@ pub fn generate(
                 v.extend(vs.iter().map(|&x| x as f32));
                 w.extend(ws.iter().map(|&x| x as f32));
             })?;
-            let input = stim
-                .on_output_grid(&out)
+            let input = protocol
+                .input_on(&stim, &out)
                 .iter()
                 .map(|&x| x as f32)
                 .collect();

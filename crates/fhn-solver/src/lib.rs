@@ -55,4 +55,4 @@ pub use params::FhnParams;
 pub use protocol::{Law, Protocol, SampleParams, Split, SplitSpec};
 pub use simulate::{simulate_1d, Solution1d, Solver1d, SolverConfig};
 pub use simulate2d::{simulate_2d, OutputGrid2d, Pulse2d, Solution2d, Stimulus2d};
-pub use stimulus::{BoxPulse, GaussianPulse, Pulse, Stimulus};
+pub use stimulus::{BoxPulse, GaussianPulse, InputSampling, Pulse, Stimulus};

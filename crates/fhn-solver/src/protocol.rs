@@ -15,7 +15,7 @@ use crate::grid::{OutputGrid, Resolution};
 use crate::imex::Scheme;
 use crate::params::FhnParams;
 use crate::simulate::{Solution1d, Solver1d, SolverConfig};
-use crate::stimulus::{BoxPulse, Stimulus};
+use crate::stimulus::{BoxPulse, InputSampling, Stimulus};
 
 /// The most samples a split may hold: the sample index fills the low 48 bits of the RNG
 /// stream (the split the bits above), so larger indices would repeat other streams.
@@ -195,6 +195,11 @@ pub struct Protocol {
     pub pulse_width: f64,
     /// Duration of every pulse.
     pub pulse_duration: f64,
+    /// How the current is written on the output grid (the models' input): point values
+    /// (the default, the paper's data) or cell averages. Left out of the JSON when `point`,
+    /// so protocols written before it existed read and hash as before.
+    #[serde(default, skip_serializing_if = "InputSampling::is_point")]
+    pub input_sampling: InputSampling,
     /// Training split.
     pub train: SplitSpec,
     /// Validation split.
@@ -237,6 +242,7 @@ impl Protocol {
             seed: 2026,
             pulse_width: 0.04,
             pulse_duration: 1.0,
+            input_sampling: InputSampling::Point,
             train: fixed,
             validation: SplitSpec {
                 n_samples: 100,
@@ -420,6 +426,12 @@ impl Protocol {
         })
     }
 
+    /// The stimulus written on `grid` as the protocol's `input_sampling` says: a sample's
+    /// input tensor.
+    pub fn input_on(&self, stimulus: &Stimulus, grid: &OutputGrid) -> ndarray::Array2<f64> {
+        stimulus.on_output_grid_sampled(grid, self.input_sampling)
+    }
+
     /// Solves sample `index` of `split` on another output grid (same domain and physics), e.g.
     /// 200 × 200 for zero-shot resolution tests. The fine grid obeys the protocol's resolution
     /// bounds (with [`Resolution::Explicit`], its `nx` and `dt` are used as bounds).
@@ -441,7 +453,9 @@ impl Protocol {
             ..self.solver_config()
         };
         let stim = self.stimulus(&self.sample_params(split, index));
-        Solver1d::new(&config, grid)?.solve(&stim)
+        let mut solution = Solver1d::new(&config, grid)?.solve(&stim)?;
+        solution.input = self.input_on(&stim, grid);
+        Ok(solution)
     }
 }
 
@@ -489,6 +503,52 @@ mod tests {
             Protocol::from_json_file(&path),
             Err(SolverError::Format { .. })
         ));
+    }
+
+    #[test]
+    fn input_sampling_is_optional_in_json_and_checked() {
+        let point = Protocol::quick();
+        assert!(
+            !point.to_json().contains("input_sampling"),
+            "the default is left out, so older protocols hash as before"
+        );
+        let mut cells = Protocol::quick();
+        cells.input_sampling = InputSampling::CellAverage;
+        let json = cells.to_json();
+        assert!(
+            json.contains("\"input_sampling\": \"cell_average\""),
+            "{json}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.json");
+        std::fs::write(&path, &json).unwrap();
+        assert_eq!(Protocol::from_json_file(&path).unwrap(), cells);
+        std::fs::write(&path, json.replace("cell_average", "cells")).unwrap();
+        let err = Protocol::from_json_file(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("cells") && err.contains("cell_average"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn samples_take_their_input_as_the_protocol_says() {
+        let mut p = Protocol::quick();
+        let grid = OutputGrid::with_size(12, 9);
+        let point = p.solve_sample_on(Split::Test, 3, &grid).unwrap();
+        p.input_sampling = InputSampling::CellAverage;
+        let cells = p.solve_sample_on(Split::Test, 3, &grid).unwrap();
+        let stim = p.stimulus(&p.sample_params(Split::Test, 3));
+        assert_eq!(point.input, stim.on_output_grid(&grid));
+        assert_eq!(
+            cells.input,
+            stim.on_output_grid_sampled(&grid, InputSampling::CellAverage)
+        );
+        assert_eq!(
+            (point.v, point.w),
+            (cells.v, cells.w),
+            "the physics is the same"
+        );
     }
 
     #[test]

@@ -179,6 +179,19 @@ impl Pulse {
         }
     }
 
+    /// Amplitude times the mean of the temporal factor over the output cell of time `t`
+    /// (spacing `dt`, clipped to `[0, t_end]`) for a box; the point value for a Gaussian.
+    #[inline]
+    pub fn cell_time_factor(&self, t: f64, dt: f64, t_end: f64) -> f64 {
+        match self {
+            Pulse::Box(p) => {
+                let (lo, hi) = ((t - 0.5 * dt).max(0.0), (t + 0.5 * dt).min(t_end));
+                p.amplitude * overlap(lo, hi, p.t0, p.t0 + p.duration) / (hi - lo)
+            }
+            Pulse::Gaussian(_) => self.time_factor(t),
+        }
+    }
+
     /// The spatial factor the solver applies at node `x` of spacing `h` on `[0, length]`:
     /// for a box, the covered fraction of the node's control volume (clipped at the walls);
     /// for a Gaussian, the point value.
@@ -259,6 +272,31 @@ fn cell_fraction(x: f64, h: f64, length: f64, x0: f64, width: f64) -> f64 {
     overlap(lo, hi, x0 - 0.5 * width, x0 + 0.5 * width) / (hi - lo)
 }
 
+/// How the applied current is written on the output grid: the model's input.
+///
+/// A box pulse whose duration is not a whole number of output steps covers a number of
+/// output rows that depends on where its onset falls between two rows. Point values then
+/// give the same input for every onset in an interval up to one step long, and a different
+/// row count for others (see docs/protocol.md, "Input sampling"); cell averages keep the
+/// delivered charge and move continuously with the onset, as the solver's own forcing does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InputSampling {
+    /// `I(t_k, x_j)`, the current's value at each node (the paper's data; the default).
+    #[default]
+    Point,
+    /// The mean of `I` over each node's cell `[t_k − dt/2, t_k + dt/2] × [x_j − dx/2, x_j + dx/2]`
+    /// clipped to the domain, for box pulses; Gaussian pulses keep their point values.
+    CellAverage,
+}
+
+impl InputSampling {
+    /// True for [`InputSampling::Point`] (the default, left out of serialised protocols).
+    pub fn is_point(&self) -> bool {
+        *self == InputSampling::Point
+    }
+}
+
 /// A stimulus: the sum of its pulses (empty = no current).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -334,6 +372,40 @@ impl Stimulus {
     /// `I` on an output grid, shaped [nt, nx].
     pub fn on_output_grid(&self, grid: &crate::grid::OutputGrid) -> ndarray::Array2<f64> {
         self.on_grid(&grid.times(), &grid.positions())
+    }
+
+    /// `I` on an output grid as `sampling` says, shaped [nt, nx].
+    pub fn on_output_grid_sampled(
+        &self,
+        grid: &crate::grid::OutputGrid,
+        sampling: InputSampling,
+    ) -> ndarray::Array2<f64> {
+        match sampling {
+            InputSampling::Point => self.on_output_grid(grid),
+            InputSampling::CellAverage => self.cell_averages(grid),
+        }
+    }
+
+    /// The mean of `I` over each output node's cell (see [`InputSampling::CellAverage`]).
+    fn cell_averages(&self, grid: &crate::grid::OutputGrid) -> ndarray::Array2<f64> {
+        let (dt, dx) = (grid.dt(), grid.dx());
+        let mut out = ndarray::Array2::zeros((grid.nt, grid.nx));
+        let mut space = vec![0.0; grid.nx];
+        for pulse in &self.pulses {
+            for (s, x) in space.iter_mut().zip(grid.positions()) {
+                *s = pulse.node_space_factor(x, dx, grid.length);
+            }
+            for (mut row, t) in out.rows_mut().into_iter().zip(grid.times()) {
+                let a = pulse.cell_time_factor(t, dt, grid.t_end);
+                if a == 0.0 {
+                    continue;
+                }
+                for (o, s) in row.iter_mut().zip(&space) {
+                    *o += a * s;
+                }
+            }
+        }
+        out
     }
 }
 
@@ -438,5 +510,104 @@ mod tests {
             }
         }
         assert!(grid.iter().any(|v| *v > 1.0) && grid.iter().any(|v| *v < -0.1));
+    }
+
+    fn quick_grid() -> crate::grid::OutputGrid {
+        crate::grid::OutputGrid::with_size(50, 50)
+    }
+
+    #[test]
+    fn point_sampling_is_the_grid_evaluation() {
+        let stim = Stimulus::single(BoxPulse::benchmark(0.43, 6.2, 1.3));
+        let grid = quick_grid();
+        assert_eq!(
+            stim.on_output_grid_sampled(&grid, InputSampling::Point),
+            stim.on_output_grid(&grid)
+        );
+    }
+
+    #[test]
+    fn cell_averages_deliver_the_pulse_charge() {
+        // Sum over the cells of mean × cell area = A × duration × width for a box inside the
+        // domain, whatever its onset and centre (the edge cells are half cells).
+        let grid = quick_grid();
+        let (dt, dx) = (grid.dt(), grid.dx());
+        for (x0, t0, a) in [
+            (0.5, 1.0, 1.2),
+            (0.137, 6.3, 0.8),
+            (0.9, 19.71, 2.0),
+            (0.02, 0.1, 1.0),
+        ] {
+            let stim = Stimulus::single(BoxPulse::benchmark(x0, t0, a));
+            let cells = stim.on_output_grid_sampled(&grid, InputSampling::CellAverage);
+            let mut charge = 0.0;
+            for ((k, j), v) in cells.indexed_iter() {
+                let wt = if k == 0 || k == grid.nt - 1 { 0.5 } else { 1.0 };
+                let wx = if j == 0 || j == grid.nx - 1 { 0.5 } else { 1.0 };
+                charge += v * wt * dt * wx * dx;
+            }
+            let expected = a * 1.0 * 0.04;
+            assert!(
+                (charge - expected).abs() < 1e-12,
+                "x0 {x0}, t0 {t0}: charge {charge}, expected {expected}"
+            );
+        }
+    }
+
+    #[test]
+    fn cell_averages_move_with_the_onset() {
+        // A whole-step delay moves the rows by whole steps; a fraction of a step moves charge
+        // between neighbouring rows continuously, where point values give the same rows.
+        let grid = quick_grid();
+        let dt = grid.dt();
+        let cells = |t0: f64| {
+            Stimulus::single(BoxPulse::benchmark(0.5, t0, 1.0))
+                .on_output_grid_sampled(&grid, InputSampling::CellAverage)
+        };
+        let (base, delayed) = (cells(1.0), cells(1.0 + 7.0 * dt));
+        for k in 0..grid.nt - 7 {
+            for j in 0..grid.nx {
+                assert!(
+                    (delayed[[k + 7, j]] - base[[k, j]]).abs() < 1e-9,
+                    "row {k}, node {j}"
+                );
+            }
+        }
+        let (a, b) = (cells(1.0), cells(1.0 + 0.25 * dt));
+        let point =
+            |t0: f64| Stimulus::single(BoxPulse::benchmark(0.5, t0, 1.0)).on_output_grid(&grid);
+        assert_eq!(
+            point(1.0),
+            point(1.0 + 0.25 * dt),
+            "point values hide the quarter step"
+        );
+        assert!(a != b, "cell averages show it");
+        // The charge that moved between rows is at most twice the quarter step's (one edge
+        // of the box gives it up, the other takes it): continuous in the onset.
+        // As fractions of the charge (the pulse lasts 1 time unit).
+        let moved: f64 = (0..grid.nt)
+            .map(|k| (b.row(k).sum() - a.row(k).sum()).abs())
+            .sum::<f64>()
+            / a.iter().sum::<f64>();
+        assert!(
+            moved > 0.0 && moved <= 2.0 * 0.25 * dt + 1e-12,
+            "moved {moved}"
+        );
+    }
+
+    #[test]
+    fn gaussian_pulses_keep_point_values_in_cell_averages() {
+        let stim = Stimulus::single(GaussianPulse {
+            x0: 0.4,
+            sigma_x: 0.05,
+            t0: 5.0,
+            sigma_t: 1.0,
+            amplitude: 0.7,
+        });
+        let grid = quick_grid();
+        assert_eq!(
+            stim.on_output_grid_sampled(&grid, InputSampling::CellAverage),
+            stim.on_output_grid(&grid)
+        );
     }
 }

@@ -1,7 +1,9 @@
 //! Dataset generation and files: determinism whatever the thread count, sharding,
 //! round trips, and clear errors on truncated, foreign and mis-shaped files.
 
-use fhn_solver::{generate, simulate_1d, Dataset, OutputGrid, Protocol, Shard, SolverError, Split};
+use fhn_solver::{
+    generate, simulate_1d, Dataset, InputSampling, OutputGrid, Protocol, Shard, SolverError, Split,
+};
 
 /// The quick protocol's laws with a handful of samples (fast tests).
 fn tiny() -> Protocol {
@@ -29,6 +31,25 @@ fn generation_is_bit_identical_whatever_the_thread_count() {
     let three = in_pool(3, || generate(&p, Split::Test, None, false)).unwrap();
     assert_eq!(one, two);
     assert_eq!(one, three);
+}
+
+#[test]
+fn cell_average_protocols_write_cell_averaged_inputs() {
+    let mut p = tiny();
+    p.output = OutputGrid::with_size(30, 20);
+    p.input_sampling = InputSampling::CellAverage;
+    let data = generate(&p, Split::Test, None, false).unwrap();
+    for i in 0..4 {
+        let stim = p.stimulus(&p.sample_params(Split::Test, i));
+        let expected = stim
+            .on_output_grid_sampled(&p.output, InputSampling::CellAverage)
+            .mapv(|v| v as f32);
+        assert_eq!(
+            data.input.index_axis(ndarray::Axis(0), i),
+            expected,
+            "sample {i}"
+        );
+    }
 }
 
 #[test]

@@ -75,7 +75,9 @@ pub fn run_with(
 }
 
 /// The record of every job of `cfg`, looked up in `dirs` in order (the first record of a
-/// job found is used); an error lists the jobs without one.
+/// job found is used), and the jobs without one. Without `allow_missing` any missing job is
+/// an error that lists them; with it (a partial report) the missing jobs are returned beside
+/// the records, and only a merge with no record at all is an error.
 fn collect_records(
     cfg: &StudyConfig,
     dirs: &[PathBuf],
