@@ -37,8 +37,15 @@ fn main() -> Result<()> {
         std::env::var("NO_LAYERS_ROW_DOT").unwrap_or_else(|_| "(unset)".into())
     );
     // (rows, in, out): DON's trunk hidden layer on 100 × 100 points, DON-CNN's, DON's
-    // branch hidden layer at batch 32.
-    for (n, f, o) in [(10_000, 256, 256), (10_000, 80, 80), (32, 256, 256)] {
+    // branch hidden layer at batch 32, the DeepONets' first branch layer on a 100 × 100
+    // input at batch 1 and 32.
+    for (n, f, o) in [
+        (10_000, 256, 256),
+        (10_000, 80, 80),
+        (32, 256, 256),
+        (1, 10_000, 256),
+        (32, 10_000, 256),
+    ] {
         let x = Tensor::randn(0f32, 1.0, (n, f), &dev)?;
         let w = Tensor::randn(0f32, 0.1, (o, f), &dev)?;
         let b = Tensor::zeros(o, candle_core::DType::F32, &dev)?;

@@ -20,6 +20,12 @@ pub(crate) trait GemmScalar:
     fn row_dot_kernel() -> Option<row_dot::Kernel<Self>> {
         None
     }
+
+    /// The [`crate::cpu::row_dot`] kernel for this type on this CPU for matrix-vector
+    /// products (one row on either side), if there is one.
+    fn row_dot_gemv_kernel() -> Option<row_dot::Kernel<Self>> {
+        None
+    }
 }
 
 impl GemmScalar for f32 {
@@ -27,6 +33,10 @@ impl GemmScalar for f32 {
 
     fn row_dot_kernel() -> Option<row_dot::Kernel<Self>> {
         row_dot::f32_kernel()
+    }
+
+    fn row_dot_gemv_kernel() -> Option<row_dot::Kernel<Self>> {
+        row_dot::f32_gemv_kernel()
     }
 }
 
@@ -219,13 +229,20 @@ pub(crate) fn gemm<T: GemmScalar>(
         return Ok(());
     }
     // Chosen by shape alone (not by `threads`), so a product sums in the same order
-    // whatever the thread count.
+    // whatever the thread count. A matrix-vector product (one row on either side) reads
+    // its large operand once, so that operand's size does not matter.
+    let gemv = m == 1 || n == 1;
     let row_dot_case = lhs.col_stride == 1
         && rhs.row_stride == 1
         && k >= ROW_DOT_MIN_K
-        && n.saturating_mul(k) <= ROW_DOT_MAX_RHS;
+        && (gemv || n.saturating_mul(k) <= ROW_DOT_MAX_RHS);
     if row_dot_case {
-        if let Some(kernel) = T::row_dot_kernel() {
+        let kernel = if gemv {
+            T::row_dot_gemv_kernel()
+        } else {
+            T::row_dot_kernel()
+        };
+        if let Some(kernel) = kernel {
             let a = row_dot::Rows {
                 ptr: lhs.data.as_ptr(),
                 rows: m,
@@ -402,6 +419,65 @@ mod tests {
             }
             if row_dot::kernel_preferred() {
                 assert_eq!(dispatched, direct, "the kernel was preferred but not used");
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn matrix_vector_products_go_to_the_kernel_whatever_the_right_operand_size() -> Result<()> {
+        // One row on either side, the other operand far above ROW_DOT_MAX_RHS where it is
+        // the right one: the kernel's matrix-vector case on every CPU that runs it (unless
+        // NO_LAYERS_ROW_DOT=off), on bands of output columns or rows; the same bits on one
+        // thread and on two.
+        let Some(kernel) = row_dot::f32_kernel_available() else {
+            return Ok(());
+        };
+        for (m, n, k) in [(1, 300, 2000), (300, 1, 2000)] {
+            matrix_vector_case(kernel, m, n, k)?;
+        }
+        Ok(())
+    }
+
+    /// One product of [`matrix_vector_products_go_to_the_kernel_whatever_the_right_operand_size`].
+    fn matrix_vector_case(
+        kernel: row_dot::Kernel<f32>,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<()> {
+        let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+        let b: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.91).cos()).collect();
+        let dispatched = |threads| -> Result<Vec<f32>> {
+            let mut c = vec![0f32; m * n];
+            gemm(
+                MatMut::row_major(&mut c, m, n),
+                MatRef::row_major(&a, m, k),
+                MatRef::row_major(&b, n, k).t(),
+                false,
+                threads,
+            )?;
+            Ok(c)
+        };
+        let one = dispatched(1)?;
+        assert_eq!(dispatched(2)?, one);
+        let mut direct = vec![0f32; m * n];
+        let out = row_dot::Out {
+            ptr: direct.as_mut_ptr(),
+            stride: n,
+        };
+        let rows = |v: &[f32], r| row_dot::Rows {
+            ptr: v.as_ptr(),
+            rows: r,
+            stride: k,
+        };
+        // SAFETY: rows of `k` elements, `direct` holds `m × n`, the kernel runs here.
+        unsafe { kernel(out, rows(&a, m), rows(&b, n), k, false) };
+        if row_dot::f32_gemv_kernel().is_some() {
+            assert_eq!(one, direct, "the matrix-vector case did not use the kernel");
+        } else {
+            for (x, y) in one.iter().zip(&direct) {
+                assert!((x - y).abs() <= 1e-5 * k as f32, "{x} vs {y}");
             }
         }
         Ok(())

@@ -19,12 +19,14 @@
 //! `100 × 18` over 100 points 77 GFLOP/s (the `gemm` crate: 56).
 //!
 //! Only `f32` with AVX2 and FMA has a kernel; [`crate::cpu::gemm_view::gemm`] uses it for
-//! products of this layout whose right operand stays in cache (chosen by shape alone, so
-//! the order of every sum is the same on one thread and on many), and the `gemm` crate for
-//! everything else. On CPUs where the `gemm` crate's own kernel is faster (Intel with
-//! AVX-512F, measured in [`kernel_wins_here`]) the kernel is not used at all; the choice is
-//! made once per process (so it too is the same on one thread and on many), and the
-//! environment variable `NO_LAYERS_ROW_DOT=on`/`off` overrides it.
+//! products of this layout whose right operand stays in cache, and for matrix-vector
+//! products of this layout (one row on either side) whatever their size (chosen by shape
+//! alone, so the order of every sum is the same on one thread and on many), and the `gemm`
+//! crate for everything else. On CPUs where the `gemm` crate's own kernel is faster (Intel
+//! with AVX-512F, measured in [`kernel_wins_here`]) the kernel takes only the
+//! matrix-vector products ([`f32_gemv_kernel`]); the choice is made once per process (so
+//! it too is the same on one thread and on many), and the environment variable
+//! `NO_LAYERS_ROW_DOT=on`/`off` overrides it.
 
 use rayon::prelude::*;
 
@@ -83,6 +85,11 @@ pub(crate) unsafe fn run<T: Send + Sync>(
     accumulate: bool,
     threads: usize,
 ) {
+    if a.rows <= BLOCK_ROWS {
+        // SAFETY: the caller's guarantees.
+        unsafe { run_columns(kernel, (dst, a, b), k, accumulate, threads) };
+        return;
+    }
     let band = a.rows.div_ceil(threads.max(1)).next_multiple_of(BLOCK_ROWS);
     if threads <= 1 || band >= a.rows {
         // SAFETY: the caller's guarantees.
@@ -107,6 +114,51 @@ pub(crate) unsafe fn run<T: Send + Sync>(
                 stride: dst.stride,
             };
             kernel(dst_band, a_band, b, k, accumulate)
+        }
+    });
+}
+
+/// Rows of `B` per task when a product with one block of `A` rows is split by columns: a
+/// few hundred thousand multiply-adds per task at the matrix-vector shapes this serves.
+const COLUMN_BAND_MIN: usize = 32;
+
+/// [`run`] for an `A` of at most one block of rows (a matrix-vector product, or a few): the
+/// work is split over bands of rows of `B`, that is of output columns, which changes no
+/// sum (each output is one block's dot product whatever band it falls in).
+///
+/// # Safety
+/// As for [`Kernel`].
+unsafe fn run_columns<T: Send + Sync>(
+    kernel: Kernel<T>,
+    (dst, a, b): (Out<T>, Rows<T>, Rows<T>),
+    k: usize,
+    accumulate: bool,
+    threads: usize,
+) {
+    let band = b.rows.div_ceil(threads.max(1)).max(COLUMN_BAND_MIN);
+    if threads <= 1 || band >= b.rows {
+        // SAFETY: the caller's guarantees.
+        unsafe { kernel(dst, a, b, k, accumulate) };
+        return;
+    }
+    let shared = Shared((dst, a, b));
+    (0..b.rows.div_ceil(band)).into_par_iter().for_each(|i| {
+        let (dst, a, b) = shared.get();
+        let first = i * band;
+        let rows = band.min(b.rows - first);
+        // SAFETY: bands are disjoint row ranges of `B` and column ranges of `dst`, inside
+        // the ranges the caller vouched for; `a` is only read.
+        unsafe {
+            let b_band = Rows {
+                ptr: b.ptr.add(first * b.stride),
+                rows,
+                stride: b.stride,
+            };
+            let dst_band = Out {
+                ptr: dst.ptr.add(first),
+                stride: dst.stride,
+            };
+            kernel(dst_band, a, b_band, k, accumulate)
         }
     });
 }
@@ -155,12 +207,35 @@ pub(crate) fn f32_kernel_available() -> Option<Kernel<f32>> {
 /// binary, as `examples/dense_timing.rs` and `examples/conv_timing.rs` do). Otherwise
 /// [`kernel_wins_here`] decides.
 pub(crate) fn kernel_preferred() -> bool {
-    static PREFERRED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *PREFERRED.get_or_init(|| match std::env::var("NO_LAYERS_ROW_DOT").as_deref() {
-        Ok("1" | "on") => true,
-        Ok("0" | "off") => false,
-        _ => kernel_wins_here(),
+    forced().unwrap_or_else(kernel_wins_here)
+}
+
+/// `NO_LAYERS_ROW_DOT`, read once per process: `Some(true)` for `1`/`on`, `Some(false)` for
+/// `0`/`off`, `None` when unset or anything else.
+fn forced() -> Option<bool> {
+    static FORCED: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    *FORCED.get_or_init(|| match std::env::var("NO_LAYERS_ROW_DOT").as_deref() {
+        Ok("1" | "on") => Some(true),
+        Ok("0" | "off") => Some(false),
+        _ => None,
     })
+}
+
+/// The `f32` kernel for matrix-vector products (one row of `A` or of `B`: a DeepONet branch
+/// at batch 1), on every CPU that runs it unless `NO_LAYERS_ROW_DOT=off`.
+///
+/// There the `gemm` crate's AVX-512 microkernel has no advantage to show (each element of
+/// the large operand takes part in one multiply-add) and it runs such a product on one
+/// thread. On the Intel Xeon with AVX-512 where [`kernel_wins_here`] chose the library,
+/// the DeepONets' first branch layer at batch 1 (`1 × 10,000 → 256`, `dense_timing`, fastest
+/// of 30) takes 0.18–0.20 ms here on two threads against 0.36–0.38 ms (0.32–0.34 against
+/// 0.34–0.37 ms on one).
+pub(crate) fn f32_gemv_kernel() -> Option<Kernel<f32>> {
+    if forced() == Some(false) {
+        None
+    } else {
+        f32_kernel_available()
+    }
 }
 
 /// The measured default: the kernel, except on Intel CPUs with AVX-512F.
@@ -420,6 +495,45 @@ mod tests {
                         "accumulated {got} vs {want}"
                     );
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn bands_of_columns_on_several_threads_give_the_same_bits() {
+        // One block of A rows or fewer: the work is split over rows of B (output columns).
+        let Some(kernel) = f32_kernel_available() else {
+            return;
+        };
+        for (m, n, k) in [(1, 200, 300), (3, 77, 129), (4, 33, 64)] {
+            let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+            let b: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.91).cos()).collect();
+            let expected = naive(&a, &b, (m, n, k), k);
+            let product = |threads| {
+                let mut c = vec![0f32; m * n];
+                let out = Out {
+                    ptr: c.as_mut_ptr(),
+                    stride: n,
+                };
+                let rows = |v: &[f32], r| Rows {
+                    ptr: v.as_ptr(),
+                    rows: r,
+                    stride: k,
+                };
+                // SAFETY: rows of `k` elements, `c` holds `m × n`, the kernel runs here.
+                unsafe { run(kernel, (out, rows(&a, m), rows(&b, n)), k, false, threads) };
+                c
+            };
+            let one = product(1);
+            for (got, want) in one.iter().zip(&expected) {
+                let (got, want) = (*got as f64, *want);
+                assert!(
+                    (got - want).abs() < 1e-4 * (1.0 + want.abs()),
+                    "{got} vs {want}"
+                );
+            }
+            for threads in [2, 3, 8] {
+                assert_eq!(product(threads), one, "{m}×{n}×{k}, {threads} threads");
             }
         }
     }
