@@ -123,27 +123,58 @@ fn pod_don_gradients_match_finite_differences() -> TestResult {
         &basis,
         vars.var_builder(DType::F64, &Device::Cpu),
     )?;
-    let x = Var::from_tensor(&synthetic::dataset(2, 6, 5, DType::F64)?.0)?;
-    // The trainable variables only: the basis and mean are detached buffers.
-    let mut all: Vec<Var> = vars
-        .varmap()
-        .data()
-        .lock()
-        .map_err(|e| e.to_string())?
-        .iter()
-        .filter(|(name, _)| !name.starts_with("pod."))
-        .map(|(_, v)| v.clone())
-        .collect();
-    all.push(x.clone());
-    let report = check_gradients(
-        || model.forward_t(x.as_tensor(), true),
-        &all,
-        &GradCheckConfig {
-            max_entries_per_var: 12,
-            ..Default::default()
-        },
+    // Batch 1 takes the fused dense product, a batch the library product: both checked.
+    for batch in [1, 2] {
+        let x = Var::from_tensor(&synthetic::dataset(batch, 6, 5, DType::F64)?.0)?;
+        // The trainable variables only: the basis and mean are detached buffers.
+        let mut all: Vec<Var> = vars
+            .varmap()
+            .data()
+            .lock()
+            .map_err(|e| e.to_string())?
+            .iter()
+            .filter(|(name, _)| !name.starts_with("pod."))
+            .map(|(_, v)| v.clone())
+            .collect();
+        all.push(x.clone());
+        let report = check_gradients(
+            || model.forward_t(x.as_tensor(), true),
+            &all,
+            &GradCheckConfig {
+                max_entries_per_var: 12,
+                ..Default::default()
+            },
+        )?;
+        assert!(report.passed(), "batch {batch}: {report:?}");
+    }
+    Ok(())
+}
+
+#[test]
+fn one_sample_gives_the_fields_it_gets_in_a_batch() -> TestResult {
+    // Batch 1 and larger batches take different products (fused dense, library matmul):
+    // the same fields to rounding, in f32 as the models run.
+    let basis = PodBasis::fit(&outputs(10, 6, 5)?, PodCriterion::Count(3))?;
+    let vars = SeededVarMap::new(2);
+    let model = PodDeepOnet::from_basis(
+        &tiny_cfg(),
+        &basis,
+        vars.var_builder(DType::F32, &Device::Cpu),
     )?;
-    assert!(report.passed(), "{report:?}");
+    let x = synthetic::dataset(3, 6, 5, DType::F32)?.0;
+    let batch = model.forward_t(&x, false)?;
+    for i in 0..3 {
+        let one = model.forward_t(&x.narrow(0, i, 1)?, false)?;
+        let diff = (one - batch.narrow(0, i, 1)?)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        let size = batch.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(
+            diff <= 1e-5 * size,
+            "sample {i}: {diff} (fields up to {size})"
+        );
+    }
     Ok(())
 }
 

@@ -417,11 +417,9 @@ impl NeuralOperator for PodDeepOnet {
         let b = coef.dim(0)?;
         let p = c.grid[0] * c.grid[1];
         let scale = (p as f64).sqrt();
-        // The √P scale goes on the coefficients `[B, r]`, and each field is one fused dense
-        // product `c_k·Φ_kᵀ + mean_k` (the basis `Φ_k [P, r]` as the weight, the field's mean
-        // as the bias): no full-size pass for either (fields are `[B, P]`, 10,000 values a
-        // sample at 100 × 100), and at batch 1 the product is a matrix-vector product the
-        // dense layer's kernel runs on every thread.
+        // The √P scale goes on the coefficients `[B, r]` and the mean is added once per
+        // field: no full-size pass for either (fields are `[B, P]`, 10,000 values a sample
+        // at 100 × 100).
         let coef = (coef * scale)?;
         let mean = self.mean.detach();
         let mut offset = 0;
@@ -430,13 +428,24 @@ impl NeuralOperator for PodDeepOnet {
             let r = c.modes[k];
             let ck = coef.narrow(1, offset, r)?;
             offset += r;
-            fields.push(dense(
-                &ck,
-                &basis.detach(),
-                &mean.get(k)?,
-                DenseActivation::Identity,
-                DenseLayout::Rows,
-            )?);
+            fields.push(if b == 1 {
+                // One sample: `Φ_k·c_k + mean_k` is a matrix-vector product, which the fused
+                // dense layer runs on every thread (the matmul below runs it on one).
+                dense(
+                    &ck,
+                    &basis.detach(),
+                    &mean.get(k)?,
+                    DenseActivation::Identity,
+                    DenseLayout::Rows,
+                )?
+            } else {
+                // A batch: the library product writes `[B, P]` row by row directly, faster
+                // here than the dense layer's transposed product for this short `r`.
+                no_layers::ops::feature_bias::add_feature_bias(
+                    &ck.matmul(&basis.detach().t()?)?,
+                    &mean.get(k)?,
+                )?
+            });
         }
         Tensor::cat(&fields, 1)?.reshape((b, c.out_channels, c.grid[0], c.grid[1]))
     }
