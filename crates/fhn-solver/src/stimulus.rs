@@ -171,23 +171,24 @@ impl Pulse {
     /// varies continuously with the onset), the point value for a Gaussian (second order).
     #[inline]
     pub fn step_time_factor(&self, t: f64, dt: f64) -> f64 {
-        match self {
-            Pulse::Box(p) => {
-                p.amplitude * overlap(t - 0.5 * dt, t + 0.5 * dt, p.t0, p.t0 + p.duration) / dt
-            }
-            Pulse::Gaussian(_) => self.time_factor(t),
-        }
+        self.window_time_factor(t, (t - 0.5 * dt, t + 0.5 * dt), dt)
     }
 
     /// Amplitude times the mean of the temporal factor over the output cell of time `t`
     /// (spacing `dt`, clipped to `[0, t_end]`) for a box; the point value for a Gaussian.
     #[inline]
     pub fn cell_time_factor(&self, t: f64, dt: f64, t_end: f64) -> f64 {
+        let (lo, hi) = ((t - 0.5 * dt).max(0.0), (t + 0.5 * dt).min(t_end));
+        self.window_time_factor(t, (lo, hi), hi - lo)
+    }
+
+    /// A box's `A·T` integrated over the window `[lo, hi]` and divided by `length` (the
+    /// window's length, passed so that a step divides by exactly `dt`); a Gaussian's point
+    /// value at `t`.
+    #[inline]
+    fn window_time_factor(&self, t: f64, (lo, hi): (f64, f64), length: f64) -> f64 {
         match self {
-            Pulse::Box(p) => {
-                let (lo, hi) = ((t - 0.5 * dt).max(0.0), (t + 0.5 * dt).min(t_end));
-                p.amplitude * overlap(lo, hi, p.t0, p.t0 + p.duration) / (hi - lo)
-            }
+            Pulse::Box(p) => p.amplitude * overlap(lo, hi, p.t0, p.t0 + p.duration) / length,
             Pulse::Gaussian(_) => self.time_factor(t),
         }
     }

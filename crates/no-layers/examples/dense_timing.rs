@@ -37,14 +37,21 @@ fn main() -> Result<()> {
         std::env::var("NO_LAYERS_ROW_DOT").unwrap_or_else(|_| "(unset)".into())
     );
     // (rows, in, out): DON's trunk hidden layer on 100 × 100 points, DON-CNN's, DON's
-    // branch hidden layer at batch 32, the DeepONets' first branch layer on a 100 × 100
-    // input at batch 1 and 32.
+    // branch hidden layer at batch 1 and 32, the DeepONets' first branch layer on a
+    // 100 × 100 input at batch 1 and 32, DON-CNN's last branch layer (80 → 800 basis
+    // coefficients) and POD-DON's basis product (64 modes → 10,000 points), at batch 1
+    // and 32.
     for (n, f, o) in [
         (10_000, 256, 256),
         (10_000, 80, 80),
+        (1, 256, 256),
         (32, 256, 256),
         (1, 10_000, 256),
         (32, 10_000, 256),
+        (1, 80, 800),
+        (32, 80, 800),
+        (1, 64, 10_000),
+        (32, 64, 10_000),
     ] {
         let x = Tensor::randn(0f32, 1.0, (n, f), &dev)?;
         let w = Tensor::randn(0f32, 0.1, (o, f), &dev)?;

@@ -152,8 +152,8 @@ fn pod_don_gradients_match_finite_differences() -> TestResult {
 
 #[test]
 fn one_sample_gives_the_fields_it_gets_in_a_batch() -> TestResult {
-    // Batch 1 and larger batches take different products (fused dense, library matmul):
-    // the same fields to rounding, in f32 as the models run.
+    // Batch 1 and larger batches take different products (the matrix-vector kernel, the
+    // library's product): the same fields to rounding, in f32 as the models run.
     let basis = PodBasis::fit(&outputs(10, 6, 5)?, PodCriterion::Count(3))?;
     let vars = SeededVarMap::new(2);
     let model = PodDeepOnet::from_basis(

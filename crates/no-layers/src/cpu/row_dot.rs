@@ -73,47 +73,36 @@ impl<T> Copy for Out<T> {}
 pub(crate) type Kernel<T> = unsafe fn(Out<T>, Rows<T>, Rows<T>, usize, bool);
 
 /// Runs `kernel` on `threads` rayon threads (1: on the calling thread), each on a band of
-/// rows of `A` (a multiple of the kernel's block height), so every output is summed the
-/// same way whatever the thread count.
+/// the output, so every output is summed the same way whatever the thread count: bands of
+/// rows of `A` (a multiple of the kernel's block height), or, when `A` is at most one block
+/// (a matrix-vector product, or a few), bands of rows of `B`, that is of output columns.
 ///
 /// # Safety
 /// As for [`Kernel`].
 pub(crate) unsafe fn run<T: Send + Sync>(
     kernel: Kernel<T>,
-    (dst, a, b): (Out<T>, Rows<T>, Rows<T>),
+    views: (Out<T>, Rows<T>, Rows<T>),
     k: usize,
     accumulate: bool,
     threads: usize,
 ) {
-    if a.rows <= BLOCK_ROWS {
-        // SAFETY: the caller's guarantees.
-        unsafe { run_columns(kernel, (dst, a, b), k, accumulate, threads) };
-        return;
-    }
-    let band = a.rows.div_ceil(threads.max(1)).next_multiple_of(BLOCK_ROWS);
-    if threads <= 1 || band >= a.rows {
+    let split = Split::for_views(&views);
+    let (rows, band) = split.bands(&views, threads.max(1));
+    if threads <= 1 || band >= rows {
+        let (dst, a, b) = views;
         // SAFETY: the caller's guarantees.
         unsafe { kernel(dst, a, b, k, accumulate) };
         return;
     }
-    let shared = Shared((dst, a, b));
-    (0..a.rows.div_ceil(band)).into_par_iter().for_each(|i| {
-        let (dst, a, b) = shared.get();
+    let shared = Shared(views);
+    (0..rows.div_ceil(band)).into_par_iter().for_each(|i| {
         let first = i * band;
-        let rows = band.min(a.rows - first);
-        // SAFETY: bands are disjoint row ranges of `A` and of `dst`, inside the ranges the
-        // caller vouched for; `b` is only read.
+        // SAFETY: bands are disjoint row ranges of the split operand and of the matching
+        // part of `dst`, inside the ranges the caller vouched for; the other operand is
+        // only read.
         unsafe {
-            let a_band = Rows {
-                ptr: a.ptr.add(first * a.stride),
-                rows,
-                stride: a.stride,
-            };
-            let dst_band = Out {
-                ptr: dst.ptr.add(first * dst.stride),
-                stride: dst.stride,
-            };
-            kernel(dst_band, a_band, b, k, accumulate)
+            let (dst, a, b) = split.band(shared.get(), first, band.min(rows - first));
+            kernel(dst, a, b, k, accumulate)
         }
     });
 }
@@ -122,45 +111,84 @@ pub(crate) unsafe fn run<T: Send + Sync>(
 /// few hundred thousand multiply-adds per task at the matrix-vector shapes this serves.
 const COLUMN_BAND_MIN: usize = 32;
 
-/// [`run`] for an `A` of at most one block of rows (a matrix-vector product, or a few): the
-/// work is split over bands of rows of `B`, that is of output columns, which changes no
-/// sum (each output is one block's dot product whatever band it falls in).
-///
-/// # Safety
-/// As for [`Kernel`].
-unsafe fn run_columns<T: Send + Sync>(
-    kernel: Kernel<T>,
-    (dst, a, b): (Out<T>, Rows<T>, Rows<T>),
-    k: usize,
-    accumulate: bool,
-    threads: usize,
-) {
-    let band = b.rows.div_ceil(threads.max(1)).max(COLUMN_BAND_MIN);
-    if threads <= 1 || band >= b.rows {
-        // SAFETY: the caller's guarantees.
-        unsafe { kernel(dst, a, b, k, accumulate) };
-        return;
-    }
-    let shared = Shared((dst, a, b));
-    (0..b.rows.div_ceil(band)).into_par_iter().for_each(|i| {
-        let (dst, a, b) = shared.get();
-        let first = i * band;
-        let rows = band.min(b.rows - first);
-        // SAFETY: bands are disjoint row ranges of `B` and column ranges of `dst`, inside
-        // the ranges the caller vouched for; `a` is only read.
-        unsafe {
-            let b_band = Rows {
-                ptr: b.ptr.add(first * b.stride),
-                rows,
-                stride: b.stride,
-            };
-            let dst_band = Out {
-                ptr: dst.ptr.add(first),
-                stride: dst.stride,
-            };
-            kernel(dst_band, a, b_band, k, accumulate)
+/// Which operand's rows [`run`] splits over the threads.
+#[derive(Clone, Copy, Debug)]
+enum Split {
+    /// Rows of `A`, that is rows of the output.
+    RowsOfA,
+    /// Rows of `B`, that is columns of the output; splitting them changes no sum (each
+    /// output is one block's dot product whatever band it falls in).
+    RowsOfB,
+}
+
+impl Split {
+    /// Rows of `A` while there is more than one kernel block of them, else rows of `B`.
+    fn for_views<T>((_, a, _): &(Out<T>, Rows<T>, Rows<T>)) -> Self {
+        if a.rows <= BLOCK_ROWS {
+            Split::RowsOfB
+        } else {
+            Split::RowsOfA
         }
-    });
+    }
+
+    /// The split operand's row count and the rows per band for `threads` threads.
+    fn bands<T>(self, (_, a, b): &(Out<T>, Rows<T>, Rows<T>), threads: usize) -> (usize, usize) {
+        match self {
+            Split::RowsOfA => (
+                a.rows,
+                a.rows.div_ceil(threads).next_multiple_of(BLOCK_ROWS),
+            ),
+            Split::RowsOfB => (b.rows, b.rows.div_ceil(threads).max(COLUMN_BAND_MIN)),
+        }
+    }
+
+    /// The views of the band of `rows` split rows starting at `first`.
+    ///
+    /// # Safety
+    /// `first + rows` must not exceed the split operand's rows.
+    unsafe fn band<T>(
+        self,
+        (dst, a, b): (Out<T>, Rows<T>, Rows<T>),
+        first: usize,
+        rows: usize,
+    ) -> (Out<T>, Rows<T>, Rows<T>) {
+        // SAFETY: the band lies inside the operand and the destination (caller's bound).
+        unsafe {
+            match self {
+                Split::RowsOfA => (dst.offset(first * dst.stride), a.band(first, rows), b),
+                Split::RowsOfB => (dst.offset(first), a, b.band(first, rows)),
+            }
+        }
+    }
+}
+
+impl<T> Rows<T> {
+    /// Rows `first .. first + rows`.
+    ///
+    /// # Safety
+    /// They must lie inside this operand.
+    unsafe fn band(self, first: usize, rows: usize) -> Self {
+        Rows {
+            // SAFETY: inside the operand (caller's bound).
+            ptr: unsafe { self.ptr.add(first * self.stride) },
+            rows,
+            stride: self.stride,
+        }
+    }
+}
+
+impl<T> Out<T> {
+    /// The destination from element `elements` on (same row stride).
+    ///
+    /// # Safety
+    /// The offset must lie inside the destination.
+    unsafe fn offset(self, elements: usize) -> Self {
+        Out {
+            // SAFETY: inside the destination (caller's bound).
+            ptr: unsafe { self.ptr.add(elements) },
+            stride: self.stride,
+        }
+    }
 }
 
 /// The operands, shared with the rayon tasks (each writes its own band of rows).

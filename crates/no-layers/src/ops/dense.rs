@@ -192,10 +192,7 @@ fn forward<T: DenseScalar>(
     let threads = rayon::current_num_threads();
     let (x, w) = (MatRef::row_major(x, n, f), MatRef::row_major(w, o, f));
     let mut out = match op.layout {
-        DenseLayout::Rows if n < o => {
-            // Few rows (a branch net on a batch): the `gemm` crate is several times faster
-            // producing the transposed `[o, n]` product here (1.1 ms instead of 3.4 ms for
-            // 32 × 10,000 inputs and 256 outputs), and transposing `n·o` values is cheap.
+        DenseLayout::Rows if transposed_product_wins(n, f, o) => {
             let columns = columns_product(x, w, b, threads)?;
             let mut rows = Vec::with_capacity(n * o);
             for r in 0..n {
@@ -212,6 +209,17 @@ fn forward<T: DenseScalar>(
     };
     T::activate(&mut out, op.act);
     Ok(out)
+}
+
+/// Whether the rows layout's `[n, o]` output is faster computed as the transposed `[o, n]`
+/// product and then transposed: for few rows (a branch net on a batch) with a long
+/// input (`f ≥ o`), where the `gemm` crate is several times faster that way (1.1 ms
+/// instead of 3.4 ms for 32 × 10,000 inputs and 256 outputs) and transposing `n·o`
+/// values is cheap. With a short input and many outputs (POD-DeepONet's basis product,
+/// 64 modes → 10,000 points; DeepONet-CNN's 80 → 800 last branch layer) the direct product
+/// is the faster one (`examples/dense_timing.rs`).
+fn transposed_product_wins(n: usize, f: usize, o: usize) -> bool {
+    n < o && f >= o
 }
 
 /// `W·xᵀ + b` as a row-major `[o, n]` matrix (bias per row), from `x [n, f]` and `w [o, f]`.
@@ -275,15 +283,24 @@ fn repeat_each<T: DenseScalar>(b: &[T], n: usize) -> Vec<T> {
 }
 
 /// `(∂x, ∂W, ∂b)` as flat buffers (`∂x` absent when the input needs no gradient).
-type Gradients<T> = (Option<Vec<T>>, Vec<T>, Vec<T>);
+type Gradients<T> = (Option<Vec<T>>, Option<Vec<T>>, Option<Vec<T>>);
 
-/// The gradients `(∂x, ∂W, ∂b)` on slices, `∂x` only when `need_x`; `y` and `g` are the
-/// output and its gradient in the op's layout.
+/// Which gradients the backward pass computes: those of the operands that are tracked
+/// (a frozen weight, such as POD-DeepONet's basis, costs no `∂W` product).
+#[derive(Clone, Copy, Debug)]
+struct Needed {
+    x: bool,
+    w: bool,
+    b: bool,
+}
+
+/// The gradients `(∂x, ∂W, ∂b)` on slices, each only when `need` asks for it; `y` and `g`
+/// are the output and its gradient in the op's layout.
 fn backward<T: DenseScalar>(
     (x, w, y, g): (&[T], &[T], &[T], &[T]),
     (n, f, o): (usize, usize, usize),
     op: DenseOp,
-    need_x: bool,
+    need: Needed,
 ) -> Result<Gradients<T>> {
     let threads = rayon::current_num_threads();
     let d_owned;
@@ -304,13 +321,16 @@ fn backward<T: DenseScalar>(
     } else {
         MatRef::row_major(d, n, o)
     };
-    let grad_w = product(d_rows.t(), MatRef::row_major(x, n, f), threads)?;
-    let grad_x = if need_x {
-        Some(product(d_rows, MatRef::row_major(w, o, f), threads)?)
-    } else {
-        None
-    };
-    Ok((grad_x, grad_w, bias_grad(d, (n, o), op.layout)))
+    let grad_w = need
+        .w
+        .then(|| product(d_rows.t(), MatRef::row_major(x, n, f), threads))
+        .transpose()?;
+    let grad_x = need
+        .x
+        .then(|| product(d_rows, MatRef::row_major(w, o, f), threads))
+        .transpose()?;
+    let grad_b = need.b.then(|| bias_grad(d, (n, o), op.layout));
+    Ok((grad_x, grad_w, grad_b))
 }
 
 /// `lhs · rhs` as a new row-major buffer, written by `gemm` into uninitialised memory: a
@@ -442,7 +462,11 @@ impl CustomOp3 for DenseOp {
         let g = grad_res.contiguous()?;
         let dims = sizes(x.layout(), w.layout())?;
         let (n, f, o) = dims;
-        let need_x = x.track_op();
+        let need = Needed {
+            x: x.track_op(),
+            w: w.track_op(),
+            b: b.track_op(),
+        };
         let (sx, lx) = x.storage_and_layout();
         let (sw, lw) = w.storage_and_layout();
         let (sy, ly) = res.storage_and_layout();
@@ -456,12 +480,13 @@ impl CustomOp3 for DenseOp {
                     contiguous(name, $y, ly)?,
                     contiguous(name, $g, lg)?,
                 );
-                let (gx, gw, gb) = backward::<$t>(slices, dims, *self, need_x)?;
+                let (gx, gw, gb) = backward::<$t>(slices, dims, *self, need)?;
                 let dev = x.device();
                 (
                     gx.map(|v| Tensor::from_vec(v, (n, f), dev)).transpose()?,
-                    Tensor::from_vec(gw, (o, f), dev)?,
-                    Tensor::from_vec(gb, b.shape(), dev)?,
+                    gw.map(|v| Tensor::from_vec(v, (o, f), dev)).transpose()?,
+                    gb.map(|v| Tensor::from_vec(v, b.shape(), dev))
+                        .transpose()?,
                 )
             }};
         }
@@ -484,7 +509,7 @@ impl CustomOp3 for DenseOp {
                 x.device().location()
             ),
         };
-        Ok((gx, Some(gw), Some(gb)))
+        Ok((gx, gw, gb))
     }
 }
 
@@ -514,9 +539,10 @@ mod tests {
             .to_scalar::<f64>()
     }
 
-    /// `[N, F, O]` of the tests: more rows than one bias block, and fewer rows than
-    /// outputs (the transposed product of the row layout).
-    const SHAPES: [[usize; 3]; 2] = [[600, 7, 6], [3, 7, 9]];
+    /// `[N, F, O]` of the tests: more rows than one bias block, fewer rows than outputs
+    /// with a short input (the row layout's direct product) and with a long one (its
+    /// transposed product).
+    const SHAPES: [[usize; 3]; 3] = [[600, 7, 6], [3, 7, 9], [3, 11, 9]];
 
     /// The fused op against candle's matmul, broadcast add and activation, in both dtypes,
     /// layouts and activations.
@@ -549,11 +575,19 @@ mod tests {
     }
 
     /// f64 finite differences for every activation and layout, through a weighted sum so
-    /// that every output entry has its own weight; the input as a variable (its gradient
-    /// computed) and as a constant (skipped, the others unchanged).
+    /// that every output entry has its own weight; each operand as a variable (its
+    /// gradient computed) or as a constant (skipped, the others unchanged), the frozen
+    /// weight and bias of a fixed basis among them.
     #[test]
     fn gradients_match_finite_differences() -> Result<()> {
-        for [n, f, o] in [[300, 4, 3], [2, 4, 6]] {
+        // Which of (x, W, b) are variables.
+        let tracked = [
+            [true, true, true],
+            [false, true, true],
+            [true, false, false],
+            [true, false, true],
+        ];
+        for [n, f, o] in [[300, 4, 3], [2, 4, 6], [2, 8, 6]] {
             for (act, layout) in ACTS.into_iter().flat_map(|a| LAYOUTS.map(|l| (a, l))) {
                 let x = Var::from_tensor(&random(&[n, f], 4, DType::F64)?)?;
                 let w = Var::from_tensor(&random(&[o, f], 5, DType::F64)?)?;
@@ -564,26 +598,30 @@ mod tests {
                     DenseLayout::ColumnBlocks(k) => vec![k, o / k, n],
                 };
                 let weights = random(&out_dims, 7, DType::F64)?;
-                for x_is_var in [true, false] {
-                    let (xs, ws, bs, wt) = (x.clone(), w.clone(), b.clone(), weights.clone());
+                for mask in tracked {
+                    let operands = [x.clone(), w.clone(), b.clone()];
+                    let wt = weights.clone();
                     let loss = move || -> Result<Tensor> {
-                        let input = if x_is_var {
-                            xs.as_tensor().clone()
-                        } else {
-                            xs.as_tensor().detach()
-                        };
-                        (dense(&input, ws.as_tensor(), bs.as_tensor(), act, layout)? * &wt)?
-                            .sum_all()
+                        let [x, w, b] = [0, 1, 2].map(|i| {
+                            let t = operands[i].as_tensor();
+                            if mask[i] {
+                                t.clone()
+                            } else {
+                                t.detach()
+                            }
+                        });
+                        (dense(&x, &w, &b, act, layout)? * &wt)?.sum_all()
                     };
-                    let vars = if x_is_var {
-                        vec![x.clone(), w.clone(), b.clone()]
-                    } else {
-                        vec![w.clone(), b.clone()]
-                    };
+                    let vars: Vec<Var> = [&x, &w, &b]
+                        .into_iter()
+                        .zip(mask)
+                        .filter(|&(_, tracked)| tracked)
+                        .map(|(v, _)| v.clone())
+                        .collect();
                     let r = check_gradients(loss, &vars, &GradCheckConfig::default())?;
                     assert!(
                         r.passed(),
-                        "{n}×{f}→{o} {act:?} {layout:?} x_is_var={x_is_var}: {r:?}"
+                        "{n}×{f}→{o} {act:?} {layout:?} tracked (x, W, b) = {mask:?}: {r:?}"
                     );
                 }
             }

@@ -428,24 +428,16 @@ impl NeuralOperator for PodDeepOnet {
             let r = c.modes[k];
             let ck = coef.narrow(1, offset, r)?;
             offset += r;
-            fields.push(if b == 1 {
-                // One sample: `Φ_k·c_k + mean_k` is a matrix-vector product, which the fused
-                // dense layer runs on every thread (the matmul below runs it on one).
-                dense(
-                    &ck,
-                    &basis.detach(),
-                    &mean.get(k)?,
-                    DenseActivation::Identity,
-                    DenseLayout::Rows,
-                )?
-            } else {
-                // A batch: the library product writes `[B, P]` row by row directly, faster
-                // here than the dense layer's transposed product for this short `r`.
-                no_layers::ops::feature_bias::add_feature_bias(
-                    &ck.matmul(&basis.detach().t()?)?,
-                    &mean.get(k)?,
-                )?
-            });
+            // `Φ_k·c_k + mean_k` in one fused product (the basis as a frozen weight, the
+            // mean as its bias): a matrix-vector product on every thread at batch 1, and
+            // no gradient for the basis in training.
+            fields.push(dense(
+                &ck,
+                &basis.detach(),
+                &mean.get(k)?,
+                DenseActivation::Identity,
+                DenseLayout::Rows,
+            )?);
         }
         Tensor::cat(&fields, 1)?.reshape((b, c.out_channels, c.grid[0], c.grid[1]))
     }
