@@ -23,6 +23,7 @@
 use crate::cpu::gemm_view::{gemm, GemmScalar, MatMut, MatRef};
 use crate::cpu::lane_sum::lane_sum;
 use crate::cpu::map::{contiguous, CHUNK};
+use crate::cpu::short_input;
 use crate::ops::tanh::tanh_f32_in_place;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
@@ -143,7 +144,7 @@ struct DenseOp {
 }
 
 /// The element types the fused op runs on, with their activation kernels.
-trait DenseScalar: GemmScalar + std::ops::Add<Output = Self> {
+trait DenseScalar: GemmScalar + short_input::Scalar {
     /// Applies `act` in place.
     fn activate(v: &mut [Self], act: DenseActivation);
     /// `g·(1 − y²)`, the gradient through `tanh` from its output `y`, written into every
@@ -190,8 +191,12 @@ fn forward<T: DenseScalar>(
     op: DenseOp,
 ) -> Result<Vec<T>> {
     let threads = rayon::current_num_threads();
+    let slices = (x, w, b);
     let (x, w) = (MatRef::row_major(x, n, f), MatRef::row_major(w, o, f));
     let mut out = match op.layout {
+        DenseLayout::Rows if f <= short_input::MAX_INPUTS => {
+            short_input::forward(slices, (n, f, o), ROWS_PER_BLOCK)
+        }
         DenseLayout::Rows if transposed_product_wins(n, f, o) => {
             let columns = columns_product(x, w, b, threads)?;
             let mut rows = Vec::with_capacity(n * o);
@@ -321,13 +326,19 @@ fn backward<T: DenseScalar>(
     } else {
         MatRef::row_major(d, n, o)
     };
-    let grad_w = need
-        .w
-        .then(|| product(d_rows.t(), MatRef::row_major(x, n, f), threads))
-        .transpose()?;
     let grad_x = need
         .x
         .then(|| product(d_rows, MatRef::row_major(w, o, f), threads))
+        .transpose()?;
+    if op.layout == DenseLayout::Rows && f <= short_input::MAX_INPUTS {
+        // Both from one pass over `d` (a product with `f` ≤ 4 columns is memory-bound).
+        let (grad_w, grad_b) =
+            short_input::weight_and_bias_grads((d, x), (n, f, o), ROWS_PER_BLOCK, (need.w, need.b));
+        return Ok((grad_x, grad_w, grad_b));
+    }
+    let grad_w = need
+        .w
+        .then(|| product(d_rows.t(), MatRef::row_major(x, n, f), threads))
         .transpose()?;
     let grad_b = need.b.then(|| bias_grad(d, (n, o), op.layout));
     Ok((grad_x, grad_w, grad_b))
@@ -541,8 +552,9 @@ mod tests {
 
     /// `[N, F, O]` of the tests: more rows than one bias block, fewer rows than outputs
     /// with a short input (the row layout's direct product) and with a long one (its
-    /// transposed product).
-    const SHAPES: [[usize; 3]; 3] = [[600, 7, 6], [3, 7, 9], [3, 11, 9]];
+    /// transposed product), and a two-value input over several blocks (the short-input
+    /// loops).
+    const SHAPES: [[usize; 3]; 4] = [[600, 7, 6], [3, 7, 9], [3, 11, 9], [600, 2, 6]];
 
     /// The fused op against candle's matmul, broadcast add and activation, in both dtypes,
     /// layouts and activations.
@@ -630,14 +642,15 @@ mod tests {
     }
 
     /// Forward and all three gradients carry the same bits on one thread as on the default
-    /// pool, with several bias blocks.
+    /// pool, with several bias blocks, for a long and a two-value input.
     #[test]
     fn result_does_not_depend_on_the_thread_count() -> Result<()> {
         let run = || -> Result<Vec<Vec<f32>>> {
             let mut out = Vec::new();
-            for (n, layout) in [1100, 8].into_iter().flat_map(|n| LAYOUTS.map(|l| (n, l))) {
-                let x = Var::from_tensor(&random(&[n, 16], 8, DType::F32)?)?;
-                let w = Var::from_tensor(&random(&[24, 16], 9, DType::F32)?)?;
+            let cases = [(1100, 16), (8, 16), (1100, 2)];
+            for ((n, f), layout) in cases.into_iter().flat_map(|c| LAYOUTS.map(|l| (c, l))) {
+                let x = Var::from_tensor(&random(&[n, f], 8, DType::F32)?)?;
+                let w = Var::from_tensor(&random(&[24, f], 9, DType::F32)?)?;
                 let b = Var::from_tensor(&random(&[24], 10, DType::F32)?)?;
                 let y = dense(
                     x.as_tensor(),
