@@ -4,10 +4,13 @@
 //! As a matrix product such a layer has a common dimension of 2: the `gemm` crate runs it
 //! at 5–7 GFLOP/s (its blocking buys nothing at that depth), and the layer's bias fill,
 //! product and weight and bias gradients are four passes over a `10,000 × 256` buffer.
-//! Here the forward writes each output row once (bias, then one multiply-add per input,
-//! in that order), and the backward reads `∂y` once for the weight and bias gradients
-//! together. Rows are taken in fixed blocks whose partial sums are added in block order,
-//! so results do not depend on the thread count.
+//! Here the forward writes each output row once, and the backward reads `∂y` once for the
+//! weight and bias gradients together. Each output is rounded as the matrix product rounds
+//! it (the inputs' products summed in order, fused multiply-adds where the CPU has them,
+//! then the bias), so the layer gives the bits of candle's matmul and broadcast add: near a
+//! saturated `tanh` (where `1 − y²` cancels) one rounding of `y` shows in the gradient at
+//! 1e-5. Rows are taken in fixed blocks whose partial sums are added in block order, so
+//! results do not depend on the thread count.
 
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
@@ -20,11 +23,103 @@ pub(crate) const MAX_INPUTS: usize = 4;
 pub(crate) trait Scalar:
     Copy + Default + Send + Sync + Add<Output = Self> + Mul<Output = Self> + AddAssign
 {
+    /// `self·a + b` with one rounding (an FMA instruction inside the kernels compiled for
+    /// it; only those call it).
+    fn fused_mul_add(self, a: Self, b: Self) -> Self;
 }
 
-impl<T> Scalar for T where
-    T: Copy + Default + Send + Sync + Add<Output = T> + Mul<Output = T> + AddAssign
-{
+impl Scalar for f32 {
+    #[inline(always)]
+    fn fused_mul_add(self, a: f32, b: f32) -> f32 {
+        self.mul_add(a, b)
+    }
+}
+
+impl Scalar for f64 {
+    #[inline(always)]
+    fn fused_mul_add(self, a: f64, b: f64) -> f64 {
+        self.mul_add(a, b)
+    }
+}
+
+/// Whether this CPU fuses multiply-adds (as the `gemm` crate's kernels then do).
+fn fma_here() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::map::has_avx2_fma() {
+        return true;
+    }
+    false
+}
+
+/// `row = Σ_j xs[j]·w_j + b` (each `w_j` the `o` weights of input `j`, laid end to end in
+/// `w_by_input`), summed in input order with separate roundings.
+fn row_plain<T: Scalar>(row: &mut [T], xs: &[T], w_by_input: &[T], b: &[T]) {
+    let o = row.len();
+    for (c, y) in row.iter_mut().enumerate() {
+        let mut acc = T::default();
+        for (j, &xj) in xs.iter().enumerate() {
+            acc += xj * w_by_input[j * o + c];
+        }
+        *y = acc + b[c];
+    }
+}
+
+/// [`row_plain`] with fused multiply-adds.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn row_fma<T: Scalar>(row: &mut [T], xs: &[T], w_by_input: &[T], b: &[T]) {
+    let o = row.len();
+    let mut inputs = xs.iter().zip(w_by_input.chunks(o));
+    // The first product alone is `fma(x₀, w₀, 0)`, as the product's accumulator starts.
+    match inputs.next() {
+        Some((&x0, w0)) => {
+            for (y, &wv) in row.iter_mut().zip(w0) {
+                *y = x0 * wv;
+            }
+        }
+        None => row.fill(T::default()),
+    }
+    for (&xj, wj) in inputs {
+        for (y, &wv) in row.iter_mut().zip(wj) {
+            *y = xj.fused_mul_add(wv, *y);
+        }
+    }
+    for (y, &bv) in row.iter_mut().zip(b) {
+        *y += bv;
+    }
+}
+
+/// Adds `d_row` to `acc_b` and `d_row·xs[j]` to each input's `o` sums in `acc_w`, with
+/// separate roundings.
+fn accumulate_plain<T: Scalar>(acc_b: &mut [T], acc_w: &mut [T], d_row: &[T], xs: &[T]) {
+    for (a, &v) in acc_b.iter_mut().zip(d_row) {
+        *a += v;
+    }
+    for (&xj, acc_j) in xs.iter().zip(acc_w.chunks_mut(d_row.len())) {
+        for (a, &v) in acc_j.iter_mut().zip(d_row) {
+            *a += v * xj;
+        }
+    }
+}
+
+/// [`accumulate_plain`] with fused multiply-adds.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn accumulate_fma<T: Scalar>(acc_b: &mut [T], acc_w: &mut [T], d_row: &[T], xs: &[T]) {
+    for (a, &v) in acc_b.iter_mut().zip(d_row) {
+        *a += v;
+    }
+    for (&xj, acc_j) in xs.iter().zip(acc_w.chunks_mut(d_row.len())) {
+        for (a, &v) in acc_j.iter_mut().zip(d_row) {
+            *a = v.fused_mul_add(xj, *a);
+        }
+    }
 }
 
 /// `x·Wᵀ + b` as `[n, o]` rows, from `x [n, f]`, `w [o, f]` and `b [o]`, in blocks of
@@ -36,6 +131,7 @@ pub(crate) fn forward<T: Scalar>(
 ) -> Vec<T> {
     // The weight by input: each input's `o` weights contiguous, read along the row.
     let w_by_input: Vec<T> = (0..f * o).map(|i| w[(i % o) * f + i / o]).collect();
+    let fma = fma_here();
     let mut out = Vec::with_capacity(n * o);
     if o > 0 {
         out.spare_capacity_mut()[..n * o]
@@ -44,13 +140,17 @@ pub(crate) fn forward<T: Scalar>(
             .for_each(|(block, rows)| {
                 let first = block * block_rows;
                 for (i, row) in rows.chunks_mut(o).enumerate() {
+                    // The bias first only to initialise the row; the kernels overwrite it.
                     let row = write_all(row, b);
                     let xs = &x[(first + i) * f..(first + i + 1) * f];
-                    for (&xj, wj) in xs.iter().zip(w_by_input.chunks(o)) {
-                        for (y, &wv) in row.iter_mut().zip(wj) {
-                            *y += xj * wv;
-                        }
+                    #[cfg(target_arch = "x86_64")]
+                    if fma {
+                        // SAFETY: `fma_here` found AVX2 and FMA.
+                        unsafe { row_fma(row, xs, &w_by_input, b) };
+                        continue;
                     }
+                    let _ = fma;
+                    row_plain(row, xs, &w_by_input, b);
                 }
             });
     }
@@ -82,6 +182,7 @@ pub(crate) fn weight_and_bias_grads<T: Scalar>(
 ) -> (Option<Vec<T>>, Option<Vec<T>>) {
     // Partial sums per block: the bias's `o`, then each input's `o`.
     let width = (f + 1) * o;
+    let fma = fma_here();
     let mut total = vec![T::default(); width];
     if n > 0 && o > 0 {
         let partials: Vec<Vec<T>> = d
@@ -92,15 +193,15 @@ pub(crate) fn weight_and_bias_grads<T: Scalar>(
                 let mut acc = vec![T::default(); width];
                 let (acc_b, acc_w) = acc.split_at_mut(o);
                 for (i, d_row) in d_rows.chunks(o).enumerate() {
-                    for (a, &v) in acc_b.iter_mut().zip(d_row) {
-                        *a += v;
-                    }
                     let xs = &x[(first + i) * f..(first + i + 1) * f];
-                    for (&xj, acc_j) in xs.iter().zip(acc_w.chunks_mut(o)) {
-                        for (a, &v) in acc_j.iter_mut().zip(d_row) {
-                            *a += v * xj;
-                        }
+                    #[cfg(target_arch = "x86_64")]
+                    if fma {
+                        // SAFETY: `fma_here` found AVX2 and FMA.
+                        unsafe { accumulate_fma(acc_b, acc_w, d_row, xs) };
+                        continue;
                     }
+                    let _ = fma;
+                    accumulate_plain(acc_b, acc_w, d_row, xs);
                 }
                 acc
             })
