@@ -123,7 +123,8 @@ fn pod_don_gradients_match_finite_differences() -> TestResult {
         &basis,
         vars.var_builder(DType::F64, &Device::Cpu),
     )?;
-    // Batch 1 takes the fused dense product, a batch the library product: both checked.
+    // Batch 1 takes the matrix-vector kernel, a batch the library product (both inside
+    // the fused dense layer): both checked.
     for batch in [1, 2] {
         let x = Var::from_tensor(&synthetic::dataset(batch, 6, 5, DType::F64)?.0)?;
         // The trainable variables only: the basis and mean are detached buffers.
