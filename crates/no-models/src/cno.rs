@@ -158,9 +158,11 @@ impl CnoConfig {
         c
     }
 
-    fn activation(&self, out: (usize, usize)) -> candle_core::Result<CnoActivation> {
+    /// The activation block every level shares (each call names its output size), so its
+    /// cache of resize plans lives as long as the model.
+    fn activation(&self) -> Result<CnoActivation> {
         Ok(CnoActivation::new(&CnoActivationConfig {
-            out_size: Some(vec![out.0, out.1]),
+            out_size: None,
             upsampling: self.upsampling,
             negative_slope: self.negative_slope,
             kind: self.resample,
@@ -314,11 +316,10 @@ impl CnoBlock {
         &self,
         x: &Tensor,
         out: (usize, usize),
-        cfg: &CnoConfig,
+        act: &CnoActivation,
         train: bool,
     ) -> candle_core::Result<Tensor> {
-        cfg.activation(out)?
-            .forward(&self.conv.forward_t(x, train)?)
+        act.forward_to(&self.conv.forward_t(x, train)?, out)
     }
 }
 
@@ -330,11 +331,14 @@ struct ResidualBlock {
 }
 
 impl ResidualBlock {
-    fn forward_t(&self, x: &Tensor, cfg: &CnoConfig, train: bool) -> candle_core::Result<Tensor> {
+    fn forward_t(
+        &self,
+        x: &Tensor,
+        act: &CnoActivation,
+        train: bool,
+    ) -> candle_core::Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
-        let y = cfg
-            .activation((h, w))?
-            .forward(&self.first.forward_t(x, train)?)?;
+        let y = act.forward_to(&self.first.forward_t(x, train)?, (h, w))?;
         x + self.second.forward_t(&y, train)?
     }
 }
@@ -376,10 +380,15 @@ impl LiftProject {
         })
     }
 
-    fn forward_t(&self, x: &Tensor, cfg: &CnoConfig, train: bool) -> candle_core::Result<Tensor> {
+    fn forward_t(
+        &self,
+        x: &Tensor,
+        act: &CnoActivation,
+        train: bool,
+    ) -> candle_core::Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
         self.conv
-            .forward(&self.block.forward_t(x, (h, w), cfg, train)?)
+            .forward(&self.block.forward_t(x, (h, w), act, train)?)
     }
 
     fn params(&self) -> usize {
@@ -399,6 +408,8 @@ pub struct Cno {
     decoder: Vec<CnoBlock>,
     res_nets: Vec<Vec<ResidualBlock>>,
     neck: Vec<ResidualBlock>,
+    /// The activation block of every level, with its plan cache.
+    activation: CnoActivation,
 }
 
 impl Cno {
@@ -451,6 +462,7 @@ impl Cno {
             decoder,
             res_nets,
             neck,
+            activation: cfg.activation()?,
         })
     }
 
@@ -484,12 +496,12 @@ impl Cno {
 fn run_res(
     blocks: &[ResidualBlock],
     x: Tensor,
-    cfg: &CnoConfig,
+    act: &CnoActivation,
     train: bool,
 ) -> candle_core::Result<Tensor> {
     blocks
         .iter()
-        .try_fold(x, |h, b| b.forward_t(&h, cfg, train))
+        .try_fold(x, |h, b| b.forward_t(&h, act, train))
 }
 
 impl Cno {
@@ -501,34 +513,34 @@ impl Cno {
 impl NeuralOperator for Cno {
     fn forward_t(&self, input: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         let (nt, nx) = self.check_input(input)?;
-        let cfg = &self.cfg;
-        let l = cfg.n_layers;
+        let act = &self.activation;
+        let l = self.cfg.n_layers;
         let sizes = self.level_sizes(nt, nx);
-        let mut x = self.lift.forward_t(input, cfg, train)?;
+        let mut x = self.lift.forward_t(input, act, train)?;
         let mut skips = Vec::with_capacity(l);
         for i in 0..l {
-            skips.push(run_res(&self.res_nets[i], x.clone(), cfg, train)?);
-            x = self.encoder[i].forward_t(&x, sizes[i + 1], cfg, train)?;
+            skips.push(run_res(&self.res_nets[i], x.clone(), act, train)?);
+            x = self.encoder[i].forward_t(&x, sizes[i + 1], act, train)?;
         }
-        x = run_res(&self.neck, x, cfg, train)?;
+        x = run_res(&self.neck, x, act, train)?;
         for i in 0..l {
             let level = l - i;
             x = if i == 0 {
-                self.expansion[level].forward_t(&x, sizes[level], cfg, train)?
+                self.expansion[level].forward_t(&x, sizes[level], act, train)?
             } else {
                 let skip =
-                    self.expansion[level].forward_t(&skips[level], sizes[level], cfg, train)?;
+                    self.expansion[level].forward_t(&skips[level], sizes[level], act, train)?;
                 Tensor::cat(&[&x, &skip], 1)?
             };
-            x = self.decoder[i].forward_t(&x, sizes[level - 1], cfg, train)?;
+            x = self.decoder[i].forward_t(&x, sizes[level - 1], act, train)?;
         }
         let skip0 = match skips.first() {
-            Some(s) => self.expansion[0].forward_t(s, sizes[0], cfg, train)?,
+            Some(s) => self.expansion[0].forward_t(s, sizes[0], act, train)?,
             // No levels: the expansion of the lifted field itself.
-            None => self.expansion[0].forward_t(&x, sizes[0], cfg, train)?,
+            None => self.expansion[0].forward_t(&x, sizes[0], act, train)?,
         };
         let x = Tensor::cat(&[&x, &skip0], 1)?;
-        self.project.forward_t(&x, cfg, train)
+        self.project.forward_t(&x, act, train)
     }
 
     fn architecture(&self) -> &str {

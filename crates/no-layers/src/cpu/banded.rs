@@ -205,21 +205,6 @@ impl<T: BandScalar> BandedMatrix<T> {
     }
 }
 
-/// `dst = srcᵀ` for a row-major `[rows, cols]` plane, in cache-sized tiles.
-pub fn transpose_plane<T: Copy>(src: &[T], rows: usize, cols: usize, dst: &mut [T]) {
-    const TILE: usize = 32;
-    debug_assert!(src.len() == rows * cols && dst.len() == rows * cols);
-    for r0 in (0..rows).step_by(TILE) {
-        for c0 in (0..cols).step_by(TILE) {
-            for r in r0..(r0 + TILE).min(rows) {
-                for c in c0..(c0 + TILE).min(cols) {
-                    dst[c * rows + r] = src[r * cols + c];
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,18 +270,5 @@ mod tests {
         let mut out = vec![9.0f32; 6];
         b32.apply_rows(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 2, &mut out);
         assert_eq!(out, vec![2.5, 3.0, 0.0, 0.0, -3.0, -2.0]);
-    }
-
-    #[test]
-    fn transpose_plane_matches_indexing() {
-        let (r, c) = (37, 70);
-        let src: Vec<u32> = (0..(r * c) as u32).collect();
-        let mut dst = vec![0; r * c];
-        transpose_plane(&src, r, c, &mut dst);
-        for i in 0..r {
-            for j in 0..c {
-                assert_eq!(dst[j * r + i], src[i * c + j]);
-            }
-        }
     }
 }

@@ -1,6 +1,7 @@
 //! CPU plumbing of the fused ops, on plain slices: element-wise maps, bounds-checked `gemm`
 //! views and dot-product kernels, fixed-order lane sums, point tiles, per-thread scratch,
-//! short-input dense loops, patch gathers, Winograd transforms and banded resize matrices. All of the crate's
+//! short-input dense loops, patch gathers, Winograd transforms, banded resize matrices and
+//! plane transposes. All of the crate's
 //! `unsafe` code (SIMD intrinsics, uninitialised buffers) lives here and in [`crate::ops`].
 
 pub(crate) mod banded;
@@ -12,4 +13,5 @@ pub(crate) mod point_tiles;
 pub(crate) mod row_dot;
 pub(crate) mod scratch;
 pub(crate) mod short_input;
+pub(crate) mod transpose;
 pub(crate) mod winograd;

@@ -136,6 +136,24 @@ impl CnoActivation {
     }
 }
 
+impl CnoActivation {
+    /// The block on a `[B, C, H, W]` input, resized to the `out` plane whatever the
+    /// configured `out_size`: one instance serves every level of a U-Net, and its cache of
+    /// fused-op plans (built on first use per plane sizes) is kept across calls, so repeated
+    /// forwards rebuild no resize matrix.
+    pub fn forward_to(&self, x: &Tensor, out: (usize, usize)) -> candle_core::Result<Tensor> {
+        let (_, _, h, w) = x.dims4()?;
+        let u = self.cfg.upsampling;
+        let up = (u * h, u * w);
+        if self.fused(x) {
+            let plan = self.plan(((h, w), up, out))?;
+            x.contiguous()?.apply_op1(CnoActivationOp { plan })
+        } else {
+            self.forward_composite(x, up, out)
+        }
+    }
+}
+
 impl Module for CnoActivation {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let u = self.cfg.upsampling;
@@ -147,13 +165,7 @@ impl Module for CnoActivation {
                     Some([a, b]) => (*a, *b),
                     _ => (h, w),
                 };
-                let up = (u * h, u * w);
-                if self.fused(x) {
-                    let plan = self.plan(((h, w), up, (oh, ow)))?;
-                    x.contiguous()?.apply_op1(CnoActivationOp { plan })
-                } else {
-                    self.forward_composite(x, up, (oh, ow))
-                }
+                self.forward_to(x, (oh, ow))
             }
             (3, None | Some([_])) => {
                 let l = x.dim(2)?;
@@ -211,6 +223,27 @@ mod tests {
             ..Default::default()
         })
         .is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn one_instance_serves_every_size_and_builds_each_plan_once() -> Result<()> {
+        let shared = CnoActivation::new(&CnoActivationConfig::default())?;
+        let x = pattern((1, 3, 10, 6), 1)?;
+        for out in [(5, 3), (10, 6), (5, 3)] {
+            // The same values as an instance configured for that output size.
+            let fixed = CnoActivation::new(&CnoActivationConfig {
+                out_size: Some(vec![out.0, out.1]),
+                ..Default::default()
+            })?;
+            let got = shared.forward_to(&x, out)?;
+            let want = fixed.forward(&x)?;
+            assert_eq!(got.dims(), &[1, 3, out.0, out.1]);
+            let diff = (got - want)?.abs()?.flatten_all()?.max(0)?;
+            assert_eq!(diff.to_scalar::<f64>()?, 0.0);
+        }
+        // Two output sizes from one input size: two plans, reused on the repeated call.
+        assert_eq!(shared.plans.lock().map(|p| p.len()).unwrap_or(0), 2);
         Ok(())
     }
 

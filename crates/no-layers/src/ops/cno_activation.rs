@@ -16,8 +16,10 @@
 //! results do not depend on the thread count; they differ from the composite's by rounding
 //! only (the axes are resized in the other order).
 
-use crate::cpu::banded::{transpose_plane, BandScalar, BandedMatrix};
+use crate::cpu::banded::{BandScalar, BandedMatrix};
 use crate::cpu::map::contiguous;
+use crate::cpu::scratch::{PoolBuf, Pooled};
+use crate::cpu::transpose::Transpose;
 use crate::layers::resample::{resample_matrix, ResampleKind};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
@@ -114,25 +116,26 @@ impl ActivationPlan {
     }
 }
 
-/// Three reusable buffers of one worker.
-struct Scratch<T> {
-    a: Vec<T>,
-    b: Vec<T>,
-    c: Vec<T>,
+/// Three buffers of one worker, from the thread's pool (every pass writes a buffer before
+/// reading it, so their previous contents never matter).
+struct Scratch<T: Pooled> {
+    a: PoolBuf<T>,
+    b: PoolBuf<T>,
+    c: PoolBuf<T>,
 }
 
-impl<T: BandScalar> Scratch<T> {
+impl<T: BandScalar + Pooled> Scratch<T> {
     fn new(len: usize) -> Self {
         Self {
-            a: vec![T::default(); len],
-            b: vec![T::default(); len],
-            c: vec![T::default(); len],
+            a: PoolBuf::new(len),
+            b: PoolBuf::new(len),
+            c: PoolBuf::new(len),
         }
     }
 }
 
 /// `s₂ᵀ = Uw·(Uₕ·x)ᵀ` `[uW, uH]` into `out`, using `tmp`.
-fn upsampled_t<T: BandScalar>(
+fn upsampled_t<T: BandScalar + Pooled + Transpose>(
     plan: &ActivationPlan,
     m: &PlanMatrices<T>,
     x: &[T],
@@ -145,11 +148,11 @@ fn upsampled_t<T: BandScalar>(
     let s1 = &mut tmp[..uh * w];
     m.up_h.apply_rows(x, w, s1);
     let s1_t = &mut tmp_t[..w * uh];
-    transpose_plane(s1, uh, w, s1_t);
+    T::transpose_plane(s1, uh, w, s1_t);
     m.up_w.apply_rows(s1_t, uh, &mut out[..uw * uh]);
 }
 
-fn forward_plane<T: BandScalar>(
+fn forward_plane<T: BandScalar + Pooled + Transpose>(
     plan: &ActivationPlan,
     m: &PlanMatrices<T>,
     slope: T,
@@ -167,11 +170,11 @@ fn forward_plane<T: BandScalar>(
     let s3_t = &mut s.a[..ow * uh];
     m.down_w.apply_rows(act, uh, s3_t);
     let s3 = &mut s.b[..uh * ow];
-    transpose_plane(s3_t, ow, uh, s3);
+    T::transpose_plane(s3_t, ow, uh, s3);
     m.down_h.apply_rows(s3, ow, y);
 }
 
-fn backward_plane<T: BandScalar>(
+fn backward_plane<T: BandScalar + Pooled + Transpose>(
     plan: &ActivationPlan,
     m: &PlanMatrices<T>,
     slope: T,
@@ -187,7 +190,7 @@ fn backward_plane<T: BandScalar>(
     let g3 = &mut s.a[..uh * ow];
     m.down_h_t.apply_rows(g, ow, g3);
     let g3_t = &mut s.b[..ow * uh];
-    transpose_plane(g3, uh, ow, g3_t);
+    T::transpose_plane(g3, uh, ow, g3_t);
     let g2_t = &mut s.a[..uw * uh];
     m.down_w_t.apply_rows(g3_t, uh, g2_t);
     for (gv, &pre) in g2_t.iter_mut().zip(&s.c[..uw * uh]) {
@@ -197,14 +200,14 @@ fn backward_plane<T: BandScalar>(
     let g1_t = &mut s.b[..w * uh];
     m.up_w_t.apply_rows(g2_t, uh, g1_t);
     let g1 = &mut s.c[..uh * w];
-    transpose_plane(g1_t, w, uh, g1);
+    T::transpose_plane(g1_t, w, uh, g1);
     m.up_h_t.apply_rows(g1, w, gx);
 }
 
 /// Runs `plane` on rayon's threads over the planes of `a` (`a_len` values each), the
 /// matching planes of `b` if any, and output planes of `dst_len` values, one scratch per
 /// worker.
-fn map_planes<T: BandScalar>(
+fn map_planes<T: BandScalar + Pooled + Transpose>(
     plan: &ActivationPlan,
     (a, a_len): (&[T], usize),
     b: Option<(&[T], usize)>,
