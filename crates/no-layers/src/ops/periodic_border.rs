@@ -297,36 +297,46 @@ impl Border {
         )
     }
 
-    /// Forward on slices.
+    /// Forward on slices, in two parallel passes: the border values `K · D` of every
+    /// sample (one product each), then the output planes of every (sample, channel) pair.
+    /// The second pass is most of the work (a full plane of bias, border and GELU each), and
+    /// splitting it by channel keeps every thread busy at batch 1 too.
     fn forward<T: PointScalar>(&self, main: &[T], x: &[T], params: &[T]) -> Result<Vec<T>> {
         let (k, bias) = self.split(params)?;
         let (plane, p) = (self.plane(), self.positions.len());
+        let borders: Vec<PoolBuf<T>> = x
+            .par_chunks((self.c * plane).max(1))
+            .map_init(
+                || PoolBuf::new(0),
+                |d, x_s| {
+                    let mut y = PoolBuf::new(0);
+                    self.border_values(k, x_s, (d, &mut y))?;
+                    Ok(y)
+                },
+            )
+            .collect::<Result<_>>()?;
         let mut out: Vec<T> = Vec::with_capacity(main.len());
         out.spare_capacity_mut()
-            .par_chunks_mut(self.o * plane)
-            .zip(main.par_chunks(self.o * plane))
-            .zip(x.par_chunks(self.c * plane))
-            .try_for_each_init(
-                || (PoolBuf::new(0), PoolBuf::new(0), PoolBuf::new(plane)),
-                |(d, y, pre), ((out_s, main_s), x_s)| {
-                    self.border_values(k, x_s, (d, y))?;
-                    for o in 0..self.o {
-                        let main_plane = &main_s[o * plane..(o + 1) * plane];
-                        self.pre_activation(main_plane, bias[o], &y[o * p..(o + 1) * p], pre);
-                        let dst = &mut out_s[o * plane..(o + 1) * plane];
-                        if self.gelu {
-                            T::gelu(pre, dst);
-                        } else {
-                            for (d, &v) in dst.iter_mut().zip(pre.iter()) {
-                                *d = MaybeUninit::new(v);
-                            }
+            .par_chunks_mut(plane.max(1))
+            .zip(main.par_chunks(plane.max(1)))
+            .enumerate()
+            .for_each_init(
+                || PoolBuf::new(plane),
+                |pre, (i, (dst, main_plane))| {
+                    let (s, o) = (i / self.o, i % self.o);
+                    let y_o = &borders[s][o * p..(o + 1) * p];
+                    self.pre_activation(main_plane, bias[o], y_o, pre);
+                    if self.gelu {
+                        T::gelu(pre, dst);
+                    } else {
+                        for (d, &v) in dst.iter_mut().zip(pre.iter()) {
+                            *d = MaybeUninit::new(v);
                         }
                     }
-                    Ok::<(), candle_core::Error>(())
                 },
-            )?;
-        // SAFETY: the chunks cover the buffer (`main.len()` elements, a whole number of
-        // samples, checked by the caller) and every plane of every chunk was written.
+            );
+        // SAFETY: the planes cover the buffer (`main.len()` elements, a whole number of
+        // samples of `O` planes, checked by the caller) and every plane was written.
         unsafe { out.set_len(main.len()) };
         Ok(out)
     }
