@@ -94,7 +94,7 @@ pub fn read_safe(path: &Path) -> SafeParts {
 /// Writes header and data back as a safetensors file (header padded to 8 bytes).
 pub fn write_safe(path: &Path, parts: &SafeParts) {
     let mut header = serde_json::to_vec(&parts.header).expect("header serialises");
-    while header.len() % 8 != 0 {
+    while !header.len().is_multiple_of(8) {
         header.push(b' ');
     }
     let mut out = (header.len() as u64).to_le_bytes().to_vec();

@@ -199,7 +199,7 @@ fn explicit_refinement(out: &OutputGrid, nx: usize, dt: f64) -> Result<(f64, f64
         || format!("the fine grid of {nx} nodes"),
         nx as f64 * BYTES_PER_FINE_NODE,
     )?;
-    if (nx - 1) % (out.nx - 1) != 0 {
+    if !(nx - 1).is_multiple_of(out.nx - 1) {
         return Err(SolverError::GridMismatch(format!(
             "fine nx = {nx}: nx − 1 must be a multiple of output nx − 1 = {}",
             out.nx - 1

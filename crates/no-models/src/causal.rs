@@ -107,7 +107,7 @@ impl CausalConfig {
                 self.kernel_time
             ));
         }
-        if self.kernel_space % 2 == 0 {
+        if self.kernel_space.is_multiple_of(2) {
             return bad(format!(
                 "kernel_space {} must be odd (a centred kernel)",
                 self.kernel_space

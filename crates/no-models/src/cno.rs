@@ -134,7 +134,7 @@ impl CnoConfig {
                 self.channel_multiplier
             ));
         }
-        if self.kernel_size % 2 == 0 {
+        if self.kernel_size.is_multiple_of(2) {
             return bad(format!("kernel_size {} must be odd", self.kernel_size));
         }
         if self.space_padding == CnoPadding::Causal {

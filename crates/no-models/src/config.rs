@@ -458,7 +458,7 @@ fn validate_local_no(c: &crate::local_no::LocalNoConfig) -> Result<()> {
             return bad(format!("{name} must be finite and >= 0, got {r}"));
         }
     }
-    if c.disco_groups == 0 || c.fin_diff_kernel_size % 2 == 0 {
+    if c.disco_groups == 0 || c.fin_diff_kernel_size.is_multiple_of(2) {
         return bad(format!(
             "disco_groups ({}) must be at least 1 and fin_diff_kernel_size ({}) odd",
             c.disco_groups, c.fin_diff_kernel_size

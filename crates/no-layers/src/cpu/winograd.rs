@@ -84,7 +84,7 @@ pub(crate) fn forward<T: WinogradScalar>(
     let o = out_channels;
     let sample_in = g.c * g.h * g.w;
     let sample_out = o * g.ho * g.wo;
-    if w.len() != o * g.c * 9 || sample_in == 0 || x.len() % sample_in != 0 {
+    if w.len() != o * g.c * 9 || sample_in == 0 || !x.len().is_multiple_of(sample_in) {
         candle_core::bail!(
             "winograd conv: weight of {} values for [{o}, {}, 3, 3], input of {} values for [B, {}, {}, {}]",
             w.len(),

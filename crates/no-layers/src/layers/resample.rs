@@ -87,7 +87,7 @@ pub fn spectral_matrix(n_in: usize, n_out: usize) -> Vec<f64> {
             for k in 1..=k_max {
                 // A Nyquist frequency of the smaller grid is kept at half weight (its
                 // cosine part, split between ±k) so that the map stays real and exact.
-                let w = if n_min % 2 == 0 && k == k_max {
+                let w = if n_min.is_multiple_of(2) && k == k_max {
                     1.0
                 } else {
                     2.0

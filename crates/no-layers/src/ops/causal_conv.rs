@@ -74,7 +74,7 @@ impl CausalTaps {
 
     fn validate(&self) -> Result<()> {
         if self.kernel_time == 0
-            || self.kernel_space % 2 == 0
+            || self.kernel_space.is_multiple_of(2)
             || self.dilation_time == 0
             || self.dilation_space == 0
         {

@@ -117,7 +117,7 @@ pub(crate) fn check_basis_split(
     n_basis: usize,
     out_channels: usize,
 ) -> Result<()> {
-    if out_channels == 0 || n_basis == 0 || n_basis % out_channels != 0 {
+    if out_channels == 0 || n_basis == 0 || !n_basis.is_multiple_of(out_channels) {
         return Err(ModelError::InvalidConfig {
             model,
             reason: format!(

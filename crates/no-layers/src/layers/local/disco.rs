@@ -145,8 +145,8 @@ impl DiscoConfig {
         if self.groups == 0
             || self.in_channels == 0
             || self.out_channels == 0
-            || self.in_channels % self.groups != 0
-            || self.out_channels % self.groups != 0
+            || !self.in_channels.is_multiple_of(self.groups)
+            || !self.out_channels.is_multiple_of(self.groups)
         {
             return bad(format!(
                 "groups ({}) must divide in ({}) and out ({}) channels",

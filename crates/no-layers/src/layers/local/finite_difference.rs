@@ -91,12 +91,12 @@ impl FiniteDifferenceConfig {
         if !(1..=2).contains(&self.n_dim) {
             return bad(format!("n_dim must be 1 or 2, got {}", self.n_dim));
         }
-        if self.kernel_size % 2 == 0 {
+        if self.kernel_size.is_multiple_of(2) {
             return bad(format!("kernel_size must be odd, got {}", self.kernel_size));
         }
         if self.groups == 0
-            || self.in_channels % self.groups != 0
-            || self.out_channels % self.groups != 0
+            || !self.in_channels.is_multiple_of(self.groups)
+            || !self.out_channels.is_multiple_of(self.groups)
             || self.in_channels == 0
             || self.out_channels == 0
         {
