@@ -131,6 +131,13 @@ pub(crate) fn has_avx2_fma() -> bool {
     is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
 }
 
+/// Whether the sixteen-lane (AVX-512F) versions can run here: AVX-512F with AVX2 and FMA,
+/// which every such CPU has (checked once, cached by std).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn has_avx512() -> bool {
+    is_x86_feature_detected!("avx512f") && has_avx2_fma()
+}
+
 /// Runs `f` on a one-thread rayon pool (tests compare its result with the default pool's).
 #[cfg(test)]
 pub(crate) fn single_threaded<T: Send>(f: impl FnOnce() -> T + Send) -> T {

@@ -17,9 +17,9 @@
 //! tensors use candle's exact `erf` and std's `exp`, which makes the f64 gradient checks
 //! exact. Other dtypes and devices fall back to candle's `gelu_erf`.
 
-#[cfg(target_arch = "x86_64")]
-use crate::cpu::map::has_avx2_fma;
 use crate::cpu::map::{binary_storage, unary_storage};
+#[cfg(target_arch = "x86_64")]
+use crate::cpu::map::{has_avx2_fma, has_avx512};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use std::mem::MaybeUninit;
 
@@ -566,12 +566,6 @@ mod avx512 {
         // SAFETY: AVX2 and FMA are enabled with AVX-512F here.
         unsafe { super::avx2::gelu_grad(&x[main..n], &g[main..n], &mut dst[main..n]) }
     }
-}
-
-/// Whether the CPU has AVX-512F (with AVX2 and FMA, which every such CPU has).
-#[cfg(target_arch = "x86_64")]
-fn has_avx512() -> bool {
-    is_x86_feature_detected!("avx512f") && has_avx2_fma()
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -14,9 +14,9 @@
 //! clamped to `|x| ≤ 9`, where `tanh` is 1 in `f32`. Measured against `f64`: a few ulps
 //! (the tests bound it). `f64` uses std's `tanh`; other dtypes and devices candle's.
 
-#[cfg(target_arch = "x86_64")]
-use crate::cpu::map::has_avx2_fma;
 use crate::cpu::map::{binary_storage, unary_storage};
+#[cfg(target_arch = "x86_64")]
+use crate::cpu::map::{has_avx2_fma, has_avx512};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use std::mem::MaybeUninit;
 
@@ -138,7 +138,21 @@ unsafe fn tanh_f32_avx2(src: &[f32], dst: &mut [MaybeUninit<f32>]) {
     tanh_f32_kernel(src, dst)
 }
 
+/// The same loop compiled for sixteen lanes (no fused multiply-adds are formed without
+/// being written, so the bits equal the eight-lane and portable versions').
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn tanh_f32_avx512(src: &[f32], dst: &mut [MaybeUninit<f32>]) {
+    tanh_f32_kernel(src, dst)
+}
+
 fn tanh_f32_slice(src: &[f32], dst: &mut [MaybeUninit<f32>]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: the CPU supports AVX-512F, AVX2 and FMA (checked just above).
+        unsafe { tanh_f32_avx512(src, dst) };
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
         // SAFETY: the CPU supports AVX2 and FMA (checked just above).
@@ -161,9 +175,23 @@ unsafe fn tanh_f32_in_place_avx2(v: &mut [f32]) {
     tanh_f32_in_place_kernel(v)
 }
 
+/// The same loop compiled for sixteen lanes (no fused multiply-adds are formed without
+/// being written, so the bits equal the eight-lane and portable versions').
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn tanh_f32_in_place_avx512(v: &mut [f32]) {
+    tanh_f32_in_place_kernel(v)
+}
+
 /// `tanh` in place on `f32` values, the same function as the fused op's forward (for ops
 /// that apply it to a buffer they own, such as [`crate::ops::dense`]).
 pub(crate) fn tanh_f32_in_place(v: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: the CPU supports AVX-512F, AVX2 and FMA (checked just above).
+        unsafe { tanh_f32_in_place_avx512(v) };
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
         // SAFETY: the CPU supports AVX2 and FMA (checked just above).
@@ -230,6 +258,28 @@ mod tests {
         let mut c = xs.clone();
         tanh_f32_in_place(&mut c);
         assert_eq!(a, c);
+    }
+
+    /// The eight- and sixteen-lane builds, each called directly where the CPU has it, give
+    /// the portable kernel's bits (the loop forms no fused multiply-add).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn every_simd_width_gives_the_portable_bits() {
+        let xs = sample_points();
+        let want = map1(&xs, tanh_f32_kernel);
+        type Kernel = unsafe fn(&[f32], &mut [MaybeUninit<f32>]);
+        let mut builds: Vec<(&str, Kernel)> = Vec::new();
+        if has_avx2_fma() {
+            builds.push(("avx2", tanh_f32_avx2));
+        }
+        if has_avx512() {
+            builds.push(("avx512", tanh_f32_avx512));
+        }
+        for (name, kernel) in builds {
+            // SAFETY: each build is pushed only where the CPU has its features.
+            let got = map1(&xs, |x, d| unsafe { kernel(x, d) });
+            assert_eq!(got, want, "{name}");
+        }
     }
 
     #[test]
