@@ -12,7 +12,9 @@
 //!
 //! Work that does not depend on the input is done once per twin where a model knows it:
 //! a DeepONet twin evaluates its trunk once per query grid and reuses it
-//! ([`crate::deeponet::DeepOnet::forward_at`]). The cache lives in the twin, so a new twin
+//! ([`crate::deeponet::DeepOnet::forward_at`]); the spectral convolutions of the Fourier
+//! family keep their weights' per-mode blocks per set of kept modes; CNO keeps its
+//! activations' resize matrices per plane size (for the model and its twin alike). The cache lives in the twin, so a new twin
 //! starts without it; and because the twin's weights are views of the variables, which an
 //! optimiser updates in place, each reuse first checks that the trunk weights are bitwise
 //! those the cached value came from (test `twin_equals_the_model_and_follows_updates`).
