@@ -581,3 +581,40 @@ impl NeuralOperator for Cno {
 pub fn build(config: &CnoConfig, vb: VarBuilder) -> Result<Box<dyn NeuralOperator>> {
     Ok(Box::new(Cno::new(config, vb)?))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+    use no_layers::init::SeededVarMap;
+
+    /// The model keeps one activation block, so a second forward of the same size builds no
+    /// plan: a block built per call would start from an empty cache every time.
+    #[test]
+    fn forwards_share_one_plan_cache() -> Result<()> {
+        let cfg = CnoConfig {
+            n_layers: 2,
+            n_res: 1,
+            n_res_neck: 1,
+            channel_multiplier: 2,
+            latent_lift_proj_dim: 4,
+            ..Default::default()
+        };
+        let vars = SeededVarMap::new(0);
+        let model = Cno::new(&cfg, vars.var_builder(DType::F32, &Device::Cpu))?;
+        let x = Tensor::ones((1, 1, 12, 10), DType::F32, &Device::Cpu)?;
+        model.forward(&x)?;
+        let built = model.activation.cached_plans();
+        assert!(
+            built > 0,
+            "the fused CPU op should have planned its resizes"
+        );
+        model.forward(&x)?;
+        model.forward_t(&x, true)?;
+        assert_eq!(model.activation.cached_plans(), built);
+        // Another grid adds plans to the same cache.
+        model.forward(&Tensor::ones((1, 1, 8, 8), DType::F32, &Device::Cpu)?)?;
+        assert!(model.activation.cached_plans() > built);
+        Ok(())
+    }
+}

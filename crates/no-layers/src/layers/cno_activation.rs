@@ -97,6 +97,13 @@ impl CnoActivation {
         })
     }
 
+    /// How many plans of the fused CPU op the cache holds, one per (input plane, output
+    /// plane) pair seen so far: a model that keeps one instance builds each plan once, so
+    /// this stays fixed across forwards of the same sizes.
+    pub fn cached_plans(&self) -> usize {
+        self.plans.lock().map(|p| p.len()).unwrap_or(0)
+    }
+
     /// Whether `x` takes the fused CPU op.
     fn fused(&self, x: &Tensor) -> bool {
         self.cfg.kind == ResampleKind::BicubicAntialias && crate::ops::fused_cpu(&[x])
@@ -243,7 +250,7 @@ mod tests {
             assert_eq!(diff.to_scalar::<f64>()?, 0.0);
         }
         // Two output sizes from one input size: two plans, reused on the repeated call.
-        assert_eq!(shared.plans.lock().map(|p| p.len()).unwrap_or(0), 2);
+        assert_eq!(shared.cached_plans(), 2);
         Ok(())
     }
 
