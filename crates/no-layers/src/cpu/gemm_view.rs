@@ -160,13 +160,23 @@ impl<'a, T> MatMut<'a, T> {
         rows: usize,
         cols: usize,
     ) -> Self {
+        Self::uninit_strided_rows(data, (rows, cols), cols)
+    }
+
+    /// [`MatMut::strided_rows`] in uninitialised memory: [`gemm`] writes every element the
+    /// view addresses (and no other) and refuses to accumulate.
+    pub(crate) fn uninit_strided_rows(
+        data: &'a mut [std::mem::MaybeUninit<T>],
+        (rows, cols): (usize, usize),
+        row_stride: usize,
+    ) -> Self {
         Self {
             ptr: data.as_mut_ptr().cast(),
             len: data.len(),
             initialised: false,
             rows,
             cols,
-            row_stride: cols,
+            row_stride,
             _borrow: std::marker::PhantomData,
         }
     }

@@ -103,19 +103,25 @@ impl Real for f64 {
 /// was a call per element, 12 % of an FNO forward.
 fn per_channel_map<T: Real>(x: &[T], p: &[T], n: usize, f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
     let c = p.len();
-    let mut out = vec![T::default(); x.len()];
-    if n == 0 {
-        return out;
+    let mut out = Vec::with_capacity(x.len());
+    if n == 0 || c == 0 {
+        return vec![T::default(); x.len()];
     }
-    out.par_chunks_mut(n)
+    // Written straight into the spare capacity: a zero fill first was a pass over the whole
+    // feature map (1 % of a DeepONet-CNN training step).
+    out.spare_capacity_mut()[..x.len()]
+        .par_chunks_mut(n)
         .zip(x.par_chunks(n))
         .enumerate()
         .for_each(|(k, (o, x))| {
             let pc = p[k % c];
             for (o, &x) in o.iter_mut().zip(x) {
-                *o = f(x, pc);
+                o.write(f(x, pc));
             }
         });
+    // SAFETY: the chunks of `n` cover `0..x.len()` (a whole number of `[B, C, n]` blocks)
+    // and every element of each was written above.
+    unsafe { out.set_len(x.len()) };
     out
 }
 
