@@ -215,18 +215,31 @@ fn map_planes<T: BandScalar + Pooled + Transpose>(
     plane: impl Fn(&[T], Option<&[T]>, &mut [T], &mut Scratch<T>) + Sync,
 ) -> Vec<T> {
     let n = a.len() / a_len.max(1);
-    let mut out = vec![T::default(); n * dst_len];
+    let total = n * dst_len;
+    if dst_len == 0 {
+        return vec![T::default(); total];
+    }
+    // The output is not zero-filled first (a cold pass over all of it): each plane is
+    // computed into a worker's buffer, which stays in cache, and copied into place.
+    let mut out = Vec::with_capacity(total);
     let scratch = plan.scratch_len();
-    out.par_chunks_mut(dst_len.max(1))
+    out.spare_capacity_mut()[..total]
+        .par_chunks_mut(dst_len)
         .enumerate()
         .for_each_init(
-            || Scratch::new(scratch),
-            |s, (p, dst)| {
+            || (Scratch::new(scratch), PoolBuf::new(dst_len)),
+            |(s, y), (p, dst)| {
                 let src = &a[p * a_len..(p + 1) * a_len];
                 let other = b.map(|(b, b_len)| &b[p * b_len..(p + 1) * b_len]);
-                plane(src, other, dst, s);
+                plane(src, other, y, s);
+                for (d, &v) in dst.iter_mut().zip(y.iter()) {
+                    d.write(v);
+                }
             },
         );
+    // SAFETY: the chunks of `dst_len` cover `0..total`, and each was written in full from
+    // the plane's buffer of `dst_len` values.
+    unsafe { out.set_len(total) };
     out
 }
 
