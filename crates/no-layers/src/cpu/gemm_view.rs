@@ -153,7 +153,7 @@ impl<'a, T> MatMut<'a, T> {
         }
     }
 
-    /// A row-major `rows × cols` matrix in uninitialised memory: [`gemm`] overwrites it
+    /// A row-major `rows × cols` matrix in uninitialised memory: [`gemm()`] overwrites it
     /// (every element, so the slice is initialised afterwards) and refuses to accumulate.
     pub(crate) fn uninit(
         data: &'a mut [std::mem::MaybeUninit<T>],
@@ -163,7 +163,7 @@ impl<'a, T> MatMut<'a, T> {
         Self::uninit_strided_rows(data, (rows, cols), cols)
     }
 
-    /// [`MatMut::strided_rows`] in uninitialised memory: [`gemm`] writes every element the
+    /// [`MatMut::strided_rows`] in uninitialised memory: [`gemm()`] writes every element the
     /// view addresses (and no other) and refuses to accumulate.
     pub(crate) fn uninit_strided_rows(
         data: &'a mut [std::mem::MaybeUninit<T>],
