@@ -37,6 +37,15 @@ pub(crate) fn contiguous<'a, T>(op: &str, v: &'a [T], l: &Layout) -> Result<&'a 
     }
 }
 
+/// Copies `src` into the equally long uninitialised `dst` (the outputs' convention in the
+/// module docs of [`crate::cpu`]: written in full, then `set_len`).
+pub(crate) fn write_copy<T: Copy>(dst: &mut [MaybeUninit<T>], src: &[T]) {
+    debug_assert_eq!(dst.len(), src.len());
+    for (d, &v) in dst.iter_mut().zip(src) {
+        d.write(v);
+    }
+}
+
 /// Applies a slice kernel chunk by chunk in parallel. The output is not zero-filled first:
 /// every kernel must write every element of the (equally long) output slice it is given.
 pub(crate) fn map1<T: Copy + Send + Sync>(

@@ -103,12 +103,12 @@ impl Real for f64 {
 /// was a call per element, 12 % of an FNO forward.
 fn per_channel_map<T: Real>(x: &[T], p: &[T], n: usize, f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
     let c = p.len();
-    let mut out = Vec::with_capacity(x.len());
     if n == 0 || c == 0 {
         return vec![T::default(); x.len()];
     }
-    // Written straight into the spare capacity: a zero fill first was a pass over the whole
-    // feature map (1 % of a DeepONet-CNN training step).
+    // Written straight into the spare capacity: a zero fill first was a cold pass over the
+    // whole feature map (docs/performance.md, "No zero fill before a full overwrite").
+    let mut out = Vec::with_capacity(x.len());
     out.spare_capacity_mut()[..x.len()]
         .par_chunks_mut(n)
         .zip(x.par_chunks(n))

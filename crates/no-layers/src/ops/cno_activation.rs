@@ -17,7 +17,7 @@
 //! only (the axes are resized in the other order).
 
 use crate::cpu::banded::{BandScalar, BandedMatrix};
-use crate::cpu::map::contiguous;
+use crate::cpu::map::{contiguous, write_copy};
 use crate::cpu::scratch::{PoolBuf, Pooled};
 use crate::cpu::transpose::Transpose;
 use crate::layers::resample::{resample_matrix, ResampleKind};
@@ -232,9 +232,7 @@ fn map_planes<T: BandScalar + Pooled + Transpose>(
                 let src = &a[p * a_len..(p + 1) * a_len];
                 let other = b.map(|(b, b_len)| &b[p * b_len..(p + 1) * b_len]);
                 plane(src, other, y, s);
-                for (d, &v) in dst.iter_mut().zip(y.iter()) {
-                    d.write(v);
-                }
+                write_copy(dst, y);
             },
         );
     // SAFETY: the chunks of `dst_len` cover `0..total`, and each was written in full from

@@ -31,7 +31,7 @@
 
 use crate::cpu::gemm_view::{gemm, GemmScalar, MatMut, MatRef};
 use crate::cpu::im2col::{fold_rows, fold_samples, unfold_rows, unfold_samples, Geometry};
-use crate::cpu::map::contiguous;
+use crate::cpu::map::{contiguous, write_copy};
 use crate::cpu::scratch::PoolBuf;
 use crate::cpu::winograd::{self, WinogradScalar};
 use candle_core::backend::BackendStorage;
@@ -253,16 +253,8 @@ fn to_sample_major<T: Copy>(src: &[T], sz: &Sizes, dst: &mut [MaybeUninit<T>]) {
     let n = dst.len() / sz.out_sample().max(1);
     for (s, sample) in dst.chunks_exact_mut(sz.out_sample().max(1)).enumerate() {
         for (c, plane) in sample.chunks_exact_mut(l.max(1)).enumerate() {
-            write_slice(plane, &src[c * n * l + s * l..][..l]);
+            write_copy(plane, &src[c * n * l + s * l..][..l]);
         }
-    }
-}
-
-/// Copies `src` into the equally long uninitialised `dst`.
-fn write_slice<T: Copy>(dst: &mut [MaybeUninit<T>], src: &[T]) {
-    debug_assert_eq!(dst.len(), src.len());
-    for (d, &v) in dst.iter_mut().zip(src) {
-        d.write(v);
     }
 }
 
@@ -336,7 +328,7 @@ fn forward_blocked<T: GemmScalar>(
     for (block, &(oh0, oh1)) in staged.chunks(stride).zip(&blocks) {
         let width = (oh1 - oh0) * g.wo;
         for (c, row) in block.chunks_exact(width).take(o).enumerate() {
-            write_slice(&mut out_s[c * sz.positions + oh0 * g.wo..][..width], row);
+            write_copy(&mut out_s[c * sz.positions + oh0 * g.wo..][..width], row);
         }
     }
     Ok(())
