@@ -107,6 +107,11 @@ struct Args {
     /// each single-threaded, on the CPU; 1 on a GPU).
     #[arg(long, default_value_t = 0)]
     workers: usize,
+    /// Train nothing: measure the inference latency of every job recorded in --out without
+    /// one (jobs run by --job, --shard or the workers leave it for a quiet machine), then
+    /// exit. A job whose checkpoint is gone is timed on its architecture built afresh.
+    #[arg(long, conflicts_with_all = ["job", "shard", "merge", "list_jobs"])]
+    latency_only: bool,
     /// (Internal: set for the worker processes.) Leave the latency to the parent process.
     #[arg(long, hide = true)]
     defer_latency: bool,
@@ -141,6 +146,9 @@ fn main() -> Result<()> {
             println!("{}\t{}\tseed {}", j.index, j.label, j.seed);
         }
         return Ok(());
+    }
+    if args.latency_only {
+        return latency_only(&cfg, &dev, &args);
     }
     let opts = JobOptions {
         shard: args.shard,
@@ -219,6 +227,29 @@ fn study_from_args(args: &Args) -> Result<StudyConfig> {
     }
     cfg.validate()?;
     Ok(cfg)
+}
+
+/// `--latency-only`: the latency of the jobs recorded in `--out` without one.
+fn latency_only(cfg: &StudyConfig, dev: &Device, args: &Args) -> Result<()> {
+    let study = args.out.join("study.json");
+    if !study.exists() {
+        bail!(
+            "--latency-only: {} holds no study ({} is missing); expected the --out of a run",
+            args.out.display(),
+            study.display()
+        );
+    }
+    // Refuses an --out of another study, so nothing is measured against the wrong records.
+    prepare_out(cfg, &args.out, false)?;
+    let n = measure_pending_latency(cfg, dev, &args.out, !args.quiet)?;
+    if !args.quiet {
+        eprintln!(
+            "[benchmark] latency measured for {n} job(s) in {}; the report: --merge {} --out DIR",
+            args.out.display(),
+            args.out.display()
+        );
+    }
+    Ok(())
 }
 
 /// `--shard` or `--job`: the part's jobs, no report.

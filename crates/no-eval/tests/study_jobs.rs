@@ -301,3 +301,73 @@ fn an_interrupted_job_resumes_to_the_uninterrupted_result() {
     let again = run_jobs(&cfg, &Device::Cpu, cut.path(), &JobOptions::default()).unwrap();
     assert_eq!(again[0].1, no_eval::study::JobStatus::AlreadyDone);
 }
+
+/// Jobs run without their latency get it later: from the checkpoint where it exists, and
+/// where only the records travelled (checkpoints stay out of a repository) from the
+/// architecture built afresh, a POD-DeepONet included; nothing but the latency changes.
+#[test]
+fn deferred_latency_is_measured_with_or_without_the_checkpoint() {
+    use no_models::deeponet::pod::PodDeepOnetConfig;
+    let mut cfg = common::tiny();
+    cfg.models.truncate(1);
+    cfg.models.push(no_eval::study::ModelSpec {
+        label: "pod_don".into(),
+        variant: no_eval::report::Variant::Paper,
+        config: no_models::ModelConfig::PodDon(PodDeepOnetConfig {
+            grid: [20, 20],
+            branch_hidden: vec![12],
+            criterion: no_models::deeponet::pod::PodCriterion::Count(4),
+            ..PodDeepOnetConfig::default()
+        }),
+        train: no_eval::study::budget(1, 4, 1e-3, 1),
+        seeds: None,
+    });
+    let with_checkpoints = tempfile::tempdir().unwrap();
+    let deferred = JobOptions {
+        measure_latency: false,
+        ..JobOptions::default()
+    };
+    run_jobs(&cfg, &Device::Cpu, with_checkpoints.path(), &deferred).unwrap();
+    let digest = study_digest(&cfg).unwrap();
+    let records = |dir: &Path| -> Vec<no_eval::study::JobRecord> {
+        cfg.jobs()
+            .iter()
+            .map(|j| read_record(dir, j, &digest).unwrap().unwrap())
+            .collect()
+    };
+    let before = records(with_checkpoints.path());
+    for r in &before {
+        assert!(r.result.as_ref().unwrap().latency.points.is_empty());
+    }
+    // The records alone, as committed to a repository.
+    let records_only = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        with_checkpoints.path().join("study.json"),
+        records_only.path().join("study.json"),
+    )
+    .unwrap();
+    for j in cfg.jobs() {
+        let to = record_path(records_only.path(), &j.label, j.seed);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(record_path(with_checkpoints.path(), &j.label, j.seed), to).unwrap();
+    }
+    assert!(!model_dir(records_only.path(), "pod_don", cfg.seed).exists());
+    for dir in [with_checkpoints.path(), records_only.path()] {
+        let measured =
+            no_eval::study::measure_pending_latency(&cfg, &Device::Cpu, dir, false).unwrap();
+        assert_eq!(measured, 2, "{}", dir.display());
+        let after = records(dir);
+        for (a, b) in before.iter().zip(&after) {
+            let (ra, rb) = (a.result.as_ref().unwrap(), b.result.as_ref().unwrap());
+            assert_eq!(rb.latency.points.len(), 2, "{}", b.job.describe());
+            assert!(rb.latency.points.iter().all(|p| p.p50_ms > 0.0));
+            let mut without_latency = rb.clone();
+            without_latency.latency = ra.latency.clone();
+            assert_eq!(&without_latency, ra, "{}", b.job.describe());
+        }
+        // Measured once: a second pass finds nothing to do.
+        let again =
+            no_eval::study::measure_pending_latency(&cfg, &Device::Cpu, dir, false).unwrap();
+        assert_eq!(again, 0);
+    }
+}

@@ -18,13 +18,15 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::Device;
+use candle_core::{DType, Device};
 use fhn_solver::dataset::Shard;
 use ndarray::Array2;
+use no_layers::init::SeededVarMap;
+use no_models::{ModelConfig, NeuralOperator};
 use serde::{Deserialize, Serialize};
 
-use super::data::prepare_data;
-use super::evaluate::{measure_latency, run_job};
+use super::data::{prepare_data, to_no_dataset, Data};
+use super::evaluate::{build_model, measure_latency, run_job, training_arrays};
 use super::{model_dir, say, StudyConfig};
 use crate::error::{EvalError, Result};
 use crate::report::ModelResult;
@@ -513,8 +515,14 @@ fn one_line_summary(r: &JobRecord) -> String {
 }
 
 /// Measures the latency of every job in `out` whose record has none (jobs run with
-/// [`JobOptions::measure_latency`] off), one after the other, from its final checkpoint,
-/// and rewrites its record. Returns how many were measured.
+/// [`JobOptions::measure_latency`] off), one after the other, and rewrites its record.
+/// Returns how many were measured.
+///
+/// The model is the job's final checkpoint. Where the checkpoint is gone (checkpoints stay
+/// out of a repository, so records committed from one machine reach another without
+/// them), the job's architecture is built afresh from its configuration and seed instead:
+/// a forward's cost depends on the shapes, not on the weights' values, so the figures
+/// time the same computation. The progress line says which was used.
 pub fn measure_pending_latency(
     cfg: &StudyConfig,
     device: &Device,
@@ -523,6 +531,9 @@ pub fn measure_pending_latency(
 ) -> Result<usize> {
     let digest = study_digest(cfg)?;
     let mut measured = 0;
+    // Generated only if a POD-DeepONet (whose basis comes from the training data) must be
+    // built afresh.
+    let mut data = None;
     for job in cfg.jobs() {
         let Some(mut record) = read_record(out, &job, &digest)? else {
             continue;
@@ -533,14 +544,51 @@ pub fn measure_pending_latency(
         if !result.latency.points.is_empty() || cfg.eval.latency.batch_sizes.is_empty() {
             continue;
         }
-        say(progress, &format!("latency of {}", job.describe()));
         let path = model_dir(out, &job.label, job.seed).join("last.safetensors");
-        let loaded = no_models::checkpoint::Checkpoint::load_model(&path, device)?;
-        let twin = no_models::inference_twin(loaded.model.as_ref(), loaded.vars.varmap())?;
+        let twin = if path.exists() {
+            say(progress, &format!("latency of {}", job.describe()));
+            let loaded = no_models::checkpoint::Checkpoint::load_model(&path, device)?;
+            no_models::inference_twin(loaded.model.as_ref(), loaded.vars.varmap())?
+        } else {
+            say(
+                progress,
+                &format!(
+                    "latency of {}: no checkpoint at {}, timing the architecture built afresh",
+                    job.describe(),
+                    path.display()
+                ),
+            );
+            fresh_twin(cfg, &job, device, &mut data)?
+        };
         result.latency = measure_latency(cfg, twin.as_ref(), device)?;
         result.check_finite()?;
         write_record(out, &record)?;
         measured += 1;
     }
     Ok(measured)
+}
+
+/// The inference twin of `job`'s model as training starts it: built from its
+/// configuration with its seed. `data` is generated on the first call that needs it (a
+/// POD-DeepONet's basis comes from its training split).
+fn fresh_twin(
+    cfg: &StudyConfig,
+    job: &Job,
+    device: &Device,
+    data: &mut Option<Data>,
+) -> Result<Box<dyn NeuralOperator>> {
+    let spec = &cfg.models[job.model];
+    let vars = SeededVarMap::new(job.seed);
+    let model = match &spec.config {
+        ModelConfig::PodDon(_) => {
+            let data = match data {
+                Some(d) => &*d,
+                None => data.insert(prepare_data(cfg, false)?),
+            };
+            let (train_in, train_out) = training_arrays(cfg, spec, job, data)?;
+            build_model(spec, &vars, device, &to_no_dataset(&train_in, &train_out)?)?
+        }
+        other => no_models::build(other, vars.var_builder(DType::F32, device))?,
+    };
+    Ok(no_models::inference_twin(model.as_ref(), vars.varmap())?)
 }
