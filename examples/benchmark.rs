@@ -62,7 +62,7 @@ struct Args {
     #[arg(long, default_value = "quick")]
     protocol: String,
     /// Comma-separated model labels or architectures (cno, don, don_cnn, pod_don, fno, tfno,
-    /// local_no, fno-nopos, fno+aug, don+aug); all when absent.
+    /// local_no, fno-nopos, fno+aug, don+aug, causal, causal-cells); all when absent.
     #[arg(long, value_delimiter = ',')]
     models: Option<Vec<String>>,
     /// Where the models run.

@@ -70,6 +70,7 @@ fn tiny_study(epochs: usize) -> StudyConfig {
         config,
         train: budget(epochs, 4, 1e-3, 1),
         seeds: None,
+        input_sampling: None,
     };
     StudyConfig {
         protocol,

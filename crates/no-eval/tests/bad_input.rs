@@ -248,6 +248,7 @@ fn tiny_results(test_v: f64) -> StudyResults {
         label: "fno".into(),
         architecture: "fno".into(),
         variant: Variant::Paper,
+        input_sampling: None,
         replicate: 0,
         seed: 0,
         config: json!({"model": "fno"}),

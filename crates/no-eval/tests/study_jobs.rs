@@ -321,6 +321,7 @@ fn deferred_latency_is_measured_with_or_without_the_checkpoint() {
         }),
         train: no_eval::study::budget(1, 4, 1e-3, 1),
         seeds: None,
+        input_sampling: None,
     });
     let with_checkpoints = tempfile::tempdir().unwrap();
     let deferred = JobOptions {
@@ -370,4 +371,44 @@ fn deferred_latency_is_measured_with_or_without_the_checkpoint() {
             no_eval::study::measure_pending_latency(&cfg, &Device::Cpu, dir, false).unwrap();
         assert_eq!(again, 0);
     }
+}
+
+/// A model's own `input_sampling` gives that model the protocol's data with the current
+/// written its way: an FNO reading cell averages in a point-valued study scores, bit for
+/// bit and on every figure (the finer grid's included), what it scores in a study whose
+/// protocol writes cell averages, and not what it scores reading point values.
+#[test]
+fn a_models_own_input_sampling_is_the_protocols_for_that_model() {
+    use fhn_solver::InputSampling;
+    let mut point = common::tiny();
+    point.models.truncate(1);
+    let mut own = point.clone();
+    own.models[0].input_sampling = Some(InputSampling::CellAverage);
+    let mut cells = point.clone();
+    cells.protocol.input_sampling = InputSampling::CellAverage;
+    let run_in = |cfg: &StudyConfig| {
+        let dir = tempfile::tempdir().unwrap();
+        run(cfg, "tiny", &Device::Cpu, dir.path(), false).unwrap()
+    };
+    let (own_r, cells_r, point_r) = (run_in(&own), run_in(&cells), run_in(&point));
+    assert!(own_r.models[0].fine_grid.is_some());
+    assert_same_accuracy(&own_r, &cells_r);
+    assert_ne!(
+        accuracy(&own_r.rows()[0]),
+        accuracy(&point_r.rows()[0]),
+        "cell averages and point values gave the same figures"
+    );
+    assert_eq!(
+        own_r.rows()[0].variant,
+        "paper setting, cell-averaged input"
+    );
+    assert_eq!(point_r.rows()[0].variant, "paper setting");
+    // A study whose models keep the protocol's sampling serialises as before (the digest
+    // of every existing study, and so its records, unchanged).
+    assert!(!serde_json::to_string(&point)
+        .unwrap()
+        .contains("input_sampling"));
+    assert!(serde_json::to_string(&own)
+        .unwrap()
+        .contains("\"input_sampling\":\"cell_average\""));
 }

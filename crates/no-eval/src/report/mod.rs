@@ -12,6 +12,7 @@ pub mod spread;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use fhn_solver::InputSampling;
 use no_models::ParamCount;
 use serde::{Deserialize, Serialize};
 
@@ -92,6 +93,10 @@ pub struct ModelResult {
     pub architecture: String,
     /// Paper setting or one of the remedies.
     pub variant: Variant,
+    /// The model's own input sampling where its study entry set one (`None`: the
+    /// protocol's, which the study's `protocol` records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_sampling: Option<InputSampling>,
     /// Which training run of this model (0-based): the study trains each model once per
     /// seed.
     #[serde(default)]
@@ -338,6 +343,17 @@ fn non_finite_in(summary: &crate::metrics::Summary) -> Option<(&'static str, f64
 }
 
 impl ModelResult {
+    /// The report's variant column: the variant, and the input where the model's own.
+    pub fn variant_text(&self) -> String {
+        match self.input_sampling {
+            None => self.variant.label().to_string(),
+            Some(InputSampling::Point) => format!("{}, point-valued input", self.variant.label()),
+            Some(InputSampling::CellAverage) => {
+                format!("{}, cell-averaged input", self.variant.label())
+            }
+        }
+    }
+
     /// Refuses a result holding a NaN or infinite accuracy, equivariance or latency figure:
     /// the error names the model and the figure.
     pub fn check_finite(&self) -> Result<()> {
@@ -410,7 +426,7 @@ impl StudyResults {
             .iter()
             .map(|m| Row {
                 label: m.label.clone(),
-                variant: m.variant.label().to_string(),
+                variant: m.variant_text(),
                 replicate: m.replicate,
                 seed: m.seed,
                 params: m.params.numel,

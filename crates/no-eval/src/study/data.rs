@@ -2,11 +2,11 @@
 //! uses, and the solver's own equivariance curves (the ground truth).
 
 use candle_core::{DType, Device, Tensor};
-use fhn_solver::{simulate_1d, Protocol, Split};
+use fhn_solver::{simulate_1d, InputSampling, OutputGrid, Protocol, Split};
 use ndarray::{s, Array2, Array4, ArrayView4, Axis};
 use no_models::data::TensorDataset;
 
-use super::StudyConfig;
+use super::{ModelSpec, StudyConfig};
 use crate::error::{EvalError, Result};
 use crate::report::plots::SampleMaps;
 use crate::report::FixedShifts;
@@ -101,23 +101,55 @@ pub(super) fn solver_curve(
     Ok(EquivarianceCurve { axis, points })
 }
 
+/// The models' inputs of every split as one sampling of the current writes them.
+pub(super) struct Inputs {
+    pub(super) sampling: InputSampling,
+    pub(super) train: Array4<f32>,
+    pub(super) val: Array4<f32>,
+    /// The validation split as the trainer reads it (these inputs, the true outputs).
+    pub(super) val_ds: TensorDataset,
+    pub(super) test: Array4<f32>,
+    /// The inputs of the equivariance samples ([`Data::eq_idx`]).
+    pub(super) eq: Array4<f32>,
+    /// The finer-grid test set with these inputs.
+    pub(super) fine: Option<crate::resolution::FineSet>,
+}
+
 /// The data of a run, in the shapes the evaluation needs.
 pub(super) struct Data {
-    pub(super) train_in: Array4<f32>,
+    /// The protocol's inputs first, then one set per other sampling a model asks for.
+    pub(super) inputs: Vec<Inputs>,
     pub(super) train_out: Array4<f32>,
-    pub(super) val_in: Array4<f32>,
     pub(super) val_out: Array4<f32>,
-    pub(super) val_ds: TensorDataset,
-    pub(super) test_in: Array4<f32>,
     pub(super) test_out: Array4<f32>,
     pub(super) test_meta: fhn_solver::dataset::Dataset,
-    /// Validation samples used for E(s), and their inputs.
+    /// Validation samples used for E(s).
     pub(super) eq_idx: Vec<usize>,
-    pub(super) eq_in: Array4<f32>,
     pub(super) time_steps: Vec<isize>,
     pub(super) space_steps: Vec<isize>,
     pub(super) map_indices: Vec<usize>,
-    pub(super) fine: Option<crate::resolution::FineSet>,
+}
+
+impl Data {
+    /// The inputs of the protocol's own sampling (what the report's maps show).
+    pub(super) fn protocol_inputs(&self) -> &Inputs {
+        &self.inputs[0]
+    }
+
+    /// The inputs `spec` reads.
+    pub(super) fn inputs_of(&self, spec: &ModelSpec, protocol: &Protocol) -> Result<&Inputs> {
+        let sampling = spec.sampling(protocol);
+        self.inputs
+            .iter()
+            .find(|i| i.sampling == sampling)
+            .ok_or_else(|| {
+                EvalError::invalid(
+                    "input sampling",
+                    format!("{sampling:?}"),
+                    "a sampling prepared for one of the study's models",
+                )
+            })
+    }
 }
 
 /// Test samples to draw: supra-threshold ones at the earliest, middle and latest onsets.
@@ -156,7 +188,6 @@ pub(super) fn prepare_data(cfg: &StudyConfig, progress: bool) -> Result<Data> {
         eq_idx = (0..val.len()).collect();
     }
     eq_idx.truncate(cfg.eval.equivariance_samples.max(1));
-    let eq_in = val_in.select(Axis(0), &eq_idx);
     let fine = match cfg.eval.fine_grid {
         Some(grid) if cfg.eval.fine_samples > 0 => Some(crate::resolution::solve_fine(
             p,
@@ -166,7 +197,23 @@ pub(super) fn prepare_data(cfg: &StudyConfig, progress: bool) -> Result<Data> {
         )?),
         _ => None,
     };
-    let val_ds = to_no_dataset(&val_in, &val_out)?;
+    let own = Inputs {
+        sampling: p.input_sampling,
+        eq: val_in.select(Axis(0), &eq_idx),
+        val_ds: to_no_dataset(&val_in, &val_out)?,
+        train: train_in,
+        val: val_in,
+        test: test_in,
+        fine,
+    };
+    let mut inputs = vec![own];
+    for spec in &cfg.models {
+        let sampling = spec.sampling(p);
+        if inputs.iter().all(|i| i.sampling != sampling) {
+            let other = resampled(p, sampling, &inputs[0], &val_out, &eq_idx)?;
+            inputs.push(other);
+        }
+    }
     let time_steps = steps_of(
         &cfg.eval.time_shifts,
         p.output.dt(),
@@ -179,19 +226,71 @@ pub(super) fn prepare_data(cfg: &StudyConfig, progress: bool) -> Result<Data> {
     );
     let map_indices = pick_maps(&test, cfg.eval.map_samples);
     Ok(Data {
-        train_in,
+        inputs,
         train_out,
-        val_in,
         val_out,
-        val_ds,
-        test_in,
         test_out,
         test_meta: test,
         eq_idx,
-        eq_in,
         time_steps,
         space_steps,
         map_indices,
+    })
+}
+
+/// The current of `n` samples of `split` on `grid` as `sampling` writes it, `[n, 1, nt, nx]`:
+/// the same stimuli as the protocol's datasets (no solve; only the input's sampling differs).
+fn sampled_inputs(
+    p: &Protocol,
+    sampling: InputSampling,
+    split: Split,
+    n: usize,
+    grid: &OutputGrid,
+) -> Array4<f32> {
+    let q = Protocol {
+        input_sampling: sampling,
+        ..p.clone()
+    };
+    let mut out = Array4::<f32>::zeros((n, 1, grid.nt, grid.nx));
+    for i in 0..n {
+        let current = q.input_on(&q.stimulus(&q.sample_params(split, i)), grid);
+        out.slice_mut(s![i, 0, .., ..])
+            .assign(&current.mapv(|v| v as f32));
+    }
+    out
+}
+
+/// `own`'s splits with their current written as `sampling` writes it.
+fn resampled(
+    p: &Protocol,
+    sampling: InputSampling,
+    own: &Inputs,
+    val_out: &Array4<f32>,
+    eq_idx: &[usize],
+) -> Result<Inputs> {
+    let on_grid = |split: Split, like: &Array4<f32>| {
+        sampled_inputs(p, sampling, split, like.shape()[0], &p.output)
+    };
+    let val = on_grid(Split::Validation, &own.val);
+    let fine = own.fine.as_ref().map(|set| {
+        let grid = OutputGrid {
+            nt: set.inputs.shape()[2],
+            nx: set.inputs.shape()[3],
+            ..p.output
+        };
+        crate::resolution::FineSet {
+            inputs: sampled_inputs(p, sampling, Split::Test, set.inputs.shape()[0], &grid),
+            truth: set.truth.clone(),
+            spacing: set.spacing,
+        }
+    });
+    Ok(Inputs {
+        sampling,
+        train: on_grid(Split::Train, &own.train),
+        eq: val.select(Axis(0), eq_idx),
+        val_ds: to_no_dataset(&val, val_out)?,
+        val,
+        test: on_grid(Split::Test, &own.test),
         fine,
     })
 }
@@ -240,7 +339,11 @@ pub(super) fn sample_maps(
             t0: f64::from(data.test_meta.t0[i]),
             x0: f64::from(data.test_meta.x0[i]),
             amplitude: f64::from(data.test_meta.amplitude[i]),
-            current: data.test_in.slice(s![i, 0, .., ..]).to_owned(),
+            current: data
+                .protocol_inputs()
+                .test
+                .slice(s![i, 0, .., ..])
+                .to_owned(),
             truth_v: data.test_out.slice(s![i, 0, .., ..]).to_owned(),
             predictions,
         })

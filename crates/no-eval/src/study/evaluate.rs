@@ -153,7 +153,8 @@ pub(super) fn run_job(
         trainer.set_stop_flag(flag.clone());
     }
     let start = Instant::now();
-    let fitted = trainer.fit(&train_ds, &data.val_ds, Some(&dir));
+    let val_ds = &data.inputs_of(spec, &cfg.protocol)?.val_ds;
+    let fitted = trainer.fit(&train_ds, val_ds, Some(&dir));
     let this_run_s = start.elapsed().as_secs_f64();
     if let Err(no_models::ModelError::Training(TrainError::Interrupted {
         epochs_completed, ..
@@ -198,6 +199,7 @@ pub(super) fn run_job(
         label: spec.label.clone(),
         architecture: spec.config.name().to_string(),
         variant: spec.variant,
+        input_sampling: spec.input_sampling,
         replicate: job.replicate,
         seed: job.seed,
         config: model.config_json(),
@@ -298,18 +300,19 @@ pub(super) fn training_arrays(
     job: &Job,
     data: &Data,
 ) -> Result<(Array4<f32>, Array4<f32>)> {
+    let train_in = &data.inputs_of(spec, &cfg.protocol)?.train;
     if spec.variant != Variant::Augmented {
-        return Ok((data.train_in.clone(), data.train_out.clone()));
+        return Ok((train_in.clone(), data.train_out.clone()));
     }
     let max = (cfg.augment_max_delay / cfg.protocol.output.dt())
         .round()
         .max(0.0) as usize;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(job.seed ^ 0xA11C);
-    let delays: Vec<usize> = (0..data.train_in.shape()[0])
+    let delays: Vec<usize> = (0..train_in.shape()[0])
         .map(|_| rng.random_range(0..=max))
         .collect();
     Ok((
-        crate::translation::delay_each(data.train_in.view(), &delays)?,
+        crate::translation::delay_each(train_in.view(), &delays)?,
         crate::translation::delay_each(data.train_out.view(), &delays)?,
     ))
 }
@@ -347,27 +350,28 @@ pub(super) fn evaluate(
             .collect::<Result<Vec<_>>>()?;
         Ok((sums, errs, y))
     };
-    let (train, _, _) = summarise(&data.train_in, &data.train_out)?;
-    let (validation, _, _) = summarise(&data.val_in, &data.val_out)?;
-    let (test, test_errs, test_pred) = summarise(&data.test_in, &data.test_out)?;
+    let inputs = data.inputs_of(spec, p)?;
+    let (train, _, _) = summarise(&inputs.train, &data.train_out)?;
+    let (validation, _, _) = summarise(&inputs.val, &data.val_out)?;
+    let (test, test_errs, test_pred) = summarise(&inputs.test, &data.test_out)?;
 
     say(progress, &format!("  {}: equivariance curves", spec.label));
     let apply = |x: ArrayView4<f32>| pred.predict(x);
     let time_curve = curve(
         apply,
-        data.eq_in.view(),
+        inputs.eq.view(),
         ShiftAxis::Time,
         &data.time_steps,
         p.output.dt(),
     )?;
     let space_curve = curve(
         apply,
-        data.eq_in.view(),
+        inputs.eq.view(),
         ShiftAxis::Space,
         &data.space_steps,
         p.output.dx(),
     )?;
-    let fine_grid = match (&data.fine, pred.model.accepts_other_resolutions()) {
+    let fine_grid = match (&inputs.fine, pred.model.accepts_other_resolutions()) {
         (Some(set), true) => Some(crate::resolution::evaluate(|x| pred.predict(x), set)?),
         _ => None,
     };

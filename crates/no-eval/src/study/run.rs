@@ -257,9 +257,9 @@ fn merge_records(
         device: devices.join(", "),
         grid: (p.output.nt, p.output.nx),
         samples: (
-            data.train_in.shape()[0],
-            data.val_in.shape()[0],
-            data.test_in.shape()[0],
+            data.train_out.shape()[0],
+            data.val_out.shape()[0],
+            data.test_out.shape()[0],
         ),
         fixed_shifts: fixed_shifts(&cfg),
         solver_time_curve,

@@ -42,6 +42,7 @@ pub fn tiny() -> StudyConfig {
             config: ModelConfig::Fno(fno.clone()),
             train: budget(2, 4, 1e-3, 1),
             seeds: None,
+            input_sampling: None,
         },
         ModelSpec {
             label: "don+aug".into(),
@@ -49,6 +50,7 @@ pub fn tiny() -> StudyConfig {
             config: ModelConfig::Don(don),
             train: budget(2, 4, 1e-3, 1),
             seeds: None,
+            input_sampling: None,
         },
         ModelSpec {
             label: "cno".into(),
@@ -63,6 +65,7 @@ pub fn tiny() -> StudyConfig {
             }),
             train: budget(1, 4, 1e-3, 1),
             seeds: None,
+            input_sampling: None,
         },
     ];
     let eval = EvalConfig {
