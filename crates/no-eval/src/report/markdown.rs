@@ -375,6 +375,12 @@ pub fn report(results: &StudyResults, figures: &[PathBuf]) -> String {
         for f in figures {
             if let Some(name) = f.file_name().and_then(|n| n.to_str()) {
                 let _ = writeln!(s, "![{name}]({name})\n");
+                if name == "equivariance.png" {
+                    s.push_str(
+                        "E(s) at or below 1e-5 (equivariant to rounding) is drawn on the 1e-5 \
+                         line of the log scale; the legend marks those curves \"(≤ 1e-5)\".\n\n",
+                    );
+                }
             }
         }
     }

@@ -222,6 +222,36 @@ fn palette(i: usize) -> RGBColor {
     RGBColor(c.0, c.1, c.2)
 }
 
+/// The lowest value a log-scale chart draws; values below it are drawn on it.
+const FLOOR: f64 = 1e-5;
+
+/// A legend entry: the label, marked "(≤ 1e-5)" where every point of its series is at or
+/// below [`FLOOR`]. Such a curve (exact equivariance up to rounding: the solver, the causal
+/// operator) is drawn on the floor line, under the others there, and the reader would not
+/// find it without the mark.
+fn legend_text(
+    label: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+    reference: Option<(&str, &[(f64, f64)])>,
+) -> String {
+    let of_label = series
+        .iter()
+        .filter(|(l, _)| l == label)
+        .flat_map(|(_, p)| p.iter())
+        .chain(
+            reference
+                .iter()
+                .filter(|(l, _)| *l == label)
+                .flat_map(|(_, p)| p.iter()),
+        );
+    let mut finite = of_label.filter(|(_, y)| y.is_finite()).peekable();
+    if finite.peek().is_some() && finite.all(|&(_, y)| y <= FLOOR) {
+        format!("{label} (≤ 1e-5)")
+    } else {
+        label.to_string()
+    }
+}
+
 /// A log-scale line chart of several series `(label, points)`, with an optional black
 /// dashed reference series.
 fn log_lines<DB: DrawingBackend>(
@@ -232,7 +262,6 @@ fn log_lines<DB: DrawingBackend>(
     reference: Option<(&str, &[(f64, f64)])>,
     points_only: bool,
 ) -> std::result::Result<(), String> {
-    const FLOOR: f64 = 1e-5;
     let all = series
         .iter()
         .flat_map(|(_, p)| p.iter())
@@ -273,6 +302,7 @@ fn log_lines<DB: DrawingBackend>(
         .y_label_formatter(&|v| format!("{v:.0e}"))
         .draw()
         .map_err(|e| e.to_string())?;
+    let legend = |label: &str| legend_text(label, series, reference);
     // One colour per label; a label given several times (one series per seed) is drawn in
     // that colour each time, with one legend entry.
     let mut labels: Vec<&str> = Vec::new();
@@ -298,7 +328,7 @@ fn log_lines<DB: DrawingBackend>(
                 .map_err(|e| e.to_string())?
         };
         if first {
-            anno.label(label.clone()).legend(move |(x, y)| {
+            anno.label(legend(label)).legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(3))
             });
         }
@@ -308,7 +338,7 @@ fn log_lines<DB: DrawingBackend>(
         chart
             .draw_series(DashedLineSeries::new(pts, 6, 4, BLACK.stroke_width(2)))
             .map_err(|e| e.to_string())?
-            .label(label.to_string())
+            .label(legend(label))
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLACK.stroke_width(2)));
     }
     chart
@@ -498,6 +528,22 @@ pub fn draw_all(r: &StudyResults, data: &FigureData, dir: &Path) -> Result<Vec<P
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn legend_marks_only_curves_on_the_floor() {
+        let series = vec![
+            ("causal".to_string(), vec![(1.0, 0.0), (2.0, 3e-7)]),
+            ("causal".to_string(), vec![(1.0, 1e-6)]),
+            ("fno".to_string(), vec![(1.0, 0.0), (2.0, 0.3)]),
+            ("empty".to_string(), vec![]),
+        ];
+        let solver = [(1.0, 0.0), (2.0, f64::NAN)];
+        let text = |l: &str| legend_text(l, &series, Some(("solver", &solver)));
+        assert_eq!(text("causal"), "causal (≤ 1e-5)");
+        assert_eq!(text("fno"), "fno");
+        assert_eq!(text("empty"), "empty");
+        assert_eq!(text("solver"), "solver (≤ 1e-5)");
+    }
 
     #[test]
     fn colour_maps_hit_their_anchors() {
