@@ -61,6 +61,11 @@ struct Args {
     /// `quick`, `default`, or a study/protocol JSON file.
     #[arg(long, default_value = "quick")]
     protocol: String,
+    /// The study's name in the report's title and the job records (default: the
+    /// --protocol value without its directory and extension). Workers get their parent's,
+    /// so a report merged again later keeps the name of the run.
+    #[arg(long)]
+    name: Option<String>,
     /// Comma-separated model labels or architectures (cno, don, don_cnn, pod_don, fno, tfno,
     /// local_no, fno-nopos, fno+aug, don+aug, causal, causal-cells); all when absent.
     #[arg(long, value_delimiter = ',')]
@@ -129,18 +134,14 @@ fn main() -> Result<()> {
     let dev = open_device(args.device)?;
     if let Some(dirs) = &args.merge {
         let results = if args.partial {
-            merge_partial(dirs, &args.out, None, !args.quiet)?
+            merge_partial(dirs, &args.out, args.name.as_deref(), !args.quiet)?
         } else {
-            merge(dirs, &args.out, None, !args.quiet)?
+            merge(dirs, &args.out, args.name.as_deref(), !args.quiet)?
         };
         return finish(&results, &args.out, start);
     }
     let cfg = study_from_args(&args)?;
-    let name = Path::new(&args.protocol)
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("custom")
-        .to_string();
+    let name = study_name(&args);
     if args.list_jobs {
         for j in cfg.jobs() {
             println!("{}\t{}\tseed {}", j.index, j.label, j.seed);
@@ -332,6 +333,17 @@ fn run_whole(
     )?))
 }
 
+/// The study's name: `--name`, or the `--protocol` value's file stem.
+fn study_name(args: &Args) -> String {
+    args.name.clone().unwrap_or_else(|| {
+        Path::new(&args.protocol)
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("custom")
+            .to_string()
+    })
+}
+
 /// Runs each job of `pending` as `benchmark --job K` in a child process, `workers` at a
 /// time with `threads` threads each; stops starting new ones at the first failure or
 /// signal, and kills the running ones on a signal (their last epochs are checkpointed).
@@ -362,6 +374,8 @@ fn run_workers(
                 .arg(&args.out)
                 .arg("--job")
                 .arg(k.to_string())
+                .arg("--name")
+                .arg(study_name(args))
                 .arg("--device")
                 .arg(device_flag(args.device))
                 .args(["--defer-latency", "--quiet"])

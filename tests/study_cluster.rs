@@ -279,3 +279,50 @@ fn jobs_run_with_deferred_latency_get_it_when_one_process_finishes_the_study() {
         assert!(ms.is_finite() && ms > 0.0, "latency cell {c:?}");
     }
 }
+
+/// Workers take their parent's study name: the report of a run with `--workers 2 --name
+/// tiny`, every job record, and a report merged again later from those records are all
+/// titled `tiny` (not the file stem of the study the workers are given).
+#[test]
+fn workers_and_a_later_merge_keep_the_runs_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let study = write_study(tmp.path(), &tiny_study(1));
+    let out = tmp.path().join("out");
+    ok(
+        Command::new(benchmark())
+            .args(["--quiet", "--workers", "2", "--name", "tiny", "--protocol"])
+            .arg(&study)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap(),
+        "the two-worker run",
+    );
+    let title = |dir: &Path| {
+        let report = std::fs::read_to_string(dir.join("report.md")).unwrap();
+        report.lines().next().unwrap_or_default().to_string()
+    };
+    assert_eq!(title(&out), "# Translation benchmark: `tiny` protocol");
+    let mut records = 0;
+    for model in std::fs::read_dir(out.join("jobs")).unwrap() {
+        for record in std::fs::read_dir(model.unwrap().path()).unwrap() {
+            let text = std::fs::read_to_string(record.unwrap().path()).unwrap();
+            let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(json["protocol_name"], "tiny");
+            records += 1;
+        }
+    }
+    assert_eq!(records, 4, "2 models × 2 seeds");
+    let merged = tmp.path().join("merged");
+    ok(
+        Command::new(benchmark())
+            .args(["--quiet", "--merge"])
+            .arg(&out)
+            .arg("--out")
+            .arg(&merged)
+            .output()
+            .unwrap(),
+        "the merge",
+    );
+    assert_eq!(title(&merged), "# Translation benchmark: `tiny` protocol");
+}
