@@ -64,7 +64,7 @@ struct Args {
     /// The study's name in the report's title and the job records (default: the
     /// --protocol value without its directory and extension). Workers get their parent's,
     /// so a report merged again later keeps the name of the run.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_study_name)]
     name: Option<String>,
     /// Comma-separated model labels or architectures (cno, don, don_cnn, pod_don, fno, tfno,
     /// local_no, fno-nopos, fno+aug, don+aug, causal, causal-cells); all when absent.
@@ -331,6 +331,21 @@ fn run_whole(
         Some(&opts.name),
         !args.quiet,
     )?))
+}
+
+/// Checks a `--name` value: it titles the report, so it must be one line with something
+/// visible on it.
+fn parse_study_name(value: &str) -> std::result::Result<String, String> {
+    if value.trim().is_empty() {
+        return Err("the study's name is empty; expected a title such as `default`".into());
+    }
+    if value.chars().any(char::is_control) {
+        return Err(format!(
+            "the study's name {value:?} contains a control character (a line break or tab); \
+             expected one line of text"
+        ));
+    }
+    Ok(value.to_string())
 }
 
 /// The study's name: `--name`, or the `--protocol` value's file stem.

@@ -12,6 +12,7 @@
 //! - [`report::spread`]: medians, ranges and bootstrap intervals over seeds, and the orders
 //!   they allow;
 //! - [`resolution`]: zero-shot evaluation on a finer output grid;
+//! - [`host`]: the CPU a job ran on, as one line for its record and the report;
 //! - [`latency`]: timed forwards with device synchronisation, percentiles, throughput and
 //!   peak memory.
 //!
@@ -43,6 +44,7 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod host;
 pub mod latency;
 pub mod metrics;
 pub mod report;

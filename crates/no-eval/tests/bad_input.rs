@@ -285,6 +285,7 @@ fn tiny_results(test_v: f64) -> StudyResults {
         aggregates: Vec::new(),
         skipped: Vec::new(),
         phases: Vec::new(),
+        jobs: Vec::new(),
     }
 }
 

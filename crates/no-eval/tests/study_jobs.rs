@@ -109,6 +109,29 @@ fn three_slices_merged_equal_a_one_process_run() {
     assert_eq!(csv.lines().count(), 1 + 4);
     let report = std::fs::read_to_string(out.path().join("report.md")).unwrap();
     assert!(report.contains("| fno | paper setting | 2 |"), "{report}");
+    // The jobs table: every job once, in job order, with this machine's CPU, its epochs
+    // and its training time as the model's result has it.
+    let cpu = no_eval::host::cpu_description();
+    let indices: Vec<usize> = merged.jobs.iter().map(|j| j.index).collect();
+    assert_eq!(indices, [0, 1, 2, 3]);
+    for j in &merged.jobs {
+        assert_eq!(j.cpu.as_deref(), Some(cpu.as_str()));
+        let m = merged
+            .models
+            .iter()
+            .find(|m| m.label == j.label && m.seed == j.seed)
+            .unwrap();
+        assert_eq!(
+            (j.epochs, j.train_wall_s),
+            (m.epochs.len(), Some(m.train_wall_s))
+        );
+    }
+    assert!(report.contains(&format!("- CPU [1]: {cpu}\n")), "{report}");
+    assert!(report.contains("| 2 | fno | 4 | Cpu, "), "{report}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("results.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["jobs"].as_array().map(Vec::len), Some(4));
 
     // A merge that misses a slice names the missing job.
     let e = merge(&dirs[..2], out.path(), None, false).unwrap_err();

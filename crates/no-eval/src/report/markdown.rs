@@ -4,7 +4,7 @@ use std::fmt::Write;
 use std::path::PathBuf;
 
 use super::spread::{compare, seeds_agreeing_less, Order, Spread};
-use super::{Row, StudyResults, Variant};
+use super::{JobRun, Row, StudyResults, Variant};
 
 /// A model "generalises to translated stimuli" when its translated-test error is at most
 /// this many times its in-distribution (validation) error.
@@ -370,6 +370,7 @@ pub fn report(results: &StudyResults, figures: &[PathBuf]) -> String {
     }
     let total: f64 = results.phases.iter().map(|(_, t)| t).sum();
     let _ = writeln!(s, "- total: {total:.1} s\n");
+    s.push_str(&jobs_section(&results.jobs));
     if !figures.is_empty() {
         s.push_str("## Figures\n\n");
         for f in figures {
@@ -385,6 +386,83 @@ pub fn report(results: &StudyResults, figures: &[PathBuf]) -> String {
         }
     }
     s.push_str("Per-model figures are in `results.csv` (a row per seed), `summary.csv` (over seeds), `results.json` (all summaries and quantiles), `epochs.csv` (per-epoch logs) and `curves.csv` (equivariance curves).\n");
+    s
+}
+
+/// A duration in seconds, with hours beside it from one hour on.
+fn duration(secs: f64) -> String {
+    if !secs.is_finite() {
+        "n/a".to_string()
+    } else if secs >= 3600.0 {
+        format!("{secs:.0} s ({:.1} h)", secs / 3600.0)
+    } else if secs >= 100.0 {
+        format!("{secs:.0} s")
+    } else {
+        format!("{secs:.1} s")
+    }
+}
+
+/// The "Jobs" section: how each job ran (device, threads, CPU, epochs, training and process
+/// wall times, resumption). The CPUs are listed once and referred to by number, since a
+/// study's jobs mostly share a few machines. Empty when no job is listed.
+fn jobs_section(jobs: &[JobRun]) -> String {
+    if jobs.is_empty() {
+        return String::new();
+    }
+    let mut cpus: Vec<&str> = jobs.iter().filter_map(|j| j.cpu.as_deref()).collect();
+    cpus.sort_unstable();
+    cpus.dedup();
+    let mut s = String::from("## Jobs\n\n");
+    s.push_str(
+        "How each job ran, from its record. *Training* is the sum of the job's epoch times \
+         over every process that trained it (a job stopped and resumed counts each epoch \
+         once); *process* is the wall time of the process that finished it, from the epoch it \
+         resumed at, evaluation included.\n\n",
+    );
+    for (k, cpu) in cpus.iter().enumerate() {
+        let _ = writeln!(s, "- CPU [{}]: {cpu}", k + 1);
+    }
+    if !cpus.is_empty() {
+        s.push('\n');
+    }
+    s.push_str(
+        "| job | model | seed | device | epochs | training | process | resumed from epoch | CPU |\n\
+         |---:|---|---:|---|---:|---:|---:|---:|---|\n",
+    );
+    for j in jobs {
+        let per = if j.threads == 1 { "thread" } else { "threads" };
+        let cpu = j
+            .cpu
+            .as_deref()
+            .and_then(|c| cpus.iter().position(|&x| x == c))
+            .map_or("not recorded".to_string(), |k| format!("[{}]", k + 1));
+        let training = match (&j.skipped, j.train_wall_s) {
+            (Some(why), _) => format!("skipped: {why}"),
+            (None, Some(t)) => duration(t),
+            (None, None) => "n/a".to_string(),
+        };
+        let resumed = j
+            .resumed_from_epoch
+            .map_or("—".to_string(), |e| e.to_string());
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {}, {} {per} | {} | {training} | {} | {resumed} | {cpu} |",
+            j.index,
+            j.label,
+            j.seed,
+            j.device,
+            j.threads,
+            j.epochs,
+            duration(j.process_wall_s)
+        );
+    }
+    let trained: f64 = jobs.iter().filter_map(|j| j.train_wall_s).sum();
+    let _ = writeln!(
+        s,
+        "\nTraining time over the {} jobs: {}.\n",
+        jobs.len(),
+        duration(trained)
+    );
     s
 }
 
@@ -436,6 +514,64 @@ mod tests {
             throughput_b32: None,
             fine_rel_l2_v: None,
         }
+    }
+
+    fn job(index: usize, cpu: Option<&str>, resumed: Option<usize>) -> JobRun {
+        JobRun {
+            index,
+            label: "fno".into(),
+            seed: 7 + index as u64,
+            device: "Cpu".into(),
+            threads: 1 + index,
+            cpu: cpu.map(str::to_string),
+            epochs: 100,
+            train_wall_s: Some(3725.0),
+            process_wall_s: 42.25,
+            resumed_from_epoch: resumed,
+            skipped: None,
+        }
+    }
+
+    #[test]
+    fn jobs_table_numbers_each_cpu_once_and_says_what_is_not_recorded() {
+        assert_eq!(jobs_section(&[]), "");
+        let text = jobs_section(&[
+            job(0, Some("Xeon"), None),
+            job(1, Some("EPYC"), Some(29)),
+            job(2, None, None),
+            job(3, Some("Xeon"), None),
+        ]);
+        assert!(
+            text.contains("- CPU [1]: EPYC\n- CPU [2]: Xeon\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "| 0 | fno | 7 | Cpu, 1 thread | 100 | 3725 s (1.0 h) | 42.2 s | — | [2] |"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "| 1 | fno | 8 | Cpu, 2 threads | 100 | 3725 s (1.0 h) | 42.2 s | 29 | [1] |"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("| 2 | fno | 9 | Cpu, 3 threads | 100 | 3725 s (1.0 h) | 42.2 s | — | not recorded |"), "{text}");
+        assert!(
+            text.contains(
+                "| 3 | fno | 10 | Cpu, 4 threads | 100 | 3725 s (1.0 h) | 42.2 s | — | [2] |"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("Training time over the 4 jobs: 14900 s (4.1 h)."),
+            "{text}"
+        );
+        let mut skipped = job(4, None, None);
+        skipped.skipped = Some("diverged".into());
+        skipped.train_wall_s = None;
+        assert!(jobs_section(&[skipped]).contains("| skipped: diverged |"));
     }
 
     #[test]

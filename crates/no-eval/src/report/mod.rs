@@ -176,6 +176,42 @@ pub struct StudyResults {
     pub skipped: Vec<(String, String)>,
     /// Wall time of each phase, seconds, in order.
     pub phases: Vec<(String, f64)>,
+    /// How each job ran (where, how long, whether it resumed), in job order; empty in
+    /// results written before it was kept.
+    #[serde(default)]
+    pub jobs: Vec<JobRun>,
+}
+
+/// How one job of the study ran, from its record: the report's "Jobs" table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobRun {
+    /// The job's index in the study's job list (`benchmark --list-jobs`).
+    pub index: usize,
+    /// Its model's label.
+    pub label: String,
+    /// Its seed.
+    pub seed: u64,
+    /// The device it trained on.
+    pub device: String,
+    /// Threads of the process that finished it.
+    pub threads: usize,
+    /// The CPU of that process's machine ([`crate::host::cpu_description`]), where the
+    /// record has it.
+    pub cpu: Option<String>,
+    /// Epochs in its training log (0 for a skipped job).
+    pub epochs: usize,
+    /// Training time, seconds: the sum of its epochs' wall times over every process that
+    /// trained it, so a job stopped and resumed counts each epoch once
+    /// ([`ModelResult::train_wall_s`]); `None` for a skipped job.
+    pub train_wall_s: Option<f64>,
+    /// Wall time of the process that finished it (training from the epoch it resumed at,
+    /// then evaluation), seconds.
+    pub process_wall_s: f64,
+    /// Epochs an earlier, interrupted process had completed.
+    pub resumed_from_epoch: Option<usize>,
+    /// Why it has no figures, for a skipped job.
+    pub skipped: Option<String>,
 }
 
 /// The figures of one table row, computed once so every writer prints the same numbers.

@@ -118,6 +118,10 @@ pub struct JobRecord {
     pub threads: usize,
     /// Epochs an earlier, interrupted run of the job had completed.
     pub resumed_from_epoch: Option<usize>,
+    /// The CPU of the machine this process ran on ([`crate::host::cpu_description`]);
+    /// absent from records written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<String>,
     /// The study's name ([`JobOptions::name`]).
     #[serde(default)]
     pub protocol_name: String,
@@ -433,6 +437,7 @@ pub fn run_jobs(
                     device: format!("{device:?}"),
                     threads: threads(),
                     resumed_from_epoch: outcome.resumed_from_epoch,
+                    cpu: Some(crate::host::cpu_description()),
                     protocol_name: opts.name.clone(),
                 }
             }
@@ -451,6 +456,7 @@ pub fn run_jobs(
                     device: format!("{device:?}"),
                     threads: threads(),
                     resumed_from_epoch: None,
+                    cpu: Some(crate::host::cpu_description()),
                     protocol_name: opts.name.clone(),
                 }
             }
@@ -591,4 +597,48 @@ fn fresh_twin(
         other => no_models::build(other, vars.var_builder(DType::F32, device))?,
     };
     Ok(no_models::inference_twin(model.as_ref(), vars.varmap())?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn skipped_record(cpu: Option<String>) -> JobRecord {
+        JobRecord {
+            study_digest: "0000abcd".into(),
+            job: Job {
+                index: 3,
+                model: 1,
+                label: "fno".into(),
+                replicate: 0,
+                seed: 7,
+            },
+            result: None,
+            skipped: Some("diverged".into()),
+            map_predictions: Vec::new(),
+            wall_s: 1.5,
+            device: "Cpu".into(),
+            threads: 2,
+            resumed_from_epoch: None,
+            cpu,
+            protocol_name: "default".into(),
+        }
+    }
+
+    /// Records written before the CPU was recorded (the full study's first ones) still read,
+    /// with no CPU; a record without one is written without the field, and one with it
+    /// keeps it.
+    #[test]
+    fn records_without_a_cpu_line_read_and_write_as_before() {
+        let old = serde_json::to_string(&skipped_record(None)).unwrap();
+        assert!(!old.contains("\"cpu\""), "{old}");
+        let back: JobRecord = serde_json::from_str(&old).unwrap();
+        assert_eq!(back, skipped_record(None));
+        let new = skipped_record(Some("Xeon; 2 logical CPUs".into()));
+        let text = serde_json::to_string(&new).unwrap();
+        assert_eq!(serde_json::from_str::<JobRecord>(&text).unwrap(), new);
+        // Unknown fields stay errors.
+        let bad = old.replacen('{', "{\"cpus\":1,", 1);
+        assert!(serde_json::from_str::<JobRecord>(&bad).is_err());
+    }
 }

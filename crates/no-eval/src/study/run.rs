@@ -16,7 +16,7 @@ use super::jobs::{
 use super::{say, StudyConfig};
 use crate::error::{EvalError, Result};
 use crate::report::plots::FigureData;
-use crate::report::StudyResults;
+use crate::report::{JobRun, StudyResults};
 
 /// Runs the whole study in this process and writes `out/` (report, CSV/JSON, figures,
 /// per-job records, checkpoints and logs). Jobs already recorded in `out` by an earlier
@@ -268,6 +268,7 @@ fn merge_records(
         aggregates: Vec::new(),
         skipped,
         phases,
+        jobs: job_runs(&records),
     }
     .with_aggregates();
     let figures = FigureData {
@@ -280,6 +281,28 @@ fn merge_records(
         .push(("report".to_string(), t.elapsed().as_secs_f64()));
     results.write_all(out, &figures)?;
     Ok(results)
+}
+
+/// The report's "Jobs" table: one entry per record, in job order.
+fn job_runs(records: &[JobRecord]) -> Vec<JobRun> {
+    let mut runs: Vec<JobRun> = records
+        .iter()
+        .map(|r| JobRun {
+            index: r.job.index,
+            label: r.job.label.clone(),
+            seed: r.job.seed,
+            device: r.device.clone(),
+            threads: r.threads,
+            cpu: r.cpu.clone(),
+            epochs: r.result.as_ref().map_or(0, |m| m.epochs.len()),
+            train_wall_s: r.result.as_ref().map(|m| m.train_wall_s),
+            process_wall_s: r.wall_s,
+            resumed_from_epoch: r.resumed_from_epoch,
+            skipped: r.skipped.clone(),
+        })
+        .collect();
+    runs.sort_by_key(|j| j.index);
+    runs
 }
 
 /// A `[nt][nx]` field from a job record, checked against the study's grid.
