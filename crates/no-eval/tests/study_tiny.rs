@@ -18,9 +18,14 @@ fn tiny_study_writes_a_well_formed_report() {
 
     let report = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
     assert!(report.starts_with("# Translation benchmark: `tiny` protocol"));
-    let table: Vec<&str> = report.lines().filter(|l| l.starts_with("| ")).collect();
+    let (main, after) = report.split_once("## Ranking").unwrap();
+    let table: Vec<&str> = main.lines().filter(|l| l.starts_with("| ")).collect();
     // Header, then one row per model, then the solver row.
     assert_eq!(table.len(), 1 + results.models.len() + 1, "{report}");
+    // The jobs table: header, then one row per job (a skipped one included).
+    let (_, jobs) = after.split_once("## Jobs").unwrap();
+    let job_rows = jobs.lines().filter(|l| l.starts_with("| ")).count();
+    assert_eq!(job_rows, 1 + cfg.jobs().len(), "{report}");
     for l in &table {
         assert_eq!(
             l.matches('|').count(),
