@@ -322,8 +322,8 @@ pub fn report(results: &StudyResults, figures: &[PathBuf]) -> String {
         let _ = writeln!(
             s,
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            g[0].label,
-            g[0].variant,
+            cell(&g[0].label),
+            cell(&g[0].variant),
             g.len(),
             g[0].params,
             col(&|r| Some(r.train_median_rel_l2), PCT),
@@ -353,12 +353,12 @@ pub fn report(results: &StudyResults, figures: &[PathBuf]) -> String {
     let mut reasons: Vec<(&str, Vec<String>)> = Vec::new();
     for (label, why) in &results.skipped {
         match reasons.iter_mut().find(|(w, _)| *w == why.as_str()) {
-            Some((_, labels)) => labels.push(format!("**{label}**")),
-            None => reasons.push((why, vec![format!("**{label}**")])),
+            Some((_, labels)) => labels.push(format!("**{}**", cell(label))),
+            None => reasons.push((why, vec![format!("**{}**", cell(label))])),
         }
     }
     for (why, labels) in reasons {
-        let _ = writeln!(s, "Skipped: {} ({why}).\n", labels.join(", "));
+        let _ = writeln!(s, "Skipped: {} ({}).\n", labels.join(", "), cell(why));
     }
     s.push_str("## Ranking\n\n");
     s.push_str(&ranking_paragraph(results));
@@ -420,7 +420,7 @@ fn jobs_section(jobs: &[JobRun]) -> String {
          resumed at, evaluation included.\n\n",
     );
     for (k, cpu) in cpus.iter().enumerate() {
-        let _ = writeln!(s, "- CPU [{}]: {cpu}", k + 1);
+        let _ = writeln!(s, "- CPU [{}]: {}", k + 1, cell(cpu));
     }
     if !cpus.is_empty() {
         s.push('\n');
@@ -437,7 +437,7 @@ fn jobs_section(jobs: &[JobRun]) -> String {
             .and_then(|c| cpus.iter().position(|&x| x == c))
             .map_or("not recorded".to_string(), |k| format!("[{}]", k + 1));
         let training = match (&j.skipped, j.train_wall_s) {
-            (Some(why), _) => format!("skipped: {why}"),
+            (Some(why), _) => format!("skipped: {}", cell(why)),
             (None, Some(t)) => duration(t),
             (None, None) => "n/a".to_string(),
         };
@@ -448,9 +448,9 @@ fn jobs_section(jobs: &[JobRun]) -> String {
             s,
             "| {} | {} | {} | {}, {} {per} | {} | {training} | {} | {resumed} | {cpu} |",
             j.index,
-            j.label,
+            cell(&j.label),
             j.seed,
-            j.device,
+            cell(&j.device),
             j.threads,
             j.epochs,
             duration(j.process_wall_s)
@@ -464,6 +464,21 @@ fn jobs_section(jobs: &[JobRun]) -> String {
         duration(trained)
     );
     s
+}
+
+/// `text` made safe for one Markdown table cell or list line: a `|` would end the cell and a
+/// line break the row, and both can come from a hand-edited record or a protocol's label, so
+/// `|` is escaped and every control character becomes a space.
+fn cell(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '|' => out.push_str("\\|"),
+            c if c.is_control() => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -572,6 +587,34 @@ mod tests {
         skipped.skipped = Some("diverged".into());
         skipped.train_wall_s = None;
         assert!(jobs_section(&[skipped]).contains("| skipped: diverged |"));
+    }
+
+    #[test]
+    fn jobs_table_keeps_one_row_per_job_whatever_a_record_holds() {
+        let mut odd = job(0, Some("Xeon | AVX\nline two"), None);
+        odd.skipped = Some("nan at | epoch 3\r\nstopped".into());
+        odd.train_wall_s = None;
+        odd.label = "fno|b".into();
+        let text = jobs_section(&[odd]);
+        assert!(
+            text.contains("- CPU [1]: Xeon \\| AVX line two\n"),
+            "{text}"
+        );
+        let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("| 0 ")).collect();
+        assert_eq!(rows.len(), 1, "{text}");
+        assert_eq!(
+            rows[0],
+            "| 0 | fno\\|b | 7 | Cpu, 1 thread | 100 | skipped: nan at \\| epoch 3  stopped | 42.2 s | — | [1] |"
+        );
+        // Every row of the table has the header's ten `|` that are not escaped.
+        let bars = |l: &str| l.replace("\\|", "").matches('|').count();
+        assert!(
+            text.lines()
+                .filter(|l| l.starts_with('|'))
+                .all(|l| bars(l) == 10),
+            "{text}"
+        );
+        assert_eq!(cell("a|b\tc"), "a\\|b c");
     }
 
     #[test]
