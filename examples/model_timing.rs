@@ -127,17 +127,17 @@ fn main() -> Result<()> {
     };
     let start = Instant::now();
     run()?;
-    println!("warm-up: {:.1} ms", start.elapsed().as_secs_f64() * 1e3);
+    println!("warm-up: {:.3} ms", start.elapsed().as_secs_f64() * 1e3);
     let mut best = f64::INFINITY;
     for r in 0..args.repeats {
         let start = Instant::now();
         run()?;
         let ms = start.elapsed().as_secs_f64() * 1e3;
         best = best.min(ms);
-        println!("repeat {r}: {ms:.1} ms");
+        println!("repeat {r}: {ms:.3} ms");
     }
     println!(
-        "{:?} at batch {} on {}×{}: fastest {best:.1} ms ({} parameters)",
+        "{:?} at batch {} on {}×{}: fastest {best:.3} ms ({} parameters)",
         args.work,
         args.batch,
         args.grid,

@@ -24,7 +24,7 @@ use crate::cpu::gemm_view::{gemm, GemmScalar, MatMut, MatRef};
 use crate::cpu::lane_sum::lane_sum;
 use crate::cpu::map::{contiguous, CHUNK};
 use crate::cpu::short_input;
-use crate::ops::tanh::tanh_f32_in_place;
+use crate::ops::tanh::{tanh_f32_in_place, tanh_grad_f32};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
@@ -148,12 +148,12 @@ trait DenseScalar: GemmScalar + short_input::Scalar {
     /// Applies `act` in place.
     fn activate(v: &mut [Self], act: DenseActivation);
     /// `g·(1 − y²)`, the gradient through `tanh` from its output `y`, written into every
-    /// element of `d`.
+    /// element of `d` (on the calling thread).
     fn tanh_grad(y: &[Self], g: &[Self], d: &mut [MaybeUninit<Self>]);
 }
 
 macro_rules! dense_scalar {
-    ($t:ty, $tanh_in_place:expr) => {
+    ($t:ty, $tanh_in_place:expr, $tanh_grad:expr) => {
         impl DenseScalar for $t {
             fn activate(v: &mut [$t], act: DenseActivation) {
                 match act {
@@ -163,24 +163,26 @@ macro_rules! dense_scalar {
             }
 
             fn tanh_grad(y: &[$t], g: &[$t], d: &mut [MaybeUninit<$t>]) {
-                d.par_chunks_mut(CHUNK)
-                    .zip(y.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
-                    .for_each(|(d, (y, g))| {
-                        for ((d, &y), &g) in d.iter_mut().zip(y).zip(g) {
-                            d.write(g * (1.0 - y * y));
-                        }
-                    });
+                $tanh_grad(y, g, d)
             }
         }
     };
 }
 
-dense_scalar!(f32, tanh_f32_in_place);
-dense_scalar!(f64, |v: &mut [f64]| {
-    for x in v {
-        *x = x.tanh();
+dense_scalar!(f32, tanh_f32_in_place, tanh_grad_f32);
+dense_scalar!(
+    f64,
+    |v: &mut [f64]| {
+        for x in v {
+            *x = x.tanh();
+        }
+    },
+    |y: &[f64], g: &[f64], d: &mut [MaybeUninit<f64>]| {
+        for ((d, &y), &g) in d.iter_mut().zip(y).zip(g) {
+            d.write(g * (1.0 - y * y));
+        }
     }
-});
+);
 
 /// The forward pass on slices: `x [n, f]`, `w [o, f]`, `b [o]`.
 fn forward<T: DenseScalar>(
@@ -308,14 +310,28 @@ fn backward<T: DenseScalar>(
     need: Needed,
 ) -> Result<Gradients<T>> {
     let threads = rayon::current_num_threads();
+    let short_rows = op.layout == DenseLayout::Rows && f <= short_input::MAX_INPUTS;
     let d_owned;
+    let mut grad_b = None;
     let d = match op.act {
         DenseActivation::Identity => g,
         DenseActivation::Tanh => {
             let mut buf = Vec::with_capacity(g.len());
-            T::tanh_grad(y, g, &mut buf.spare_capacity_mut()[..g.len()]);
-            // SAFETY: `tanh_grad` writes every element of the slice it is given.
+            // The bias gradient is summed from each block of `d` right after it is
+            // written, while it is in cache (on DeepONet-CNN's last trunk layer `d` is 32
+            // MB); the short-input loops below take theirs from their own pass.
+            let with_bias = need.b && !short_rows;
+            let sums = tanh_grad_and_bias_grad(
+                (y, g),
+                &mut buf.spare_capacity_mut()[..g.len()],
+                (n, o),
+                op.layout,
+                with_bias,
+            );
+            // SAFETY: `tanh_grad_and_bias_grad` writes every element of the slice it is
+            // given.
             unsafe { buf.set_len(g.len()) };
+            grad_b = sums;
             d_owned = buf;
             &d_owned
         }
@@ -330,7 +346,7 @@ fn backward<T: DenseScalar>(
         .x
         .then(|| product(d_rows, MatRef::row_major(w, o, f), threads))
         .transpose()?;
-    if op.layout == DenseLayout::Rows && f <= short_input::MAX_INPUTS {
+    if short_rows {
         // Both from one pass over `d` (a product with `f` ≤ 4 columns is memory-bound).
         let (grad_w, grad_b) =
             short_input::weight_and_bias_grads((d, x), (n, f, o), ROWS_PER_BLOCK, (need.w, need.b));
@@ -340,8 +356,76 @@ fn backward<T: DenseScalar>(
         .w
         .then(|| product(d_rows.t(), MatRef::row_major(x, n, f), threads))
         .transpose()?;
-    let grad_b = need.b.then(|| bias_grad(d, (n, o), op.layout));
+    let grad_b = match grad_b {
+        Some(sums) => Some(sums),
+        None => need.b.then(|| bias_grad(d, (n, o), op.layout)),
+    };
     Ok((grad_x, grad_w, grad_b))
+}
+
+/// `d = g·(1 − y²)` over every element, and with `with_bias` also `Σ_rows d` as
+/// [`bias_grad`] sums it: the same blocks (a feature's row in the column layouts, blocks
+/// of [`ROWS_PER_BLOCK`] rows in the row layout) added in the same order, each block
+/// summed as soon as it is written, so the values are [`bias_grad`]'s bit for bit.
+fn tanh_grad_and_bias_grad<T: DenseScalar>(
+    (y, g): (&[T], &[T]),
+    d: &mut [MaybeUninit<T>],
+    (n, o): (usize, usize),
+    layout: DenseLayout,
+    with_bias: bool,
+) -> Option<Vec<T>> {
+    if !with_bias || n == 0 || o == 0 {
+        d.par_chunks_mut(CHUNK)
+            .zip(y.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
+            .for_each(|(d, (y, g))| T::tanh_grad(y, g, d));
+        return with_bias.then(|| vec![T::default(); o]);
+    }
+    let block = if layout.by_columns() {
+        n
+    } else {
+        o * ROWS_PER_BLOCK
+    };
+    let sums: Vec<Vec<T>> = d
+        .par_chunks_mut(block)
+        .zip(y.par_chunks(block).zip(g.par_chunks(block)))
+        .map(|(d, (y, g))| {
+            T::tanh_grad(y, g, d);
+            // SAFETY: `tanh_grad` wrote every element of `d`; `MaybeUninit<T>` has the
+            // layout of `T`.
+            let d: &[T] = unsafe { std::slice::from_raw_parts(d.as_ptr().cast(), d.len()) };
+            if layout.by_columns() {
+                vec![lane_sum(d)]
+            } else {
+                block_sum(d, o)
+            }
+        })
+        .collect();
+    if layout.by_columns() {
+        return Some(sums.into_iter().flatten().collect());
+    }
+    Some(add_in_order(&sums, o))
+}
+
+/// The row sums of one block of `[rows, o]` values, rows added in order.
+fn block_sum<T: DenseScalar>(block: &[T], o: usize) -> Vec<T> {
+    let mut acc = vec![T::default(); o];
+    for row in block.chunks(o) {
+        for (a, &v) in acc.iter_mut().zip(row) {
+            *a += v;
+        }
+    }
+    acc
+}
+
+/// `Σ partials` element-wise, the partials added in order onto zeros.
+fn add_in_order<T: DenseScalar>(partials: &[Vec<T>], o: usize) -> Vec<T> {
+    let mut total = vec![T::default(); o];
+    for p in partials {
+        for (t, &v) in total.iter_mut().zip(p) {
+            *t += v;
+        }
+    }
+    total
 }
 
 /// `lhs · rhs` as a new row-major buffer, written by `gemm` into uninitialised memory: a
@@ -380,23 +464,9 @@ fn bias_grad<T: DenseScalar>(d: &[T], (n, o): (usize, usize), layout: DenseLayou
     }
     let partials: Vec<Vec<T>> = d
         .par_chunks(o * ROWS_PER_BLOCK)
-        .map(|block| {
-            let mut acc = vec![T::default(); o];
-            for row in block.chunks(o) {
-                for (a, &v) in acc.iter_mut().zip(row) {
-                    *a += v;
-                }
-            }
-            acc
-        })
+        .map(|block| block_sum(block, o))
         .collect();
-    let mut total = vec![T::default(); o];
-    for p in &partials {
-        for (t, &v) in total.iter_mut().zip(p) {
-            *t += v;
-        }
-    }
-    total
+    add_in_order(&partials, o)
 }
 
 impl DenseOp {
@@ -555,6 +625,35 @@ mod tests {
     /// transposed product), and a two-value input over several blocks (the short-input
     /// loops).
     const SHAPES: [[usize; 3]; 4] = [[600, 7, 6], [3, 7, 9], [3, 11, 9], [600, 2, 6]];
+
+    /// The bias gradient summed while `d` is written equals the separate pass over `d`, bit
+    /// for bit, in every layout (rows over several blocks and a partial one).
+    #[test]
+    fn bias_grad_with_the_tanh_pass_has_the_bits_of_its_own_pass() {
+        let (n, o) = (3 * ROWS_PER_BLOCK + 17, 6);
+        let value = |i: usize, s: f32| ((i as f32 + 1.0) * s).sin();
+        let y: Vec<f32> = (0..n * o).map(|i| value(i, 0.37).tanh()).collect();
+        let g: Vec<f32> = (0..n * o).map(|i| value(i, 1.3)).collect();
+        for layout in LAYOUTS {
+            let mut d = Vec::with_capacity(n * o);
+            let sums = tanh_grad_and_bias_grad(
+                (&y, &g),
+                &mut d.spare_capacity_mut()[..n * o],
+                (n, o),
+                layout,
+                true,
+            );
+            // SAFETY: every element was written.
+            unsafe { d.set_len(n * o) };
+            let separate: Vec<f32> = y.iter().zip(&g).map(|(&y, &g)| g * (1.0 - y * y)).collect();
+            assert_eq!(d, separate, "{layout:?}");
+            assert_eq!(
+                sums,
+                Some(bias_grad(&separate, (n, o), layout)),
+                "{layout:?}"
+            );
+        }
+    }
 
     /// The fused op against candle's matmul, broadcast add and activation, in both dtypes,
     /// layouts and activations.

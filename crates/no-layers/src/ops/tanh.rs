@@ -70,21 +70,11 @@ impl CustomOp2 for TanhGradOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        binary_storage(
-            self.name(),
-            (s1, l1),
-            (s2, l2),
-            |y, g, d| {
-                for ((d, &y), &g) in d.iter_mut().zip(y).zip(g) {
-                    d.write(g * (1.0 - y * y));
-                }
-            },
-            |y, g, d| {
-                for ((d, &y), &g) in d.iter_mut().zip(y).zip(g) {
-                    d.write(g * (1.0 - y * y));
-                }
-            },
-        )
+        binary_storage(self.name(), (s1, l1), (s2, l2), tanh_grad_f32, |y, g, d| {
+            for ((d, &y), &g) in d.iter_mut().zip(y).zip(g) {
+                d.write(g * (1.0 - y * y));
+            }
+        })
     }
 }
 
@@ -183,6 +173,46 @@ unsafe fn tanh_f32_in_place_avx512(v: &mut [f32]) {
     tanh_f32_in_place_kernel(v)
 }
 
+#[inline(always)]
+fn tanh_grad_f32_kernel(y: &[f32], g: &[f32], d: &mut [MaybeUninit<f32>]) {
+    for ((d, &y), &g) in d.iter_mut().zip(y).zip(g) {
+        d.write(g * (1.0 - y * y));
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tanh_grad_f32_avx2(y: &[f32], g: &[f32], d: &mut [MaybeUninit<f32>]) {
+    tanh_grad_f32_kernel(y, g, d)
+}
+
+/// The same loop compiled for sixteen lanes (a multiplication, a subtraction and a
+/// multiplication, never fused, so every width gives the portable bits).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn tanh_grad_f32_avx512(y: &[f32], g: &[f32], d: &mut [MaybeUninit<f32>]) {
+    tanh_grad_f32_kernel(y, g, d)
+}
+
+/// `d = g·(1 − y²)` on `f32` values (the gradient through `tanh` from its output `y`),
+/// every element of `d` written; on the widest vectors the CPU has (the portable build
+/// alone uses four lanes, a quarter of an AVX-512 register).
+pub(crate) fn tanh_grad_f32(y: &[f32], g: &[f32], d: &mut [MaybeUninit<f32>]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: the CPU supports AVX-512F, AVX2 and FMA (checked just above).
+        unsafe { tanh_grad_f32_avx512(y, g, d) };
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+        unsafe { tanh_grad_f32_avx2(y, g, d) };
+        return;
+    }
+    tanh_grad_f32_kernel(y, g, d)
+}
+
 /// `tanh` in place on `f32` values, the same function as the fused op's forward (for ops
 /// that apply it to a buffer they own, such as [`crate::ops::dense`]).
 pub(crate) fn tanh_f32_in_place(v: &mut [f32]) {
@@ -262,6 +292,33 @@ mod tests {
 
     /// The eight- and sixteen-lane builds, each called directly where the CPU has it, give
     /// the portable kernel's bits (the loop forms no fused multiply-add).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn every_simd_width_gives_the_portable_gradient_bits() {
+        let y: Vec<f32> = sample_points().iter().map(|&x| tanh_f32(x)).collect();
+        let g: Vec<f32> = (0..y.len()).map(|i| ((i as f32) * 0.37).sin()).collect();
+        let run = |f: &dyn Fn(&mut [MaybeUninit<f32>])| {
+            let mut d = vec![MaybeUninit::new(f32::NAN); y.len()];
+            f(&mut d);
+            // SAFETY: every kernel writes every element.
+            d.iter()
+                .map(|v| unsafe { v.assume_init() }.to_bits())
+                .collect::<Vec<_>>()
+        };
+        let portable = run(&|d| tanh_grad_f32_kernel(&y, &g, d));
+        if has_avx2_fma() {
+            // SAFETY: AVX2 and FMA are present (checked just above).
+            assert_eq!(run(&|d| unsafe { tanh_grad_f32_avx2(&y, &g, d) }), portable);
+        }
+        if has_avx512() {
+            // SAFETY: AVX-512F, AVX2 and FMA are present (checked just above).
+            assert_eq!(
+                run(&|d| unsafe { tanh_grad_f32_avx512(&y, &g, d) }),
+                portable
+            );
+        }
+    }
+
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn every_simd_width_gives_the_portable_bits() {
