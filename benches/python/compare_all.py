@@ -16,7 +16,8 @@ and 32, a training step at batch 32) the anchor's ms, ours and the ratio anchor 
 
 With `--rounds N` both sides are timed N times, alternating anchor and ours model by
 model, and the table gives the median over rounds of each side's fastest figure (the
-machine's load drifts; alternating keeps both sides in the same minutes).
+machine's load drifts; alternating keeps both sides in the same minutes), and the lowest
+and highest of the rounds' own ratios.
 
 The glibc settings of `docs/performance.md` (keep freed memory instead of returning and
 re-faulting it) are applied to both processes: the script re-executes itself with them
@@ -136,8 +137,8 @@ def main():
         f"fastest of {args.repeats} runs, median over {args.rounds} alternating round(s); ms"
     )
     print()
-    print("| model | cell | anchor ms | ours ms | anchor / ours |")
-    print("|---|---|---|---|---|")
+    print("| model | cell | anchor ms | ours ms | anchor / ours | per round |")
+    print("|---|---|---|---|---|---|")
     for name in names:
         anchor_runs, our_runs = [], []
         for _ in range(args.rounds):
@@ -151,7 +152,11 @@ def main():
         for label, _, _, key in CELLS:
             a = statistics.median(r[key] for r in anchor_runs)
             o = statistics.median(r[label] for r in our_runs)
-            print(f"| {name} | {label} | {ms(a)} | {ms(o)} | {a / o:.2f}x |", flush=True)
+            # Each round's own ratio (anchor and ours timed back to back): their spread
+            # says how far the machine's drift moves the median ratio.
+            per_round = [ra[key] / ro[label] for ra, ro in zip(anchor_runs, our_runs)]
+            spread = f"{min(per_round):.2f}–{max(per_round):.2f}x"
+            print(f"| {name} | {label} | {ms(a)} | {ms(o)} | {a / o:.2f}x | {spread} |", flush=True)
 
 
 def ms(value):
