@@ -96,11 +96,22 @@ def anchor_ms(name, repeats, neuralop, others, others_models):
     return others.time_model(others_models[name], repeats)
 
 
+def positive(text):
+    """A whole number of at least 1, for argparse (a clear error instead of a crash later)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
+    return value
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=5, help="timed runs per figure (fastest kept)")
-    ap.add_argument("--rounds", type=int, default=1, help="alternating rounds (median kept)")
+    ap.add_argument("--threads", type=positive, default=2)
+    ap.add_argument("--repeats", type=positive, default=5, help="timed runs per figure (fastest kept)")
+    ap.add_argument("--rounds", type=positive, default=1, help="alternating rounds (median kept)")
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--binary", default=str(ROOT / "target" / "release" / "examples" / "model_timing"))
     args = ap.parse_args()

@@ -4,7 +4,7 @@
 //! (`don_cnn`: 1 → 40 → 80 → 100 → 120 channels, 3×3, no padding, from 100 × 100).
 //!
 //! ```text
-//! cargo run --release -p no-layers --example conv_timing -- [batch=32] [local|don_cnn]
+//! cargo run --release -p no-layers --example conv_timing -- [batch=32, 1 to 256] [local|don_cnn]
 //! ```
 //! Prints the fastest of 6 runs of each, in ms and GFLOP/s. A gradient figure is the
 //! fastest forward and backward of `sum(conv2d(..)·r)` (`r` random) less the fastest
@@ -80,12 +80,19 @@ fn time_shape(batch: usize, s: &Shape) -> Result<()> {
     Ok(())
 }
 
+/// The largest batch accepted: LocalNO's shape holds 1.3 MB of input per sample, and the
+/// timing keeps a few tensors of that size per sample alive (about 1.5 GB at 256).
+const MAX_BATCH: usize = 256;
+
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let batch: usize = match args.next() {
-        Some(arg) => arg
-            .parse()
-            .map_err(|_| candle_core::Error::Msg(format!("batch must be a number, got {arg}")))?,
+        Some(arg) => match arg.parse() {
+            Ok(b) if (1..=MAX_BATCH).contains(&b) => b,
+            _ => candle_core::bail!(
+                "batch must be a whole number from 1 to {MAX_BATCH}, got `{arg}`"
+            ),
+        },
         None => 32,
     };
     let shapes = match args.next().as_deref() {
@@ -108,6 +115,9 @@ fn main() -> Result<()> {
             .collect(),
         Some(other) => candle_core::bail!("shapes must be `local` or `don_cnn`, got `{other}`"),
     };
+    if let Some(extra) = args.next() {
+        candle_core::bail!("expected at most two arguments (batch, shapes), got also `{extra}`");
+    }
     for s in &shapes {
         time_shape(batch, s)?;
     }

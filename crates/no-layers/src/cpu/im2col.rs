@@ -337,32 +337,35 @@ impl PatchIndex {
         Self(idx)
     }
 
-    /// The patch rows of one plane: `rows(t)` receives tap `t`'s `Ho·Wo` values.
-    fn unfold<'a, T: Copy + Default + 'a>(
+    /// The patch rows of one plane into `rows`, whose tap `t` row starts at `t·width`:
+    /// its `Ho·Wo` values from `at` on.
+    fn unfold<T: Copy + Default>(
         &self,
         g: &Geometry,
         plane: &[T],
-        mut rows: impl FnMut(usize) -> &'a mut [T],
+        rows: &mut [T],
+        (width, at): (usize, usize),
     ) {
         for (t, idx) in self.0.chunks_exact(g.positions().max(1)).enumerate() {
-            for (d, &k) in rows(t).iter_mut().zip(idx) {
+            for (d, &k) in rows[t * width + at..].iter_mut().zip(idx) {
                 *d = plane.get(k).copied().unwrap_or_default();
             }
         }
     }
 
-    /// Adds the patch rows back into `plane` (zeroed first), taps in order: the adjoint of
-    /// [`Self::unfold`], each input value receiving its terms in the order of the run
-    /// copies' adjoint.
-    fn fold<'a, T: Copy + Default + std::ops::AddAssign + 'a>(
+    /// Adds the patch rows of `rows` (laid out as [`Self::unfold`] writes them) back into
+    /// `plane`, zeroed first, taps in order: the adjoint of [`Self::unfold`], each input
+    /// value receiving its terms in the order of the run copies' adjoint.
+    fn fold<T: Copy + Default + std::ops::AddAssign>(
         &self,
         g: &Geometry,
         plane: &mut [T],
-        row: impl Fn(usize) -> &'a [T],
+        rows: &[T],
+        (width, at): (usize, usize),
     ) {
         plane.fill(T::default());
         for (t, idx) in self.0.chunks_exact(g.positions().max(1)).enumerate() {
-            for (&v, &k) in row(t).iter().zip(idx) {
+            for (&v, &k) in rows[t * width + at..].iter().zip(idx) {
                 if let Some(d) = plane.get_mut(k) {
                     *d += v;
                 }
@@ -397,10 +400,7 @@ fn unfold_samples_by<T: Copy + Default + Send + Sync>(
         for (s, sample) in x.chunks_exact(g.sample().max(1)).enumerate() {
             let mut src = &sample[c * plane..(c + 1) * plane];
             if let Some(table) = &table {
-                let mut taps = rows.chunks_exact_mut(width.max(1));
-                table.unfold(g, src, |_| {
-                    &mut taps.next().expect("one row per tap")[s * l..][..l]
-                });
+                table.unfold(g, src, rows, (width, s * l));
                 continue;
             }
             if g.stride > 1 {
@@ -451,7 +451,7 @@ fn fold_samples_by<T: Copy + Default + std::ops::AddAssign + Send + Sync>(
     let fold_plane = |split: &mut Vec<T>, (p, plane): (usize, &mut [T])| {
         let (s, c) = (p / g.c, p % g.c);
         if let Some(table) = &table {
-            table.fold(g, plane, |t| &cols[(c * taps + t) * width + s * l..][..l]);
+            table.fold(g, plane, &cols[c * taps * width..], (width, s * l));
             return;
         }
         let add_taps = |dst: &mut [T]| {

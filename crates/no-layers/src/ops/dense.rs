@@ -24,7 +24,7 @@ use crate::cpu::gemm_view::{gemm, GemmScalar, MatMut, MatRef};
 use crate::cpu::lane_sum::lane_sum;
 use crate::cpu::map::{contiguous, CHUNK};
 use crate::cpu::short_input;
-use crate::ops::tanh::{tanh_f32_in_place, tanh_grad_f32};
+use crate::ops::tanh::{tanh_f32_in_place, tanh_grad_f32, tanh_grad_f64};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
@@ -177,11 +177,7 @@ dense_scalar!(
             *x = x.tanh();
         }
     },
-    |y: &[f64], g: &[f64], d: &mut [MaybeUninit<f64>]| {
-        for ((d, &y), &g) in d.iter_mut().zip(y).zip(g) {
-            d.write(g * (1.0 - y * y));
-        }
-    }
+    tanh_grad_f64
 );
 
 /// The forward pass on slices: `x [n, f]`, `w [o, f]`, `b [o]`.
@@ -356,10 +352,7 @@ fn backward<T: DenseScalar>(
         .w
         .then(|| product(d_rows.t(), MatRef::row_major(x, n, f), threads))
         .transpose()?;
-    let grad_b = match grad_b {
-        Some(sums) => Some(sums),
-        None => need.b.then(|| bias_grad(d, (n, o), op.layout)),
-    };
+    let grad_b = grad_b.or_else(|| need.b.then(|| bias_grad(d, (n, o), op.layout)));
     Ok((grad_x, grad_w, grad_b))
 }
 

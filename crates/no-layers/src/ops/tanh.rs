@@ -70,11 +70,13 @@ impl CustomOp2 for TanhGradOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        binary_storage(self.name(), (s1, l1), (s2, l2), tanh_grad_f32, |y, g, d| {
-            for ((d, &y), &g) in d.iter_mut().zip(y).zip(g) {
-                d.write(g * (1.0 - y * y));
-            }
-        })
+        binary_storage(
+            self.name(),
+            (s1, l1),
+            (s2, l2),
+            tanh_grad_f32,
+            tanh_grad_f64,
+        )
     }
 }
 
@@ -211,6 +213,13 @@ pub(crate) fn tanh_grad_f32(y: &[f32], g: &[f32], d: &mut [MaybeUninit<f32>]) {
         return;
     }
     tanh_grad_f32_kernel(y, g, d)
+}
+
+/// `d = g·(1 − y²)` on `f64` values, every element of `d` written.
+pub(crate) fn tanh_grad_f64(y: &[f64], g: &[f64], d: &mut [MaybeUninit<f64>]) {
+    for ((d, &y), &g) in d.iter_mut().zip(y).zip(g) {
+        d.write(g * (1.0 - y * y));
+    }
 }
 
 /// `tanh` in place on `f32` values, the same function as the fused op's forward (for ops
