@@ -41,7 +41,7 @@ use fhn_neural_operators::cli::{
 };
 use no_layers::init::SeededVarMap;
 use no_models::pod::{PodBasis, PodCriterion, PodDeepOnet};
-use no_models::train::{AdamW, AdamWParams};
+use no_models::train::{mse_loss, AdamW, AdamWParams};
 use no_models::{build, ModelConfig, NeuralOperator};
 use std::time::Instant;
 
@@ -186,7 +186,7 @@ fn worst_gradient(
     composite: bool,
 ) -> Result<(f64, String)> {
     let loss = |b: &Built, x: &Tensor, y: &Tensor| -> Result<Tensor> {
-        Ok((b.model.forward_t(x, true)? - y)?.sqr()?.mean_all()?)
+        Ok(mse_loss(&b.model.forward_t(x, true)?, y)?)
     };
     let g_cpu = {
         let _path = reference_path(composite);
@@ -224,7 +224,7 @@ fn worst_update(
     for (b, x, y, reference) in [(cpu, x.0, y.0, true), (dev, x.1, y.1, false)] {
         let _path = reference_path(composite && reference);
         let mut opt = AdamW::new(b.vars.varmap(), AdamWParams::default())?;
-        let loss = (b.model.forward_t(x, true)? - y)?.sqr()?.mean_all()?;
+        let loss = mse_loss(&b.model.forward_t(x, true)?, y)?;
         opt.backward_step(&loss)?;
     }
     let mut worst: f64 = 0.0;
@@ -271,7 +271,7 @@ fn timings(cfg: &ModelConfig, grid: usize, dev: &Device, repeats: usize) -> Resu
     })?;
     let mut opt = AdamW::new(b.vars.varmap(), AdamWParams::default())?;
     let train32 = fastest(dev, repeats, || {
-        let loss = (b.model.forward_t(&x32, true)? - &y32)?.sqr()?.mean_all()?;
+        let loss = mse_loss(&b.model.forward_t(&x32, true)?, &y32)?;
         Ok(opt.backward_step(&loss)?)
     })?;
     Ok(format!("{fwd1:9.2} {inf1:9.2} {fwd32:9.2} {train32:9.2}"))

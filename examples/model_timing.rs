@@ -23,7 +23,7 @@ use fhn_neural_operators::cli::{
 };
 use no_layers::init::SeededVarMap;
 use no_models::pod::{PodBasis, PodCriterion, PodDeepOnet};
-use no_models::train::{AdamW, AdamWParams};
+use no_models::train::{mse_loss, AdamW, AdamWParams};
 use no_models::{build, ModelConfig, NeuralOperator};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -119,7 +119,7 @@ fn main() -> Result<()> {
             Work::Predict => drop(model.predict(&x)?),
             Work::Infer => drop(twin.forward(&x)?),
             Work::Train => {
-                let loss = (model.forward_t(&x, true)? - &y)?.sqr()?.mean_all()?;
+                let loss = mse_loss(&model.forward_t(&x, true)?, &y)?;
                 opt.backward_step(&loss)?;
             }
         }

@@ -10,7 +10,7 @@ use criterion::{criterion_group, BenchmarkId, Criterion};
 use no_layers::init::SeededVarMap;
 use no_models::fno::FnoConfig;
 use no_models::local_no::LocalNoConfig;
-use no_models::train::{AdamW, AdamWParams};
+use no_models::train::{mse_loss, AdamW, AdamWParams};
 use no_models::{build, ModelConfig};
 use std::hint::black_box;
 use std::time::Duration;
@@ -74,10 +74,8 @@ fn bench_fourier(c: &mut Criterion) {
             BenchmarkId::new(format!("{name}/train_step"), 32),
             |bench| {
                 bench.iter(|| {
-                    let loss = (model.forward_t(&x32, true).expect("forward") - &y32)
-                        .and_then(|d| d.sqr())
-                        .and_then(|d| d.mean_all())
-                        .expect("loss");
+                    let pred = model.forward_t(&x32, true).expect("forward");
+                    let loss = mse_loss(&pred, &y32).expect("loss");
                     opt.backward_step(&loss).expect("step");
                     black_box(loss)
                 })

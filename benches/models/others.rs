@@ -12,7 +12,7 @@ use no_layers::init::SeededVarMap;
 use no_models::cno::CnoConfig;
 use no_models::deeponet::{DeepOnetCnnConfig, DeepOnetConfig};
 use no_models::pod::{PodBasis, PodCriterion, PodDeepOnet, PodDeepOnetConfig};
-use no_models::train::{AdamW, AdamWParams};
+use no_models::train::{mse_loss, AdamW, AdamWParams};
 use no_models::{build, ModelConfig, NeuralOperator};
 use std::hint::black_box;
 use std::time::Duration;
@@ -113,10 +113,8 @@ fn bench_others(c: &mut Criterion) {
             BenchmarkId::new(format!("{name}/train_step"), 32),
             |bench| {
                 bench.iter(|| {
-                    let loss = (model.forward_t(&x32, true).expect("forward") - &y32)
-                        .and_then(|d| d.sqr())
-                        .and_then(|d| d.mean_all())
-                        .expect("loss");
+                    let pred = model.forward_t(&x32, true).expect("forward");
+                    let loss = mse_loss(&pred, &y32).expect("loss");
                     opt.backward_step(&loss).expect("step");
                     black_box(loss)
                 })

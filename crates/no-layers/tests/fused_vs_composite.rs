@@ -140,6 +140,21 @@ fn channel_affine_and_feature_bias() -> Result<()> {
 }
 
 #[test]
+fn mse_loss_and_basis_product() -> Result<()> {
+    for s in POINTWISE {
+        check("mse_loss", &[s, s], |t| ops::mse::mse_loss(&t[0], &t[1]))?;
+    }
+    // (samples, outputs, basis functions per output, points)
+    for (b, k, q, n) in [(3, 2, 5, 70), (1, 1, 4, 9), (6, 3, 2, 13)] {
+        let name = format!("basis_product {b}×{k}·{q}, {n} points");
+        check(&name, &[&[b, k * q], &[k, q, n]], |t| {
+            ops::basis_product::basis_product(&t[0], &t[1])
+        })?;
+    }
+    Ok(())
+}
+
+#[test]
 fn dense_every_layout_and_activation() -> Result<()> {
     use ops::dense::{dense, DenseActivation, DenseLayout};
     for (n, f, o) in [(5, 7, 6), (1, 3, 6), (33, 17, 12)] {

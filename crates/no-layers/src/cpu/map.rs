@@ -46,6 +46,31 @@ pub(crate) fn write_copy<T: Copy>(dst: &mut [MaybeUninit<T>], src: &[T]) {
     }
 }
 
+/// Runs a kernel on the two contiguous operands of an op that are both `f32` or both
+/// `f64` (the slices its layouts cover), returning the kernel's output as a storage; an
+/// error names `op` for other dtypes or non-contiguous layouts.
+pub(crate) fn dispatch2(
+    op: &str,
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+    f32_kernel: impl FnOnce(&[f32], &[f32]) -> Result<Vec<f32>>,
+    f64_kernel: impl FnOnce(&[f64], &[f64]) -> Result<Vec<f64>>,
+) -> Result<CpuStorage> {
+    Ok(match (s1, s2) {
+        (CpuStorage::F32(a), CpuStorage::F32(b)) => {
+            CpuStorage::F32(f32_kernel(contiguous(op, a, l1)?, contiguous(op, b, l2)?)?)
+        }
+        (CpuStorage::F64(a), CpuStorage::F64(b)) => {
+            CpuStorage::F64(f64_kernel(contiguous(op, a, l1)?, contiguous(op, b, l2)?)?)
+        }
+        (a, b) => candle_core::bail!(
+            "{op}: dtypes {:?} and {:?} not handled (both f32 or both f64)",
+            a.dtype(),
+            b.dtype()
+        ),
+    })
+}
+
 /// Applies a slice kernel chunk by chunk in parallel. The output is not zero-filled first:
 /// every kernel must write every element of the (equally long) output slice it is given.
 pub(crate) fn map1<T: Copy + Send + Sync>(

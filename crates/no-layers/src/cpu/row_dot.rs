@@ -234,8 +234,15 @@ pub(crate) fn f32_kernel_available() -> Option<Kernel<f32>> {
 /// kernel, `0`/`off` for the `gemm` crate (to measure one against the other with the same
 /// binary, as `examples/dense_timing.rs` and `examples/conv_timing.rs` do). Otherwise
 /// [`kernel_wins_here`] decides.
+///
+/// The answer is kept: [`kernel_wins_here`] reads the vendor with `CPUID`, which a virtual
+/// machine's hypervisor intercepts (a VM exit, microseconds), and [`crate::cpu::gemm_view`]
+/// asks on every product of the shape this kernel can take. Asked afresh each time, it was
+/// 16 % of an FNO training step on the Intel Xeon VM (`perf`: all of it on the instruction
+/// after `cpuid`), whose channel-MLP tiles make thousands of such products per step.
 pub(crate) fn kernel_preferred() -> bool {
-    forced().unwrap_or_else(kernel_wins_here)
+    static PREFERRED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PREFERRED.get_or_init(|| forced().unwrap_or_else(kernel_wins_here))
 }
 
 /// `NO_LAYERS_ROW_DOT`, read once per process: `Some(true)` for `1`/`on`, `Some(false)` for

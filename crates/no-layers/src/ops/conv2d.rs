@@ -31,10 +31,9 @@
 
 use crate::cpu::gemm_view::{gemm, GemmScalar, MatMut, MatRef};
 use crate::cpu::im2col::{fold_rows, fold_samples, unfold_rows, unfold_samples, Geometry};
-use crate::cpu::map::{contiguous, write_copy};
+use crate::cpu::map::{dispatch2, write_copy};
 use crate::cpu::scratch::PoolBuf;
 use crate::cpu::winograd::{self, WinogradScalar};
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
@@ -508,6 +507,23 @@ fn forward<T: WinogradScalar>(g: &Geometry, sz: &Sizes, x: &[T], w: &[T]) -> Res
     Ok(out)
 }
 
+/// `len` zeros written on rayon's threads. The input gradient is a whole input's size (12
+/// MB on DeepONet-CNN's second layer), and `vec![0; len]` filled it on the calling thread
+/// while the other cores waited; every path of [`input_grad`] then overwrites it.
+fn zeros_in_parallel<T: Copy + Default + Send + Sync>(len: usize) -> Vec<T> {
+    let mut out = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(crate::cpu::map::CHUNK)
+        .for_each(|chunk| {
+            for d in chunk {
+                d.write(T::default());
+            }
+        });
+    // SAFETY: the chunks cover `0..len` and every element was written.
+    unsafe { out.set_len(len) };
+    out
+}
+
 fn input_grad<T: WinogradScalar>(g: &Geometry, sz: &Sizes, w: &[T], grad: &[T]) -> Result<Vec<T>> {
     let total = sz.batch * g.sample();
     if let Some(adjoint) = winograd_adjoint(g, sz.out_channels) {
@@ -516,7 +532,7 @@ fn input_grad<T: WinogradScalar>(g: &Geometry, sz: &Sizes, w: &[T], grad: &[T]) 
         let flipped = flip_transposed(w, (sz.out_channels, g.c));
         return winograd::forward_to_vec(&adjoint, grad, &flipped, g.c);
     }
-    let mut gx = vec![T::default(); total];
+    let mut gx = zeros_in_parallel(total);
     let weight_t = MatRef::row_major(w, sz.out_channels, sz.patch_rows).t();
     run_groups(&mut gx, sz.group * g.sample(), |i, gx, scratch, threads| {
         let n = gx.len() / g.sample();
@@ -582,29 +598,6 @@ fn weight_grad<T: GemmScalar>(g: &Geometry, sz: &Sizes, x: &[T], grad: &[T]) -> 
             }
         });
     Ok(total)
-}
-
-/// The two contiguous f32 or f64 operands of a conv2d kernel, dispatched on dtype.
-fn dispatch2(
-    op: &str,
-    (s1, l1): (&CpuStorage, &Layout),
-    (s2, l2): (&CpuStorage, &Layout),
-    f32_kernel: impl FnOnce(&[f32], &[f32]) -> Result<Vec<f32>>,
-    f64_kernel: impl FnOnce(&[f64], &[f64]) -> Result<Vec<f64>>,
-) -> Result<CpuStorage> {
-    Ok(match (s1, s2) {
-        (CpuStorage::F32(a), CpuStorage::F32(b)) => {
-            CpuStorage::F32(f32_kernel(contiguous(op, a, l1)?, contiguous(op, b, l2)?)?)
-        }
-        (CpuStorage::F64(a), CpuStorage::F64(b)) => {
-            CpuStorage::F64(f64_kernel(contiguous(op, a, l1)?, contiguous(op, b, l2)?)?)
-        }
-        (a, b) => candle_core::bail!(
-            "{op}: dtypes {:?} and {:?} not handled (both f32 or both f64)",
-            a.dtype(),
-            b.dtype()
-        ),
-    })
 }
 
 /// Checks an input-shaped layout and a `[O, C, kh, kw]`/`[B, O, Ho, Wo]` one against the

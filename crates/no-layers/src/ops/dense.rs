@@ -244,13 +244,17 @@ fn columns_product<T: DenseScalar>(
     Ok(columns)
 }
 
-/// `[n, b.len()]` row-major with every row equal to `b` (written once, no zero fill first).
+/// `[n, b.len()]` row-major with every row equal to `b` (written once, no zero fill first),
+/// in tasks of about [`CHUNK`] values: with blocks of [`ROWS_PER_BLOCK`] rows, a batch of
+/// 32 long rows (POD-DeepONet's `32 × 10,000` fields, 1.3 MB each) was one task, filled on
+/// the calling thread while the others waited.
 fn repeat_rows<T: DenseScalar>(b: &[T], n: usize) -> Vec<T> {
     let o = b.len();
     let mut out = Vec::with_capacity(n * o);
-    if o > 0 {
+    if let Some(rows_per_task) = CHUNK.checked_div(o) {
+        let rows_per_task = rows_per_task.max(1);
         out.spare_capacity_mut()[..n * o]
-            .par_chunks_mut(o * ROWS_PER_BLOCK)
+            .par_chunks_mut(o * rows_per_task)
             .for_each(|rows| {
                 for row in rows.chunks_mut(o) {
                     for (d, &v) in row.iter_mut().zip(b) {

@@ -31,6 +31,7 @@ use std::marker::PhantomData;
 use std::sync::OnceLock;
 
 pub mod anchored_gelu;
+pub mod basis_product;
 pub(crate) mod candle_fixes;
 pub mod causal_conv;
 pub mod channel_affine;
@@ -45,6 +46,7 @@ pub mod fft;
 pub mod fno_block_tail;
 pub mod gelu;
 pub mod leaky_relu;
+pub mod mse;
 pub mod periodic_border;
 pub mod relu;
 pub mod spectral_transform;

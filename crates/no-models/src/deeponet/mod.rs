@@ -41,6 +41,7 @@ use crate::error::{ModelError, Result};
 use crate::operator::NeuralOperator;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+use no_layers::ops::basis_product::basis_product;
 use no_layers::ops::channel_affine::add_channel_bias;
 
 /// The `(t, x)` coordinates of every node of an `nt × nx` grid, scaled to `[0, 1]`, row-major
@@ -98,14 +99,7 @@ pub(crate) fn combine_with_trunk_blocks(
     blocks: &Tensor,
     bias: Option<&Tensor>,
 ) -> candle_core::Result<Tensor> {
-    let (b, p) = branch.dims2()?;
-    let (k, q, _) = blocks.dims3()?;
-    if p != k * q {
-        candle_core::bail!("branch width {p} must equal the trunk width {}", k * q);
-    }
-    // [K, B, q] x [K, q, N] -> [K, B, N]
-    let br = branch.reshape((b, k, q))?.transpose(0, 1)?.contiguous()?;
-    let out = br.matmul(blocks)?.transpose(0, 1)?;
+    let out = basis_product(branch, blocks)?;
     match bias {
         Some(bias) => add_channel_bias(&out, bias),
         None => Ok(out),

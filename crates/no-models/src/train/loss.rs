@@ -9,6 +9,11 @@
 use candle_core::{Result, Tensor};
 use serde::{Deserialize, Serialize};
 
+/// The mean squared error `mean((pred − target)²)` (PyTorch's `F.mse_loss`), one fused
+/// CPU op forward and backward; the loss of the timed training steps in `benches/` and
+/// `examples/model_timing.rs`, which the PyTorch anchors time with `F.mse_loss`.
+pub use no_layers::ops::mse::mse_loss;
+
 /// Added to the target norm (as neuraloperator's `LpLoss`), so a zero target stays finite.
 pub const EPS: f64 = 1e-8;
 /// Added under the square root of the error norm, so the gradient at a perfect fit is 0

@@ -15,7 +15,7 @@ pub mod trainer;
 pub mod validate;
 
 pub use error::TrainError;
-pub use loss::{pooled_relative_l2, relative_l2, relative_l2_per_channel, LossKind};
+pub use loss::{mse_loss, pooled_relative_l2, relative_l2, relative_l2_per_channel, LossKind};
 pub use optim::{AdamW, AdamWParams, AdamWState};
 pub use resume::{ResumeRequest, Resumed};
 pub use schedule::Schedule;
