@@ -324,3 +324,68 @@ fn cno_activation() -> Result<()> {
     }
     Ok(())
 }
+
+/// [`check`] for the fused paths taken only when no operand records gradients (inference):
+/// the forward alone, on plain tensors.
+fn check_forward<F>(name: &str, shapes: &[&[usize]], f: F) -> Result<()>
+where
+    F: Fn(&[Tensor]) -> Result<Tensor>,
+{
+    for (dtype, tol) in [(DType::F32, 1e-5), (DType::F64, 1e-12)] {
+        let inputs = shapes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| randn(s, i as u64 + 1, dtype))
+            .collect::<Result<Vec<_>>>()?;
+        let fused = f(&inputs)?;
+        let composite = {
+            let _guard = composite_only();
+            f(&inputs)?
+        };
+        assert_eq!(fused.dims(), composite.dims(), "{name} {dtype:?}: shapes");
+        let (a, b) = (fused.to_dtype(DType::F64)?, composite.to_dtype(DType::F64)?);
+        let scale = b
+            .abs()?
+            .max_all()?
+            .to_scalar::<f64>()?
+            .max(f64::MIN_POSITIVE);
+        let diff = (&a - &b)?.abs()?.max_all()?.to_scalar::<f64>()?;
+        assert!(
+            diff <= tol * scale,
+            "{name} {dtype:?}: forward differs by {diff:e} (largest value {scale:e})"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn periodic_border_and_mode_mix() -> Result<()> {
+    use ops::periodic_border::{periodic_border_sum, periodic_border_sum_of};
+    // (batch, in channels, out channels, height, width, kernel)
+    for (b, c, o, h, w, k) in [(2, 3, 4, 7, 6, 3), (1, 2, 9, 5, 8, 3), (3, 1, 2, 9, 9, 5)] {
+        let name = format!("periodic_border_sum {b}×{c}→{o} {h}×{w} k{k}");
+        let shapes: [&[usize]; 4] = [&[b, o, h, w], &[b, c, h, w], &[o, c, k, k], &[o]];
+        check(&name, &shapes, |t| {
+            periodic_border_sum(&t[0], &t[1], &t[2], Some(&t[3]), true)
+        })?;
+        let name = format!("periodic_border_sum_of {b}×{c}→{o} {h}×{w} k{k}");
+        let shapes: [&[usize]; 5] = [
+            &[b, o, h, w],
+            &[b, o, h, w],
+            &[b, c, h, w],
+            &[o, c, k, k],
+            &[o],
+        ];
+        check_forward(&name, &shapes, |t| {
+            periodic_border_sum_of(&t[0], &t[1], &t[2], &t[3], Some(&t[4]), true)
+        })?;
+    }
+    // (modes, batch, in channels, out channels)
+    for (m, b, c, o) in [(144, 1, 32, 32), (7, 2, 3, 5), (20, 4, 6, 1)] {
+        let name = format!("mode_mix {m} modes, batch {b}, {c}→{o}");
+        check_forward(&name, &[&[m, b, 2 * c], &[c, o, m, 2]], |t| {
+            ops::mode_mix::mode_mix(&t[0], &t[1])
+        })?;
+    }
+    Ok(())
+}

@@ -32,6 +32,11 @@ use std::ops::{Add, Mul, Sub};
 /// `2 · 16 · C · tiles` values, stay within a 1 MB L2 cache at 32 channels of `f32`.
 const TARGET_TILES: usize = 512;
 
+/// Fewest tasks a call is cut into: at batch 1 a 100 × 100 plane made five tasks of
+/// [`TARGET_TILES`], so one core ran the fifth alone (a sixth of a batch-1 LocalNO forward
+/// had one core idle there in `perf`). Eight share out evenly over two or four threads.
+const MIN_TASKS: usize = 8;
+
 /// Fewest input and output channels: the sixteen products have `C` as their inner size,
 /// and below 32 they run too far below the machine's peak to gain on the patch matrix of
 /// [`crate::ops::conv2d`] (measured on the 2-core dev machine: 8 → 8 channels on 100 × 100
@@ -105,7 +110,7 @@ pub(crate) fn forward<T: WinogradScalar>(
         );
     }
     let u = transform_weights(w, o, g.c);
-    let tiling = Tiling::new(g);
+    let tiling = Tiling::new(g, batch);
     let rows = SharedRows::new(out);
     let tasks: Vec<(usize, usize)> = (0..batch)
         .flat_map(|s| (0..tiling.blocks()).map(move |k| (s, k)))
@@ -184,13 +189,18 @@ struct Tiling {
 }
 
 impl Tiling {
-    fn new(g: &Geometry) -> Self {
+    /// Tasks of about [`TARGET_TILES`] tiles, smaller where the batch would give fewer
+    /// than [`MIN_TASKS`] of them. The split depends on the geometry and the batch alone;
+    /// each output column of a task's products is summed in the same order whatever the
+    /// task's width, so it changes no value.
+    fn new(g: &Geometry, batch: usize) -> Self {
         let (tw, th) = (g.wo.div_ceil(2), g.ho.div_ceil(2));
-        Self {
-            tw,
-            th,
-            per_task: (TARGET_TILES / tw.max(1)).clamp(1, th.max(1)),
+        let mut per_task = (TARGET_TILES / tw.max(1)).clamp(1, th.max(1));
+        let per_sample = MIN_TASKS.div_ceil(batch.max(1));
+        if th.div_ceil(per_task) < per_sample {
+            per_task = th.div_ceil(per_sample).max(1);
         }
+        Self { tw, th, per_task }
     }
 
     /// Tasks per sample.
@@ -519,6 +529,27 @@ mod tests {
                 .zip(&reference)
                 .fold(0f64, |m, (&a, b)| m.max((a as f64 - b).abs()));
             assert!(err32 <= 2e-5 * scale, "f32 {c}x{h}x{w} p{padding}: {err32}");
+        }
+    }
+
+    /// A batch of one is cut into more, smaller tasks than the same plane in a batch of
+    /// four (eight against five at 100 × 100): the values are the same bits.
+    #[test]
+    fn task_size_changes_no_value() {
+        let (c, o) = (32, 32);
+        let g = Geometry::new(c, 100, 100, 3, 3, 1, 1);
+        assert_eq!(Tiling::new(&g, 1).blocks(), 8);
+        assert_eq!(Tiling::new(&g, 4).blocks(), 5);
+        let x: Vec<f32> = values(4 * c * 100 * 100, 3)
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
+        let w: Vec<f32> = values(o * c * 9, 4).iter().map(|&v| v as f32).collect();
+        let batch = run(&g, &x, &w, o);
+        let plane = o * 100 * 100;
+        for s in 0..4 {
+            let alone = run(&g, &x[s * c * 10_000..][..c * 10_000], &w, o);
+            assert!(alone == batch[s * plane..][..plane], "sample {s}");
         }
     }
 

@@ -8,6 +8,7 @@
 pub mod activation;
 pub mod blocks;
 pub mod cno_activation;
+pub(crate) mod constant_cache;
 pub mod dense;
 pub mod embedding;
 pub mod local;

@@ -46,6 +46,7 @@ pub mod fft;
 pub mod fno_block_tail;
 pub mod gelu;
 pub mod leaky_relu;
+pub mod mode_mix;
 pub mod mse;
 pub mod periodic_border;
 pub mod relu;

@@ -59,6 +59,44 @@ pub fn periodic_border_sum(
     bias: Option<&Tensor>,
     gelu: bool,
 ) -> Result<Tensor> {
+    border_sum(main, None, x, kernel, bias, gelu)
+}
+
+/// [`periodic_border_sum`] of `spectral + main` (the end of a LocalNO block, whose `main`
+/// is the merged local convolution). When no operand records gradients (inference), the
+/// fused CPU op adds `spectral` in its own pass over the output, with the values of adding
+/// it first (`(spectral + main) + bias`, rounded in that order); otherwise the sum is made
+/// first and differentiated as usual.
+pub fn periodic_border_sum_of(
+    spectral: &Tensor,
+    main: &Tensor,
+    x: &Tensor,
+    kernel: &Tensor,
+    bias: Option<&Tensor>,
+    gelu: bool,
+) -> Result<Tensor> {
+    let mut tensors = vec![spectral, main, x, kernel];
+    tensors.extend(bias);
+    let in_pass = tensors.iter().all(|t| !t.track_op())
+        && spectral.shape() == main.shape()
+        && spectral.dtype() == main.dtype()
+        && crate::ops::fused_cpu(&tensors);
+    if !in_pass {
+        return periodic_border_sum(&(spectral + main)?, x, kernel, bias, gelu);
+    }
+    border_sum(main, Some(spectral.contiguous()?), x, kernel, bias, gelu)
+}
+
+/// [`periodic_border_sum`] with an optional untracked `addend` of `main`'s shape added in
+/// the fused op's pass (the composite form adds it first).
+fn border_sum(
+    main: &Tensor,
+    addend: Option<Tensor>,
+    x: &Tensor,
+    kernel: &Tensor,
+    bias: Option<&Tensor>,
+    gelu: bool,
+) -> Result<Tensor> {
     let (b, c, h, w) = x.dims4()?;
     let (o, kc, kh, kw) = kernel.dims4()?;
     if main.dims() != [b, o, h, w] || kc != c {
@@ -85,13 +123,18 @@ pub fn periodic_border_sum(
     let mut tensors = vec![main, x, kernel];
     tensors.extend(bias);
     if !crate::ops::fused_cpu(&tensors) {
+        let main = match &addend {
+            Some(a) => &(a + main)?,
+            None => main,
+        };
         return periodic_border_composite(main, x, kernel, bias, gelu);
     }
     let params = match bias {
         Some(bias) => Tensor::cat(&[kernel.flatten_all()?, bias.flatten_all()?], 0)?,
         None => kernel.flatten_all()?,
     };
-    let border = Border::new((c, h, w), (o, kh, kw), (bias.is_some(), gelu));
+    let mut border = Border::new((c, h, w), (o, kh, kw), (bias.is_some(), gelu));
+    border.addend = addend;
     main.contiguous()?
         .apply_op3(&x.contiguous()?, &params.contiguous()?, border)
 }
@@ -138,6 +181,25 @@ pub fn periodic_border_composite(
 }
 
 /// Sizes, options, and where the border positions read outside the grid.
+/// The positions `r·w + col` (ascending) within `ph` rows or `pw` columns of the edge of
+/// an `h × w` plane, row by row: whole rows at the top and bottom, the two side strips in
+/// between (built on every call, so without a division per point of the plane).
+fn border_positions(h: usize, w: usize, ph: usize, pw: usize) -> Vec<usize> {
+    let mut positions = Vec::new();
+    for r in 0..h {
+        if r < ph || r + ph >= h || 2 * pw >= w {
+            positions.extend(r * w..(r + 1) * w);
+        } else {
+            positions.extend(r * w..r * w + pw);
+            positions.extend((r + 1) * w - pw..(r + 1) * w);
+        }
+    }
+    positions
+}
+
+/// Output channels per task of a batch-1 border product (four tasks at 32 channels).
+const BORDER_BAND: usize = 8;
+
 #[derive(Debug, Clone)]
 struct Border {
     c: usize,
@@ -153,6 +215,9 @@ struct Border {
     /// Every tap that reads outside the grid: (tap `i·kw + j`, column in `positions`,
     /// wrapped source index in the plane).
     halo: Vec<(usize, usize, usize)>,
+    /// A contiguous tensor of `main`'s shape added to it in the forward pass; only set when
+    /// no gradient flows (it is not an input of the op's graph node).
+    addend: Option<Tensor>,
 }
 
 /// The backward's results on slices (`main` empty without the activation).
@@ -169,12 +234,7 @@ impl Border {
         (bias, gelu): (bool, bool),
     ) -> Self {
         let (ph, pw) = (kh / 2, kw / 2);
-        let positions: Vec<usize> = (0..h * w)
-            .filter(|&p| {
-                let (r, col) = (p / w, p % w);
-                r < ph || r + ph >= h || col < pw || col + pw >= w
-            })
-            .collect();
+        let positions = border_positions(h, w, ph, pw);
         let mut halo = Vec::new();
         for (q, &p) in positions.iter().enumerate() {
             let (r, col) = ((p / w) as isize, (p % w) as isize);
@@ -202,6 +262,7 @@ impl Border {
             gelu,
             positions,
             halo,
+            addend: None,
         }
     }
 
@@ -245,13 +306,29 @@ impl Border {
     fn gather<T: PointScalar>(&self, x_s: &[T], d: &mut PoolBuf<T>) {
         let p = self.positions.len();
         d.set_len(self.patch_rows() * p);
-        d.fill(T::default());
-        for ch in 0..self.c {
-            let plane = &x_s[ch * self.plane()..(ch + 1) * self.plane()];
-            let rows = &mut d[ch * self.taps() * p..(ch + 1) * self.taps() * p];
-            for &(t, q, src) in &self.halo {
-                rows[t * p + q] = plane[src];
-            }
+        for (ch, rows) in d.chunks_mut((self.taps() * p).max(1)).enumerate() {
+            self.gather_channel(&x_s[ch * self.plane()..][..self.plane()], rows);
+        }
+    }
+
+    /// [`Self::gather`] with the channels in parallel (a batch of one, where the samples
+    /// give no parallel work).
+    fn gather_in_parallel<T: PointScalar>(&self, x_s: &[T], d: &mut PoolBuf<T>) {
+        let p = self.positions.len();
+        d.set_len(self.patch_rows() * p);
+        d.par_chunks_mut((self.taps() * p).max(1))
+            .enumerate()
+            .for_each(|(ch, rows)| {
+                self.gather_channel(&x_s[ch * self.plane()..][..self.plane()], rows)
+            });
+    }
+
+    /// One channel's rows `[kh·kw, P]` of the patch matrix from its `plane`.
+    fn gather_channel<T: PointScalar>(&self, plane: &[T], rows: &mut [T]) {
+        let p = self.positions.len();
+        rows.fill(T::default());
+        for &(t, q, src) in &self.halo {
+            rows[t * p + q] = plane[src];
         }
     }
 
@@ -269,13 +346,57 @@ impl Border {
 
     /// The pre-activation of output channel `o` of one sample into `pre`: its `main`
     /// plane plus the bias plus the border values `y_o` (`[P]`).
-    fn pre_activation<T: PointScalar>(&self, main_plane: &[T], bias: T, y_o: &[T], pre: &mut [T]) {
-        for (d, &m) in pre.iter_mut().zip(main_plane) {
-            *d = m + bias;
+    fn pre_activation<T: PointScalar>(
+        &self,
+        (main_plane, addend_plane): (&[T], Option<&[T]>),
+        bias: T,
+        y_o: &[T],
+        pre: &mut [T],
+    ) {
+        match addend_plane {
+            Some(a) => {
+                for ((d, &m), &a) in pre.iter_mut().zip(main_plane).zip(a) {
+                    *d = (a + m) + bias;
+                }
+            }
+            None => {
+                for (d, &m) in pre.iter_mut().zip(main_plane) {
+                    *d = m + bias;
+                }
+            }
         }
         for (&pos, &v) in self.positions.iter().zip(y_o) {
             pre[pos] += v;
         }
+    }
+
+    /// The border values `K · D` `[O, P]` of a batch of one, the product cut into bands of
+    /// [`BORDER_BAND`] output channels in parallel (one sample gives the per-sample split
+    /// nothing to share out). Each value is the same sum as in the whole product.
+    fn border_values_in_bands<T: PointScalar>(
+        &self,
+        params: &[T],
+        x_s: &[T],
+    ) -> Result<PoolBuf<T>> {
+        let (p, rows) = (self.positions.len(), self.patch_rows());
+        let mut d = PoolBuf::new(0);
+        self.gather_in_parallel(x_s, &mut d);
+        let mut y = PoolBuf::new(0);
+        y.set_len(self.o * p);
+        let kernel = &params[..self.o * rows];
+        y.par_chunks_mut((BORDER_BAND * p).max(1))
+            .zip(kernel.par_chunks(BORDER_BAND * rows))
+            .try_for_each(|(y_band, k_band)| {
+                let band = k_band.len() / rows.max(1);
+                gemm(
+                    MatMut::row_major(y_band, band, p),
+                    MatRef::row_major(k_band, band, rows),
+                    MatRef::row_major(&d, rows, p),
+                    false,
+                    1,
+                )
+            })?;
+        Ok(y)
     }
 
     /// The border values `K · D` `[O, P]` of one sample into `y` (and `D` into `d`).
@@ -301,20 +422,32 @@ impl Border {
     /// sample (one product each), then the output planes of every (sample, channel) pair.
     /// The second pass is most of the work (a full plane of bias, border and GELU each), and
     /// splitting it by channel keeps every thread busy at batch 1 too.
-    fn forward<T: PointScalar>(&self, main: &[T], x: &[T], params: &[T]) -> Result<Vec<T>> {
+    fn forward<T: PointScalar>(
+        &self,
+        (main, addend): (&[T], Option<&[T]>),
+        x: &[T],
+        params: &[T],
+    ) -> Result<Vec<T>> {
         let (k, bias) = self.split(params)?;
         let (plane, p) = (self.plane(), self.positions.len());
-        let borders: Vec<PoolBuf<T>> = x
-            .par_chunks((self.c * plane).max(1))
-            .map_init(
-                || PoolBuf::new(0),
-                |d, x_s| {
-                    let mut y = PoolBuf::new(0);
-                    self.border_values(k, x_s, (d, &mut y))?;
-                    Ok(y)
-                },
-            )
-            .collect::<Result<_>>()?;
+        if addend.is_some_and(|a| a.len() != main.len()) {
+            candle_core::bail!("periodic border: the addend's size differs from main's");
+        }
+        let sample = (self.c * plane).max(1);
+        let borders: Vec<PoolBuf<T>> = if x.len() == sample {
+            vec![self.border_values_in_bands(params, x)?]
+        } else {
+            x.par_chunks(sample)
+                .map_init(
+                    || PoolBuf::new(0),
+                    |d, x_s| {
+                        let mut y = PoolBuf::new(0);
+                        self.border_values(k, x_s, (d, &mut y))?;
+                        Ok(y)
+                    },
+                )
+                .collect::<Result<_>>()?
+        };
         let mut out: Vec<T> = Vec::with_capacity(main.len());
         out.spare_capacity_mut()
             .par_chunks_mut(plane.max(1))
@@ -325,7 +458,8 @@ impl Border {
                 |pre, (i, (dst, main_plane))| {
                     let (s, o) = (i / self.o, i % self.o);
                     let y_o = &borders[s][o * p..(o + 1) * p];
-                    self.pre_activation(main_plane, bias[o], y_o, pre);
+                    let addend_plane = addend.map(|a| &a[i * plane..][..plane]);
+                    self.pre_activation((main_plane, addend_plane), bias[o], y_o, pre);
                     if self.gelu {
                         T::gelu(pre, dst);
                     } else {
@@ -379,7 +513,12 @@ impl Border {
                             for o in 0..self.o {
                                 let range = o * plane..(o + 1) * plane;
                                 let y_o = &y[o * p..(o + 1) * p];
-                                self.pre_activation(&main_s[range.clone()], bias[o], y_o, pre);
+                                self.pre_activation(
+                                    (&main_s[range.clone()], None),
+                                    bias[o],
+                                    y_o,
+                                    pre,
+                                );
                                 T::gelu_grad(pre, &g_s[range.clone()], as_uninit(&mut dm_s[range]));
                             }
                             dm_s
@@ -464,17 +603,29 @@ impl CustomOp3 for Border {
             );
         }
         let name = self.name();
+        let addend = self.addend.as_ref().map(|a| a.storage_and_layout());
+        let addend = addend.as_ref().map(|(st, l)| (&**st, *l));
         let out = match (s1, s2, s3) {
             (CpuStorage::F32(m), CpuStorage::F32(x), CpuStorage::F32(k)) => {
+                let a = match addend {
+                    Some((Storage::Cpu(CpuStorage::F32(a)), l)) => Some(contiguous(name, a, l)?),
+                    Some(_) => candle_core::bail!("{name}: the addend is not an f32 CPU tensor"),
+                    None => None,
+                };
                 CpuStorage::F32(self.forward(
-                    contiguous(name, m, l1)?,
+                    (contiguous(name, m, l1)?, a),
                     contiguous(name, x, l2)?,
                     contiguous(name, k, l3)?,
                 )?)
             }
             (CpuStorage::F64(m), CpuStorage::F64(x), CpuStorage::F64(k)) => {
+                let a = match addend {
+                    Some((Storage::Cpu(CpuStorage::F64(a)), l)) => Some(contiguous(name, a, l)?),
+                    Some(_) => candle_core::bail!("{name}: the addend is not an f64 CPU tensor"),
+                    None => None,
+                };
                 CpuStorage::F64(self.forward(
-                    contiguous(name, m, l1)?,
+                    (contiguous(name, m, l1)?, a),
                     contiguous(name, x, l2)?,
                     contiguous(name, k, l3)?,
                 )?)
@@ -571,6 +722,31 @@ mod tests {
 
     fn max_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
         (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()
+    }
+
+    /// The border's positions, listed row by row, are the points within the half-widths
+    /// of an edge, in ascending order.
+    #[test]
+    fn border_positions_are_the_points_near_an_edge() {
+        for (h, w, ph, pw) in [
+            (6, 7, 1, 1),
+            (5, 4, 2, 1),
+            (2, 3, 2, 3),
+            (1, 1, 1, 1),
+            (9, 8, 0, 2),
+        ] {
+            let expected: Vec<usize> = (0..h * w)
+                .filter(|&p| {
+                    let (r, col) = (p / w, p % w);
+                    r < ph || r + ph >= h || col < pw || col + pw >= w
+                })
+                .collect();
+            assert_eq!(
+                border_positions(h, w, ph, pw),
+                expected,
+                "{h}×{w}, {ph}, {pw}"
+            );
+        }
     }
 
     /// Zero-padded convolution + border = periodic convolution, values and all three
@@ -758,6 +934,46 @@ mod tests {
         };
         let report = check_gradients(f, &[x, k, m, b], &GradCheckConfig::default())?;
         assert!(report.passed(), "{report:?}");
+        Ok(())
+    }
+
+    /// With nothing tracked the spectral part is added in the op's pass, with the bits of
+    /// adding it first; a batch of one (border products in bands of channels) gives each
+    /// sample the bits it has in a batch of three.
+    #[test]
+    fn the_sum_of_two_mains_in_one_pass_equals_adding_first() -> Result<()> {
+        for dtype in [DType::F32, DType::F64] {
+            let x = randn(&[3, 4, 9, 8], 60)?.to_dtype(dtype)?;
+            let k = randn(&[20, 4, 3, 3], 61)?.to_dtype(dtype)?;
+            let m = randn(&[3, 20, 9, 8], 62)?.to_dtype(dtype)?;
+            let s = randn(&[3, 20, 9, 8], 63)?.to_dtype(dtype)?;
+            let b = randn(&[20], 64)?.to_dtype(dtype)?;
+            let fused = periodic_border_sum_of(&s, &m, &x, &k, Some(&b), true)?;
+            let first = periodic_border_sum(&(&s + &m)?, &x, &k, Some(&b), true)?;
+            let bits = |t: &Tensor| t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>();
+            assert_eq!(bits(&fused)?, bits(&first)?, "{dtype:?}");
+            for i in 0..3 {
+                let one = |t: &Tensor| t.narrow(0, i, 1);
+                let alone =
+                    periodic_border_sum_of(&one(&s)?, &one(&m)?, &one(&x)?, &k, Some(&b), true)?;
+                assert_eq!(bits(&alone)?, bits(&one(&fused)?)?, "{dtype:?} sample {i}");
+            }
+        }
+        Ok(())
+    }
+
+    /// With a tracked operand the sum is made first, so every operand gets its gradient.
+    #[test]
+    fn a_tracked_sum_of_two_mains_has_gradients() -> Result<()> {
+        let x = randn(&[1, 2, 5, 5], 70)?;
+        let k = randn(&[3, 2, 3, 3], 71)?;
+        let m = randn(&[1, 3, 5, 5], 72)?;
+        let s = Var::from_tensor(&randn(&[1, 3, 5, 5], 73)?)?;
+        let y = periodic_border_sum_of(s.as_tensor(), &m, &x, &k, None, true)?;
+        let expected = periodic_border_sum(&(s.as_tensor() + &m)?, &x, &k, None, true)?;
+        assert_eq!(max_diff(&y, &expected)?, 0.0);
+        let grads = y.sum_all()?.backward()?;
+        assert!(grads.get(s.as_tensor()).is_some());
         Ok(())
     }
 

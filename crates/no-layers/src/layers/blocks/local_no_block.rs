@@ -16,13 +16,14 @@
 //! convolutions of `x` (3×3, 3×3 and 1×1 at the defaults), so when both kernels mix all
 //! channels their stencils are added and applied as **one** zero-padded convolution; one
 //! more pass adds the spectral output, the finite difference's periodic wrap-around on the
-//! border, DISCO's bias and the GELU ([`crate::ops::periodic_border::periodic_border_sum`],
+//! border, DISCO's bias and the GELU ([`crate::ops::periodic_border::periodic_border_sum_of`],
 //! fused on the CPU, its composite form elsewhere). The same function as three
 //! convolutions and four additions, at about a third of their cost.
 
 use crate::error::Result;
 use crate::layers::activation::gelu;
 use crate::layers::blocks::fno_block::FnoBlockConfig;
+use crate::layers::constant_cache::{all_constant, ConstantCache};
 use crate::layers::local::conv::{conv2d_same, conv2d_same_sum, PaddingMode};
 use crate::layers::local::disco::{Disco, DiscoConfig};
 use crate::layers::local::finite_difference::{FiniteDifference, FiniteDifferenceConfig};
@@ -32,7 +33,7 @@ use crate::layers::skip::{Skip, SkipKind};
 use crate::layers::spectral::conv::SpectralConv;
 use crate::ops::channel_affine::add_channel_bias;
 use crate::ops::fno_block_tail::{fno_block_tail, BlockTailWeights};
-use crate::ops::periodic_border::periodic_border_sum;
+use crate::ops::periodic_border::periodic_border_sum_of;
 use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
 
@@ -59,6 +60,9 @@ pub struct LocalNoBlock {
     /// The weights of the point-wise part when it has the fused op's form.
     tail: Option<BlockTailWeights>,
     last: bool,
+    /// For constant weights (an inference twin), the merged local kernels last built:
+    /// keyed by the grid, `(finite-difference kernel, DISCO stencil with the skip)`.
+    local_kernels: ConstantCache<(usize, usize), (Tensor, Tensor)>,
 }
 
 impl LocalNoBlock {
@@ -90,6 +94,7 @@ impl LocalNoBlock {
             mlp,
             tail,
             last: index + 1 >= f.n_layers,
+            local_kernels: ConstantCache::default(),
         })
     }
 
@@ -127,7 +132,9 @@ impl Module for LocalNoBlock {
                     _ => None,
                 };
                 let act = skip.is_some() && activation;
-                let y = merged_block_sum(fd, disco, skip, x, &spectral, act)?;
+                let (n_h, n_w) = (x.dim(2)?, x.dim(3)?);
+                let kernels = self.local_kernels(fd, disco, skip, (n_h, n_w))?;
+                let y = merged_block_sum(fd, disco, &kernels, x, &spectral, act)?;
                 (y, skip.is_some())
             }
             (diff, disco) => {
@@ -164,28 +171,35 @@ impl Module for LocalNoBlock {
 
 /// Whether a block's finite-difference and DISCO kernels can run as one convolution
 /// ([`merged_block_sum`]): both mix all channels and the input is a 2-D grid.
-fn mergeable(fd: &FiniteDifference, disco: &Disco, x: &Tensor) -> bool {
-    fd.config().groups == 1 && fd.config().n_dim == 2 && disco.config().groups == 1 && x.rank() == 4
+impl LocalNoBlock {
+    /// The finite-difference kernel and the DISCO stencil (with a linear skip in its
+    /// centre) for an `n_h × n_w` grid: kept between calls for constant weights, where they
+    /// are a dozen small tensor ops per block and call otherwise.
+    fn local_kernels(
+        &self,
+        fd: &FiniteDifference,
+        disco: &Disco,
+        skip: Option<&Tensor>,
+        grid: (usize, usize),
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        let build = || merged_kernels(fd, disco, skip, grid);
+        let mut sources = vec![fd.weight(), disco.weight()];
+        sources.extend(skip);
+        if !all_constant(&sources) {
+            return build();
+        }
+        self.local_kernels.get_or_build(grid, &sources, build)
+    }
 }
 
-/// `act(spectral + FD(x) + DISCO(x) [+ W_skip·x])` with one convolution: the kernels
-/// are all "same" convolutions of `x` (the linear skip, weight `[C, C, 1]`, a 1×1 one), so
-/// their stencils add. With the finite difference periodic and DISCO zero-padded (the
-/// defaults), the summed stencil runs zero-padded and one pass adds the spectral output,
-/// the finite difference's periodic wrap-around on the border, DISCO's bias and the GELU
-/// ([`periodic_border_sum`], which picks its fused CPU kernel or its composite form);
-/// otherwise [`conv2d_same_sum`] and separate additions. Half the convolution work of
-/// running the kernels one after the other, no separate skip product and three full-size
-/// passes less; the same function up to rounding.
-fn merged_block_sum(
+/// [`LocalNoBlock::local_kernels`] built: `(FD kernel for the width, DISCO stencil [+ the
+/// skip weight at its centre])`.
+fn merged_kernels(
     fd: &FiniteDifference,
     disco: &Disco,
     skip: Option<&Tensor>,
-    x: &Tensor,
-    spectral: &Tensor,
-    activation: bool,
-) -> candle_core::Result<Tensor> {
-    let (_, _, n_h, n_w) = x.dims4()?;
+    (n_h, n_w): (usize, usize),
+) -> candle_core::Result<(Tensor, Tensor)> {
     let mut stencil = disco.stencil(n_h, n_w)?;
     if let Some(w) = skip {
         let (o, c, kh, kw) = stencil.dims4()?;
@@ -195,18 +209,42 @@ fn merged_block_sum(
             .pad_with_zeros(3, kw / 2, kw / 2)?;
         stencil = (stencil + centre)?;
     }
-    let fd_kernel = fd.kernel_for_width(n_w)?;
+    Ok((fd.kernel_for_width(n_w)?, stencil))
+}
+
+fn mergeable(fd: &FiniteDifference, disco: &Disco, x: &Tensor) -> bool {
+    fd.config().groups == 1 && fd.config().n_dim == 2 && disco.config().groups == 1 && x.rank() == 4
+}
+
+/// `act(spectral + FD(x) + DISCO(x) [+ W_skip·x])` with one convolution: the kernels
+/// are all "same" convolutions of `x` (the linear skip, weight `[C, C, 1]`, a 1×1 one), so
+/// their stencils add. With the finite difference periodic and DISCO zero-padded (the
+/// defaults), the summed stencil runs zero-padded and one pass adds the spectral output,
+/// the finite difference's periodic wrap-around on the border, DISCO's bias and the GELU
+/// ([`periodic_border_sum_of`], which picks its fused CPU kernel or its composite form,
+/// and adds the spectral output in its pass when no gradient is recorded);
+/// otherwise [`conv2d_same_sum`] and separate additions. Half the convolution work of
+/// running the kernels one after the other, no separate skip product and three full-size
+/// passes less; the same function up to rounding.
+fn merged_block_sum(
+    fd: &FiniteDifference,
+    disco: &Disco,
+    (fd_kernel, stencil): &(Tensor, Tensor),
+    x: &Tensor,
+    spectral: &Tensor,
+    activation: bool,
+) -> candle_core::Result<Tensor> {
     let one_pass = fd.config().padding == PaddingMode::Periodic
         && disco.config().padding == PaddingMode::Zeros
         && fd_kernel.dims() == stencil.dims();
     if one_pass {
-        let main = conv2d_same(x, &(&fd_kernel + &stencil)?, PaddingMode::Zeros, 1)?;
-        return periodic_border_sum(&(spectral + main)?, x, &fd_kernel, disco.bias(), activation);
+        let main = conv2d_same(x, &(fd_kernel + stencil)?, PaddingMode::Zeros, 1)?;
+        return periodic_border_sum_of(spectral, &main, x, fd_kernel, disco.bias(), activation);
     }
     let local = conv2d_same_sum(
         x,
-        (&fd_kernel, fd.config().padding),
-        (&stencil, disco.config().padding),
+        (fd_kernel, fd.config().padding),
+        (stencil, disco.config().padding),
     )?;
     let mut y = (spectral + local)?;
     if let Some(bias) = disco.bias() {
@@ -291,6 +329,49 @@ mod tests {
                 assert!(diff < 1e-11, "mlp {mlp} block {index}: {diff}");
             }
         }
+        Ok(())
+    }
+
+    /// A block over constant views of its weights (as an inference twin builds it) keeps
+    /// its merged local kernels and adds the spectral part in the border pass: the same
+    /// bits as the block over the variables, also after an in-place update of them.
+    #[test]
+    fn a_constant_block_keeps_its_kernels_and_equals_the_variable_block() -> Result<()> {
+        let vars = SeededVarMap::new(8);
+        let config = cfg(false, true, true);
+        let trained = LocalNoBlock::new(&config, vars.var_builder(DType::F32, &Device::Cpu), 0)?;
+        let views: std::collections::HashMap<String, Tensor> = vars
+            .varmap()
+            .data()
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+            .collect();
+        let twin = LocalNoBlock::new(
+            &config,
+            VarBuilder::from_tensors(views, DType::F32, &Device::Cpu),
+            0,
+        )?;
+        let x = crate::gradcheck::random_like(
+            &Tensor::zeros((1, 4, 12, 10), DType::F64, &Device::Cpu)?,
+            4,
+        )?
+        .to_dtype(DType::F32)?;
+        let bits = |t: &Tensor| -> Result<Vec<u32>> {
+            Ok(t.flatten_all()?
+                .to_vec1::<f32>()?
+                .iter()
+                .map(|v| v.to_bits())
+                .collect())
+        };
+        assert!(!trained.local_kernels.is_filled());
+        assert_eq!(bits(&twin.forward(&x)?)?, bits(&trained.forward(&x)?)?);
+        assert!(twin.local_kernels.is_filled() && !trained.local_kernels.is_filled());
+        for var in vars.varmap().all_vars() {
+            var.set(&(var.as_tensor() * 0.5)?)?;
+        }
+        assert_eq!(bits(&twin.forward(&x)?)?, bits(&trained.forward(&x)?)?);
         Ok(())
     }
 }

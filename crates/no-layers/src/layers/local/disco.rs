@@ -448,6 +448,11 @@ impl Disco {
         &self.cfg
     }
 
+    /// The weight `[out, in/groups, weight slots]`.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
     /// The per-output-channel bias, when the layer has one.
     pub fn bias(&self) -> Option<&Tensor> {
         self.bias.as_ref()

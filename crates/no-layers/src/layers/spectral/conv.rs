@@ -18,6 +18,7 @@
 //! grid.
 
 use crate::error::{LayerError, Result};
+use crate::layers::constant_cache::{all_constant, ConstantCache};
 use crate::layers::spectral::fourier::{
     centred_kept, dft_basis, idft_basis, irfft_basis, mul_basis_left, mul_basis_right, rfft_basis,
     rfft_basis_transposed, rfft_kept,
@@ -26,11 +27,11 @@ use crate::layers::spectral::tucker::{TuckerRank, TuckerWeight};
 use crate::ops::complex_block::complex_block;
 use crate::ops::complex_mode_product::complex_mode_product;
 use crate::ops::fft;
+use crate::ops::mode_mix::{mode_mix, MAX_DIRECT_BATCH};
 use crate::ops::spectral_transform::{grid_to_spectrum, spectrum_to_grid};
 use candle_core::{Module, Tensor, D};
 use candle_nn::{init::Init, VarBuilder};
 use serde::{Deserialize, Serialize};
-use std::sync::{Arc, Mutex, PoisonError};
 
 const LAYER: &str = "SpectralConv";
 
@@ -168,55 +169,13 @@ pub struct SpectralConv {
     weight: SpectralWeight,
     bias: Option<Tensor>,
     /// For weights that are constants (an inference twin: no variable, no graph), the
-    /// per-mode real blocks last built.
-    block_cache: Arc<Mutex<Option<BlockCache>>>,
+    /// per-mode real blocks `[M, 2C, 2O]` last built, keyed by the kept modes.
+    block_cache: ConstantCache<KeptKey, Tensor>,
 }
 
-/// Per-mode real blocks `[M, 2C, 2O]` built from constant weights, with what they were
-/// built from: the kept modes and a copy of the weight values. An inference twin's
-/// weights share storage with the trained variables and change when those are updated in
-/// place, so the copy is compared before the blocks are reused.
-#[derive(Debug)]
-struct BlockCache {
-    modes: (Option<(i64, usize, usize)>, usize),
-    weights: Vec<Tensor>,
-    blocks: Tensor,
-}
-
-/// Whether two CPU `f32`/`f64` tensors hold bit-identical values (false otherwise).
-fn same_values(a: &Tensor, b: &Tensor) -> bool {
-    if a.dims() != b.dims() {
-        return false;
-    }
-    let (sa, la) = a.storage_and_layout();
-    let (sb, lb) = b.storage_and_layout();
-    let (Some((a0, a1)), Some((b0, b1))) = (la.contiguous_offsets(), lb.contiguous_offsets())
-    else {
-        return false;
-    };
-    match (&*sa, &*sb) {
-        (
-            candle_core::Storage::Cpu(candle_core::CpuStorage::F32(x)),
-            candle_core::Storage::Cpu(candle_core::CpuStorage::F32(y)),
-        ) => same_bits(&x[a0..a1], &y[b0..b1], f32::to_bits),
-        (
-            candle_core::Storage::Cpu(candle_core::CpuStorage::F64(x)),
-            candle_core::Storage::Cpu(candle_core::CpuStorage::F64(y)),
-        ) => same_bits(&x[a0..a1], &y[b0..b1], f64::to_bits),
-        _ => false,
-    }
-}
-
-/// Bitwise equality of two slices (in blocks of 64 without an early exit inside a block,
-/// so that the comparison vectorises).
-fn same_bits<T: Copy, B: PartialEq>(x: &[T], y: &[T], bits: fn(T) -> B) -> bool {
-    x.len() == y.len()
-        && x.chunks(64).zip(y.chunks(64)).all(|(a, b)| {
-            a.iter()
-                .zip(b)
-                .fold(true, |same, (&p, &q)| same & (bits(p) == bits(q)))
-        })
-}
+/// The kept modes as a cache key: the centred axis's (lowest frequency, count, offset) and
+/// the last axis's bin count.
+type KeptKey = (Option<(i64, usize, usize)>, usize);
 
 /// Which modes of the weight a given grid uses.
 #[derive(Debug, Clone, Copy)]
@@ -273,7 +232,7 @@ impl SpectralConv {
             cfg: cfg.clone(),
             weight,
             bias,
-            block_cache: Arc::default(),
+            block_cache: ConstantCache::default(),
         })
     }
 
@@ -488,51 +447,36 @@ impl SpectralConv {
     /// gather reads the weight with a stride of one mode (up to a tenth of a batch-1 LocalNO
     /// forward in `perf`), while the check that guards the copy reads it once in order.
     fn constant_weight(&self) -> bool {
-        self.weight_tensors()
-            .iter()
-            .all(|t| !t.track_op() && t.device().is_cpu())
+        all_constant(&self.weight_tensors())
     }
 
     /// The per-mode blocks for `kept` from the cache when they were built from the same
     /// modes and weight values, else built and cached.
     fn cached_blocks(&self, kept: &Kept) -> Result<Tensor> {
-        let modes = (kept.centred, kept.q);
-        // A panic elsewhere while the lock was held leaves at worst a complete entry.
-        let mut cache = self
-            .block_cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let current = self.weight_tensors();
-        if let Some(c) = cache.as_ref() {
-            let unchanged = c.modes == modes
-                && c.weights.len() == current.len()
-                && c.weights
-                    .iter()
-                    .zip(&current)
-                    .all(|(a, b)| same_values(a, b));
-            if unchanged {
-                return Ok(c.blocks.clone());
-            }
-        }
-        let dense = match &self.weight {
-            SpectralWeight::Dense(w) => self.slice_dense(w, kept)?,
-            SpectralWeight::Tucker(t) => self.slice_tucker(t, kept)?.to_dense()?,
+        let build = || -> candle_core::Result<Tensor> {
+            let dense = match &self.weight {
+                SpectralWeight::Dense(w) => self.slice_dense(w, kept)?,
+                SpectralWeight::Tucker(t) => self.slice_tucker(t, kept)?.to_dense()?,
+            };
+            dense_blocks(&dense).map_err(candle_core::Error::wrap)
         };
-        let blocks = dense_blocks(&dense)?;
-        *cache = Some(BlockCache {
-            modes,
-            weights: current
-                .iter()
-                .map(|t| t.copy())
-                .collect::<candle_core::Result<_>>()?,
-            blocks: blocks.clone(),
-        });
-        Ok(blocks)
+        Ok(self
+            .block_cache
+            .get_or_build((kept.centred, kept.q), &self.weight_tensors(), build)?)
     }
 
     /// `[M, B, 2C]` → `[M, B, 2O]` with the (sliced) complex weight.
     fn mix(&self, z: &Tensor, kept: &Kept) -> Result<Tensor> {
         if self.constant_weight() {
+            if z.dim(1)? <= MAX_DIRECT_BATCH {
+                if let Some(w) = self.stored_weight(kept)? {
+                    // A sample or two and every mode kept: the stored weight read once in
+                    // order, in parallel over output channels, with the block product's
+                    // values and no cache to check (the check alone read twice the
+                    // weight on one core).
+                    return Ok(mode_mix(z, &w)?);
+                }
+            }
             // Inference on constant weights: the per-mode blocks (for Tucker, of the
             // rebuilt dense weight: the same linear map as the factorized contraction) are
             // built once per mode set and weight values, not on every call.
@@ -547,6 +491,22 @@ impl SpectralConv {
                 mix_tucker_factorized(z, &self.slice_tucker(t, kept)?, kept.modes())
             }
         }
+    }
+
+    /// A dense weight's kept modes as `[C, O, M, 2]` when they are the stored weight's
+    /// memory as it lies (every mode kept; a narrowed slice would be gathered on every
+    /// call, which the cache avoids).
+    fn stored_weight(&self, kept: &Kept) -> Result<Option<Tensor>> {
+        let SpectralWeight::Dense(w) = &self.weight else {
+            return Ok(None);
+        };
+        let slice = self.slice_dense(w, kept)?;
+        if !slice.is_contiguous() {
+            return Ok(None);
+        }
+        let (c, o) = (slice.dim(0)?, slice.dim(1)?);
+        let m = slice.elem_count() / (2 * c * o).max(1);
+        Ok(Some(slice.reshape((c, o, m, 2))?))
     }
 
     fn slice_dense(&self, w: &Tensor, kept: &Kept) -> Result<Tensor> {
@@ -739,12 +699,29 @@ mod tests {
                 let (a, b) = (trained.forward(&x)?, twin.forward(&x)?);
                 let d = max_diff(&a, &b)?;
                 assert!(d < 1e-12, "{factorization:?} {grid:?}: {d}");
+                // Two samples (`mode_mix` where every mode is kept, else the cached blocks)
+                // have the bits they have among five (the cached blocks).
+                let x5 = random_like(
+                    &Tensor::zeros((5, 3, grid[0], grid[1]), DType::F64, &Device::Cpu)?,
+                    seed as u64 + 20,
+                )?;
+                let five = twin.forward(&x5)?;
+                let two = twin.forward(&x5.narrow(0, 0, 2)?)?;
+                assert_eq!(max_diff(&five.narrow(0, 0, 2)?, &two)?, 0.0);
+                if factorization.is_none() && grid == [12, 12] {
+                    // Two samples and every mode kept: the twin mixes the stored weight
+                    // directly (`mode_mix`), with the block product's bits; five samples
+                    // take the cached blocks, which give the same bits too.
+                    assert!(twin.stored_weight(&twin.kept(&grid))?.is_some());
+                    assert_eq!(d, 0.0);
+                    let x5 =
+                        random_like(&Tensor::zeros((5, 3, 12, 12), DType::F64, &Device::Cpu)?, 7)?;
+                    let five = twin.forward(&x5)?;
+                    let two = twin.forward(&x5.narrow(0, 0, 2)?)?;
+                    assert_eq!(max_diff(&five.narrow(0, 0, 2)?, &two)?, 0.0);
+                }
             }
-            let cached = twin
-                .block_cache
-                .lock()
-                .map(|c| c.is_some())
-                .unwrap_or(false);
+            let cached = twin.block_cache.is_filled();
             assert!(cached, "{factorization:?}: the twin keeps its blocks");
             // An in-place update of the shared variables (the trainer's AdamW step) is seen.
             for var in vars.varmap().all_vars() {
