@@ -32,6 +32,7 @@
 use crate::cpu::gemm_view::{gemm, GemmScalar, MatMut, MatRef};
 use crate::cpu::im2col::{fold_rows, fold_samples, unfold_rows, unfold_samples, Geometry};
 use crate::cpu::map::{dispatch2, write_copy};
+use crate::cpu::point_tiles::{SharedRows, Tile};
 use crate::cpu::scratch::PoolBuf;
 use crate::cpu::winograd::{self, WinogradScalar};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
@@ -277,8 +278,10 @@ fn group_grad<'a, T: GemmScalar>(
 
 /// One sample's output `out_s` `[O, Ho·Wo]` block by block ([`rows_per_block`]): each
 /// block's patch matrix gathered and multiplied while in cache. With several threads
-/// (batch 1) the blocks run in parallel into a staging buffer, then are copied into the
-/// rows; the products are the same one-thread products either way.
+/// (batch 1) the blocks run in parallel, each into its own staging buffer that it then
+/// copies into its columns of the output rows (the copy was one serial pass over the whole
+/// output on the calling thread); the products are the same one-thread products either
+/// way.
 fn forward_blocked<T: GemmScalar>(
     g: &Geometry,
     sz: &Sizes,
@@ -310,27 +313,33 @@ fn forward_blocked<T: GemmScalar>(
         }
         return Ok(());
     }
-    let blocks: Vec<(usize, usize)> = row_blocks::<T>(g).collect();
-    let stride = o * rows_per_block::<T>(g) * g.wo;
-    let mut staged = PoolBuf::new(blocks.len() * stride);
-    staged
-        .par_chunks_mut(stride)
-        .zip(blocks.par_iter())
-        .try_for_each_init(
-            || PoolBuf::new(0),
-            |cols, (dst, &(oh0, oh1))| {
-                let width = (oh1 - oh0) * g.wo;
-                let dst = MatMut::row_major(&mut dst[..o * width], o, width);
-                product(cols, (oh0, oh1), dst)
-            },
-        )?;
-    for (block, &(oh0, oh1)) in staged.chunks(stride).zip(&blocks) {
-        let width = (oh1 - oh0) * g.wo;
-        for (c, row) in block.chunks_exact(width).take(o).enumerate() {
-            write_copy(&mut out_s[c * sz.positions + oh0 * g.wo..][..width], row);
-        }
-    }
-    Ok(())
+    // At least two blocks per thread, so that small planes (CNO's coarse levels: three
+    // blocks on 16 × 16 with 128 channels) do not leave a core idle. Each output column is
+    // the same sum whatever the block's width, so the values do not change.
+    let per_block = rows_per_block::<T>(g)
+        .min(g.ho.div_ceil(2 * threads))
+        .max(1);
+    let blocks: Vec<(usize, usize)> = (0..g.ho)
+        .step_by(per_block)
+        .map(|oh0| (oh0, (oh0 + per_block).min(g.ho)))
+        .collect();
+    let rows = SharedRows::new(out_s);
+    blocks.par_iter().try_for_each_init(
+        || (PoolBuf::new(0), PoolBuf::new(0)),
+        |(cols, staged), &(oh0, oh1)| {
+            let width = (oh1 - oh0) * g.wo;
+            staged.set_len(o * width);
+            product(cols, (oh0, oh1), MatMut::row_major(staged, o, width))?;
+            // Each block writes its own columns of every output row, while in cache.
+            let tile = Tile {
+                b: 0,
+                p0: oh0 * g.wo,
+                len: width,
+            };
+            rows.write_tile(tile, o, sz.positions, staged);
+            Ok(())
+        },
+    )
 }
 
 /// The output gradient of output rows `oh0..oh1` of one sample `gs` `[O, Ho·Wo]`: a
