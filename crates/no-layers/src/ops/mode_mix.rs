@@ -338,7 +338,6 @@ unsafe fn mix_channel_avx2(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::composite_only;
     use candle_core::{DType, Device};
 
     fn operands(m: usize, b: usize, c: usize, o: usize, dtype: DType) -> Result<(Tensor, Tensor)> {
@@ -365,30 +364,38 @@ mod tests {
         })
     }
 
-    /// On a CPU with FMA the op gives the block product's bits, so a sample's prediction is
-    /// the same alone or in a batch; without FMA it is the block product itself.
+    /// On a CPU with FMA the kernel (called directly, so that the fallback cannot stand in
+    /// for it) gives the block product's bits, so a sample's prediction is the same alone
+    /// or in a batch; the op gives them too, and so does `f64`, which takes the block
+    /// product itself.
     #[test]
     fn equals_the_block_product_bit_for_bit() -> Result<()> {
-        for dtype in [DType::F32, DType::F64] {
-            for (m, b, c, o) in [
-                (144, 1, 32, 32),
-                (7, 3, 5, 4),
-                (16, 4, 8, 12),
-                (5, 2, 2, 3),
-                (3, 1, 4, 16),
-                (144, 4, 64, 64),
-            ] {
-                let (z, w) = operands(m, b, c, o, dtype)?;
-                let fused = mode_mix(&z, &w)?;
-                let blocks = z.matmul(&complex_block(&w)?)?;
-                assert_eq!(fused.dims(), &[m, b, 2 * o]);
-                assert_eq!(bits(&fused)?, bits(&blocks)?, "{dtype:?} {m} {b} {c} {o}");
-                let composite = {
-                    let _guard = composite_only();
-                    mode_mix(&z, &w)?
-                };
-                assert_eq!(bits(&composite)?, bits(&blocks)?);
+        for (m, b, c, o) in [
+            (144, 1, 32, 32),
+            (7, 3, 5, 4),
+            (16, 4, 8, 12),
+            (5, 2, 2, 3),
+            (3, 1, 4, 16),
+            (144, 4, 64, 64),
+        ] {
+            let (z, w) = operands(m, b, c, o, DType::F32)?;
+            let blocks = z.matmul(&complex_block(&w)?)?;
+            if fma_available() {
+                let sz = MixSizes { m, b, c, o };
+                let (zv, wv) = (z.flatten_all()?.to_vec1()?, w.flatten_all()?.to_vec1()?);
+                let kernel = Tensor::from_vec(forward(&zv, &wv, sz), (m, b, 2 * o), &Device::Cpu)?;
+                assert_eq!(bits(&kernel)?, bits(&blocks)?, "kernel {m} {b} {c} {o}");
             }
+            let op = mode_mix(&z, &w)?;
+            assert_eq!(op.dims(), &[m, b, 2 * o]);
+            assert_eq!(bits(&op)?, bits(&blocks)?, "op {m} {b} {c} {o}");
+            let (z, w) = (z.to_dtype(DType::F64)?, w.to_dtype(DType::F64)?);
+            let blocks = z.matmul(&complex_block(&w)?)?;
+            assert_eq!(
+                bits(&mode_mix(&z, &w)?)?,
+                bits(&blocks)?,
+                "f64 {m} {b} {c} {o}"
+            );
         }
         Ok(())
     }

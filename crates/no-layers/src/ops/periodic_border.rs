@@ -180,7 +180,6 @@ pub fn periodic_border_composite(
     Ok(y)
 }
 
-/// Sizes, options, and where the border positions read outside the grid.
 /// The positions `r·w + col` (ascending) within `ph` rows or `pw` columns of the edge of
 /// an `h × w` plane, row by row: whole rows at the top and bottom, the two side strips in
 /// between (built on every call, so without a division per point of the plane).
@@ -200,6 +199,7 @@ fn border_positions(h: usize, w: usize, ph: usize, pw: usize) -> Vec<usize> {
 /// Output channels per task of a batch-1 border product (four tasks at 32 channels).
 const BORDER_BAND: usize = 8;
 
+/// Sizes, options, and where the border positions read outside the grid.
 #[derive(Debug, Clone)]
 struct Border {
     c: usize,
