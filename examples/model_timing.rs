@@ -118,10 +118,12 @@ fn main() -> Result<()> {
             Work::Forward => drop(model.forward(&x)?),
             Work::Predict => drop(model.predict(&x)?),
             Work::Infer => drop(twin.forward(&x)?),
-            Work::Train => {
+            // On a pool thread, as `Trainer` runs its steps (`no_layers::threads`).
+            Work::Train => no_layers::threads::on_worker_for(x.device(), || -> Result<()> {
                 let loss = mse_loss(&model.forward_t(&x, true)?, &y)?;
                 opt.backward_step(&loss)?;
-            }
+                Ok(())
+            })?,
         }
         Ok(())
     };

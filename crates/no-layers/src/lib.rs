@@ -41,6 +41,7 @@ pub mod gradcheck;
 pub mod init;
 pub mod layers;
 pub mod ops;
+pub mod threads;
 
 mod cpu;
 

@@ -20,18 +20,24 @@ pub trait NeuralOperator: Send + Sync {
     /// Runs the operator; `train` switches batch-norm statistics and dropout.
     fn forward_t(&self, input: &Tensor, train: bool) -> Result<Tensor>;
 
-    /// Inference forward (`train = false`).
+    /// Inference forward (`train = false`). On the CPU it runs on a thread of rayon's pool
+    /// ([`no_layers::threads::on_worker_for`]), so that its parallel ops fork there instead
+    /// of each waking the pool from the caller's thread.
     fn forward(&self, input: &Tensor) -> Result<Tensor> {
-        self.forward_t(input, false)
+        no_layers::threads::on_worker_for(input.device(), || self.forward_t(input, false))
     }
 
     /// Inference: the forward pass (`train = false`) with the result detached from the
     /// gradient graph. A model may reuse work that does not depend on the input between
     /// calls for as long as the weights it came from are bitwise unchanged (DeepONet
     /// evaluates its trunk on the training grid once), so the values equal `forward`'s;
-    /// prefer this outside training. Gradients never flow through it.
+    /// prefer this outside training. Gradients never flow through it. Like
+    /// [`Self::forward`], on the CPU it runs on a thread of rayon's pool.
     fn predict(&self, input: &Tensor) -> Result<Tensor> {
-        Ok(self.forward_t(input, false)?.detach())
+        Ok(
+            no_layers::threads::on_worker_for(input.device(), || self.forward_t(input, false))?
+                .detach(),
+        )
     }
 
     /// The architecture's registered name (`"fno"`, `"cno"`, … or a user model's own); the

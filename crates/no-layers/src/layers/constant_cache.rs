@@ -63,23 +63,30 @@ impl<K: PartialEq, V: Clone> ConstantCache<K, V> {
         sources: &[&Tensor],
         build: impl FnOnce() -> Result<V>,
     ) -> Result<V> {
-        // A panic elsewhere while the lock was held leaves at worst a complete entry.
-        let mut entry = self.entry.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(e) = entry.as_ref() {
-            let unchanged = e.key == key
-                && e.sources.len() == sources.len()
-                && e.sources
-                    .iter()
-                    .zip(sources)
-                    .all(|(a, b)| same_values(a, b));
-            if unchanged {
-                return Ok(e.value.clone());
+        {
+            // A panic elsewhere while the lock was held leaves at worst a complete entry.
+            let entry = self.entry.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(e) = entry.as_ref() {
+                let unchanged = e.key == key
+                    && e.sources.len() == sources.len()
+                    && e.sources
+                        .iter()
+                        .zip(sources)
+                        .all(|(a, b)| same_values(a, b));
+                if unchanged {
+                    return Ok(e.value.clone());
+                }
             }
         }
+        // Built and copied with the lock released: the build's parallel work may run on a
+        // pool thread that meanwhile takes up another call through this cache
+        // (`crate::threads`), which would otherwise wait on the lock it holds itself. Two
+        // callers may then both build; the values are equal and the last one is kept.
+        let sources = sources.iter().map(|t| t.copy()).collect::<Result<_>>()?;
         let value = build()?;
-        *entry = Some(Entry {
+        *self.entry.lock().unwrap_or_else(PoisonError::into_inner) = Some(Entry {
             key,
-            sources: sources.iter().map(|t| t.copy()).collect::<Result<_>>()?,
+            sources,
             value: value.clone(),
         });
         Ok(value)

@@ -184,19 +184,27 @@ impl TrunkCache {
             .map(|p| value_bits(p))
             .collect::<candle_core::Result<Vec<_>>>()?;
         let points = value_bits(coords)?;
-        let mut slots = self
-            .0
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("DeepONet trunk cache: lock poisoned".into()))?;
-        // Entries from other weights are stale whatever their grid.
-        slots.retain(|e| e.weights == weights);
-        if let Some(entry) = slots.iter().find(|e| e.coords == points) {
-            if entry.blocks.dim(0)? == k {
-                return Ok(entry.blocks.clone());
+        let lock = || {
+            self.0
+                .lock()
+                .map_err(|_| candle_core::Error::Msg("DeepONet trunk cache: lock poisoned".into()))
+        };
+        {
+            let mut slots = lock()?;
+            // Entries from other weights are stale whatever their grid.
+            slots.retain(|e| e.weights == weights);
+            if let Some(entry) = slots.iter().find(|e| e.coords == points) {
+                if entry.blocks.dim(0)? == k {
+                    return Ok(entry.blocks.clone());
+                }
             }
         }
+        // The trunk pass runs with the lock released: its parallel work may run on a pool
+        // thread that meanwhile takes up another call of this model (`no_layers::threads`),
+        // which would otherwise wait on the lock that thread holds itself.
         let blocks = trunk.forward_blocks(coords, k)?.detach();
-        slots.retain(|e| e.coords != points);
+        let mut slots = lock()?;
+        slots.retain(|e| e.coords != points && e.weights == weights);
         if slots.len() >= TRUNK_CACHE_GRIDS {
             slots.remove(0);
         }

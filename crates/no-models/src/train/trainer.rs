@@ -371,19 +371,25 @@ impl Trainer {
                 .into());
             }
             let (x, y) = train.batch(idx, &self.device)?;
-            let pred = norm
-                .output
-                .decode(&self.model.forward_t(&norm.input.encode(&x)?, true)?)?;
-            let loss = self.cfg.loss.compute(&pred, &y)?;
-            let value = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
-            if !value.is_finite() {
-                return Err(ModelError::NonFiniteLoss {
-                    epoch,
-                    batch: b,
-                    loss: value,
-                });
-            }
-            self.opt.backward_step(&loss)?;
+            let (model, loss_fn, opt) = (&self.model, &self.cfg.loss, &mut self.opt);
+            // On the CPU the whole step runs on a pool thread, so that its ops fork there
+            // (`no_layers::threads`).
+            let value = no_layers::threads::on_worker_for(&self.device, || -> Result<f64> {
+                let pred = norm
+                    .output
+                    .decode(&model.forward_t(&norm.input.encode(&x)?, true)?)?;
+                let loss = loss_fn.compute(&pred, &y)?;
+                let value = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+                if !value.is_finite() {
+                    return Err(ModelError::NonFiniteLoss {
+                        epoch,
+                        batch: b,
+                        loss: value,
+                    });
+                }
+                opt.backward_step(&loss)?;
+                Ok(value)
+            })?;
             self.meta.steps += 1;
             sum += value * idx.len() as f64;
             count += idx.len();
