@@ -32,13 +32,20 @@
 /// Runs `f` on a thread of rayon's global pool and waits for it; in place when the caller
 /// already is a thread of a pool (the global one, or one whose `install` it runs in, whose
 /// thread count then stands). A panic in `f` is resumed on the caller.
+///
+/// A [`crate::ops::composite_only`] guard of the caller's (it counts per thread) holds on
+/// the pool thread too while `f` runs, so a test that forces the composite path still
+/// gets it.
 pub fn on_worker<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     if rayon::current_thread_index().is_some() {
-        f()
-    } else {
-        // `scope` runs its body on a pool thread (injected into the pool from outside it).
-        rayon::scope(|_| f())
+        return f();
     }
+    let composite = crate::ops::composite_guarded_here();
+    // `scope` runs its body on a pool thread (injected into the pool from outside it).
+    rayon::scope(|_| {
+        let _guard = composite.then(crate::ops::composite_only);
+        f()
+    })
 }
 
 /// [`on_worker`] when `device` is the CPU; otherwise `f` runs on the caller's thread, as
@@ -78,6 +85,13 @@ mod tests {
     fn the_cpu_device_moves_to_the_pool() {
         let cpu = candle_core::Device::Cpu;
         assert!(on_worker_for(&cpu, rayon::current_thread_index).is_some());
+    }
+
+    #[test]
+    fn a_composite_guard_follows_the_closure() {
+        assert!(!on_worker(crate::ops::composite_guarded_here));
+        let _guard = crate::ops::composite_only();
+        assert!(on_worker(crate::ops::composite_guarded_here));
     }
 
     #[test]

@@ -47,6 +47,30 @@ use std::mem::MaybeUninit;
 /// behind the crate's workaround for its strided backward, with gradients right for every
 /// stride, padding and (non-square) shape.
 pub fn conv2d(x: &Tensor, weight: &Tensor, padding: usize, stride: usize) -> Result<Tensor> {
+    let (geometry, out_channels) = checked_geometry(x, weight, padding, stride)?;
+    if !crate::ops::fused_cpu(&[x, weight]) {
+        // candle's own `conv2d` backward fails for strided convolutions of some
+        // non-square inputs; this form's gradients are right for every geometry.
+        return Ok(crate::ops::candle_fixes::conv2d(
+            x, weight, padding, stride, 1,
+        )?);
+    }
+    let op = Conv2dOp {
+        geometry,
+        out_channels,
+    };
+    x.contiguous()?.apply_op2(&weight.contiguous()?, op)
+}
+
+/// The geometry and output channel count of `x ⋆ weight`, after checking that they fit
+/// each other (channels, kernel within the padded input, a stride of at least 1, one
+/// dtype).
+pub(crate) fn checked_geometry(
+    x: &Tensor,
+    weight: &Tensor,
+    padding: usize,
+    stride: usize,
+) -> Result<(Geometry, usize)> {
     let (_, c, h, w) = x.dims4()?;
     let (o, wc, kh, kw) = weight.dims4()?;
     if wc != c {
@@ -73,18 +97,7 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, padding: usize, stride: usize) -> Res
             weight.dtype()
         );
     }
-    if !crate::ops::fused_cpu(&[x, weight]) {
-        // candle's own `conv2d` backward fails for strided convolutions of some
-        // non-square inputs; this form's gradients are right for every geometry.
-        return Ok(crate::ops::candle_fixes::conv2d(
-            x, weight, padding, stride, 1,
-        )?);
-    }
-    let op = Conv2dOp {
-        geometry: Geometry::new(c, h, w, kh, kw, padding, stride),
-        out_channels: o,
-    };
-    x.contiguous()?.apply_op2(&weight.contiguous()?, op)
+    Ok((Geometry::new(c, h, w, kh, kw, padding, stride), o))
 }
 
 /// Aim for about this many patch-matrix columns per group of samples: output planes
@@ -183,7 +196,7 @@ const BLOCK_BYTES: usize = 512 * 1024;
 
 /// The sizes shared by the three kernels.
 #[derive(Debug, Clone, Copy)]
-struct Sizes {
+pub(crate) struct Sizes {
     batch: usize,
     /// Samples per group.
     group: usize,
@@ -193,7 +206,7 @@ struct Sizes {
 }
 
 impl Sizes {
-    fn new(g: &Geometry, batch: usize, out_channels: usize) -> Self {
+    pub(crate) fn new(g: &Geometry, batch: usize, out_channels: usize) -> Self {
         let positions = g.positions();
         Self {
             batch,
@@ -465,10 +478,30 @@ fn input_grad_blocked<T: GemmScalar>(
     }
 }
 
-fn forward<T: WinogradScalar>(g: &Geometry, sz: &Sizes, x: &[T], w: &[T]) -> Result<Vec<T>> {
+pub(crate) fn forward<T: WinogradScalar>(
+    g: &Geometry,
+    sz: &Sizes,
+    x: &[T],
+    w: &[T],
+) -> Result<Vec<T>> {
+    forward_then(g, sz, x, w, |_, _| {})
+}
+
+/// [`forward`], then `finish(outputs, threads)` on each group's finished outputs (whole
+/// `[n, O, Ho·Wo]` samples, while they are in cache) or, on the Winograd path, on the
+/// whole output; `threads` says how many threads `finish` may use there.
+pub(crate) fn forward_then<T: WinogradScalar>(
+    g: &Geometry,
+    sz: &Sizes,
+    x: &[T],
+    w: &[T],
+    finish: impl Fn(&mut [T], usize) + Sync,
+) -> Result<Vec<T>> {
     let total = sz.batch * sz.out_sample();
     if winograd::applies(g, sz.out_channels) {
-        return winograd::forward_to_vec(g, x, w, sz.out_channels);
+        let mut out = winograd::forward_to_vec(g, x, w, sz.out_channels)?;
+        finish(&mut out, rayon::current_num_threads());
+        return Ok(out);
     }
     // Not zero-filled: every group writes all of its outputs (a fill was a pass over the
     // whole output, 5–10 % of a DeepONet-CNN forward with the same fill in the bias op).
@@ -482,36 +515,43 @@ fn forward<T: WinogradScalar>(g: &Geometry, sz: &Sizes, x: &[T], w: &[T]) -> Res
             let xs = &x[i * sz.group * g.sample()..][..n * g.sample()];
             let columns = n * sz.positions;
             if blocked(g, n) {
-                return forward_blocked(g, sz, xs, weight, out, threads);
+                forward_blocked(g, sz, xs, weight, out, threads)?;
+            } else {
+                scratch.cols.set_len(sz.patch_rows * columns);
+                unfold_samples(g, xs, &mut scratch.cols, threads > 1);
+                let cols = MatRef::row_major(&scratch.cols, sz.patch_rows, columns);
+                if n == 1 {
+                    gemm(
+                        MatMut::uninit(out, sz.out_channels, columns),
+                        weight,
+                        cols,
+                        false,
+                        threads,
+                    )?;
+                } else {
+                    let buffer = &mut scratch.channel_major;
+                    buffer.set_len(out.len());
+                    gemm(
+                        MatMut::row_major(buffer, sz.out_channels, columns),
+                        weight,
+                        cols,
+                        false,
+                        threads,
+                    )?;
+                    to_sample_major(buffer, sz, out);
+                }
             }
-            scratch.cols.set_len(sz.patch_rows * columns);
-            unfold_samples(g, xs, &mut scratch.cols, threads > 1);
-            let cols = MatRef::row_major(&scratch.cols, sz.patch_rows, columns);
-            if n == 1 {
-                return gemm(
-                    MatMut::uninit(out, sz.out_channels, columns),
-                    weight,
-                    cols,
-                    false,
-                    threads,
-                );
-            }
-            let buffer = &mut scratch.channel_major;
-            buffer.set_len(out.len());
-            gemm(
-                MatMut::row_major(buffer, sz.out_channels, columns),
-                weight,
-                cols,
-                false,
-                threads,
-            )?;
-            to_sample_major(buffer, sz, out);
+            // SAFETY: every element of the group's slice was written just above: by
+            // `forward_blocked` (whose row blocks cover every output row of every channel),
+            // by `gemm` into an uninitialised matrix (which writes all of it) or by
+            // `to_sample_major`; `MaybeUninit<T>` has `T`'s layout.
+            let done = unsafe { &mut *(out as *mut [MaybeUninit<T>] as *mut [T]) };
+            finish(done, threads);
             Ok(())
         },
     )?;
-    // SAFETY: the groups cover `0..total`, and each wrote every element of its slice: by
-    // `gemm` into an uninitialised matrix (which writes all of it), by `forward_blocked`
-    // (whose row blocks cover every output row of every channel) or by `to_sample_major`.
+    // SAFETY: the groups cover `0..total`, and each wrote every element of its slice (see
+    // the group's own SAFETY note).
     unsafe { out.set_len(total) };
     Ok(out)
 }
@@ -611,7 +651,7 @@ fn weight_grad<T: GemmScalar>(g: &Geometry, sz: &Sizes, x: &[T], grad: &[T]) -> 
 
 /// Checks an input-shaped layout and a `[O, C, kh, kw]`/`[B, O, Ho, Wo]` one against the
 /// geometry; returns the batch size.
-fn check_input(op: &str, g: &Geometry, l: &Layout) -> Result<usize> {
+pub(crate) fn check_input(op: &str, g: &Geometry, l: &Layout) -> Result<usize> {
     let (b, c, h, w) = l.shape().dims4()?;
     if (c, h, w) != (g.c, g.h, g.w) {
         candle_core::bail!("{op}: input {:?} does not match {g:?}", l.dims());
@@ -619,7 +659,7 @@ fn check_input(op: &str, g: &Geometry, l: &Layout) -> Result<usize> {
     Ok(b)
 }
 
-fn check_weight(op: &str, g: &Geometry, o: usize, l: &Layout) -> Result<()> {
+pub(crate) fn check_weight(op: &str, g: &Geometry, o: usize, l: &Layout) -> Result<()> {
     if l.dims() != [o, g.c, g.kh, g.kw] {
         candle_core::bail!("{op}: weight {:?} does not match {o} × {g:?}", l.dims());
     }

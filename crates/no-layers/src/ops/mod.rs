@@ -40,6 +40,7 @@ pub(crate) mod cno_activation;
 pub mod complex_block;
 pub mod complex_mode_product;
 pub mod conv2d;
+pub mod conv2d_bias_act;
 pub mod dense;
 pub mod feature_bias;
 pub mod fft;
@@ -69,7 +70,13 @@ fn composite_by_environment() -> bool {
 /// Whether the composite path is forced here (a live [`composite_only`] guard on this
 /// thread, or `NO_LAYERS_COMPOSITE` set).
 pub fn composite_forced() -> bool {
-    COMPOSITE_GUARDS.with(|g| g.get() > 0) || composite_by_environment()
+    composite_guarded_here() || composite_by_environment()
+}
+
+/// Whether a [`composite_only`] guard is alive on this thread (the environment variable
+/// aside): what [`crate::threads::on_worker`] carries over to the pool thread it runs on.
+pub fn composite_guarded_here() -> bool {
+    COMPOSITE_GUARDS.with(|g| g.get() > 0)
 }
 
 /// The one dispatch decision: whether an op given `tensors` runs its fused CPU kernel.

@@ -5,6 +5,7 @@ use super::{check_basis_split, check_grid, Activation, Fnn};
 use crate::error::{ModelError, Result};
 use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
+use no_layers::ops::conv2d_bias_act::{conv2d_bias_act, ConvActivation};
 use serde::{Deserialize, Serialize};
 
 /// Configuration of DeepONet with a CNN branch.
@@ -188,9 +189,15 @@ impl CnnBranch {
     pub(crate) fn forward(&self, u: &Tensor) -> candle_core::Result<Tensor> {
         let mut x = u.clone();
         for c in &self.convs {
-            let y = no_layers::ops::conv2d::conv2d(&x, &c.weight, c.padding, c.stride)?;
-            let y = no_layers::ops::channel_affine::add_channel_bias(&y, &c.bias)?;
-            x = self.conv_activation.forward(&y)?;
+            x = match rectifier(self.conv_activation) {
+                // One pass after the convolution at inference (the same values as below).
+                Some(act) => conv2d_bias_act(&x, &c.weight, &c.bias, c.padding, c.stride, act)?,
+                None => {
+                    let y = no_layers::ops::conv2d::conv2d(&x, &c.weight, c.padding, c.stride)?;
+                    let y = no_layers::ops::channel_affine::add_channel_bias(&y, &c.bias)?;
+                    self.conv_activation.forward(&y)?
+                }
+            };
         }
         self.mlp.forward(&x.flatten_from(1)?)
     }
@@ -202,5 +209,17 @@ impl CnnBranch {
             .map(|c| c.weight.elem_count() + c.bias.elem_count())
             .sum();
         convs + self.mlp.param_count()
+    }
+}
+
+/// The convolution epilogue that computes `act` as its own op does, if there is one.
+fn rectifier(act: Activation) -> Option<ConvActivation> {
+    match act {
+        Activation::Identity => Some(ConvActivation::Identity),
+        Activation::Relu => Some(ConvActivation::Relu),
+        Activation::LeakyRelu { negative_slope } => {
+            Some(ConvActivation::LeakyRelu { negative_slope })
+        }
+        _ => None,
     }
 }
