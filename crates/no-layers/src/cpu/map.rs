@@ -71,6 +71,39 @@ pub(crate) fn dispatch2(
     })
 }
 
+/// [`dispatch2`] for an op of three operands, all `f32` or all `f64`.
+pub(crate) fn dispatch3(
+    op: &str,
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+    (s3, l3): (&CpuStorage, &Layout),
+    f32_kernel: impl FnOnce(&[f32], &[f32], &[f32]) -> Result<Vec<f32>>,
+    f64_kernel: impl FnOnce(&[f64], &[f64], &[f64]) -> Result<Vec<f64>>,
+) -> Result<CpuStorage> {
+    Ok(match (s1, s2, s3) {
+        (CpuStorage::F32(a), CpuStorage::F32(b), CpuStorage::F32(c)) => {
+            CpuStorage::F32(f32_kernel(
+                contiguous(op, a, l1)?,
+                contiguous(op, b, l2)?,
+                contiguous(op, c, l3)?,
+            )?)
+        }
+        (CpuStorage::F64(a), CpuStorage::F64(b), CpuStorage::F64(c)) => {
+            CpuStorage::F64(f64_kernel(
+                contiguous(op, a, l1)?,
+                contiguous(op, b, l2)?,
+                contiguous(op, c, l3)?,
+            )?)
+        }
+        (a, b, c) => candle_core::bail!(
+            "{op}: dtypes {:?}, {:?} and {:?} not handled (all f32 or all f64)",
+            a.dtype(),
+            b.dtype(),
+            c.dtype()
+        ),
+    })
+}
+
 /// Applies a slice kernel chunk by chunk in parallel. The output is not zero-filled first:
 /// every kernel must write every element of the (equally long) output slice it is given.
 pub(crate) fn map1<T: Copy + Send + Sync>(

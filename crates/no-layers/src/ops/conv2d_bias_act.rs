@@ -28,9 +28,8 @@
 //! ```
 
 use crate::cpu::im2col::Geometry;
-use crate::cpu::map::{contiguous, select_f32, select_f64};
+use crate::cpu::map::{dispatch3, select_f32, select_f64};
 use crate::ops::conv2d::{check_input, check_weight, checked_geometry, forward_then, Sizes};
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -196,37 +195,24 @@ impl CustomOp3 for ConvBiasAct {
         let sz = Sizes::new(g, batch, o);
         let positions = g.ho * g.wo;
         let zero = self.slope == Some(0.0);
-        let out = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => {
-                let (x, w, b) = (
-                    contiguous(self.name(), x, l1)?,
-                    contiguous(self.name(), w, l2)?,
-                    contiguous(self.name(), b, l3)?,
-                );
-                let slope = (self.slope.map(|s| s as f32), zero);
-                CpuStorage::F32(forward_then(g, &sz, x, w, |y, threads| {
+        let slope = self.slope;
+        let out = dispatch3(
+            self.name(),
+            (s1, l1),
+            (s2, l2),
+            (s3, l3),
+            |x, w, b| {
+                let slope = (slope.map(|s| s as f32), zero);
+                forward_then(g, &sz, x, w, |y, threads| {
                     finish_in_place(y, b, (positions, threads), slope)
-                })?)
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => {
-                let (x, w, b) = (
-                    contiguous(self.name(), x, l1)?,
-                    contiguous(self.name(), w, l2)?,
-                    contiguous(self.name(), b, l3)?,
-                );
-                let slope = (self.slope, zero);
-                CpuStorage::F64(forward_then(g, &sz, x, w, |y, threads| {
-                    finish_in_place(y, b, (positions, threads), slope)
-                })?)
-            }
-            (a, b, c) => candle_core::bail!(
-                "{}: dtypes {:?}, {:?} and {:?} not handled (all f32 or all f64)",
-                self.name(),
-                a.dtype(),
-                b.dtype(),
-                c.dtype()
-            ),
-        };
+                })
+            },
+            |x, w, b| {
+                forward_then(g, &sz, x, w, |y, threads| {
+                    finish_in_place(y, b, (positions, threads), (slope, zero))
+                })
+            },
+        )?;
         Ok((out, Shape::from((batch, o, g.ho, g.wo))))
     }
 }

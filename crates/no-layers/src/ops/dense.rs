@@ -22,10 +22,9 @@
 
 use crate::cpu::gemm_view::{gemm, GemmScalar, MatMut, MatRef};
 use crate::cpu::lane_sum::lane_sum;
-use crate::cpu::map::{contiguous, CHUNK};
+use crate::cpu::map::{contiguous, dispatch3, CHUNK};
 use crate::cpu::short_input;
 use crate::ops::tanh::{tanh_f32_in_place, tanh_grad_f32, tanh_grad_f64};
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
@@ -500,32 +499,14 @@ impl CustomOp3 for DenseOp {
         lb: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let dims = sizes(lx, lw)?;
-        let name = self.name();
-        macro_rules! run {
-            ($x:expr, $w:expr, $b:expr) => {
-                forward(
-                    contiguous(name, $x, lx)?,
-                    contiguous(name, $w, lw)?,
-                    contiguous(name, $b, lb)?,
-                    dims,
-                    *self,
-                )?
-            };
-        }
-        let out = match (sx, sw, sb) {
-            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => {
-                CpuStorage::F32(run!(x, w, b))
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => {
-                CpuStorage::F64(run!(x, w, b))
-            }
-            (x, w, b) => candle_core::bail!(
-                "dense: dtypes {:?}, {:?}, {:?} not handled (all f32 or all f64)",
-                x.dtype(),
-                w.dtype(),
-                b.dtype()
-            ),
-        };
+        let out = dispatch3(
+            self.name(),
+            (sx, lx),
+            (sw, lw),
+            (sb, lb),
+            |x, w, b| forward(x, w, b, dims, *self),
+            |x, w, b| forward(x, w, b, dims, *self),
+        )?;
         Ok((out, self.out_shape(dims.0, dims.2)))
     }
 
