@@ -4,11 +4,13 @@
 //! A patch matrix holds, for a group of `n` samples, one row per `(channel, kernel row,
 //! kernel column)` and one column per `(sample, output position)`: `[C·kh·kw, n·Ho·Wo]`.
 //! Each run of a patch row is a zero fill of the columns that read the padding plus one
-//! contiguous copy of the in-range columns, so there is no per-element branch. Strided
-//! convolutions first rewrite each input plane phase by phase ([`split_phases`]: columns
-//! `ph, ph + s, ph + 2s, …` side by side), which turns their strided gathers (and the
-//! adjoint's strided adds) into contiguous runs. Where the output rows are only a few
-//! values wide (small planes), a run costs its set-up more than its copy, so those
+//! contiguous copy of the in-range columns, so there is no per-element branch. Stride-2
+//! gathers read every other input value straight from the row ([`gather_pairs`]: blocks
+//! the compiler turns into two-source vector permutes where AVX-512 is enabled). Other
+//! strides, and the adjoint's strided adds at every stride, first rewrite each input
+//! plane phase by phase ([`split_phases`]: columns `ph, ph + s, ph + 2s, …` side by
+//! side), which turns their strided accesses into contiguous runs. Where the output rows
+//! are only a few values wide (small planes), a run costs its set-up more than its copy, so those
 //! geometries gather and scatter through a table of input offsets built once per call
 //! ([`PatchIndex`]); both ways give the same bits.
 
@@ -138,20 +140,8 @@ fn split_phases<T: Copy + Default>(g: &Geometry, plane: &[T], split: &mut Vec<T>
     for (y, line) in plane.chunks_exact(g.w).enumerate() {
         for ph in 0..s {
             let dst = &mut split[(ph * g.h + y) * wp..][..wp];
-            if s == 2 {
-                // Pairs of a fixed size: vector shuffles instead of a scalar strided loop.
-                let pairs = line[ph..].chunks_exact(2);
-                let (n, rest) = (pairs.len(), pairs.remainder());
-                for (d, pair) in dst.iter_mut().zip(pairs) {
-                    *d = pair[0];
-                }
-                if let (Some(&v), Some(d)) = (rest.first(), dst.get_mut(n)) {
-                    *d = v;
-                }
-            } else {
-                for (d, &v) in dst.iter_mut().zip(line[ph..].iter().step_by(s)) {
-                    *d = v;
-                }
+            for (d, &v) in dst.iter_mut().zip(line[ph..].iter().step_by(s)) {
+                *d = v;
             }
         }
     }
@@ -207,6 +197,135 @@ fn copy_run<T: Copy>(dst: &mut [T], src: &[T]) {
             *d = s;
         }
     }
+}
+
+/// `dst[t] = src[2t]` for every `t` of a short run (`src` holds at least `2·len − 1`
+/// values): the stride-2 patch run read straight from the input row, with no phase-split
+/// copy of the plane first. Fixed-size blocks of `N` outputs from `2N` inputs, the last
+/// overlapping the one before it, which the compiler turns into vector shuffles where the
+/// caller enables them ([`unfold_plane_pairs`]); the last value alone when the block past
+/// it would run off `src`.
+#[inline(always)]
+fn gather_pairs<T: Copy>(dst: &mut [T], src: &[T]) {
+    let n = dst.len();
+    debug_assert!(n == 0 || src.len() >= 2 * n - 1);
+    // The blocks read one value past the run's last; where `src` ends there, the last
+    // output is copied on its own.
+    let full = if src.len() >= 2 * n { n } else { n - 1 };
+    let (head, pairs) = (&mut dst[..full], &src[..2 * full]);
+    if full >= 16 {
+        let mut at = 0;
+        while at + 16 <= full {
+            pairs_block::<T, 16, 32>(head, pairs, at);
+            at += 16;
+        }
+        pairs_block::<T, 16, 32>(head, pairs, full - 16);
+    } else if full >= 8 {
+        pairs_block::<T, 8, 16>(head, pairs, 0);
+        pairs_block::<T, 8, 16>(head, pairs, full - 8);
+    } else if full >= 4 {
+        pairs_block::<T, 4, 8>(head, pairs, 0);
+        pairs_block::<T, 4, 8>(head, pairs, full - 4);
+    } else {
+        for (t, d) in head.iter_mut().enumerate() {
+            *d = pairs[2 * t];
+        }
+    }
+    if full < n {
+        dst[n - 1] = src[2 * (n - 1)];
+    }
+}
+
+/// `dst[at + t] = src[2(at + t)]` for `t < N` (`M = 2N`), as array moves of sizes the
+/// compiler knows.
+#[inline(always)]
+fn pairs_block<T: Copy, const N: usize, const M: usize>(dst: &mut [T], src: &[T], at: usize) {
+    let d: &mut [T; N] = (&mut dst[at..at + N]).try_into().expect("N values");
+    let s: &[T; M] = (&src[2 * at..2 * at + M]).try_into().expect("2N values");
+    for (t, v) in d.iter_mut().enumerate() {
+        *v = s[2 * t];
+    }
+}
+
+/// The stride-2 patch row of kernel offset `(i, j)` (`row`: `Ho·Wo` values) read straight
+/// from one (unsplit) input plane.
+#[inline(always)]
+fn unfold_tap_pairs<T: Copy + Default>(
+    g: &Geometry,
+    src: &[T],
+    (i, j): (usize, usize),
+    row: &mut [T],
+) {
+    let wo = g.wo;
+    let (a, b) = g.inside(i, g.h, g.ho);
+    let (lo, hi) = g.inside(j, g.w, wo);
+    row[..a * wo].fill(T::default());
+    row[b * wo..].fill(T::default());
+    if lo >= hi {
+        row[a * wo..b * wo].fill(T::default());
+        return;
+    }
+    // `inside` puts the source columns `2·lo + j − p ..= 2·(hi − 1) + j − p` in the row.
+    let x0 = 2 * lo + j - g.padding;
+    for (oh, out) in (a..b).zip(row[a * wo..b * wo].chunks_exact_mut(wo)) {
+        let y = 2 * oh + i - g.padding;
+        if lo > 0 {
+            out[..lo].fill(T::default());
+        }
+        if hi < wo {
+            out[hi..].fill(T::default());
+        }
+        // To the plane's end rather than the row's: the blocks' one read past the run
+        // then stays in the plane for every row but the last.
+        gather_pairs(&mut out[lo..hi], &src[y * g.w + x0..]);
+    }
+}
+
+/// Every tap's patch row of one stride-2 plane, row `t` at `rows[t·width + at..]`.
+#[inline(always)]
+fn unfold_plane_pairs_body<T: Copy + Default>(
+    g: &Geometry,
+    plane: &[T],
+    rows: &mut [T],
+    (width, at): (usize, usize),
+) {
+    let l = g.positions();
+    for t in 0..g.kh * g.kw {
+        let segment = &mut rows[t * width + at..][..l];
+        unfold_tap_pairs(g, plane, (t / g.kw, t % g.kw), segment);
+    }
+}
+
+/// [`unfold_plane_pairs_body`] compiled for AVX-512F, where the pair blocks become
+/// two-source permutes.
+///
+/// # Safety
+/// The CPU must have AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn unfold_plane_pairs_avx512<T: Copy + Default>(
+    g: &Geometry,
+    plane: &[T],
+    rows: &mut [T],
+    place: (usize, usize),
+) {
+    unfold_plane_pairs_body(g, plane, rows, place);
+}
+
+/// [`unfold_plane_pairs_body`] with the widest vectors the CPU has (the same copies, so
+/// the same values, on every CPU).
+fn unfold_plane_pairs<T: Copy + Default>(
+    g: &Geometry,
+    plane: &[T],
+    rows: &mut [T],
+    place: (usize, usize),
+) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::map::has_avx512() {
+        // SAFETY: the CPU has AVX-512F (checked just above).
+        return unsafe { unfold_plane_pairs_avx512(g, plane, rows, place) };
+    }
+    unfold_plane_pairs_body(g, plane, rows, place);
 }
 
 /// `dst[k] += src[k]` over a short run: blocks of 16, 8 and 4 values the compiler
@@ -293,9 +412,12 @@ fn fold_tap<T: Copy + std::ops::AddAssign>(
 /// (measured: Wo = 6 gathers 1.5× faster by table, Wo = 12 1.25× slower).
 const TABLE_BELOW_WIDTH: usize = 8;
 
-/// The same for strides above 1, whose run copies also need the plane split by phase
-/// first (measured on DeepONet-CNN's layers: Wo = 5 and 11 gather 3.3× and 1.35×
-/// faster by table and fold 2.6× and 1.25× faster; Wo = 24 ties, Wo = 49 is 4× slower).
+/// The same for strides above 1 (measured on DeepONet-CNN's layers, batch 32, one thread:
+/// with the plane split by phase first, Wo = 5 and 11 gathered 3.3× and 1.35× faster by
+/// table and folded 2.6× and 1.25× faster, Wo = 24 tied, Wo = 49 was 4× slower; against
+/// the direct stride-2 gather ([`gather_pairs`]) the table still gathers Wo = 5 and 11 in
+/// 0.33 and 1.18 ms against 0.99 and 1.37 ms, while Wo = 24 and 49 take the direct
+/// gather, 2.0 and 0.13 ms against 3.1 and 0.23 ms with the split).
 const STRIDED_TABLE_BELOW_WIDTH: usize = 16;
 
 /// For a convolution with narrow output rows (small planes: DeepONet-CNN's 11 × 11 and
@@ -401,6 +523,10 @@ fn unfold_samples_by<T: Copy + Default + Send + Sync>(
             let mut src = &sample[c * plane..(c + 1) * plane];
             if let Some(table) = &table {
                 table.unfold(g, src, rows, (width, s * l));
+                continue;
+            }
+            if g.stride == 2 {
+                unfold_plane_pairs(g, src, rows, (width, s * l));
                 continue;
             }
             if g.stride > 1 {
@@ -569,6 +695,46 @@ mod tests {
             fold_samples_by(&g, &y, &mut fold_table, false, Some(PatchIndex::build(&g)));
             fold_samples_by(&g, &y, &mut fold_runs, true, None);
             assert_eq!(fold_table, fold_runs, "{g:?}");
+        }
+    }
+
+    #[test]
+    fn stride_2_gathers_match_the_table_with_and_without_wide_vectors() {
+        // The direct stride-2 gather against the index table (built from the definition),
+        // both through the dispatch (AVX-512 where the CPU has it) and through the plain
+        // body; row widths from 1 to 60 cover every block size of `gather_pairs`, and odd
+        // widths without padding make the last row's run end on the plane's last value
+        // (the block past it would run off the plane).
+        for (w, p) in [
+            (3, 0),
+            (6, 1),
+            (9, 0),
+            (13, 1),
+            (19, 0),
+            (34, 1),
+            (49, 0),
+            (81, 1),
+            (121, 0),
+        ] {
+            let g = Geometry::new(3, 7, w, 3, 3, p, 2);
+            let x = values(2 * g.sample(), 0.9);
+            let width = 2 * g.positions();
+            let mut by_table = vec![f64::NAN; g.patch_rows() * width];
+            unfold_samples_by(&g, &x, &mut by_table, false, Some(PatchIndex::build(&g)));
+            let (mut dispatched, mut plain) = (by_table.clone(), by_table.clone());
+            dispatched.fill(f64::NAN);
+            plain.fill(f64::NAN);
+            let taps = g.kh * g.kw;
+            for (s, sample) in x.chunks_exact(g.sample()).enumerate() {
+                for (c, plane) in sample.chunks_exact(g.plane()).enumerate() {
+                    let rows = c * taps * width;
+                    let place = (width, s * g.positions());
+                    unfold_plane_pairs(&g, plane, &mut dispatched[rows..], place);
+                    unfold_plane_pairs_body(&g, plane, &mut plain[rows..], place);
+                }
+            }
+            assert_eq!(dispatched, by_table, "{g:?}");
+            assert_eq!(plain, by_table, "{g:?}");
         }
     }
 

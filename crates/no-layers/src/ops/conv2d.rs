@@ -105,6 +105,30 @@ pub(crate) fn checked_geometry(
 /// samples at a time, larger ones one sample at a time.
 const TARGET_COLUMNS: usize = 1024;
 
+/// The most bytes of patch matrix a forward group gathers (at least one sample's): a
+/// quarter of this machine's 2 MB per-core L2, so that the patches stay in the core's
+/// cache between the gather and the product, next to the packed operands. With the
+/// column target alone, DeepONet-CNN's deeper layers gathered 1.7–3.1 MB per group
+/// (`C·kh·kw` rows of 360 to 900), which went out to L3 and back; capped, its batch-32
+/// inference ran 1.08 → 1.16× faster than with the strided gather alone, and CNO's
+/// 1.11× (paired rounds, `docs/performance.md`).
+const FORWARD_PATCH_BYTES: usize = 512 * 1024;
+
+/// The fewest columns from which a product with `out_channels` rows takes the `gemm`
+/// crate's general path, whose cache blocking of the inner dimension depends on that
+/// dimension alone: smaller products (both sides at most 64, or at most 256 entries)
+/// take its small-matrix paths, which cut a long inner dimension elsewhere and so round
+/// differently. Above it, a forward column is the same sum whatever the group of samples
+/// it is computed in (`forward_groups_give_the_same_bits`).
+fn same_blocking_from(out_channels: usize) -> usize {
+    let past_tiny = 256 / out_channels.max(1) + 1;
+    if out_channels > 64 {
+        past_tiny
+    } else {
+        past_tiny.max(65)
+    }
+}
+
 /// The forward convolution (input, weight) → output.
 #[derive(Debug, Clone, Copy)]
 struct Conv2dOp {
@@ -217,6 +241,34 @@ impl Sizes {
             positions,
             patch_rows: g.patch_rows(),
         }
+    }
+
+    /// Samples per group of the forward: [`Self::group`] lowered so that a group's patch
+    /// matrix stays within [`FORWARD_PATCH_BYTES`], where that changes no bit (see
+    /// [`same_blocking_from`]); else [`Self::group`]. The weight gradient keeps
+    /// [`Self::group`] always: it sums one partial per group, so its groups fix its
+    /// rounding.
+    fn forward_group<T>(&self) -> usize {
+        if self.batch == 0 {
+            return self.group;
+        }
+        let column = self
+            .patch_rows
+            .saturating_mul(std::mem::size_of::<T>())
+            .max(1);
+        let by_bytes = (FORWARD_PATCH_BYTES / column).div_ceil(self.positions.max(1));
+        let min_columns = same_blocking_from(self.out_channels);
+        // Every group of a grouping, the last (partial) one included, has enough columns.
+        let blocked_alike = |group: usize| {
+            let last = self.batch - (self.batch.div_ceil(group) - 1) * group;
+            last.min(group).saturating_mul(self.positions) >= min_columns
+        };
+        if !blocked_alike(self.group) {
+            return self.group;
+        }
+        (by_bytes.max(1)..self.group)
+            .find(|&group| blocked_alike(group))
+            .unwrap_or(self.group)
     }
 
     /// Output (or output-gradient) elements of one sample.
@@ -497,22 +549,33 @@ pub(crate) fn forward_then<T: WinogradScalar>(
     w: &[T],
     finish: impl Fn(&mut [T], usize) + Sync,
 ) -> Result<Vec<T>> {
-    let total = sz.batch * sz.out_sample();
     if winograd::applies(g, sz.out_channels) {
         let mut out = winograd::forward_to_vec(g, x, w, sz.out_channels)?;
         finish(&mut out, rayon::current_num_threads());
         return Ok(out);
     }
+    forward_grouped(g, sz, sz.forward_group::<T>(), (x, w), finish)
+}
+
+/// [`forward_then`] with `group` samples per group.
+fn forward_grouped<T: WinogradScalar>(
+    g: &Geometry,
+    sz: &Sizes,
+    group: usize,
+    (x, w): (&[T], &[T]),
+    finish: impl Fn(&mut [T], usize) + Sync,
+) -> Result<Vec<T>> {
+    let total = sz.batch * sz.out_sample();
+    let weight = MatRef::row_major(w, sz.out_channels, sz.patch_rows);
     // Not zero-filled: every group writes all of its outputs (a fill was a pass over the
     // whole output, 5–10 % of a DeepONet-CNN forward with the same fill in the bias op).
     let mut out = Vec::with_capacity(total);
-    let weight = MatRef::row_major(w, sz.out_channels, sz.patch_rows);
     run_groups(
         &mut out.spare_capacity_mut()[..total],
-        sz.group * sz.out_sample(),
+        group * sz.out_sample(),
         |i, out, scratch, threads| {
             let n = out.len() / sz.out_sample();
-            let xs = &x[i * sz.group * g.sample()..][..n * g.sample()];
+            let xs = &x[i * group * g.sample()..][..n * g.sample()];
             let columns = n * sz.positions;
             if blocked(g, n) {
                 forward_blocked(g, sz, xs, weight, out, threads)?;
@@ -985,6 +1048,56 @@ mod tests {
                 ))
             };
             assert_eq!(crate::cpu::map::single_threaded(run)?, run()?, "batch {b}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn forward_groups_give_the_same_bits() -> Result<()> {
+        // The byte-capped forward groups must change no value: the forward with them
+        // against the forward with the weight gradient's groups, in f32 and f64. Strided
+        // layers with many patch rows on small planes (DeepONet-CNN's deeper layers; 900
+        // patch rows are two cache blocks of the inner dimension), with more than 64
+        // output channels (any group is blocked alike: the cap applies even at a
+        // 2-sample last group) and with fewer (a 1-sample last group would take the
+        // small-matrix path: the cap must give way), one output channel (groups of 363
+        // columns, past the 256-entry path), and a padded
+        // stride-1 layer.
+        let shapes = [
+            (8, 100, 11, 70, 0, 2, true),
+            (9, 40, 24, 66, 0, 2, true),
+            (7, 100, 11, 8, 0, 2, false),
+            (6, 60, 24, 1, 0, 2, true),
+            (5, 30, 24, 6, 1, 1, true),
+        ];
+        for (b, c, n, o, padding, stride, capped) in shapes {
+            let g = Geometry::new(c, n, n, 3, 3, padding, stride);
+            let sz = Sizes::new(&g, b, o);
+            let x = random(&[b, c, n, n], 3)?;
+            let w = random(&[o, c, 3, 3], 4)?;
+            let (x32, w32) = (x.to_dtype(DType::F32)?, w.to_dtype(DType::F32)?);
+            let (xs, ws): (Vec<f32>, Vec<f32>) =
+                (x32.flatten_all()?.to_vec1()?, w32.flatten_all()?.to_vec1()?);
+            let group = sz.forward_group::<f32>();
+            assert_eq!(
+                group < sz.group,
+                capped,
+                "{g:?}: groups of {group}, not {}",
+                sz.group
+            );
+            assert_eq!(
+                forward_grouped::<f32>(&g, &sz, group, (&xs, &ws), |_, _| {})?,
+                forward_grouped::<f32>(&g, &sz, sz.group, (&xs, &ws), |_, _| {})?,
+                "{g:?}, f32, groups of {group}"
+            );
+            let (xs, ws): (Vec<f64>, Vec<f64>) =
+                (x.flatten_all()?.to_vec1()?, w.flatten_all()?.to_vec1()?);
+            let group = sz.forward_group::<f64>();
+            assert_eq!(
+                forward_grouped::<f64>(&g, &sz, group, (&xs, &ws), |_, _| {})?,
+                forward_grouped::<f64>(&g, &sz, sz.group, (&xs, &ws), |_, _| {})?,
+                "{g:?}, f64, groups of {group}"
+            );
         }
         Ok(())
     }
