@@ -10,9 +10,9 @@
 //! strides, and the adjoint's strided adds at every stride, first rewrite each input
 //! plane phase by phase ([`split_phases`]: columns `ph, ph + s, ph + 2s, …` side by
 //! side), which turns their strided accesses into contiguous runs. Where the output rows
-//! are only a few values wide (small planes), a run costs its set-up more than its copy, so those
-//! geometries gather and scatter through a table of input offsets built once per call
-//! ([`PatchIndex`]); both ways give the same bits.
+//! are only a few values wide (small planes), a run costs its set-up more than its copy,
+//! so those geometries gather and scatter through a table of input offsets built once per
+//! call ([`PatchIndex`]); both ways give the same bits.
 
 use rayon::prelude::*;
 

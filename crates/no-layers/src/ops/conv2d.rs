@@ -109,24 +109,21 @@ const TARGET_COLUMNS: usize = 1024;
 /// quarter of this machine's 2 MB per-core L2, so that the patches stay in the core's
 /// cache between the gather and the product, next to the packed operands. With the
 /// column target alone, DeepONet-CNN's deeper layers gathered 1.7–3.1 MB per group
-/// (`C·kh·kw` rows of 360 to 900), which went out to L3 and back; capped, its batch-32
-/// inference ran 1.08 → 1.16× faster than with the strided gather alone, and CNO's
-/// 1.11× (paired rounds, `docs/performance.md`).
+/// (`C·kh·kw` rows of 720 and 900), which went out to L3 and back; capped, its batch-32
+/// inference ran 1.17–1.18× faster than before, against 1.08× with the direct stride-2
+/// gather alone (paired rounds, `docs/performance.md`).
 const FORWARD_PATCH_BYTES: usize = 512 * 1024;
 
-/// The fewest columns from which a product with `out_channels` rows takes the `gemm`
-/// crate's general path, whose cache blocking of the inner dimension depends on that
-/// dimension alone: smaller products (both sides at most 64, or at most 256 entries)
-/// take its small-matrix paths, which cut a long inner dimension elsewhere and so round
-/// differently. Above it, a forward column is the same sum whatever the group of samples
-/// it is computed in (`forward_groups_give_the_same_bits`).
+/// The fewest columns from which a product with `out_channels` rows is computed the same
+/// way whatever its column count: by the `gemm` crate's general path, whose cache
+/// blocking of the inner dimension depends on that dimension alone. Narrower products
+/// take other paths that cut a long inner dimension elsewhere and so round differently:
+/// the crate's small-matrix paths (both sides at most 64, or at most 256 entries) and
+/// [`gemm`]'s own matrix-vector kernel (one column) and row bands (at most 64 columns).
+/// From here on a forward column is the same sum whatever the group of samples it is
+/// computed in (`forward_groups_give_the_same_bits`).
 fn same_blocking_from(out_channels: usize) -> usize {
-    let past_tiny = 256 / out_channels.max(1) + 1;
-    if out_channels > 64 {
-        past_tiny
-    } else {
-        past_tiny.max(65)
-    }
+    (256 / out_channels.max(1) + 1).max(65)
 }
 
 /// The forward convolution (input, weight) → output.
@@ -1055,18 +1052,17 @@ mod tests {
     #[test]
     fn forward_groups_give_the_same_bits() -> Result<()> {
         // The byte-capped forward groups must change no value: the forward with them
-        // against the forward with the weight gradient's groups, in f32 and f64. Strided
-        // layers with many patch rows on small planes (DeepONet-CNN's deeper layers; 900
-        // patch rows are two cache blocks of the inner dimension), with more than 64
-        // output channels (any group is blocked alike: the cap applies even at a
-        // 2-sample last group) and with fewer (a 1-sample last group would take the
-        // small-matrix path: the cap must give way), one output channel (groups of 363
-        // columns, past the 256-entry path), and a padded
-        // stride-1 layer.
+        // against the forward with the weight gradient's groups, in f32 and f64, at
+        // strided layers with many patch rows on small planes (DeepONet-CNN's deeper
+        // layers; 900 patch rows are two cache blocks of the inner dimension) and a padded
+        // stride-1 layer. The cap applies where every group keeps more than 64 columns
+        // (and 256 entries: 3 samples of 121 columns for one output channel) and gives way
+        // where the last group would be narrower (one sample of 25 columns).
         let shapes = [
-            (8, 100, 11, 70, 0, 2, true),
+            (9, 100, 11, 70, 0, 2, true),
             (9, 40, 24, 66, 0, 2, true),
             (7, 100, 11, 8, 0, 2, false),
+            (8, 100, 11, 70, 0, 2, false),
             (6, 60, 24, 1, 0, 2, true),
             (5, 30, 24, 6, 1, 1, true),
         ];
