@@ -193,7 +193,7 @@ impl CustomOp3 for ConvBiasAct {
         let batch = check_input(self.name(), g, l1)?;
         check_weight(self.name(), g, o, l2)?;
         let sz = Sizes::new(g, batch, o);
-        let positions = g.ho * g.wo;
+        let positions = g.positions();
         let zero = self.slope == Some(0.0);
         let slope = self.slope;
         let out = dispatch3(
