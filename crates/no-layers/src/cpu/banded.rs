@@ -142,7 +142,9 @@ impl<T: BandScalar> BandedMatrix<T> {
     }
 
     /// `dst = M · src` with `src` a row-major `[n_in, len]` plane and `dst` `[n_out, len]`.
-    /// Uses fused multiply-adds where the CPU has AVX2 and FMA (detected at run time).
+    /// Uses fused multiply-adds where the CPU has AVX2 and FMA, and sixteen-lane vectors
+    /// where it has AVX-512F (both detected at run time); every path computes each output
+    /// value with the same operations in the same order, so they give the same bits.
     ///
     /// # Panics
     /// If the slices are not `n_in·len` and `n_out·len` long (callers size them from the
@@ -157,6 +159,12 @@ impl<T: BandScalar> BandedMatrix<T> {
             self.n_in
         );
         #[cfg(target_arch = "x86_64")]
+        if crate::cpu::map::has_avx512() {
+            // SAFETY: the CPU supports AVX-512F, AVX2 and FMA (checked just above).
+            unsafe { self.apply_rows_avx512(src, len, dst) };
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
         if crate::cpu::map::has_avx2_fma() {
             // SAFETY: the CPU supports AVX2 and FMA (checked just above).
             unsafe { self.apply_rows_avx2(src, len, dst) };
@@ -166,13 +174,19 @@ impl<T: BandScalar> BandedMatrix<T> {
     }
 
     #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn apply_rows_avx512(&self, src: &[T], len: usize, dst: &mut [T]) {
+        self.apply_rows_body::<true>(src, len, dst);
+    }
+
+    #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn apply_rows_avx2(&self, src: &[T], len: usize, dst: &mut [T]) {
         self.apply_rows_body::<true>(src, len, dst);
     }
 
-    /// The kernel, inlined into the portable and the AVX2 entry points so that the
-    /// compiler vectorises the inner loop for each.
+    /// The kernel, inlined into the portable and the vector entry points so that the
+    /// compiler vectorises the column blocks for each.
     #[inline(always)]
     fn apply_rows_body<const FMA: bool>(&self, src: &[T], len: usize, dst: &mut [T]) {
         for (i, out) in dst
@@ -181,27 +195,87 @@ impl<T: BandScalar> BandedMatrix<T> {
             .take(self.n_out)
         {
             let w = &self.weights[self.offsets[i]..self.offsets[i + 1]];
-            let start = self.starts[i];
-            let Some((&w0, rest)) = w.split_first() else {
+            if w.is_empty() {
                 out.fill(T::default());
                 continue;
-            };
-            let first = &src[start * len..(start + 1) * len];
-            for (o, &s) in out.iter_mut().zip(first) {
-                *o = w0.mul(s);
             }
-            for (k, &wk) in rest.iter().enumerate() {
-                let row = start + 1 + k;
-                let s = &src[row * len..(row + 1) * len];
-                for (o, &x) in out.iter_mut().zip(s) {
-                    *o = if FMA {
-                        wk.mul_add_fused(x, *o)
-                    } else {
-                        wk.mul_add_plain(x, *o)
-                    };
-                }
+            let rows = &src[self.starts[i] * len..];
+            if len >= WIDE {
+                band_row_blocks::<T, WIDE, FMA>(w, rows, len, out);
+            } else if len >= NARROW {
+                band_row_blocks::<T, NARROW, FMA>(w, rows, len, out);
+            } else {
+                band_row_columns::<T, FMA>(w, rows, len, out);
             }
         }
+    }
+}
+
+/// Columns per block of the wide kernel: 4 sixteen-lane `f32` accumulators (8 with AVX2),
+/// enough independent chains to hide the multiply-add latency.
+const WIDE: usize = 64;
+/// Columns per block for rows shorter than [`WIDE`].
+const NARROW: usize = 16;
+
+/// One output row `out = Σₖ w[k]·rows[k·len..][..len]` in blocks of `N` columns, each
+/// summed in registers over all taps and stored once (the plain loop loads and stores the
+/// row once per tap). The last block overlaps the one before it when `N` does not divide
+/// `len`: a column's value does not depend on its block, so it is written twice with the
+/// same bits. Each value is `w₀·x₀`, then one multiply-add per further tap in tap order,
+/// exactly as in [`band_row_columns`]. Needs `len ≥ N` and a non-empty `w`.
+#[inline(always)]
+fn band_row_blocks<T: BandScalar, const N: usize, const FMA: bool>(
+    w: &[T],
+    rows: &[T],
+    len: usize,
+    out: &mut [T],
+) {
+    let mut c0 = 0;
+    loop {
+        let c = c0.min(len - N);
+        let mut acc = [T::default(); N];
+        let first = &rows[c..c + N];
+        for (a, &x) in acc.iter_mut().zip(first) {
+            *a = w[0].mul(x);
+        }
+        for (k, &wk) in w.iter().enumerate().skip(1) {
+            let row = &rows[k * len + c..k * len + c + N];
+            for (a, &x) in acc.iter_mut().zip(row) {
+                *a = multiply_add::<T, FMA>(wk, x, *a);
+            }
+        }
+        out[c..c + N].copy_from_slice(&acc);
+        if c + N == len {
+            break;
+        }
+        c0 += N;
+    }
+}
+
+/// One output row, a pass over the whole row per tap (rows shorter than [`NARROW`]).
+#[inline(always)]
+fn band_row_columns<T: BandScalar, const FMA: bool>(
+    w: &[T],
+    rows: &[T],
+    len: usize,
+    out: &mut [T],
+) {
+    for (o, &s) in out.iter_mut().zip(&rows[..len]) {
+        *o = w[0].mul(s);
+    }
+    for (k, &wk) in w.iter().enumerate().skip(1) {
+        for (o, &x) in out.iter_mut().zip(&rows[k * len..(k + 1) * len]) {
+            *o = multiply_add::<T, FMA>(wk, x, *o);
+        }
+    }
+}
+
+#[inline(always)]
+fn multiply_add<T: BandScalar, const FMA: bool>(w: T, x: T, acc: T) -> T {
+    if FMA {
+        w.mul_add_fused(x, acc)
+    } else {
+        w.mul_add_plain(x, acc)
     }
 }
 
@@ -259,6 +333,67 @@ mod tests {
                 (lhs - rhs).abs() < 1e-11 * lhs.abs().max(1.0),
                 "{lhs} vs {rhs}"
             );
+        }
+    }
+
+    /// Every output value as the kernel defines it, one column at a time: `w₀·x₀`, then one
+    /// multiply-add per further tap, fused where `fused`.
+    fn per_column(b: &BandedMatrix<f32>, src: &[f32], len: usize, fused: bool) -> Vec<f32> {
+        let mut out = vec![0.0f32; b.n_out * len];
+        for i in 0..b.n_out {
+            let w = &b.weights[b.offsets[i]..b.offsets[i + 1]];
+            for c in 0..len {
+                let x = |k: usize| src[(b.starts[i] + k) * len + c];
+                out[i * len + c] = match w.split_first() {
+                    None => 0.0,
+                    Some((&w0, rest)) => {
+                        rest.iter().enumerate().fold(w0 * x(0), |acc, (k, &wk)| {
+                            if fused {
+                                wk.mul_add(x(k + 1), acc)
+                            } else {
+                                acc + wk * x(k + 1)
+                            }
+                        })
+                    }
+                };
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn column_blocks_give_the_bits_of_one_column_at_a_time_on_every_path() {
+        // Row lengths below, at and between the block widths (16 and 64), so that the last
+        // block overlaps the one before it, and the up- and down-sampling bands of CNO.
+        for len in [1usize, 5, 15, 16, 17, 40, 63, 64, 65, 100, 127, 130, 200] {
+            for (n_in, n_out) in [(25usize, 50usize), (50, 25), (13, 13)] {
+                let m = bicubic_antialias_matrix(n_in, n_out);
+                let b = BandedMatrix::<f32>::from_dense(&m, n_out, n_in);
+                let src: Vec<f32> = plane(n_in * len).iter().map(|&v| v as f32).collect();
+                let mut plain = vec![f32::NAN; n_out * len];
+                b.apply_rows_body::<false>(&src, len, &mut plain);
+                assert_eq!(plain, per_column(&b, &src, len, false), "plain, len {len}");
+                #[cfg(target_arch = "x86_64")]
+                {
+                    let want = per_column(&b, &src, len, true);
+                    if crate::cpu::map::has_avx2_fma() {
+                        let mut got = vec![f32::NAN; n_out * len];
+                        // SAFETY: AVX2 and FMA are present (checked just above).
+                        unsafe { b.apply_rows_avx2(&src, len, &mut got) };
+                        assert_eq!(got, want, "AVX2, len {len}, {n_in}->{n_out}");
+                    }
+                    if crate::cpu::map::has_avx512() {
+                        let mut got = vec![f32::NAN; n_out * len];
+                        // SAFETY: AVX-512F, AVX2 and FMA are present (checked just above).
+                        unsafe { b.apply_rows_avx512(&src, len, &mut got) };
+                        assert_eq!(got, want, "AVX-512, len {len}, {n_in}->{n_out}");
+                    }
+                    let mut got = vec![f32::NAN; n_out * len];
+                    b.apply_rows(&src, len, &mut got);
+                    let fused = crate::cpu::map::has_avx2_fma();
+                    assert_eq!(got, per_column(&b, &src, len, fused), "dispatch, len {len}");
+                }
+            }
         }
     }
 
