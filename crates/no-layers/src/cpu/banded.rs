@@ -150,6 +150,21 @@ impl<T: BandScalar> BandedMatrix<T> {
     /// If the slices are not `n_in·len` and `n_out·len` long (callers size them from the
     /// same matrix; a mismatch is a bug, not a user error).
     pub fn apply_rows(&self, src: &[T], len: usize, dst: &mut [T]) {
+        self.apply_rows_then(src, len, dst, |v| v);
+    }
+
+    /// [`Self::apply_rows`], then `finish` applied to each output value before it is
+    /// stored (an activation, say), so that the output is written once, in final form.
+    ///
+    /// # Panics
+    /// As [`Self::apply_rows`].
+    pub fn apply_rows_then<F: Fn(T) -> T + Copy>(
+        &self,
+        src: &[T],
+        len: usize,
+        dst: &mut [T],
+        finish: F,
+    ) {
         assert!(
             src.len() == self.n_in * len && dst.len() == self.n_out * len,
             "BandedMatrix::apply_rows: planes of {} and {} values for a {}×{} matrix and rows of {len}",
@@ -161,34 +176,52 @@ impl<T: BandScalar> BandedMatrix<T> {
         #[cfg(target_arch = "x86_64")]
         if crate::cpu::map::has_avx512() {
             // SAFETY: the CPU supports AVX-512F, AVX2 and FMA (checked just above).
-            unsafe { self.apply_rows_avx512(src, len, dst) };
+            unsafe { self.apply_rows_avx512(src, len, dst, finish) };
             return;
         }
         #[cfg(target_arch = "x86_64")]
         if crate::cpu::map::has_avx2_fma() {
             // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-            unsafe { self.apply_rows_avx2(src, len, dst) };
+            unsafe { self.apply_rows_avx2(src, len, dst, finish) };
             return;
         }
-        self.apply_rows_body::<false>(src, len, dst);
+        self.apply_rows_body::<false, F>(src, len, dst, finish);
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx2,fma")]
-    unsafe fn apply_rows_avx512(&self, src: &[T], len: usize, dst: &mut [T]) {
-        self.apply_rows_body::<true>(src, len, dst);
+    unsafe fn apply_rows_avx512<F: Fn(T) -> T + Copy>(
+        &self,
+        src: &[T],
+        len: usize,
+        dst: &mut [T],
+        finish: F,
+    ) {
+        self.apply_rows_body::<true, F>(src, len, dst, finish);
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn apply_rows_avx2(&self, src: &[T], len: usize, dst: &mut [T]) {
-        self.apply_rows_body::<true>(src, len, dst);
+    unsafe fn apply_rows_avx2<F: Fn(T) -> T + Copy>(
+        &self,
+        src: &[T],
+        len: usize,
+        dst: &mut [T],
+        finish: F,
+    ) {
+        self.apply_rows_body::<true, F>(src, len, dst, finish);
     }
 
     /// The kernel, inlined into the portable and the vector entry points so that the
     /// compiler vectorises the column blocks for each.
     #[inline(always)]
-    fn apply_rows_body<const FMA: bool>(&self, src: &[T], len: usize, dst: &mut [T]) {
+    fn apply_rows_body<const FMA: bool, F: Fn(T) -> T + Copy>(
+        &self,
+        src: &[T],
+        len: usize,
+        dst: &mut [T],
+        finish: F,
+    ) {
         for (i, out) in dst
             .chunks_exact_mut(len.max(1))
             .enumerate()
@@ -196,16 +229,16 @@ impl<T: BandScalar> BandedMatrix<T> {
         {
             let w = &self.weights[self.offsets[i]..self.offsets[i + 1]];
             if w.is_empty() {
-                out.fill(T::default());
+                out.fill(finish(T::default()));
                 continue;
             }
             let rows = &src[self.starts[i] * len..];
             if len >= WIDE {
-                band_row_blocks::<T, WIDE, FMA>(w, rows, len, out);
+                band_row_blocks::<T, WIDE, FMA, F>(w, rows, len, out, finish);
             } else if len >= NARROW {
-                band_row_blocks::<T, NARROW, FMA>(w, rows, len, out);
+                band_row_blocks::<T, NARROW, FMA, F>(w, rows, len, out, finish);
             } else {
-                band_row_columns::<T, FMA>(w, rows, len, out);
+                band_row_columns::<T, FMA, F>(w, rows, len, out, finish);
             }
         }
     }
@@ -222,13 +255,15 @@ const NARROW: usize = 16;
 /// row once per tap). The last block overlaps the one before it when `N` does not divide
 /// `len`: a column's value does not depend on its block, so it is written twice with the
 /// same bits. Each value is `w₀·x₀`, then one multiply-add per further tap in tap order,
-/// exactly as in [`band_row_columns`]. Needs `len ≥ N` and a non-empty `w`.
+/// exactly as in [`band_row_columns`], and stored as `finish(value)`. Needs `len ≥ N` and
+/// a non-empty `w`.
 #[inline(always)]
-fn band_row_blocks<T: BandScalar, const N: usize, const FMA: bool>(
+fn band_row_blocks<T: BandScalar, const N: usize, const FMA: bool, F: Fn(T) -> T>(
     w: &[T],
     rows: &[T],
     len: usize,
     out: &mut [T],
+    finish: F,
 ) {
     let mut c0 = 0;
     loop {
@@ -244,7 +279,10 @@ fn band_row_blocks<T: BandScalar, const N: usize, const FMA: bool>(
                 *a = multiply_add::<T, FMA>(wk, x, *a);
             }
         }
-        out[c..c + N].copy_from_slice(&acc);
+        // By reference: iterating the array by value copies it to the stack first.
+        for (o, &a) in out[c..c + N].iter_mut().zip(&acc) {
+            *o = finish(a);
+        }
         if c + N == len {
             break;
         }
@@ -254,11 +292,12 @@ fn band_row_blocks<T: BandScalar, const N: usize, const FMA: bool>(
 
 /// One output row, a pass over the whole row per tap (rows shorter than [`NARROW`]).
 #[inline(always)]
-fn band_row_columns<T: BandScalar, const FMA: bool>(
+fn band_row_columns<T: BandScalar, const FMA: bool, F: Fn(T) -> T>(
     w: &[T],
     rows: &[T],
     len: usize,
     out: &mut [T],
+    finish: F,
 ) {
     for (o, &s) in out.iter_mut().zip(&rows[..len]) {
         *o = w[0].mul(s);
@@ -267,6 +306,9 @@ fn band_row_columns<T: BandScalar, const FMA: bool>(
         for (o, &x) in out.iter_mut().zip(&rows[k * len..(k + 1) * len]) {
             *o = multiply_add::<T, FMA>(wk, x, *o);
         }
+    }
+    for o in out.iter_mut() {
+        *o = finish(*o);
     }
 }
 
@@ -371,7 +413,7 @@ mod tests {
                 let b = BandedMatrix::<f32>::from_dense(&m, n_out, n_in);
                 let src: Vec<f32> = plane(n_in * len).iter().map(|&v| v as f32).collect();
                 let mut plain = vec![f32::NAN; n_out * len];
-                b.apply_rows_body::<false>(&src, len, &mut plain);
+                b.apply_rows_body::<false, _>(&src, len, &mut plain, |v| v);
                 assert_eq!(plain, per_column(&b, &src, len, false), "plain, len {len}");
                 #[cfg(target_arch = "x86_64")]
                 {
@@ -379,19 +421,25 @@ mod tests {
                     if crate::cpu::map::has_avx2_fma() {
                         let mut got = vec![f32::NAN; n_out * len];
                         // SAFETY: AVX2 and FMA are present (checked just above).
-                        unsafe { b.apply_rows_avx2(&src, len, &mut got) };
+                        unsafe { b.apply_rows_avx2(&src, len, &mut got, |v| v) };
                         assert_eq!(got, want, "AVX2, len {len}, {n_in}->{n_out}");
                     }
                     if crate::cpu::map::has_avx512() {
                         let mut got = vec![f32::NAN; n_out * len];
                         // SAFETY: AVX-512F, AVX2 and FMA are present (checked just above).
-                        unsafe { b.apply_rows_avx512(&src, len, &mut got) };
+                        unsafe { b.apply_rows_avx512(&src, len, &mut got, |v| v) };
                         assert_eq!(got, want, "AVX-512, len {len}, {n_in}->{n_out}");
                     }
                     let mut got = vec![f32::NAN; n_out * len];
                     b.apply_rows(&src, len, &mut got);
                     let fused = crate::cpu::map::has_avx2_fma();
                     assert_eq!(got, per_column(&b, &src, len, fused), "dispatch, len {len}");
+                    // A finishing map is applied to the stored values, and to nothing else.
+                    let leaky = |v: f32| f32::leaky(v, v, 0.01);
+                    let mut mapped = vec![f32::NAN; n_out * len];
+                    b.apply_rows_then(&src, len, &mut mapped, leaky);
+                    let want: Vec<f32> = got.iter().map(|&v| leaky(v)).collect();
+                    assert_eq!(mapped, want, "finish, len {len}");
                 }
             }
         }

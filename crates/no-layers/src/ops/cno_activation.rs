@@ -134,14 +134,16 @@ impl<T: BandScalar + Pooled> Scratch<T> {
     }
 }
 
-/// `s₂ᵀ = Uw·(Uₕ·x)ᵀ` `[uW, uH]` into `out`, using `tmp`.
+/// `finish(s₂ᵀ)` with `s₂ᵀ = Uw·(Uₕ·x)ᵀ` `[uW, uH]` into `out`, using `tmp`: `finish`
+/// is applied as each value is stored (the leaky ReLU in the forward, nothing in the
+/// backward, which needs the pre-activation).
 fn upsampled_t<T: BandScalar + Pooled + Transpose>(
     plan: &ActivationPlan,
     m: &PlanMatrices<T>,
     x: &[T],
-    tmp: &mut [T],
-    tmp_t: &mut [T],
+    (tmp, tmp_t): (&mut [T], &mut [T]),
     out: &mut [T],
+    finish: impl Fn(T) -> T + Copy,
 ) {
     let (_, w) = plan.input;
     let (uh, uw) = plan.up;
@@ -149,7 +151,8 @@ fn upsampled_t<T: BandScalar + Pooled + Transpose>(
     m.up_h.apply_rows(x, w, s1);
     let s1_t = &mut tmp_t[..w * uh];
     T::transpose_plane(s1, uh, w, s1_t);
-    m.up_w.apply_rows(s1_t, uh, &mut out[..uw * uh]);
+    m.up_w
+        .apply_rows_then(s1_t, uh, &mut out[..uw * uh], finish);
 }
 
 fn forward_plane<T: BandScalar + Pooled + Transpose>(
@@ -162,11 +165,9 @@ fn forward_plane<T: BandScalar + Pooled + Transpose>(
 ) {
     let (uh, uw) = plan.up;
     let (_, ow) = plan.output;
-    upsampled_t(plan, m, x, &mut s.a, &mut s.b, &mut s.c);
-    let act = &mut s.c[..uw * uh];
-    for v in act.iter_mut() {
-        *v = T::leaky(*v, *v, slope);
-    }
+    let leaky = move |v: T| T::leaky(v, v, slope);
+    upsampled_t(plan, m, x, (&mut s.a, &mut s.b), &mut s.c, leaky);
+    let act = &s.c[..uw * uh];
     let s3_t = &mut s.a[..ow * uh];
     m.down_w.apply_rows(act, uh, s3_t);
     let s3 = &mut s.b[..uh * ow];
@@ -186,7 +187,7 @@ fn backward_plane<T: BandScalar + Pooled + Transpose>(
     let (uh, uw) = plan.up;
     let (_, ow) = plan.output;
     // The pre-activation s₂ᵀ, recomputed, in c.
-    upsampled_t(plan, m, x, &mut s.a, &mut s.b, &mut s.c);
+    upsampled_t(plan, m, x, (&mut s.a, &mut s.b), &mut s.c, |v| v);
     let g3 = &mut s.a[..uh * ow];
     m.down_h_t.apply_rows(g, ow, g3);
     let g3_t = &mut s.b[..ow * uh];
