@@ -378,9 +378,12 @@ fn forward_blocked<T: GemmScalar>(
     // At least two blocks per thread, so that small planes (CNO's coarse levels: three
     // blocks on 16 × 16 with 128 channels) do not leave a core idle. Each output column is
     // the same sum whatever the block's width, so the values do not change.
-    let per_block = rows_per_block::<T>(g)
-        .min(g.ho.div_ceil(2 * threads))
-        .max(1);
+    let per_block = aligned_rows(
+        g,
+        rows_per_block::<T>(g)
+            .min(g.ho.div_ceil(2 * threads))
+            .max(1),
+    );
     let blocks: Vec<(usize, usize)> = (0..g.ho)
         .step_by(per_block)
         .map(|oh0| (oh0, (oh0 + per_block).min(g.ho)))
@@ -402,6 +405,29 @@ fn forward_blocked<T: GemmScalar>(
             Ok(())
         },
     )
+}
+
+/// `rows` rounded down to a multiple of the rows that make a block's width `rows·Wo` a
+/// multiple of 16 columns, when that leaves at least one such multiple. The `gemm` crate
+/// then reads a narrow product's patches in place instead of copying them into its packed
+/// layout first (with at most 48 output channels; the crate packs whenever the width is not
+/// a multiple of its 16-lane vectors). The values do not change: each output column is the
+/// same sum whatever its block's width.
+fn aligned_rows(g: &Geometry, rows: usize) -> usize {
+    let align = 16 / gcd(g.wo.max(1), 16);
+    if rows >= align {
+        rows - rows % align
+    } else {
+        rows
+    }
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
 }
 
 /// The output gradient of output rows `oh0..oh1` of one sample `gs` `[O, Ho·Wo]`: a
@@ -1027,8 +1053,10 @@ mod tests {
     #[test]
     fn result_does_not_depend_on_the_thread_count() -> Result<()> {
         // Batch 6 of small planes (groups of samples, run in parallel), and batch 1 of a
-        // larger plane (one group, multi-threaded products).
-        for (b, c, n, stride) in [(6, 4, 20, 2), (1, 8, 64, 1)] {
+        // larger plane (one group, multi-threaded products); at 50 columns the threaded
+        // forward's blocks are cut to 8 rows (400 columns, `aligned_rows`) where one thread
+        // takes 36, and the `gemm` crate reads the 400-column blocks unpacked.
+        for (b, c, n, stride) in [(6, 4, 20, 2), (1, 8, 64, 1), (1, 8, 50, 1)] {
             let x = random(&[b, c, n, n], 8)?.to_dtype(DType::F32)?;
             let w = Var::from_tensor(&random(&[5, c, 3, 3], 9)?.to_dtype(DType::F32)?)?;
             let run = || -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
