@@ -12,12 +12,23 @@ use candle_core::{DType, Device, Tensor, Var};
 use no_layers::{CnoActivation, CnoActivationConfig};
 use std::time::Instant;
 
-fn arg(i: usize, default: usize) -> usize {
-    std::env::args()
-        .nth(i)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
+/// Positional argument `i` (1-based): `default` when absent, else a whole number from 1 to
+/// `max`, or an error that names it.
+fn arg(i: usize, name: &str, default: usize, max: usize) -> Result<usize, String> {
+    match std::env::args().nth(i) {
+        None => Ok(default),
+        Some(text) => match text.parse::<usize>() {
+            Ok(v) if (1..=max).contains(&v) => Ok(v),
+            _ => Err(format!(
+                "{name} (argument {i}) must be a whole number from 1 to {max}, got `{text}`"
+            )),
+        },
+    }
 }
+
+/// Most values in the largest tensor the activation holds (`[B, C, 2n, 2n]` upsampled, or
+/// the `[B, C, out, out]` output).
+const MAX_VALUES: usize = 1 << 28;
 
 fn time(
     reps: usize,
@@ -37,14 +48,33 @@ fn time(
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let (b, c, n, o, reps) = (arg(1, 1), arg(2, 32), arg(3, 100), arg(4, 100), arg(5, 50));
+    let (b, c) = (arg(1, "batch", 1, 1024)?, arg(2, "channels", 32, 1024)?);
+    let (n, o) = (arg(3, "grid", 100, 4096)?, arg(4, "out", 100, 4096)?);
+    let reps = arg(5, "reps", 50, 100_000)?;
+    let forward_only = match std::env::args().nth(6).as_deref() {
+        None => false,
+        Some("forward") => true,
+        Some(other) => {
+            return Err(format!("argument 6 must be `forward` or absent, got `{other}`").into())
+        }
+    };
+    let side = (2 * n).max(o);
+    let largest = [b, c, side, side]
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d));
+    if largest.is_none_or(|v| v > MAX_VALUES) {
+        return Err(format!(
+            "batch {b}, channels {c}, grid {n} and out {o} make a tensor of more than {MAX_VALUES} values"
+        )
+        .into());
+    }
     let act = CnoActivation::new(&CnoActivationConfig::default())?;
     let x = Tensor::randn(0f32, 1.0, (b, c, n, n), &Device::Cpu)?;
     let (med, min) = time(reps, || act.forward_to(&x, (o, o)).map(|_| ()))?;
     println!(
         "{{\"variant\": \"forward\", \"batch\": {b}, \"channels\": {c}, \"grid\": {n}, \"out\": {o}, \"median_ms\": {med:.4}, \"min_ms\": {min:.4}}}"
     );
-    if std::env::args().nth(6).as_deref() == Some("forward") {
+    if forward_only {
         return Ok(());
     }
     let v = Var::from_tensor(&x)?;

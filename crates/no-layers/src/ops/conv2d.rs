@@ -414,19 +414,12 @@ fn forward_blocked<T: GemmScalar>(
 /// a multiple of its 16-lane vectors). The values do not change: each output column is the
 /// same sum whatever its block's width.
 fn aligned_rows(g: &Geometry, rows: usize) -> usize {
-    let align = 16 / gcd(g.wo.max(1), 16);
+    // 16 / gcd(Wo, 16): each factor 2 of Wo (up to four) halves the rows needed.
+    let align = 16 >> g.wo.max(1).trailing_zeros().min(4);
     if rows >= align {
         rows - rows % align
     } else {
         rows
-    }
-}
-
-fn gcd(a: usize, b: usize) -> usize {
-    if b == 0 {
-        a
-    } else {
-        gcd(b, a % b)
     }
 }
 
