@@ -480,6 +480,43 @@ mod tests {
     }
 
     #[test]
+    fn deeponet_twins_on_grids_of_several_trunk_panels_equal_the_model() -> Result<()> {
+        // 16 × 20 = 320 query points: the twin's cached trunk is stored in two panels
+        // (128 and 192 points); the twin, `predict` and the model agree bit for bit.
+        let configs = [
+            r#"{"model": "don", "grid": [16, 20], "branch_hidden": [8], "trunk_hidden": [8], "n_basis": 6}"#,
+            r#"{"model": "don_cnn", "grid": [16, 20], "conv_channels": [3], "branch_hidden": [8], "trunk_hidden": [8], "n_basis": 6}"#,
+        ];
+        for json in configs {
+            let cfg: ModelConfig =
+                serde_json::from_str(json).map_err(|e| ModelError::InvalidConfig {
+                    model: "test",
+                    reason: e.to_string(),
+                })?;
+            let vars = SeededVarMap::new(5);
+            let model = build(&cfg, vars.var_builder(DType::F32, &Device::Cpu))?;
+            let twin = inference_twin(model.as_ref(), vars.varmap())?;
+            let x = Tensor::arange(0f32, 960.0, &Device::Cpu)?
+                .reshape((3, 1, 16, 20))?
+                .affine(0.01, 0.0)?
+                .sin()?;
+            let bits = |t: Tensor| -> Result<Vec<u32>> {
+                Ok(t.flatten_all()?
+                    .to_vec1::<f32>()?
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect())
+            };
+            let y = bits(model.forward(&x)?)?;
+            assert_eq!(y, bits(twin.forward(&x)?)?, "{json}");
+            // A second call reuses the cached panels.
+            assert_eq!(y, bits(twin.forward(&x)?)?, "{json}");
+            assert_eq!(y, bits(model.predict(&x)?)?, "{json}");
+        }
+        Ok(())
+    }
+
+    #[test]
     fn an_empty_map_is_an_error() -> Result<()> {
         let vars = SeededVarMap::new(0);
         let model = build(&tiny("fno"), vars.var_builder(DType::F32, &Device::Cpu))?;

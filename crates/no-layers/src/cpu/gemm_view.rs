@@ -311,6 +311,84 @@ pub(crate) fn gemm<T: GemmScalar>(
     Ok(())
 }
 
+/// One product of [`gemm_column_blocks`]: `dst[:, columns] = lhs · rhs`.
+pub(crate) struct ColumnBlock<'a, T> {
+    /// The columns of `dst` the product writes.
+    pub(crate) columns: std::ops::Range<usize>,
+    /// `[rows, k]`.
+    pub(crate) lhs: MatRef<'a, T>,
+    /// `[k, columns.len()]`.
+    pub(crate) rhs: MatRef<'a, T>,
+}
+
+/// The column block `columns` of `dst` as a view of its own (same rows and row stride).
+fn column_view<'a, T>(dst: &MatMut<'a, T>, columns: &std::ops::Range<usize>) -> MatMut<'a, T> {
+    MatMut {
+        // `wrapping_add`: computing the address is safe; `gemm` checks every access
+        // against `len` before it dereferences anything.
+        ptr: dst.ptr.wrapping_add(columns.start),
+        len: dst.len.saturating_sub(columns.start),
+        initialised: dst.initialised,
+        rows: dst.rows,
+        cols: columns.len(),
+        row_stride: dst.row_stride,
+        _borrow: std::marker::PhantomData,
+    }
+}
+
+/// A [`MatMut`] shared by the tasks of [`gemm_column_blocks`], which write disjoint
+/// column blocks of it.
+struct SharedDst<'a, T>(MatMut<'a, T>);
+
+// SAFETY: the tasks write disjoint column blocks (checked before they start) and read
+// nothing of `dst`; `T: Send` values may be written from several threads that way.
+unsafe impl<T: Send> Sync for SharedDst<'_, T> {}
+
+impl<'a, T> SharedDst<'a, T> {
+    /// The shared view (a method, so closures capture the `Sync` wrapper, not its field).
+    fn view(&self) -> &MatMut<'a, T> {
+        &self.0
+    }
+}
+
+/// `dst[:, columns_j] = lhs_j · rhs_j` for every block `j`, the blocks' products on
+/// rayon's threads when `threads > 1` (each a one-thread [`gemm()`] call, so the values
+/// do not depend on the thread count). The column ranges must be disjoint and inside
+/// `dst`; the blocks need not cover it (columns outside every block are left as they
+/// are). Errors as [`gemm()`] does, or when two blocks overlap.
+pub(crate) fn gemm_column_blocks<T: GemmScalar>(
+    dst: MatMut<'_, T>,
+    blocks: &[ColumnBlock<'_, T>],
+    threads: usize,
+) -> Result<()> {
+    let mut ranges: Vec<_> = blocks.iter().map(|b| b.columns.clone()).collect();
+    ranges.sort_by_key(|r| r.start);
+    let disjoint = ranges.windows(2).all(|w| w[0].end <= w[1].start);
+    if !disjoint || ranges.last().is_some_and(|r| r.end > dst.cols) {
+        candle_core::bail!(
+            "gemm_column_blocks: column blocks {ranges:?} overlap or leave the {} columns",
+            dst.cols
+        );
+    }
+    let run = |dst: &MatMut<'_, T>, block: &ColumnBlock<'_, T>| {
+        gemm(
+            column_view(dst, &block.columns),
+            block.lhs,
+            block.rhs,
+            false,
+            1,
+        )
+    };
+    if threads <= 1 || blocks.len() < 2 {
+        return blocks.iter().try_for_each(|block| run(&dst, block));
+    }
+    use rayon::prelude::*;
+    let shared = SharedDst(dst);
+    blocks
+        .par_iter()
+        .try_for_each(|block| run(shared.view(), block))
+}
+
 /// Rows of `dst` per band in [`row_bands`].
 const BAND_ROWS: usize = 128;
 

@@ -3,8 +3,8 @@
 use super::bare_activation;
 use super::don_cnn::{CnnBranch, DeepOnetCnnConfig};
 use super::{
-    check_basis_split, check_grid, combine_with_trunk_blocks, grid_coordinates, shape_error,
-    Activation, Fnn,
+    check_basis_split, check_grid, combine_with_trunk_blocks, combine_with_trunk_panels,
+    grid_coordinates, shape_error, Activation, Fnn,
 };
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
@@ -12,6 +12,7 @@ use crate::operator::{NeuralOperator, ParamCount};
 use candle_core::{DType, Module, Tensor};
 use candle_nn::init::Init;
 use candle_nn::VarBuilder;
+use no_layers::ops::basis_product::PanelBasis;
 use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
 
@@ -135,8 +136,9 @@ struct CachedTrunk {
     coords: Vec<u64>,
     /// The trunk weights, as their values' bits.
     weights: Vec<Vec<u64>>,
-    /// The trunk output as `[K, q, N]` blocks, detached.
-    blocks: Tensor,
+    /// The trunk output (`[K, q, N]` blocks), detached and stored in column panels for
+    /// the product with the branch ([`PanelBasis`]).
+    panels: PanelBasis,
 }
 
 /// Most query grids kept at once (the training grid and one other; each entry holds
@@ -177,7 +179,7 @@ impl TrunkCache {
     /// cached value when one was computed from bitwise the same points and trunk weights,
     /// else a fresh pass, which is then cached (replacing the oldest entry when
     /// [`TRUNK_CACHE_GRIDS`] are held).
-    fn get(&self, trunk: &Fnn, coords: &Tensor, k: usize) -> candle_core::Result<Tensor> {
+    fn get(&self, trunk: &Fnn, coords: &Tensor, k: usize) -> candle_core::Result<PanelBasis> {
         let weights = trunk
             .parameters()
             .iter()
@@ -194,15 +196,15 @@ impl TrunkCache {
             // Entries from other weights are stale whatever their grid.
             slots.retain(|e| e.weights == weights);
             if let Some(entry) = slots.iter().find(|e| e.coords == points) {
-                if entry.blocks.dim(0)? == k {
-                    return Ok(entry.blocks.clone());
+                if entry.panels.dims().0 == k {
+                    return Ok(entry.panels.clone());
                 }
             }
         }
         // The trunk pass runs with the lock released: its parallel work may run on a pool
         // thread that meanwhile takes up another call of this model (`no_layers::threads`),
         // which would otherwise wait on the lock that thread holds itself.
-        let blocks = trunk.forward_blocks(coords, k)?.detach();
+        let panels = PanelBasis::new(&trunk.forward_blocks(coords, k)?)?;
         let mut slots = lock()?;
         slots.retain(|e| e.coords != points && e.weights == weights);
         if slots.len() >= TRUNK_CACHE_GRIDS {
@@ -211,9 +213,9 @@ impl TrunkCache {
         slots.push(CachedTrunk {
             coords: points,
             weights,
-            blocks: blocks.clone(),
+            panels: panels.clone(),
         });
-        Ok(blocks)
+        Ok(panels)
     }
 }
 
@@ -328,12 +330,13 @@ impl DeepOnet {
             ));
         }
         let b = self.branch.forward(input)?;
-        let blocks = if self.trunk_is_constant() && !coords.track_op() {
-            self.trunk_cache
-                .get(&self.trunk, coords, self.out_channels)?
-        } else {
-            self.trunk.forward_blocks(coords, self.out_channels)?
-        };
+        if self.trunk_is_constant() && !coords.track_op() {
+            let panels = self
+                .trunk_cache
+                .get(&self.trunk, coords, self.out_channels)?;
+            return combine_with_trunk_panels(&b, &panels, self.bias.as_ref());
+        }
+        let blocks = self.trunk.forward_blocks(coords, self.out_channels)?;
         combine_with_trunk_blocks(&b, &blocks, self.bias.as_ref())
     }
 
@@ -355,11 +358,11 @@ impl NeuralOperator for DeepOnet {
 
     fn predict(&self, input: &Tensor) -> candle_core::Result<Tensor> {
         self.check_input(input)?;
-        let blocks = self
+        let panels = self
             .trunk_cache
             .get(&self.trunk, &self.coords, self.out_channels)?;
         let out =
-            combine_with_trunk_blocks(&self.branch.forward(input)?, &blocks, self.bias.as_ref())?;
+            combine_with_trunk_panels(&self.branch.forward(input)?, &panels, self.bias.as_ref())?;
         let bsz = out.dim(0)?;
         Ok(out
             .reshape((bsz, self.out_channels, self.grid[0], self.grid[1]))?

@@ -41,7 +41,7 @@ use crate::error::{ModelError, Result};
 use crate::operator::NeuralOperator;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use no_layers::ops::basis_product::basis_product;
+use no_layers::ops::basis_product::{basis_product, PanelBasis};
 use no_layers::ops::channel_affine::add_channel_bias;
 
 /// The `(t, x)` coordinates of every node of an `nt × nx` grid, scaled to `[0, 1]`, row-major
@@ -99,7 +99,21 @@ pub(crate) fn combine_with_trunk_blocks(
     blocks: &Tensor,
     bias: Option<&Tensor>,
 ) -> candle_core::Result<Tensor> {
-    let out = basis_product(branch, blocks)?;
+    with_bias(basis_product(branch, blocks)?, bias)
+}
+
+/// [`combine_with_trunk_blocks`] with a cached trunk output stored in panels: the same
+/// values.
+pub(crate) fn combine_with_trunk_panels(
+    branch: &Tensor,
+    panels: &PanelBasis,
+    bias: Option<&Tensor>,
+) -> candle_core::Result<Tensor> {
+    with_bias(panels.product(branch)?, bias)
+}
+
+/// `out[b, k, n] + bias[k]`, or `out` without a bias.
+fn with_bias(out: Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
     match bias {
         Some(bias) => add_channel_bias(&out, bias),
         None => Ok(out),
