@@ -11,8 +11,9 @@
 //! The twin's outputs equal the model's (test `twin_equals_the_model_and_follows_updates`).
 //!
 //! Work that does not depend on the input is done once per twin where a model knows it:
-//! a DeepONet twin evaluates its trunk once per query grid and reuses it
-//! ([`crate::deeponet::DeepOnet::forward_at`]); the spectral convolutions of the Fourier
+//! a DeepONet twin evaluates its trunk once per query grid and reuses it, stored in
+//! column panels for the product with the branch
+//! ([`crate::deeponet::DeepOnet::forward_at`], [`no_layers::ops::basis_product::PanelBasis`]); the spectral convolutions of the Fourier
 //! family keep their weights' per-mode blocks per set of kept modes; CNO keeps its
 //! activations' resize matrices per plane size (for the model and its twin alike). The cache lives in the twin, so a new twin
 //! starts without it; and because the twin's weights are views of the variables, which an
