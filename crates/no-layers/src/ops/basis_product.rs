@@ -82,7 +82,7 @@ const PANEL_POINTS: usize = 128;
 /// reads, for each of the `q` basis functions, a short run of points `N` values after the
 /// previous one: on DeepONet-CNN's 10,000-point grid that is a new 4 KB page per basis
 /// function, which the hardware prefetchers do not follow. Here each output's block is
-/// cut into panels of [`PANEL_POINTS`] points, each panel stored contiguously (`[q, w]`),
+/// cut into panels of 128 points, each panel stored contiguously (`[q, w]`),
 /// and the panels' products run as separate single-thread calls spread over the threads.
 /// Every output value still sums its `q` terms in the same order as the whole-width call.
 /// On other devices or dtypes the basis is kept as it is and [`basis_product`] runs.
