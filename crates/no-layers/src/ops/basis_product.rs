@@ -170,6 +170,32 @@ fn panel<'a, T>(
     MatRef::row_major(&panels[o * q * n + q * points.start..], q, points.len())
 }
 
+/// Which way [`rearranged`] goes.
+#[derive(Debug, Clone, Copy)]
+enum Rearrange {
+    /// `[K, q, N]` → panels ([`to_panels`]).
+    ToPanels,
+    /// Panels → `[K, q, N]` ([`from_panels`]).
+    FromPanels,
+}
+
+/// The values of an `f32` or `f64` CPU tensor of `K·q·N` values rearranged, as a flat
+/// tensor (the new values moved in, not copied again).
+fn rearranged(t: &Tensor, dims: (usize, usize, usize), way: Rearrange) -> Result<Tensor> {
+    fn apply<T: Copy + Default>(v: &[T], dims: (usize, usize, usize), way: Rearrange) -> Vec<T> {
+        match way {
+            Rearrange::ToPanels => to_panels(v, dims),
+            Rearrange::FromPanels => from_panels(v, dims),
+        }
+    }
+    let (len, flat) = (t.elem_count(), t.flatten_all()?);
+    match t.dtype() {
+        DType::F32 => Tensor::from_vec(apply(&flat.to_vec1::<f32>()?, dims, way), len, t.device()),
+        DType::F64 => Tensor::from_vec(apply(&flat.to_vec1::<f64>()?, dims, way), len, t.device()),
+        other => candle_core::bail!("PanelBasis: dtype {other:?} is not laid out in panels"),
+    }
+}
+
 impl PanelBasis {
     /// The panels of `basis` `[K, q, N]` (copied and detached: no gradient reaches
     /// `basis` through [`Self::product`]). Errors unless `basis` has three dimensions.
@@ -183,11 +209,7 @@ impl PanelBasis {
                 dims,
             });
         }
-        let flat = basis.flatten_all()?;
-        let data = match flat.dtype() {
-            DType::F32 => Tensor::new(to_panels(&flat.to_vec1::<f32>()?, dims), flat.device())?,
-            _ => Tensor::new(to_panels(&flat.to_vec1::<f64>()?, dims), flat.device())?,
-        };
+        let data = rearranged(&basis, dims, Rearrange::ToPanels)?;
         Ok(Self {
             data,
             paneled: true,
@@ -205,18 +227,7 @@ impl PanelBasis {
         if !self.paneled {
             return Ok(self.data.clone());
         }
-        let (k, q, n) = self.dims;
-        let data = match self.data.dtype() {
-            DType::F32 => Tensor::new(
-                from_panels(&self.data.to_vec1::<f32>()?, self.dims),
-                self.data.device(),
-            )?,
-            _ => Tensor::new(
-                from_panels(&self.data.to_vec1::<f64>()?, self.dims),
-                self.data.device(),
-            )?,
-        };
-        data.reshape((k, q, n))
+        rearranged(&self.data, self.dims, Rearrange::FromPanels)?.reshape(self.dims)
     }
 
     /// [`basis_product`]`(branch, basis)`: `[B, K, N]`, with the same values; gradients
