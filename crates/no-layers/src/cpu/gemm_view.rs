@@ -686,6 +686,50 @@ mod tests {
     }
 
     #[test]
+    fn column_blocks_match_a_naive_loop_and_refuse_overlaps() -> Result<()> {
+        // dst [3, 7] = a [3, 4] · b [4, 7], as blocks of columns 0..2, 2..5 and 5..7, each
+        // block's right operand stored on its own.
+        let (m, k, n) = (3, 4, 7);
+        let a: Vec<f64> = (0..m * k).map(|i| (i as f64 * 0.37).sin()).collect();
+        let b: Vec<f64> = (0..k * n).map(|i| (i as f64 * 0.91).cos()).collect();
+        let expected = naive(&a, &b, m, k, n, false);
+        let ranges = [0..2, 2..5, 5..7];
+        let parts: Vec<Vec<f64>> = ranges
+            .iter()
+            .map(|r| {
+                (0..k)
+                    .flat_map(|p| b[p * n + r.start..p * n + r.end].to_vec())
+                    .collect()
+            })
+            .collect();
+        let blocks = |ranges: &[std::ops::Range<usize>]| -> Vec<ColumnBlock<'_, f64>> {
+            ranges
+                .iter()
+                .zip(&parts)
+                .map(|(r, part)| ColumnBlock {
+                    columns: r.clone(),
+                    lhs: MatRef::row_major(&a, m, k),
+                    rhs: MatRef::row_major(part, k, r.len()),
+                })
+                .collect()
+        };
+        for threads in [1, 3] {
+            let mut c = vec![f64::NAN; m * n];
+            gemm_column_blocks(MatMut::row_major(&mut c, m, n), &blocks(&ranges), threads)?;
+            assert!(c.iter().zip(&expected).all(|(x, y)| (x - y).abs() < 1e-12));
+        }
+        let mut c = vec![0.0; m * n];
+        // Overlapping (the second block starts inside the first) or past the last column.
+        for bad in [[0..2, 1..4, 5..7], [0..2, 2..5, 5..8]] {
+            let e = gemm_column_blocks(MatMut::row_major(&mut c, m, n), &blocks(&bad), 1)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("overlap or leave"), "{e}");
+        }
+        Ok(())
+    }
+
+    #[test]
     fn mismatched_shapes_and_overrunning_views_are_errors() {
         let (a, b) = (vec![0f32; 6], vec![0f32; 6]);
         let mut c = vec![0f32; 4];

@@ -69,9 +69,8 @@ pub fn basis_product(branch: &Tensor, basis: &Tensor) -> Result<Tensor> {
 /// A multiple of 16, so the `gemm` crate reads a panel in place instead of packing it,
 /// and above 64, so every panel's product takes the crate's general path, whose sums do
 /// not depend on the number of points (its small-matrix path cuts the inner dimension
-/// differently above 512 basis functions). Measured on DeepONet-CNN's product
-/// (`32 × 400 → 9,600`, two threads, Intel Xeon with AVX-512): panels of 64, 128 and 192
-/// points took 1.02, 1.10 and 1.06 ms against 1.31–1.47 ms for the whole-width product.
+/// differently above 512 basis functions). Measured with the `basis_product_timing`
+/// example at DeepONet-CNN's product (docs/performance.md).
 const PANEL_POINTS: usize = 128;
 
 /// A constant basis `[K, q, N]` (a DeepONet trunk's output, cached per query grid)
@@ -101,8 +100,8 @@ const PANEL_POINTS: usize = 128;
 /// ```
 #[derive(Debug, Clone)]
 pub struct PanelBasis {
-    /// `K·q·N` values, panel by panel ([`Self::panels`]), or the `[K, q, N]` basis as
-    /// given where the fused CPU op does not run.
+    /// `K·q·N` values, panel by panel (as [`to_panels`] writes them), or the `[K, q, N]`
+    /// basis as given where the fused CPU op does not run.
     data: Tensor,
     /// Whether `data` holds panels.
     paneled: bool,
@@ -301,16 +300,16 @@ fn panel_forward<T: GemmScalar>(branch: &[T], panels: &[T], sz: Sizes) -> Result
 fn panel_branch_grad<T: GemmScalar>(panels: &[T], grad: &[T], sz: Sizes) -> Result<Vec<T>> {
     let (b, k, q, n) = sz;
     let mut out = vec![T::default(); checked_len(&[b, k, q])?];
-    let threads = rayon::current_num_threads();
+    let (threads, ranges) = (rayon::current_num_threads(), panel_ranges(n));
     for o in 0..k {
-        for points in panel_ranges(n) {
+        for points in &ranges {
             let dst = MatMut::strided_rows(&mut out[o * q..], (b, q), k * q);
             let grad_rows =
                 MatRef::strided(&grad[o * n + points.start..], (b, points.len()), (k * n, 1));
             gemm(
                 dst,
                 grad_rows,
-                panel(panels, (k, q, n), o, &points).t(),
+                panel(panels, (k, q, n), o, points).t(),
                 true,
                 threads,
             )?;
