@@ -204,6 +204,62 @@ pub(crate) fn gemm<T: GemmScalar>(
     accumulate: bool,
     threads: usize,
 ) -> Result<()> {
+    checked_product(dst, lhs, rhs, accumulate, threads, true)
+}
+
+/// [`gemm()`] without the [`crate::cpu::row_dot`] kernel: always the `gemm` crate (in row
+/// bands where [`gemm()`] would cut them). For a product that must sum as the same values
+/// in another layout do: whether [`gemm()`] takes the row-dot kernel depends on the strides
+/// and the sizes, so a layout the crate reads in place could go to the kernel instead.
+pub(crate) fn gemm_by_crate<T: GemmScalar>(
+    dst: MatMut<'_, T>,
+    lhs: MatRef<'_, T>,
+    rhs: MatRef<'_, T>,
+    accumulate: bool,
+    threads: usize,
+) -> Result<()> {
+    checked_product(dst, lhs, rhs, accumulate, threads, false)
+}
+
+/// Whether [`gemm()`] gives the product `lhs · rhs` to the [`crate::cpu::row_dot`] kernel on
+/// this CPU.
+pub(crate) fn takes_row_dot<T: GemmScalar>(lhs: &MatRef<'_, T>, rhs: &MatRef<'_, T>) -> bool {
+    row_dot_kernel_for(lhs, rhs).is_some()
+}
+
+/// The [`crate::cpu::row_dot`] kernel [`gemm()`] runs `lhs · rhs` with, if any: chosen by
+/// shape alone (not by the thread count), so a product sums in the same order whatever the
+/// thread count. A matrix-vector product (one row on either side) reads its large operand
+/// once, so that operand's size does not matter.
+fn row_dot_kernel_for<T: GemmScalar>(
+    lhs: &MatRef<'_, T>,
+    rhs: &MatRef<'_, T>,
+) -> Option<row_dot::Kernel<T>> {
+    let (m, n, k) = (lhs.rows, rhs.cols, lhs.cols);
+    let gemv = m == 1 || n == 1;
+    let shape = lhs.col_stride == 1
+        && rhs.row_stride == 1
+        && k >= ROW_DOT_MIN_K
+        && (gemv || n.saturating_mul(k) <= ROW_DOT_MAX_RHS);
+    if !shape {
+        None
+    } else if gemv {
+        T::row_dot_gemv_kernel()
+    } else {
+        T::row_dot_kernel()
+    }
+}
+
+/// The checks and the route of [`gemm()`]; `allow_row_dot: false` keeps the product on the
+/// `gemm` crate ([`gemm_by_crate`]).
+fn checked_product<T: GemmScalar>(
+    dst: MatMut<'_, T>,
+    lhs: MatRef<'_, T>,
+    rhs: MatRef<'_, T>,
+    accumulate: bool,
+    threads: usize,
+    allow_row_dot: bool,
+) -> Result<()> {
     let (m, n, k) = (dst.rows, dst.cols, lhs.cols);
     if lhs.rows != m || rhs.rows != k || rhs.cols != n {
         candle_core::bail!(
@@ -238,43 +294,33 @@ pub(crate) fn gemm<T: GemmScalar>(
         }
         return Ok(());
     }
-    // Chosen by shape alone (not by `threads`), so a product sums in the same order
-    // whatever the thread count. A matrix-vector product (one row on either side) reads
-    // its large operand once, so that operand's size does not matter.
-    let gemv = m == 1 || n == 1;
-    let row_dot_case = lhs.col_stride == 1
-        && rhs.row_stride == 1
-        && k >= ROW_DOT_MIN_K
-        && (gemv || n.saturating_mul(k) <= ROW_DOT_MAX_RHS);
-    if row_dot_case {
-        let kernel = if gemv {
-            T::row_dot_gemv_kernel()
-        } else {
-            T::row_dot_kernel()
+    let kernel = if allow_row_dot {
+        row_dot_kernel_for(&lhs, &rhs)
+    } else {
+        None
+    };
+    if let Some(kernel) = kernel {
+        let a = row_dot::Rows {
+            ptr: lhs.data.as_ptr(),
+            rows: m,
+            stride: lhs.row_stride,
         };
-        if let Some(kernel) = kernel {
-            let a = row_dot::Rows {
-                ptr: lhs.data.as_ptr(),
-                rows: m,
-                stride: lhs.row_stride,
-            };
-            let b = row_dot::Rows {
-                ptr: rhs.data.as_ptr(),
-                rows: n,
-                stride: rhs.col_stride,
-            };
-            let out = row_dot::Out {
-                ptr: dst.ptr,
-                stride: dst.row_stride,
-            };
-            // SAFETY: the views were checked above to address only elements of their
-            // slices (row `i` of `a` is row `i` of `lhs`, row `j` of `b` column `j` of
-            // `rhs`, each `k` long); `dst` is borrowed mutably, so it aliases neither, and
-            // is read only when `accumulate` (refused above for uninitialised memory). The
-            // kernel exists only where the CPU runs it.
-            unsafe { row_dot::run(kernel, (out, a, b), k, accumulate, threads) };
-            return Ok(());
-        }
+        let b = row_dot::Rows {
+            ptr: rhs.data.as_ptr(),
+            rows: n,
+            stride: rhs.col_stride,
+        };
+        let out = row_dot::Out {
+            ptr: dst.ptr,
+            stride: dst.row_stride,
+        };
+        // SAFETY: the views were checked above to address only elements of their slices
+        // (row `i` of `a` is row `i` of `lhs`, row `j` of `b` column `j` of `rhs`, each `k`
+        // long); `dst` is borrowed mutably, so it aliases neither, and is read only when
+        // `accumulate` (refused above for uninitialised memory). The kernel exists only
+        // where the CPU runs it.
+        unsafe { row_dot::run(kernel, (out, a, b), k, accumulate, threads) };
+        return Ok(());
     }
     let bands = row_bands(m, n, k);
     let band_rows = m.div_ceil(bands);
@@ -622,6 +668,50 @@ mod tests {
             if row_dot::kernel_preferred() {
                 assert_eq!(dispatched, direct, "the kernel was preferred but not used");
             }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn the_crate_route_skips_the_row_dot_kernel_and_the_predicate_names_it() -> Result<()> {
+        // A shape the kernel takes where it is preferred: `takes_row_dot` says so exactly
+        // then, `gemm` then runs the kernel, and `gemm_by_crate` runs the crate's product
+        // (the bits of one row band of it, which is a plain crate call) all the same.
+        let (m, n, k) = (37, 24, 96);
+        let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+        let b: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.91).cos()).collect();
+        let (lhs, rhs) = (MatRef::row_major(&a, m, k), MatRef::row_major(&b, n, k).t());
+        let preferred = <f32 as GemmScalar>::row_dot_kernel().is_some();
+        assert_eq!(takes_row_dot(&lhs, &rhs), preferred);
+        // Not the kernel's layout (the right operand's rows are not contiguous): never.
+        let b_rows = MatRef::row_major(&b, k, n);
+        assert!(!takes_row_dot(&lhs, &b_rows));
+        let mut by_crate = vec![0f32; m * n];
+        gemm_by_crate(MatMut::row_major(&mut by_crate, m, n), lhs, rhs, false, 2)?;
+        let mut crate_call = vec![0f32; m * n];
+        let views = Views {
+            dst: crate_call.as_mut_ptr(),
+            dst_row_stride: n,
+            lhs,
+            rhs,
+        };
+        // SAFETY: the views fit their buffers (the product above checked the same shapes)
+        // and `crate_call` aliases neither operand.
+        unsafe { views.band_product(0, m, false, 2) };
+        assert_eq!(
+            by_crate.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            crate_call.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+        let expected = naive(
+            &a.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(),
+            &b.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(),
+            m,
+            k,
+            n,
+            true,
+        );
+        for (x, y) in by_crate.iter().zip(&expected) {
+            assert!((f64::from(*x) - y).abs() <= 1e-5 * k as f64, "{x} vs {y}");
         }
         Ok(())
     }
