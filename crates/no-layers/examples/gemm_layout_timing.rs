@@ -14,9 +14,9 @@
 //!   c [B, r] · Φᵀ` with the basis stored `[P, r]` (the library's variable: the crate packs
 //!   it) or `[r, P]` (read in place), on all of rayon's threads.
 //!
-//! Prints, for each case, the fastest of 30 runs of each layout (after one untimed run),
-//! alternating the two over 3 rounds, their GFLOP/s, and whether the values are equal bit
-//! for bit.
+//! Prints the CPU model and, for each case, the fastest of 30 runs of each layout (after
+//! one untimed run), alternating the two over 3 rounds, their GFLOP/s, the ratio, and
+//! whether the values are equal bit for bit.
 
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
@@ -159,9 +159,10 @@ fn weight_gradient(o: usize, patch_rows: usize, columns: usize, groups: usize) {
             l.iter().zip(&t).all(|(x, y)| x.to_bits() == y.to_bits())
         });
         println!(
-            "  round {round}: [O, C·9] {a:.3} ms ({:.0} GFLOP/s), [C·9, O] {b:.3} ms ({:.0}); same bits: {same}",
+            "  round {round}: [O, C·9] {a:.3} ms ({:.0} GFLOP/s), [C·9, O] {b:.3} ms ({:.0}), ratio {:.2}; same bits: {same}",
             flop / a / 1e6,
-            flop / b / 1e6
+            flop / b / 1e6,
+            a / b
         );
     }
 }
@@ -206,15 +207,33 @@ fn basis_product(batch: usize, modes: usize, points: usize) {
             .zip(&in_place)
             .all(|(x, y)| x.to_bits() == y.to_bits());
         println!(
-            "  round {round}: basis [P, r] {a:.3} ms ({:.0} GFLOP/s), [r, P] {b:.3} ms ({:.0}); same bits: {same}",
+            "  round {round}: basis [P, r] {a:.3} ms ({:.0} GFLOP/s), [r, P] {b:.3} ms ({:.0}), ratio {:.2}; same bits: {same}",
             flop / a / 1e6,
-            flop / b / 1e6
+            flop / b / 1e6,
+            a / b
         );
     }
 }
 
+/// The CPU's model name from `/proc/cpuinfo` (Linux), or a placeholder where there is none.
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|line| line.starts_with("model name"))
+                .and_then(|line| line.split_once(':'))
+                .map(|(_, name)| name.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU (no /proc/cpuinfo model name)".into())
+}
+
 fn main() {
-    println!("{} rayon threads", rayon::current_num_threads());
+    println!(
+        "CPU: {}; {} rayon threads",
+        cpu_model(),
+        rayon::current_num_threads()
+    );
     // DeepONet-CNN's layers at batch 32 (1 → 40 → 80 → 100 → 120 channels, 3×3, stride 2,
     // from 100 × 100): output channels, patch rows, columns per group, groups. The weight
     // gradient groups `⌈1024 / positions⌉` samples (1, 2, 9 and 32 of them here); the third
