@@ -5,6 +5,7 @@
 //! ```text
 //! cargo run --release -p no-layers --example gemm_layout_timing
 //! ```
+//! It takes no arguments (any is refused with exit status 2).
 //! - **Convolution weight gradient**, one partial per group as `conv2d`'s backward computes
 //!   it: `∂W [O, C·9] = ∂y [O, columns] · patchesᵀ` at DeepONet-CNN's four layers (batch 32,
 //!   the library's groups of samples, run as it runs them).
@@ -229,6 +230,12 @@ fn cpu_model() -> String {
 }
 
 fn main() {
+    if let Some(arg) = std::env::args().nth(1) {
+        // The shapes are DeepONet-CNN's and POD-DeepONet's; nothing is read from the
+        // command line, so an argument is a mistake rather than something to ignore.
+        eprintln!("gemm_layout_timing: takes no arguments, got `{arg}`");
+        std::process::exit(2);
+    }
     println!(
         "CPU: {}; {} rayon threads",
         cpu_model(),

@@ -34,6 +34,7 @@ use crate::cpu::im2col::{fold_rows, fold_samples, unfold_rows, unfold_samples, G
 use crate::cpu::map::{dispatch2, write_copy};
 use crate::cpu::point_tiles::{SharedRows, Tile};
 use crate::cpu::scratch::PoolBuf;
+use crate::cpu::transpose::transpose_tiles;
 use crate::cpu::winograd::{self, WinogradScalar};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -698,15 +699,6 @@ fn transposed_partials(g: &Geometry, sz: &Sizes) -> bool {
     !all_blocked && o >= 2 && k >= 2 && o.saturating_mul(k) > 256
 }
 
-/// `[rows, cols]` row-major `src` written transposed into `dst` (`[cols, rows]`).
-fn transpose_into<T: Copy>(src: &[T], (rows, cols): (usize, usize), dst: &mut [T]) {
-    for (r, row) in src.chunks_exact(cols).enumerate().take(rows) {
-        for (c, &v) in row.iter().enumerate() {
-            dst[c * rows + r] = v;
-        }
-    }
-}
-
 /// One group's partial weight gradient written transposed (`[C·kh·kw, O]`) into `partial`,
 /// from the group's patch matrix `cols` and output gradient `gmat`, with the same sums as
 /// the `[O, C·kh·kw]` product [`weight_grad`] takes otherwise: that product goes to the
@@ -730,7 +722,7 @@ fn transposed_partial<T: GemmScalar>(
             false,
             threads,
         )?;
-        transpose_into(&upright, (o, k), partial);
+        transpose_tiles(&upright, o, k, partial);
         return Ok(());
     }
     gemm_view::gemm_by_crate(
@@ -768,7 +760,7 @@ fn weight_grad_laid_out<T: GemmScalar>(
             // A last group of one sample after larger ones (stride 1).
             let mut upright = PoolBuf::new(per_group);
             weight_grad_blocked(g, sz, xs, gs, &mut upright, threads)?;
-            transpose_into(&upright, (sz.out_channels, sz.patch_rows), partial);
+            transpose_tiles(&upright, sz.out_channels, sz.patch_rows, partial);
             return Ok(());
         }
         scratch.cols.set_len(sz.patch_rows * columns);
@@ -790,7 +782,7 @@ fn weight_grad_laid_out<T: GemmScalar>(
         return Ok(total);
     }
     let mut upright = vec![T::default(); per_group];
-    transpose_into(&total, (sz.patch_rows, sz.out_channels), &mut upright);
+    transpose_tiles(&total, sz.patch_rows, sz.out_channels, &mut upright);
     Ok(upright)
 }
 
